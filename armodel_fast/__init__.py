@@ -1,0 +1,15 @@
+"""armodel-fast: fused kernels for autoregressive density models (FVSBN, NADE, MADE).
+
+    import armodel_fast as af
+    model = af.NADE(D=64, H=128, backend="auto")
+    nll = -model.log_prob(x).mean()
+    af.backends()          # which backends exist here, and why not
+"""
+from . import ops  # noqa: F401  (registers the kernels that loaded)
+from ._backend import BACKENDS, BackendUnavailableError, backends, explain
+from .nn import ARRNN, FVSBN, MADE, NADE, RNADE, CategoricalNADE, MaskedLinear
+
+__version__ = "0.1.0"
+
+__all__ = ["ARRNN", "BACKENDS", "BackendUnavailableError", "CategoricalNADE", "FVSBN", "MADE",
+           "MaskedLinear", "NADE", "RNADE", "backends", "explain"]

@@ -1,0 +1,124 @@
+"""Argument checks shared by every model and op.
+
+Every public entry point validates its inputs here, before any kernel runs, so
+bad input gets a ``ValueError``/``TypeError`` that names the argument instead of
+a wrong answer or a crash inside a kernel (DESIGN.md section 6).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+OrderLike = Union[None, Sequence[int], torch.Tensor]
+
+
+def check_tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_positive_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_order(order: OrderLike, D: int, name: str = "order") -> torch.Tensor:
+    """Return ``order`` as a CPU int64 permutation of ``0..D-1`` (None: natural order)."""
+    if order is None:
+        return torch.arange(D, dtype=torch.long)
+    if isinstance(order, torch.Tensor):
+        if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {order.dtype}")
+        o = order.detach().to("cpu", torch.long)
+    else:
+        try:
+            o = torch.as_tensor(list(order))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name} must be a sequence of ints or an int tensor: {e}") from None
+        if o.dtype != torch.long:
+            raise TypeError(f"{name} must hold integers, got dtype {o.dtype}")
+    if o.dim() != 1 or o.numel() != D:
+        raise ValueError(f"{name} must be a 1-D permutation of length D={D}, got shape {tuple(o.shape)}")
+    if not torch.equal(torch.sort(o).values, torch.arange(D)):
+        raise ValueError(f"{name} must be a permutation of 0..{D - 1}, got {o.tolist()[:16]}")
+    return o.contiguous()
+
+
+def _check_common(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:
+    check_tensor(name, x)
+    want = 2 + len(trailing)
+    if x.dim() != want or x.shape[1] != D or tuple(x.shape[2:]) != tuple(trailing):
+        shape = ", ".join(["B", str(D)] + [str(s) for s in trailing])
+        raise ValueError(f"{name} must have shape [{shape}], got {tuple(x.shape)}")
+    if x.dtype.is_complex:
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the model's parameters are on {device}")
+    return x
+
+
+def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:
+    """x: [B, D] with values in {0, 1} (any real or bool dtype) -> ``dtype``."""
+    _check_common(name, x, D, device)
+    if x.dtype == torch.bool:
+        return x.to(dtype)
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(f"{name} must be binary (values 0 or 1) for a Bernoulli model")
+    return x.to(dtype)
+
+
+def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x") -> torch.Tensor:
+    """x: [B, D] integer class indices in ``[0, K)`` -> int64."""
+    _check_common(name, x, D, device)
+    if x.dtype.is_floating_point or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
+        raise ValueError(f"{name} values must lie in [0, K={K}), got range [{int(x.min())}, {int(x.max())}]")
+    return x.long()
+
+
+def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:
+    """x: [B, D] finite real values -> ``dtype``."""
+    _check_common(name, x, D, device)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite")
+    return x.to(dtype)
+
+
+def check_uniforms(u, n: int, D: int, trailing: tuple, device: torch.device, dtype: torch.dtype,
+                   name: str = "u") -> torch.Tensor:
+    """u: [n, D, *trailing] uniforms in [0, 1] on the model's device -> ``dtype``."""
+    _check_common(name, u, D, device, trailing)
+    if not u.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor of uniforms, got dtype {u.dtype}")
+    if u.shape[0] != n:
+        raise ValueError(f"{name} must have n={n} rows, got {u.shape[0]}")
+    if u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
+        raise ValueError(f"{name} must hold uniforms in [0, 1]")
+    return u.to(dtype)
+
+
+def check_context(context, B: int, context_dim: int, device: torch.device, dtype: torch.dtype,
+                  name: str = "context") -> Optional[torch.Tensor]:
+    """context: [B, context_dim] when the model was built with context_dim > 0, else None."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError(f"{name} was given but the model has context_dim=0")
+        return None
+    if context is None:
+        raise ValueError(f"{name} is required: the model was built with context_dim={context_dim}")
+    check_tensor(name, context)
+    if context.dim() != 2 or context.shape[0] != B or context.shape[1] != context_dim:
+        raise ValueError(f"{name} must have shape [{B}, {context_dim}], got {tuple(context.shape)}")
+    if not context.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {context.dtype}")
+    if context.device != device:
+        raise ValueError(f"{name} is on {context.device} but the model's parameters are on {device}")
+    return context.to(dtype)

@@ -1,0 +1,51 @@
+"""FVSBN: a fully visible sigmoid belief network, one strictly masked linear layer."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._validate import check_binary_x, check_order
+from ..reference import fvsbn as ref
+from ..reference.heads import bernoulli_log_prob
+from ..reference.made import input_degrees
+from .base import AutoregressiveModel
+from .masked_linear import MaskedLinear
+
+
+class FVSBN(AutoregressiveModel):
+    """``p(x_d = 1 | x_<d) = sigmoid(bias[d] + sum_{e before d} weight[d, e] x_e)`` (DESIGN.md section 1).
+
+    Parameters live in ``self.linear`` (a strict :class:`MaskedLinear`, D -> D,
+    degrees = position in ``order`` + 1). ``forward(x [B, D]) -> logits [B, D]``;
+    ``sample`` takes ``u [n, D]``.
+    """
+
+    op = "fvsbn"
+
+    def __init__(self, D: int, order=None, backend: str = "reference", device=None, dtype=None):
+        super().__init__(D, backend)
+        order = check_order(order, D)
+        self.register_buffer("order", order.to(device))
+        m0 = input_degrees(order)
+        self.linear = MaskedLinear(D, D, m0, m0, strict=True, device=device, dtype=dtype)
+        with torch.no_grad():
+            self.linear.weight.mul_(self.linear.mask())  # start with the masked-out weights at 0
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_binary_x(x, self.D, self.device, self.dtype)
+        self._resolve()
+        return ref.fvsbn_logits(x, self.linear.weight, self.linear.bias, self.linear.in_degrees)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) in nats, [B]."""
+        return bernoulli_log_prob(self(x), check_binary_x(x, self.D, self.device, self.dtype)).sum(-1)
+
+    def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
+        """Draw n samples from uniforms ``u [n, D]`` (``x_d = 1{u_d < p_d}``)."""
+        u = self._uniforms(n, u, generator)
+        self._resolve()
+        with torch.no_grad():
+            x, lp = ref.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees,
+                                     self.order, u)
+        return (x, lp) if return_log_prob else x

@@ -1,0 +1,230 @@
+"""MADE: masked autoencoder for distribution estimation (DESIGN.md section 4)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validate import (check_binary_x, check_categorical_x, check_context, check_order,
+                         check_positive_int, check_real_x, check_tensor)
+from ..reference import heads
+from ..reference import made as ref
+from .base import AutoregressiveModel
+from .masked_linear import MaskedLinear
+
+OUTPUTS = ("bernoulli", "categorical", "gaussian")
+
+
+class MADE(AutoregressiveModel):
+    """MADE with ``num_masks`` fixed mask sets, optional direct connections and context.
+
+    * ``out="bernoulli"``: x [B, D] in {0, 1}; ``forward -> logits [B, D]``; ``u [n, D]``.
+    * ``out="categorical"``: x [B, D] int64 in [0, K), fed one-hot;
+      ``forward -> logits [B, D, K]``; ``u [n, D]``.
+    * ``out="gaussian"`` (K components, default 1): x real [B, D];
+      ``forward -> (logits, mu, log_sigma)``, each [B, D, K]; ``u [n, D, 2]``.
+
+    ``order``: None (natural), a permutation, or ``"random"`` (each mask set
+    draws its own ordering: order-agnostic training). Degrees of all mask sets
+    are drawn once from ``seed`` and stored as buffers; :meth:`next_mask`
+    switches to the next set (call it every minibatch for connectivity-agnostic
+    training). ``context [B, context_dim]`` enters the first hidden layer unmasked.
+    """
+
+    op = "made"
+
+    def __init__(self, D: int, hidden, num_masks: int = 1, order=None, direct: bool = False,
+                 out: str = "bernoulli", K=None, context_dim: int = 0, activation: str = "relu",
+                 seed: int = 0, backend: str = "reference", device=None, dtype=None):
+        super().__init__(D, backend)
+        if isinstance(hidden, int) or not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+            raise TypeError("hidden must be a list of ints, e.g. hidden=[500, 500]")
+        if len(hidden) == 0 or min(hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {list(hidden)}")
+        self.hidden = list(hidden)
+        self.num_masks = check_positive_int("num_masks", num_masks)
+        if out not in OUTPUTS:
+            raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
+        self.out = out
+        if out == "bernoulli" and K not in (None, 1):
+            raise ValueError(f"K must be None for out='bernoulli', got {K}")
+        if out == "categorical" and K is None:
+            raise ValueError("K (number of classes) is required for out='categorical'")
+        self.K = None if out == "bernoulli" else check_positive_int("K", 1 if K is None else K,
+                                                                    2 if out == "categorical" else 1)
+        self.P = {"bernoulli": 1, "categorical": self.K, "gaussian": 3 * (self.K or 1)}[out]
+        self.context_dim = check_positive_int("context_dim", context_dim, minimum=0)
+        if activation not in ref.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ref.ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.seed = seed
+        self.in_units = D * self.K if out == "categorical" else D
+
+        orders, degrees = self._draw_masks(order, seed)
+        self.register_buffer("orders", orders.to(device))
+        for l, deg in enumerate(degrees):
+            self.register_buffer(f"degrees_{l}", deg.to(device))
+        self.register_buffer("mask_index", torch.zeros((), dtype=torch.long, device=device))
+
+        fk = {"device": device, "dtype": dtype}
+        sizes = [self.in_units] + self.hidden
+        zeros = [torch.zeros(n, dtype=torch.long) for n in sizes]
+        self.layers = nn.ModuleList(MaskedLinear(a, b, za, zb, **fk)
+                                    for a, b, za, zb in zip(sizes[:-1], sizes[1:], zeros[:-1], zeros[1:]))
+        n_out = D * self.P
+        self.output = MaskedLinear(sizes[-1], n_out, zeros[-1], torch.zeros(n_out, dtype=torch.long),
+                                   strict=True, **fk)
+        self.direct = (MaskedLinear(self.in_units, n_out, zeros[0], torch.zeros(n_out, dtype=torch.long),
+                                    strict=True, bias=False, **fk) if direct else None)
+        self.context = nn.Linear(self.context_dim, self.hidden[0], bias=False, **fk) if self.context_dim else None
+        self._apply_mask()
+
+    # ---- masks ------------------------------------------------------------
+    def _draw_masks(self, order, seed):
+        gen = torch.Generator().manual_seed(int(seed))
+        if isinstance(order, str) and order != "random":
+            raise ValueError(f"order must be None, a permutation or 'random', got {order!r}")
+        fixed = None if isinstance(order, str) else check_order(order, self.D)
+        orders, per_layer = [], [[] for _ in self.hidden]
+        for _ in range(self.num_masks):
+            o = torch.randperm(self.D, generator=gen) if fixed is None else fixed
+            orders.append(o)
+            for l, m in enumerate(ref.hidden_degrees(ref.input_degrees(o), self.hidden, gen)):
+                per_layer[l].append(m)
+        return torch.stack(orders), [torch.stack(m) for m in per_layer]
+
+    @property
+    def order(self) -> torch.Tensor:
+        """The current mask set's ordering, [D]."""
+        return self.orders[int(self.mask_index)]
+
+    def degrees(self) -> list:
+        """Current degrees ``[m0, m1, ..., mL]`` (m0 per input dimension)."""
+        i = int(self.mask_index)
+        return [ref.input_degrees(self.order)] + [getattr(self, f"degrees_{l}")[i] for l in range(len(self.hidden))]
+
+    def _apply_mask(self) -> None:
+        m = self.degrees()
+        rep_in = m[0].repeat_interleave(self.K) if self.out == "categorical" else m[0]
+        m_out = m[0].repeat_interleave(self.P)
+        ins = [rep_in] + m[1:]
+        for layer, din, dout in zip(self.layers, ins[:-1], ins[1:]):
+            layer.set_degrees(din, dout)
+        self.output.set_degrees(m[-1], m_out)
+        if self.direct is not None:
+            self.direct.set_degrees(rep_in, m_out)
+
+    def set_mask(self, index: int) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_masks:
+            raise ValueError(f"index must be an int in [0, {self.num_masks}), got {index!r}")
+        self.mask_index.fill_(index)
+        self._apply_mask()
+
+    def next_mask(self) -> int:
+        """Switch to the next mask set (cyclically); returns its index."""
+        self.set_mask((int(self.mask_index) + 1) % self.num_masks)
+        return int(self.mask_index)
+
+    # ---- forward ----------------------------------------------------------
+    def _check_x(self, x):
+        if self.out == "bernoulli":
+            return check_binary_x(x, self.D, self.device, self.dtype)
+        if self.out == "categorical":
+            return check_categorical_x(x, self.D, self.K, self.device)
+        return check_real_x(x, self.D, self.device, self.dtype)
+
+    def _encode(self, x):
+        if self.out == "categorical":
+            return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], -1)
+        return x
+
+    def _params(self, x, context):
+        """Per-dimension output parameters for validated x (see the class docstring)."""
+        self._resolve()
+        lay = lambda m: (m.weight, m.bias, m.in_degrees, m.out_degrees)  # noqa: E731
+        raw = ref.made_forward(
+            self._encode(x), [lay(m) for m in self.layers], lay(self.output), self.activation,
+            None if self.direct is None else (self.direct.weight, self.direct.in_degrees, self.direct.out_degrees),
+            context, None if self.context is None else self.context.weight)
+        return ref.made_params_split(raw, self.out, self.D, self.K)
+
+    def forward(self, x: torch.Tensor, context=None):
+        x = self._check_x(x)
+        return self._params(x, check_context(context, x.shape[0], self.context_dim, self.device, self.dtype))
+
+    def _head_log_prob(self, p, x):
+        if self.out == "bernoulli":
+            return heads.bernoulli_log_prob(p, x)
+        if self.out == "categorical":
+            return heads.categorical_log_prob(p, x)
+        return heads.gaussian_mixture_log_prob(*p, x)
+
+    def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
+        """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets
+        (the current one and the next k-1), leaving the current mask unchanged."""
+        x = self._check_x(x)
+        context = check_context(context, x.shape[0], self.context_dim, self.device, self.dtype)
+        check_positive_int("ensemble", ensemble)
+        if ensemble > self.num_masks:
+            raise ValueError(f"ensemble must be <= num_masks={self.num_masks}, got {ensemble}")
+        start, lps = int(self.mask_index), []
+        try:
+            for k in range(ensemble):
+                self.set_mask((start + k) % self.num_masks)
+                lps.append(self._head_log_prob(self._params(x, context), x).sum(-1))
+        finally:
+            self.set_mask(start)
+        return lps[0] if ensemble == 1 else ref.made_ensemble_log_prob(lps)
+
+    # ---- sampling and flows -------------------------------------------------
+    def _draw(self, p, u):
+        if self.out == "bernoulli":
+            return heads.bernoulli_sample(p, u)
+        if self.out == "categorical":
+            return heads.categorical_sample(p, u)
+        return heads.gaussian_mixture_sample(*p, u)
+
+    def sample(self, n: int, u=None, generator=None, context=None, return_log_prob: bool = False):
+        """Draw n samples (D forward passes in the reference); ``u [n, D]`` or ``[n, D, 2]``."""
+        u = self._uniforms(n, u, generator)
+        context = check_context(context, n, self.context_dim, self.device, self.dtype)
+        x0 = torch.zeros(n, self.D, device=self.device,
+                         dtype=torch.long if self.out == "categorical" else self.dtype)
+        with torch.no_grad():
+            x, lp = ref.sample_by_passes(lambda x: self._params(x, context), self._draw,
+                                         self._head_log_prob, self.order, x0, u)
+        return (x, lp) if return_log_prob else x
+
+    @property
+    def uniform_trailing(self) -> tuple:
+        return (2,) if self.out == "gaussian" else ()
+
+    def _check_flow(self):
+        if self.out != "gaussian" or self.K != 1:
+            raise ValueError("transform/inverse need out='gaussian' with K=1 (an affine MAF layer)")
+
+    def transform(self, x: torch.Tensor, context=None):
+        """x [B, D] -> (z [B, D], log|det dz/dx| [B]) with z = (x - mu(x)) / sigma(x)."""
+        self._check_flow()
+        _, mu, ls = self(x, context)
+        return ref.gaussian_transform(x, mu[..., 0], ls[..., 0])
+
+    def inverse(self, z: torch.Tensor, context=None):
+        """z [B, D] -> (x [B, D], log|det dx/dz| [B]): x_d = mu_d + sigma_d z_d, step by step."""
+        self._check_flow()
+        check_tensor("z", z)
+        z = check_real_x(z, self.D, self.device, self.dtype, name="z")
+        context = check_context(context, z.shape[0], self.context_dim, self.device, self.dtype)
+        x = torch.zeros_like(z)
+        logdet = z.new_zeros(z.shape[0])
+        for d in self.order.tolist():
+            _, mu, ls = self._params(x, context)
+            x = x.clone()
+            x[:, d] = ref.gaussian_inverse_step(mu[:, d, 0], ls[:, d, 0], z[:, d])
+            logdet = logdet + ls[:, d, 0]
+        return x, logdet
+
+    def extra_repr(self) -> str:
+        return (f"D={self.D}, hidden={self.hidden}, num_masks={self.num_masks}, out={self.out!r}, "
+                f"K={self.K}, direct={self.direct is not None}, context_dim={self.context_dim}, "
+                f"backend={self.backend!r}")

@@ -1,0 +1,5 @@
+"""Kernel ops: validate, then dispatch to the C++/Triton/CUDA kernels.
+
+Importing an op module registers the backends it implements with
+``armodel_fast._backend`` (only those whose extension actually loaded).
+"""
