@@ -28,7 +28,8 @@ class MADE(AutoregressiveModel):
     draws its own ordering: order-agnostic training). Degrees of all mask sets
     are drawn once from ``seed`` and stored as buffers; :meth:`next_mask`
     switches to the next set (call it every minibatch for connectivity-agnostic
-    training). ``context [B, context_dim]`` enters the first hidden layer unmasked.
+    training). ``context [B, context_dim]`` enters unmasked, into the first hidden
+    layer and directly into the outputs.
     """
 
     op = "made"
@@ -76,7 +77,10 @@ class MADE(AutoregressiveModel):
                                    strict=True, **fk)
         self.direct = (MaskedLinear(self.in_units, n_out, zeros[0], torch.zeros(n_out, dtype=torch.long),
                                     strict=True, bias=False, **fk) if direct else None)
-        self.context = nn.Linear(self.context_dim, self.hidden[0], bias=False, **fk) if self.context_dim else None
+        self.context_hidden = self.context_out = None
+        if self.context_dim:
+            self.context_hidden = nn.Linear(self.context_dim, self.hidden[0], bias=False, **fk)
+            self.context_out = nn.Linear(self.context_dim, n_out, bias=False, **fk)
         self._apply_mask()
 
     # ---- masks ------------------------------------------------------------
@@ -145,7 +149,7 @@ class MADE(AutoregressiveModel):
         raw = ref.made_forward(
             self._encode(x), [lay(m) for m in self.layers], lay(self.output), self.activation,
             None if self.direct is None else (self.direct.weight, self.direct.in_degrees, self.direct.out_degrees),
-            context, None if self.context is None else self.context.weight)
+            context, None if context is None else (self.context_hidden.weight, self.context_out.weight))
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
     def forward(self, x: torch.Tensor, context=None):

@@ -43,26 +43,30 @@ def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Gen
 
 
 def made_forward(x, hidden_layers, output_layer, activation: str = "relu",
-                 direct_layer=None, context=None, context_weight=None) -> torch.Tensor:
+                 direct_layer=None, context=None, context_weights=None) -> torch.Tensor:
     """Raw MADE outputs [B, D*P].
 
     hidden_layers: list of ``(weight, bias, in_degrees, out_degrees)``;
     output_layer: ``(weight, bias, in_degrees, out_degrees)`` (strict mask);
     direct_layer: ``(weight, in_degrees, out_degrees)`` or None (strict);
-    context [B, C] enters the first hidden layer through ``context_weight [H1, C]``.
+    context [B, C] enters unmasked, through ``context_weights = (Wc_hidden [H1, C],
+    Wc_out [D*P, C])``: into the first hidden layer and straight into the
+    outputs (so it reaches the first dimension too, which has no hidden parents).
     """
     act = ACTIVATIONS[activation]
     h = x
     for i, (w, b, din, dout) in enumerate(hidden_layers):
         pre = masked_linear(h, w, b, din, dout, strict=False)
         if i == 0 and context is not None:
-            pre = pre + F.linear(context, context_weight)
+            pre = pre + F.linear(context, context_weights[0])
         h = act(pre)
     w, b, din, dout = output_layer
     out = masked_linear(h, w, b, din, dout, strict=True)
     if direct_layer is not None:
         w, din, dout = direct_layer
         out = out + masked_linear(x, w, None, din, dout, strict=True)
+    if context is not None:
+        out = out + F.linear(context, context_weights[1])
     return out
 
 

@@ -1,0 +1,129 @@
+"""Bad input raises a clear ValueError/TypeError naming the argument, before any kernel runs."""
+import pytest
+import torch
+
+import armodel_fast as af
+
+
+def _binary_models():
+    return [af.FVSBN(4), af.NADE(4, 3), af.MADE(4, [5]), af.ARRNN(4, 3)]
+
+
+@pytest.mark.parametrize("model", _binary_models(), ids=lambda m: type(m).__name__)
+def test_binary_models_reject_bad_x(model):
+    with pytest.raises(TypeError, match="x"):
+        model.log_prob([[0, 1, 0, 1]])
+    with pytest.raises(ValueError, match=r"x must have shape \[B, 4\]"):
+        model.log_prob(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="x must have shape"):
+        model.log_prob(torch.zeros(4))
+    with pytest.raises(ValueError, match="x must be binary"):
+        model.log_prob(torch.full((2, 4), 0.5))
+    with pytest.raises(TypeError, match="x must be real"):
+        model.log_prob(torch.zeros(2, 4, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="u must have shape"):
+        model.sample(3, u=torch.rand(3, 5))
+    with pytest.raises(ValueError, match="u must hold uniforms"):
+        model.sample(3, u=torch.rand(3, 4) + 1)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        model.sample(0)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="x is on cuda"):
+            model.log_prob(torch.zeros(2, 4, device="cuda"))
+
+
+def test_device_mismatch_names_x():
+    model = af.NADE(4, 3).to("meta")
+    with pytest.raises(ValueError, match="x is on cpu"):
+        model.log_prob(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("order,exc", [([0, 1, 1, 2], ValueError), ([0, 1, 2], ValueError),
+                                       ([0, 1, 2, 4], ValueError), (torch.tensor([0.0, 1, 2, 3]), TypeError),
+                                       ("abc", TypeError)])
+def test_order_must_be_a_permutation(order, exc):
+    for build in (lambda: af.NADE(4, 3, order=order), lambda: af.FVSBN(4, order=order),
+                  lambda: af.CategoricalNADE(4, 3, 2, order=order), lambda: af.ARRNN(4, 3, order=order)):
+        with pytest.raises(exc, match="order"):
+            build()
+
+
+def test_made_argument_checks():
+    with pytest.raises(ValueError, match="order"):
+        af.MADE(4, [5], order="sideways")
+    with pytest.raises(ValueError, match="order"):
+        af.MADE(4, [5], order=[0, 0, 1, 2])
+    with pytest.raises(TypeError, match="hidden"):
+        af.MADE(4, 5)
+    with pytest.raises(ValueError, match="hidden"):
+        af.MADE(4, [])
+    with pytest.raises(ValueError, match="out"):
+        af.MADE(4, [5], out="poisson")
+    with pytest.raises(ValueError, match="K"):
+        af.MADE(4, [5], out="categorical")
+    with pytest.raises(ValueError, match="K"):
+        af.MADE(4, [5], K=3)
+    with pytest.raises(ValueError, match="num_masks"):
+        af.MADE(4, [5], num_masks=0)
+    m = af.MADE(4, [5], num_masks=2)
+    with pytest.raises(ValueError, match="ensemble"):
+        m.log_prob(torch.zeros(1, 4), ensemble=3)
+
+
+def test_context_checks():
+    m = af.MADE(4, [5], context_dim=2)
+    x = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="context is required"):
+        m.log_prob(x)
+    with pytest.raises(ValueError, match=r"context must have shape \[3, 2\]"):
+        m.log_prob(x, context=torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="context"):
+        m.log_prob(x, context=torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="context was given"):
+        af.MADE(4, [5]).log_prob(x, context=torch.zeros(3, 2))
+    assert m.log_prob(x, context=torch.zeros(3, 2)).shape == (3,)
+    assert m.sample(2, context=torch.zeros(2, 2)).shape == (2, 4)
+
+
+def test_categorical_checks():
+    m = af.CategoricalNADE(3, 4, K=3)
+    with pytest.raises(TypeError, match="x must hold integer"):
+        m.log_prob(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"x values must lie in \[0, K=3\)"):
+        m.log_prob(torch.full((2, 3), 3))
+    with pytest.raises(ValueError, match="K"):
+        af.CategoricalNADE(3, 4, K=1)
+    with pytest.raises(ValueError, match=r"x values must lie in \[0, K=3\)"):
+        af.MADE(3, [4], out="categorical", K=3).log_prob(torch.full((1, 3), -1))
+
+
+def test_real_checks():
+    m = af.RNADE(3, 4, 2)
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        m.log_prob(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="x must be finite"):
+        m.log_prob(torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match=r"u must have shape \[B, 3, 2\]"):
+        m.sample(2, u=torch.rand(2, 3))
+    flow = af.MADE(3, [4], out="gaussian", K=2)
+    with pytest.raises(ValueError, match="K=1"):
+        flow.inverse(torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("kwargs,exc,word", [({"D": 0, "H": 3}, ValueError, "D"), ({"D": 3, "H": 0}, ValueError, "H"),
+                                             ({"D": 3.0, "H": 3}, TypeError, "D")])
+def test_sizes(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        af.NADE(**kwargs)
+
+
+def test_masked_linear_checks():
+    with pytest.raises(ValueError, match="in_degrees"):
+        af.MaskedLinear(3, 2, [1, 2], [1, 2])
+    with pytest.raises(TypeError, match="out_degrees"):
+        af.MaskedLinear(3, 2, [1, 2, 3], [1.0, 2.0])
+    layer = af.MaskedLinear(3, 2, [1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 3\]"):
+        layer(torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        layer(torch.zeros(2, 3, dtype=torch.long))
