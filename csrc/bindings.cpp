@@ -1,0 +1,66 @@
+// The pybind11 module armodel_fast._C: the only PYBIND11_MODULE of the CPU
+// extension. Ops are declared in ops.h and bound in the "---- ops ----" section.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include "checks.h"
+#include "ops.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// Widest SIMD instruction set this CPU supports (run-time detection; the
+// extension itself is compiled for a portable baseline, no -march=native).
+const char* detect_simd() {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+  if (__builtin_cpu_supports("avx")) return "avx";
+  if (__builtin_cpu_supports("sse4.2")) return "sse4.2";
+  return "sse2";
+#elif defined(__aarch64__) || defined(__ARM_NEON)
+  return "neon";
+#else
+  return "none";
+#endif
+}
+
+py::dict build_info() {
+  py::dict info;
+#if defined(_OPENMP) && defined(AF_WITH_OPENMP)
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  info["num_threads"] = at::get_num_threads();
+#if defined(__GNUC__) && !defined(__clang__)
+  info["compiler"] = "GCC " __VERSION__;
+#elif defined(__VERSION__)
+  info["compiler"] = __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  info["simd"] = detect_simd();
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "armodel-fast C++ CPU kernels";
+
+  m.def("build_info", &build_info,
+        "Dict describing this build: openmp, num_threads, compiler, simd (detected at run time).");
+  m.def(
+      "check_order",
+      [](const at::Tensor& order, int64_t D) { af::check_order(order, D, "order"); },
+      py::arg("order"), py::arg("D"),
+      "Raise ValueError/TypeError unless `order` is an int64 1-D permutation of 0..D-1.");
+
+  // ---- ops ----
+  // One line per op declared in ops.h, e.g.
+  //   m.def("nade_log_prob", &af::nade_log_prob, py::arg("x"), ...);
+}
