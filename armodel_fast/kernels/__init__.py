@@ -1,0 +1,1 @@
+"""Kernel implementations (Triton); launchers are called by :mod:`armodel_fast.ops`."""
