@@ -19,6 +19,7 @@ an extension built against another torch.
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,8 +55,33 @@ def sources(pattern, exclude_suffix=None):
     return found
 
 
+def find_cuda_home():
+    """CUDA_HOME for torch, unless the environment sets it.
+
+    torch takes the parent of the first `nvcc` on PATH, which is wrong when that
+    nvcc is a wrapper script (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local,
+    with no CUDA headers there); prefer a directory that has bin/nvcc and headers.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return None
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates += [Path(nvcc).parent.parent, Path(os.path.realpath(nvcc)).parent.parent]
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return str(home)
+    return None
+
+
 def cuda_include_dirs(torch):
-    """CUDA headers shipped as wheels (torch 2.14.1+cu130: site-packages/nvidia/cu13/include)."""
+    """CUDA headers shipped as wheels (torch 2.14.1+cu130: site-packages/nvidia/cu13/include).
+
+    They go after the toolkit's own include dir: a toolkit may lack the library
+    headers (cublas_v2.h, ...) that torch's CUDA headers include, while these
+    wheels lack nvcc's crt/ headers, so both are needed, toolkit first.
+    """
     candidates = [Path(torch.__file__).resolve().parent.parent]
     try:
         import site
@@ -106,11 +132,13 @@ def cuda_extension(torch, cpp_ext):
     ext = cpp_ext.CUDAExtension(
         name="armodel_fast._C_cuda",
         sources=cu_sources + sources("*_cuda.cpp"),
-        include_dirs=[str(ROOT / CSRC)] + cuda_include_dirs(torch),
+        include_dirs=[str(ROOT / CSRC)],
         define_macros=MACROS,
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
         extra_link_args=LINK_FLAGS,
     )
+    # CUDAExtension has appended torch's and CUDA_HOME's include dirs; these come last.
+    ext.include_dirs.extend(d for d in cuda_include_dirs(torch) if d not in ext.include_dirs)
     return ext, None
 
 
@@ -141,6 +169,10 @@ def configure():
         return [], {}
 
     import torch
+
+    cuda_home = find_cuda_home()
+    if cuda_home is not None:
+        os.environ["CUDA_HOME"] = cuda_home  # read when cpp_extension is first imported
     from torch.utils import cpp_extension as cpp_ext
 
     ext_modules = [cpu_extension(cpp_ext)]
@@ -148,7 +180,10 @@ def configure():
     if cuda_ext is not None:
         ext_modules.append(cuda_ext)
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
-        summary = f"building _C (CPU) and _C_cuda (CUDA {torch.version.cuda}, archs {archs})"
+        summary = (
+            f"building _C (CPU) and _C_cuda (CUDA {torch.version.cuda}, archs {archs}, "
+            f"CUDA_HOME={cpp_ext.CUDA_HOME})"
+        )
     else:
         summary = f"building _C (CPU); not building _C_cuda: {cuda_reason}"
     if building:
