@@ -19,8 +19,11 @@ test; other non-constexpr arguments are i32 sizes. Each kernel compiles for
 fp32 at a large GPU configuration (B=1024, H=500, K=10) and for bf16 at the
 smallest one (B=1, H=3, K=1: BLOCK_B=1).
 """
+import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -74,14 +77,20 @@ def _compile_all():
     target = GPUTarget("cuda", 90, 32)
     for mod, name, fn in _kernels():
         for dtype, (B, H, K) in CASES:
-            cfg = launch_config(B, H, K)
+            cfg = launch_config(B, H, K, heads=3 if mod == "rnade_triton" else 1)
             rec = {"kernel": f"{mod}.{name}", "dtype": dtype, "config": cfg}
             t0 = time.time()
+            log = io.StringIO()
             try:
                 sig, consts = _signature(mod, fn, dtype, cfg)
-                k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
-                                   target=target, options={"num_warps": cfg["num_warps"]})
+                with contextlib.redirect_stdout(log):   # TRITON_DUMP_PTXAS_LOG: ptxas -v report
+                    k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                       target=target, options={"num_warps": cfg["num_warps"]})
                 rec.update(ok=len(k.asm["cubin"]) > 0, shared=k.metadata.shared)
+                regs = re.search(r"Used (\d+) registers", log.getvalue())
+                spills = re.search(r"(\d+) bytes spill stores", log.getvalue())
+                if regs:  # only on a cache miss (a cached kernel runs no ptxas)
+                    rec.update(registers=int(regs.group(1)), spill_stores=int(spills.group(1)) if spills else 0)
             except Exception as e:  # report every failure, not just the first
                 rec.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
             rec["seconds"] = round(time.time() - t0, 2)
@@ -114,5 +123,6 @@ def test_all_kernels_were_compiled(aot_results):
 
 if __name__ == "__main__":
     os.environ.pop("TRITON_INTERPRET", None)
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     sys.path.insert(0, os.getcwd())
     _compile_all()
