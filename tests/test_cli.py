@@ -1,0 +1,132 @@
+"""The command line: train / sample / bench, in-process through ``main([...])``."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from armodel_fast.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def nade_run(tmp_path_factory):
+    """One epoch of a small NADE on digits with the reference backend."""
+    out = tmp_path_factory.mktemp("nade")
+    rc = main(["train", "--model", "nade", "--data", "digits", "--epochs", "1", "--hidden", "16",
+               "--backend", "reference", "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_metrics_and_checkpoint(nade_run):
+    metrics = json.loads((nade_run / "metrics.json").read_text())
+    D = metrics["D"]
+    assert D == 64
+    for split in ("train", "valid", "test"):
+        nll = metrics[f"{split}_nll"]
+        assert math.isfinite(nll)
+        assert metrics[f"{split}_bits_per_dim"] == pytest.approx(nll / (D * math.log(2)))
+    assert metrics["test_nll"] < D * math.log(2)  # beats the uniform model after one epoch
+    assert metrics["backend_ran"] == "reference"
+    assert len(metrics["history"]) == 1
+    assert metrics["speed_vs_reference"]["speedup"] == pytest.approx(1.0)
+    assert (nade_run / "model.pt").is_file()
+
+
+def test_train_prints_backend_nll_and_speed(tmp_path, capsys):
+    rc = main(["train", "--model", "fvsbn", "--epochs", "2", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "backend that ran: " in text
+    assert "bits/dim" in text and "test" in text
+    assert "vs reference" in text
+    assert "train NLL" not in text  # --quiet: no per-epoch lines
+
+
+def test_sample_writes_png(nade_run, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    rc = main(["sample", "--checkpoint", str(nade_run / "model.pt"), "--n", "16", "--out", str(png)])
+    assert rc == 0
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert str(png) in capsys.readouterr().out
+
+
+def test_sample_missing_checkpoint_names_path(tmp_path, capsys):
+    missing = tmp_path / "nope" / "model.pt"
+    rc = main(["sample", "--checkpoint", str(missing), "--out", str(tmp_path / "x.png")])
+    assert rc != 0
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_invalid_checkpoint_names_path(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_text("not a checkpoint")
+    rc = main(["sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x.png")])
+    assert rc != 0
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_train_made_with_mask_ensemble(tmp_path, capsys):
+    rc = main(["train", "--model", "made", "--num-masks", "2", "--hidden", "32", "32", "--epochs", "1",
+               "--backend", "reference", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isfinite(metrics["test_nll_ensemble"])
+    assert metrics["num_masks"] == 2
+    assert "ensemble of 2 masks" in capsys.readouterr().out
+    rc = main(["sample", "--checkpoint", str(tmp_path / "model.pt"), "--n", "4",
+               "--out", str(tmp_path / "made.png")])
+    assert rc == 0
+    assert (tmp_path / "made.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_hidden_list_rejected_for_nade(tmp_path, capsys):
+    rc = main(["train", "--model", "nade", "--hidden", "8", "8", "--epochs", "1",
+               "--out", str(tmp_path), "--quiet"])
+    assert rc != 0
+    assert "--hidden" in capsys.readouterr().err
+
+
+def test_module_help_in_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "armodel_fast", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "sample", "bench"):
+        assert command in proc.stdout
+
+
+TINY_BENCH = ["bench", "--B", "4", "--D", "8", "--H", "4", "--repeats", "1", "--no-compile"]
+
+
+def test_bench_tiny_in_process(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(TINY_BENCH + ["--no-memory", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "reference loop" in text and "reference cumsum" in text and "median ms" in text
+    rows = json.loads(out_json.read_text())["rows"]
+    ran = [r for r in rows if r["median_ms"] is not None]
+    assert {(r["op"], r["provider"]) for r in ran} >= {
+        ("nade log_prob fwd", "reference loop"), ("nade log_prob fwd+bwd", "reference cumsum"),
+        ("nade sample", "reference loop")}
+    assert all(r["median_ms"] > 0 for r in ran)
+    assert all(r["note"] for r in rows if r["median_ms"] is None)  # every skipped row says why
+    assert any(r["provider"] == "torch.compile loop" and r["note"] == "--no-compile" for r in rows)
+
+
+def test_bench_tiny_memory_subprocess(tmp_path, capsys):
+    """Default mode: a fresh subprocess per row that also reads the peak memory."""
+    out_json = tmp_path / "bench.json"
+    assert main(TINY_BENCH + ["--filter", "fwd reference", "--json", str(out_json)]) == 0
+    assert "peak MiB" in capsys.readouterr().out
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["reference loop", "reference cumsum"]
+    for r in rows:
+        assert r["median_ms"] > 0 and r["note"] is None
+        if sys.platform.startswith("linux"):
+            assert r["peak_mib"] is not None and r["peak_mib"] >= 0
