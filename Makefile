@@ -7,6 +7,9 @@
 #   make demo         train a small NADE on digits and draw samples
 #   make bench        benchmarks
 #   make cuda-check   compile every csrc/*.cu with nvcc (no GPU needed)
+#   make wheel        CPU wheel (torch 2.13.0+cpu) in dist/cpu/
+#   make wheel-cuda   wheel with the CUDA extension (torch 2.14.1+cu130 venv) in dist/cuda/
+#   make test-wheels  install each wheel into a fresh venv of its torch and run the CPU tests
 #   make clean        remove build outputs (keeps the venv and pip cache)
 
 VENV ?= .venv
@@ -37,7 +40,7 @@ CUDA_CHECK_FLAGS = -std=c++17 -O3 -Icsrc \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
     -Werror all-warnings
 
-.PHONY: install test test-all demo bench cuda-check clean
+.PHONY: install test test-all demo bench cuda-check clean wheel wheel-cuda test-wheel test-wheel-cuda test-wheels
 
 install: $(BUILD_STAMP)
 
@@ -81,7 +84,54 @@ cuda-check:
 	done; \
 	echo "cuda-check: $(words $(CU_SRCS)) file(s) compiled for sm_80 and sm_90"
 
+# ---- wheels (issue 6) ----------------------------------------------------
+# Each wheel pins the torch it was built against (setup.py install_requires).
+CUDA_VENV ?= .venv-cuda
+CUDA_PY = $(CUDA_VENV)/bin/python
+CUDA_TORCH_PIN = torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCHS ?= 8.0;9.0;10.0
+BUILD_DEPS = numpy pybind11 ninja setuptools wheel
+TEST_DEPS = pytest pytest-benchmark hypothesis scikit-learn matplotlib rich
+
+wheel: $(DEPS_STAMP)
+	rm -rf dist/cpu
+	MAX_JOBS=$(MAX_JOBS) $(PIP) wheel --no-build-isolation --no-deps -w dist/cpu .
+	@ls -l dist/cpu
+
+$(CUDA_PY):
+	python3 -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install $(CUDA_TORCH_PIN) $(BUILD_DEPS)
+
+wheel-cuda: | $(CUDA_PY)
+	rm -rf dist/cuda
+	CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" FORCE_CUDA=1 MAX_JOBS=$(MAX_JOBS) \
+	    $(CUDA_PY) -m pip wheel --no-build-isolation --no-deps -w dist/cuda .
+	@ls -l dist/cuda
+
+# Fresh venv, the wheel's own torch, the wheel; then the CPU tests run against the
+# installed package (from build/, so the source tree is not on sys.path).
+define test_wheel
+	rm -rf build/venv-$(1)
+	python3 -m venv build/venv-$(1)
+	build/venv-$(1)/bin/pip install $(2) $(TEST_DEPS) triton==3.8.0
+	build/venv-$(1)/bin/pip install --no-deps dist/$(1)/*.whl
+	build/venv-$(1)/bin/pip check
+	cd build && ./venv-$(1)/bin/python -c \
+	    "import armodel_fast as af; print(af.__file__); [print(' ', s) for s in af.backends().values()]"
+	cd build && ARMODEL_FAST_EXPECT_INSTALLED=1 ARMODEL_FAST_EXPECT_CUDA_EXT=$(3) ./venv-$(1)/bin/pytest -q -m "not slow" \
+	    -c $(CURDIR)/pyproject.toml --rootdir $(CURDIR) $(PYTEST_ARGS) $(CURDIR)/tests
+endef
+
+test-wheel: wheel
+	$(call test_wheel,cpu,$(TORCH_PIN),0)
+
+test-wheel-cuda: wheel-cuda
+	$(call test_wheel,cuda,$(CUDA_TORCH_PIN),1)
+
+test-wheels: test-wheel test-wheel-cuda
+
 clean:
-	rm -rf build dist *.egg-info armodel_fast/*.so armodel_fast/_build_info.py \
+	rm -rf build dist *.egg-info $(CUDA_VENV) armodel_fast/*.so armodel_fast/_build_info.py \
 	    .cache/triton .cache/torch_extensions .pytest_cache .benchmarks \
 	    $(DEPS_STAMP) $(BUILD_STAMP)

@@ -214,5 +214,20 @@ def build_ext_class(cpp_ext, torch_version, not_built):
     return BuildExt.with_options(use_ninja=True)
 
 
+def install_requires():
+    """Runtime dependencies. A build with native code pins the torch it was compiled
+    against (its C++ ABI); a pure-Python build (ARMODEL_FAST_NO_EXT=1) takes any torch >= 2.4."""
+    deps = ["numpy", "pybind11", "scikit-learn", "matplotlib", "rich", 'triton; platform_system == "Linux"']
+    torch_req = "torch>=2.4"
+    if not env_flag("ARMODEL_FAST_NO_EXT"):
+        try:
+            import torch
+
+            torch_req = "torch==" + torch.__version__.split("+")[0]
+        except ImportError:
+            pass
+    return [torch_req] + deps
+
+
 ext_modules, cmdclass = configure()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass=cmdclass, install_requires=install_requires())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 from typing import Dict, Optional, Tuple
 
@@ -45,10 +46,13 @@ def _load(name: str) -> Tuple[Optional[ModuleType], Optional[str]]:
     if name in not_built:
         return None, f"{full} was not built: {not_built[name]} ({FIX} once that is fixed)"
     if built_torch is not None and built_torch != torch.__version__:
-        return None, (
+        reason = (
             f"{full} was built against torch {built_torch}, running torch {torch.__version__}: "
-            f"rebuild with `pip install --no-build-isolation -e .`"
+            f"{FIX} (or install the torch the wheel pins)"
         )
+        # Loading it could crash on the C++ ABI; say so once, loudly, and run without it.
+        warnings.warn(f"armodel-fast: not loading native kernels: {reason}", RuntimeWarning, stacklevel=3)
+        return None, reason
 
     try:
         return importlib.import_module(full), None
