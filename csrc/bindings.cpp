@@ -63,4 +63,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // ---- ops ----
   // One line per op declared in ops.h, e.g.
   //   m.def("nade_log_prob", &af::nade_log_prob, py::arg("x"), ...);
+  m.def("nade_forward", &af::nade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
+        py::arg("order"), "Binary NADE log p(x) and logits: (log_prob [B], logits [B, D]).");
+  m.def("nade_backward", &af::nade_backward, py::arg("grad_log_prob"), py::arg("grad_logits"), py::arg("x"),
+        py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("logits"),
+        "Binary NADE gradients (dW, dc, dV, db) of sum(grad_log_prob * log_prob) + sum(grad_logits * logits).");
+  m.def("nade_sample", &af::nade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
+        py::arg("u"), "Binary NADE samples from uniforms u [n, D]: (x [n, D], log_prob [n]).");
+  m.def("nade_cpu_isa", &af::nade_cpu_isa, "SIMD variant the NADE CPU kernels run with: avx512, avx2 or base.");
 }

@@ -9,11 +9,23 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <vector>
 
 namespace af {
 
-// (no ops yet)
+// ---- NADE (nade_cpu.cpp, nade_variants_cpu.cpp; math in nade_math.h) ----
+// Binary NADE: x [B, D] 0/1, W [H, D], c [H], V [D, H], b [D], order int64 [D].
+std::tuple<at::Tensor, at::Tensor> nade_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
+                                                const at::Tensor& V, const at::Tensor& b, const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
+    const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_logits, const at::Tensor& x,
+    const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+    const at::Tensor& logits);
+std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                               const at::Tensor& b, const at::Tensor& order, const at::Tensor& u);
+// SIMD variant the NADE kernels run with ("avx512", "avx2" or "base").
+const char* nade_cpu_isa();
 
 }  // namespace af

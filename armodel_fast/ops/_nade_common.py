@@ -1,0 +1,135 @@
+"""Plumbing shared by the NADE ops (:mod:`.nade`, :mod:`.categorical_nade`, :mod:`.rnade`).
+
+* argument checks that name the argument (``ValueError`` / ``TypeError``), run
+  before any kernel; the data-dependent ones (x binary or in range, ``order`` a
+  permutation, ``u`` in [0, 1]) only in eager mode, because under
+  ``torch.compile`` they would break the graph - the C++ launchers check the
+  same values again, so compiled code still gets the clear error;
+* the kernel table: ``kernel("nade", "forward", "cpp")`` is the C++ function
+  ``armodel_fast._C.nade_forward``. A later backend (Triton, CUDA) plugs into
+  the same custom ops by adding its launchers to ``_KERNELS``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from .._backend import BackendUnavailableError, check_backend_name, register_kernel, resolve_backend
+from .._validate import _check_common, check_order
+
+MODELS = ("nade", "categorical_nade", "rnade")
+STAGES = ("forward", "backward", "sample")
+CPP_DTYPES = (torch.float32, torch.float64)
+
+
+def _cpp_launcher(name: str) -> Callable:
+    def launch(*args):
+        ext = _ext.get_ext()
+        if ext is None or not hasattr(ext, name):
+            why = _ext.ext_error() or f"armodel_fast._C has no {name} (rebuild: pip install --no-build-isolation -e .)"
+            raise BackendUnavailableError(f"backend 'cpp' cannot run {name}: {why}")
+        return getattr(ext, name)(*args)
+    return launch
+
+
+# (model, stage) -> {backend: launcher}; launchers take the custom op's tensor arguments.
+_KERNELS: Dict[Tuple[str, str], Dict[str, Callable]] = {
+    (m, s): {"cpp": _cpp_launcher(f"{m}_{s}")} for m in MODELS for s in STAGES
+}
+
+
+def kernel(model: str, stage: str, backend: str) -> Callable:
+    table = _KERNELS[(model, stage)]
+    if backend not in table:
+        raise BackendUnavailableError(
+            f"armodel_fast::{model}_{stage} has no {backend!r} kernel (implemented: {', '.join(sorted(table))})")
+    return table[backend]
+
+
+def register_cpp(model: str) -> None:
+    """Declare the cpp backend of ``model`` if the loaded extension has its kernels."""
+    ext = _ext.get_ext()
+    if ext is not None and all(hasattr(ext, f"{model}_{s}") for s in STAGES):
+        register_kernel(model, "cpp")
+
+
+def compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def pick_backend(backend, model: str, device: torch.device) -> str:
+    """``auto`` or an explicit name -> the backend that runs (explicit ones must be available)."""
+    if compiling():  # the registry lookups are plain Python; under tracing take the name as given
+        if backend == "auto":
+            return "cpp" if device.type == "cpu" else "reference"
+        return backend
+    return resolve_backend(check_backend_name(backend), model, device)
+
+
+def check_tensor(name: str, t) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_params(W, c, V, b, shapes: Dict[str, tuple], names: Dict[str, str]) -> None:
+    """W, c, V, b: tensors of the given shapes, one floating dtype, one device."""
+    for name, t in (("W", W), ("c", c), ("V", V), ("b", b)):
+        check_tensor(name, t)
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise ValueError(f"{name} must have shape {names[name]} = {list(shapes[name])}, got {list(t.shape)}")
+        if name != "W":
+            if t.dtype != W.dtype:
+                raise TypeError(f"{name} must have the same dtype as W ({W.dtype}), got {t.dtype}")
+            if t.device != W.device:
+                raise ValueError(f"{name} is on {t.device} but W is on {W.device}")
+
+
+def check_backend_dtype(backend: str, W: Tensor) -> None:
+    if backend == "cpp":
+        if W.dtype not in CPP_DTYPES:
+            raise TypeError(f"W must be float32 or float64 for the cpp backend, got {W.dtype}")
+        if W.device.type != "cpu":
+            raise ValueError(f"the cpp backend runs on CPU tensors, but W is on {W.device}")
+
+
+def order_arg(order, D: int) -> Tensor:
+    """``order`` as a CPU int64 permutation (checked in eager mode)."""
+    if compiling():
+        check_tensor("order", order)
+        return order.detach().to("cpu", torch.long).contiguous()
+    return check_order(order, D)
+
+
+def x_arg(x, D: int, W: Tensor, kind: str) -> Tensor:
+    """x [B, D]: ``binary`` (-> W.dtype), ``categorical`` (int64 in [0, K)) or ``real`` (-> W.dtype)."""
+    from .._validate import check_binary_x, check_real_x
+    if not compiling():
+        if kind == "binary":
+            return check_binary_x(x, D, W.device, W.dtype).contiguous()
+        if kind == "real":
+            return check_real_x(x, D, W.device, W.dtype).contiguous()
+        raise AssertionError(kind)
+    _check_common("x", check_tensor("x", x), D, W.device)
+    return x.to(W.dtype).contiguous()
+
+
+def u_arg(u, D: int, trailing: tuple, W: Tensor) -> Tensor:
+    """Uniforms u [n, D, *trailing] -> W.dtype (values checked in eager mode)."""
+    _check_common("u", check_tensor("u", u), D, W.device, trailing)
+    if not u.dtype.is_floating_point:
+        raise TypeError(f"u must be a floating-point tensor of uniforms, got dtype {u.dtype}")
+    if not compiling() and u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
+        raise ValueError("u must hold uniforms in [0, 1]")
+    return u.to(W.dtype).contiguous()
+
+
+def check_return_logits(flag) -> bool:
+    if not isinstance(flag, bool):
+        raise TypeError(f"return_logits must be a bool, got {type(flag).__name__}")
+    return flag

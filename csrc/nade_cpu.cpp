@@ -1,0 +1,264 @@
+// Binary NADE on the CPU (DESIGN.md section 2): forward, backward, sampling.
+//
+// One task runs a block of kRows batch rows through all D steps together, so
+// every load of a W or V row serves kRows rows. Per row it keeps the hidden
+// pre-activation a [Hp], s = exp(-a) and h = sigmoid(a) = 1 / (1 + s). x is
+// binary, so a changes only when x_d = 1, and then s is updated by one multiply
+// with the precomputed E[t] = exp(-W[:, d]) instead of an exp per hidden unit.
+// s is recomputed from a (vectorised exp) when some |a| leaves the range where
+// that is exact (nade::Limits) and every kRefreshEvery updates (rounding drift).
+//
+// Backward walks t = D-1 .. 0 rebuilding a_t = a_{t+1} - W[:, d] x_d (and
+// s *= exp(+W[:, d])); exact copies of `a` taken every kCheckpointEvery steps in
+// a first, add-only sweep bound the drift of that subtraction. Gradients go to
+// per-chunk partial buffers summed in chunk order (deterministic).
+#include "nade_cpu_common.h"
+#include "ops.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
+
+namespace af {
+namespace nade_cpu {
+
+constexpr int kRows = 4;
+constexpr int kRefreshEvery = 64;
+constexpr int64_t kCheckpointEvery = 32;
+
+// Parameters in step order, hidden axis padded to Hp (see nade_cpu_common.h).
+template <typename T> struct BinParams {
+  int64_t D, H, Hp;
+  const T* WT;  // [D, Hp]  W[:, order[t]]
+  const T* E;   // [D, Hp]  exp(-WT) (forward) or exp(+WT) (backward)
+  const T* V;   // [D, Hp]  V[order[t]]
+  const T* b;   // [D]      b[order[t]]
+  const T* c;   // [Hp]
+  const int64_t* order;
+};
+
+// Gradient buffers in step order (see nade_binary.inc).
+template <typename T> struct BinGrads {
+  T* dWT;  // [D, Hp]
+  T* dV;   // [D, Hp]
+  T* db;   // [D] (unused: computed from the step gradients)
+  T* dc;   // [Hp]
+};
+
+}  // namespace nade_cpu
+}  // namespace af
+
+#ifdef AF_HAVE_ISA_VARIANTS
+AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
+#include "nade_simd.inc"
+#include "nade_binary.inc"
+AF_NADE_ISA_END
+AF_NADE_ISA_BEGIN(avx2, AF_TARGET_AVX2, kAvx2)
+#include "nade_simd.inc"
+#include "nade_binary.inc"
+AF_NADE_ISA_END
+#endif
+namespace af {
+namespace nade_cpu {
+namespace base {
+constexpr Isa kIsa = Isa::kBase;
+#include "nade_simd.inc"
+#include "nade_binary.inc"
+}  // namespace base
+}  // namespace nade_cpu
+}  // namespace af
+
+namespace af {
+namespace {
+
+using namespace af::nade_cpu;
+
+// Parameters in step order, padded (see nade_cpu_common.h); E = exp(-+W).
+struct BinPrep {
+  at::Tensor WT, E, V, b, c, order;
+  template <typename T> BinParams<T> params(int64_t H) const {
+    return {V.size(0), H, V.size(1), WT.data_ptr<T>(), E.data_ptr<T>(), V.data_ptr<T>(),
+            b.data_ptr<T>(), c.data_ptr<T>(), order.data_ptr<int64_t>()};
+  }
+};
+
+BinPrep prepare(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                const at::Tensor& order, bool backward) {
+  const int64_t H = W.size(0), D = W.size(1);
+  BinPrep p;
+  p.order = order.contiguous();
+  p.b = b.index_select(0, p.order);
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_prepare", [&] {
+    using T = scalar_t;
+    const int64_t L = kLanes<T>, Hp = round_up(H, L);
+    p.WT = at::empty({D, Hp}, W.options());
+    p.E = at::empty({D, Hp}, W.options());
+    p.V = step_rows_padded(V, p.order, Hp);
+    p.c = padded_vector(c, Hp);
+    const T* w = W.data_ptr<T>();
+    const int64_t* o = p.order.data_ptr<int64_t>();
+    T* wt = p.WT.data_ptr<T>();
+    T* e = p.E.data_ptr<T>();
+    const T sign = backward ? T(1) : T(-1);
+    parallel_items(Hp / L, [&](int64_t i, int64_t) {
+      AF_NADE_WITH_ISA(Binary, [&](auto k) { decltype(k)::gather_columns(w, H, D, o, Hp, i * L, sign, wt, e); });
+    });
+  });
+  return p;
+}
+
+template <typename T, bool SAMPLE>
+void bin_forward(const BinParams<T>& P, const T* in, T* x_out, T* logits, T* lp, int64_t B) {
+  const int64_t blocks = (B + kRows - 1) / kRows;
+  const int64_t per_worker = kRows * (3 * P.Hp + 2 * round_up(P.D, kLanes<T>));
+  at::Tensor work = at::empty({num_workers(blocks), per_worker}, at::dtype(c10::CppTypeToScalarType<T>::value));
+  T* wp = work.data_ptr<T>();
+  parallel_items(blocks, [&](int64_t blk, int64_t w) {
+    AF_NADE_WITH_ISA(Binary, [&](auto k) {
+      decltype(k)::template forward<T, SAMPLE>(P, in, x_out, logits, lp, B, blk, blk + 1, wp + w * per_worker);
+    });
+  });
+}
+
+// Step-order x and dLoss/dlogit: xs[b, t] = x[b, o[t]], gs[b, t] = G[b] (x - sigmoid(l)) + GL[b, o[t]].
+template <typename T>
+void step_gradients(const T* x, const T* G, const T* GL, const T* logits, const int64_t* order, int64_t B, int64_t D,
+                    T* xs, T* gs) {
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t t = 0; t < D; ++t) {
+        const int64_t i = b * D + order[t];
+        xs[b * D + t] = x[i];
+        gs[b * D + t] = G[b] * nade::bernoulli_dlogit(logits[i], x[i]) + (GL ? GL[i] : T(0));
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- checks
+
+void check_params(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                  const at::Tensor& order) {
+  check_defined(W, "W");
+  TORCH_CHECK_VALUE(W.dim() == 2, "W must have shape [H, D], got ", W.sizes());
+  const int64_t H = W.size(0), D = W.size(1);
+  check_param(W, "W", {H, D}, "[H, D]");
+  check_param(c, "c", {H}, "[H]");
+  check_param(V, "V", {D, H}, "[D, H]");
+  check_param(b, "b", {D}, "[D]");
+  check_dtype_as(c, "c", W, "W");
+  check_dtype_as(V, "V", W, "W");
+  check_dtype_as(b, "b", W, "W");
+  check_order(order, D, "order");
+  TORCH_CHECK_VALUE(order.device().is_cpu(), "order must be a CPU tensor, got ", order.device());
+}
+
+void check_rows(const at::Tensor& t, const char* name, const at::Tensor& W, int64_t B) {
+  check_defined(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must have shape [B, D], got ", t.sizes());
+  check_param(t, name, {B < 0 ? t.size(0) : B, W.size(1)}, "[B, D]");
+  check_dtype_as(t, name, W, "W");
+}
+
+void check_binary(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.numel() == 0 || ((x == 0) | (x == 1)).all().item<bool>(),
+                    "x must be binary (values 0 or 1) for a Bernoulli model");
+}
+
+template <typename T> T* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> nade_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
+                                                const at::Tensor& V, const at::Tensor& b, const at::Tensor& order) {
+  check_params(W, c, V, b, order);
+  check_rows(x, "x", W, -1);
+  check_binary(x);
+  const int64_t B = x.size(0), D = W.size(1);
+  at::Tensor logits = at::empty({B, D}, W.options());
+  at::Tensor lp = at::empty({B}, W.options());
+  const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/false);
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_forward", [&] {
+    const BinParams<scalar_t> P = prep.params<scalar_t>(W.size(0));
+    bin_forward<scalar_t, false>(P, x.data_ptr<scalar_t>(), nullptr, logits.data_ptr<scalar_t>(),
+                                 lp.data_ptr<scalar_t>(), B);
+  });
+  return {lp, logits};
+}
+
+std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                               const at::Tensor& b, const at::Tensor& order, const at::Tensor& u) {
+  check_params(W, c, V, b, order);
+  check_rows(u, "u", W, -1);
+  check_uniforms(u, "u");
+  const int64_t n = u.size(0), D = W.size(1);
+  at::Tensor x = at::empty({n, D}, W.options());
+  at::Tensor logits = at::empty({n, D}, W.options());
+  at::Tensor lp = at::empty({n}, W.options());
+  const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/false);
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_sample", [&] {
+    const BinParams<scalar_t> P = prep.params<scalar_t>(W.size(0));
+    bin_forward<scalar_t, true>(P, u.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(),
+                                lp.data_ptr<scalar_t>(), n);
+  });
+  return {x, lp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
+    const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_logits, const at::Tensor& x,
+    const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+    const at::Tensor& logits) {
+  check_params(W, c, V, b, order);
+  check_rows(x, "x", W, -1);
+  check_binary(x);
+  const int64_t B = x.size(0), H = W.size(0), D = W.size(1);
+  check_param(grad_log_prob, "grad_log_prob", {B}, "[B]");
+  check_dtype_as(grad_log_prob, "grad_log_prob", W, "W");
+  check_rows(logits, "logits", W, B);
+  at::Tensor GL;
+  if (grad_logits.has_value() && grad_logits->defined()) {
+    GL = *grad_logits;
+    check_rows(GL, "grad_logits", W, B);
+  }
+  const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/true);
+  const int64_t Hp = prep.WT.size(1);
+  const int64_t nck = (D + kCheckpointEvery - 1) / kCheckpointEvery;
+  at::Tensor dWT = at::zeros({D, Hp}, W.options());
+  at::Tensor dVs = at::zeros({D, Hp}, W.options());
+  at::Tensor dcp = at::zeros({Hp}, W.options());
+  at::Tensor xs = at::empty({B, D}, W.options());
+  at::Tensor gs = at::empty({B, D}, W.options());
+  at::Tensor dW = at::empty({H, D}, W.options());
+  AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_backward", [&] {
+    using T = scalar_t;
+    const BinParams<T> P = prep.params<T>(H);
+    step_gradients<T>(x.data_ptr<T>(), grad_log_prob.data_ptr<T>(), ptr<T>(GL), logits.data_ptr<T>(), P.order, B, D,
+                      xs.data_ptr<T>(), gs.data_ptr<T>());
+    const Slices sl = make_slices(Hp, kLanes<T>);
+    const int64_t per_worker = kRows * (4 + nck) * sl.width;
+    at::Tensor work = at::empty({num_workers(sl.n), per_worker}, W.options());
+    T* wp = work.data_ptr<T>();
+    const BinGrads<T> out{dWT.data_ptr<T>(), dVs.data_ptr<T>(), nullptr, dcp.data_ptr<T>()};
+    parallel_items(sl.n, [&](int64_t i, int64_t w) {
+      const int64_t j0 = i * sl.width, n = std::min(sl.width, Hp - j0);
+      AF_NADE_WITH_ISA(Binary, [&](auto k) {
+        decltype(k)::template backward<T>(P, xs.data_ptr<T>(), gs.data_ptr<T>(), B, j0, n, wp + w * per_worker, out);
+      });
+    });
+    const T* dwt = dWT.data_ptr<T>();
+    T* dw = dW.data_ptr<T>();
+    parallel_items(Hp / kLanes<T>, [&](int64_t i, int64_t) {
+      AF_NADE_WITH_ISA(Binary, [&](auto k) {
+        decltype(k)::scatter_columns(dwt, H, D, P.order, Hp, i * kLanes<T>, dw);
+      });
+    });
+  });
+  const at::Tensor& o = prep.order;
+  at::Tensor dV = at::empty({D, H}, W.options());
+  dV.index_copy_(0, o, dVs.narrow(1, 0, H));
+  at::Tensor db = at::empty({D}, W.options());
+  db.index_copy_(0, o, gs.sum(0));
+  return {dW, dcp.narrow(0, 0, H).clone(), dV, db};
+}
+
+const char* nade_cpu_isa() { return nade_cpu::isa_name(nade_cpu::isa()); }
+
+}  // namespace af
