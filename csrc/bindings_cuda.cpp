@@ -1,0 +1,32 @@
+// The pybind11 module armodel_fast._C_cuda: CUDA kernels (built only with a
+// CUDA-enabled torch and nvcc; see setup.py).
+#include <torch/extension.h>
+
+#include <tuple>
+#include <vector>
+
+namespace af {
+std::tuple<at::Tensor, at::Tensor> nade_cuda_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
+                                                     const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                                                     const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
+                                                    const at::Tensor& V, const at::Tensor& b,
+                                                    const at::Tensor& order, const at::Tensor& u);
+std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
+                                           const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                           const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
+}  // namespace af
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "armodel-fast CUDA kernels";
+  // NADE family; kind: 0 binary, 1 categorical, 2 RNADE (layouts as in the reference).
+  m.def("nade_forward", &af::nade_cuda_forward, py::arg("kind"), py::arg("x"), py::arg("W"), py::arg("c"),
+        py::arg("V"), py::arg("b"), py::arg("order"), "(log_prob [B], outputs [B, D, ...])");
+  m.def("nade_sample", &af::nade_cuda_sample, py::arg("kind"), py::arg("W"), py::arg("c"), py::arg("V"),
+        py::arg("b"), py::arg("order"), py::arg("u"), "(x [n, D], log_prob [n]) from uniforms u");
+  m.def("nade_backward", &af::nade_cuda_backward, py::arg("kind"), py::arg("grad"), py::arg("x"), py::arg("W"),
+        py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
+        "[dW, dc, dV, db, dx or None] of sum(grad * log_prob)");
+}
