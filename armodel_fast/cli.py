@@ -157,14 +157,33 @@ def cmd_bench(args, out) -> int:
     from . import bench
 
     compile_mode = {True: "on", False: "off", None: "auto"}[args.compile]
-    cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
-                            seed=args.seed, threads=args.threads, compile=compile_mode, memory=not args.no_memory,
-                            filter=args.filter)
-    results = bench.run_bench(cfg, console=out)
-    bench.print_table(results, cfg, out)
-    if args.json:
-        bench.write_json(args.json, results, cfg)
-        out.print(f"wrote {args.json}")
+    try:
+        cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
+                                seed=args.seed, threads=args.threads, compile=compile_mode,
+                                memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    if cfg.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {cfg.device}: no CUDA GPU is usable here (torch {torch.__version__})")
+    paths = {"json": args.json, "markdown": args.markdown, "plot": args.plot}
+    if args.out:
+        defaults = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
+        paths = {k: v or os.path.join(args.out, defaults[k]) for k, v in paths.items()}
+    rows = bench.all_rows(cfg)
+    if not rows:
+        raise CLIError(f"--filter {args.filter!r} selects no rows (it matches 'op provider', "
+                       "e.g. 'masked_linear', 'nade sample', 'made fwd', 'reference')")
+    info = bench.machine_info(cfg)
+    results = bench.run_bench(cfg, rows=rows, console=out)
+    try:
+        info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    bench.print_tables(results, cfg, out, info)
+    for path in bench.write_outputs(results, cfg, info, paths["json"], paths["markdown"], paths["plot"]):
+        out.print(f"wrote {path}")
     return 0
 
 
@@ -184,6 +203,7 @@ def _positive_float(s: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.core import COMPILE_AUTO_MAX_D
     from .train import MODELS
 
     p = argparse.ArgumentParser(prog="armodel-fast", description="Train, sample and benchmark "
@@ -219,23 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=backends, default="auto")
     s.set_defaults(func=cmd_sample)
 
-    b = sub.add_parser("bench", help="time NADE: reference forms, torch.compile and kernels")
-    b.add_argument("--B", type=_positive_int, default=256, help="batch size")
-    b.add_argument("--D", type=_positive_int, default=784, help="dimensions")
-    b.add_argument("--H", type=_positive_int, default=500, help="hidden units")
-    b.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per row")
+    b = sub.add_parser("bench", help="time NADE, masked_linear and MADE: reference forms, torch.compile, kernels",
+                       description="Time every op (NADE log-prob fwd, fwd+bwd, sample; masked_linear fwd, "
+                       "fwd+bwd; MADE fwd, sample) at its headline size (or a sweep): eager reference forms, "
+                       "torch.compile and each kernel backend, with the ratio to the fastest eager reference "
+                       "and peak memory.")
+    b.add_argument("--sweep", action="store_true", help="several sizes per op, not just the headline one")
+    b.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    b.add_argument("--B", type=_positive_int, default=None, help="batch size of every op (default: per op)")
+    b.add_argument("--D", type=_positive_int, default=None, help="dimensions of every op (default: per op)")
+    b.add_argument("--H", type=_positive_int, default=None,
+                   help="hidden units of every op; MADE gets [H, H] (default: per op)")
+    b.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per row (median reported)")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads per row (default: torch's default)")
     group = b.add_mutually_exclusive_group()
     group.add_argument("--compile", dest="compile", action="store_true", default=None,
-                       help="always include torch.compile rows (default: only when D <= 64)")
-    group.add_argument("--no-compile", dest="compile", action="store_false")
+                       help="include every torch.compile row (default: loops over D are compiled only "
+                       f"when D <= {COMPILE_AUTO_MAX_D})")
+    group.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
     b.add_argument("--no-memory", action="store_true",
                    help="time in this process and skip the per-row subprocess memory measurement")
-    b.add_argument("--filter", help="only rows whose 'op provider' contains this text")
-    b.add_argument("--json", help="also write the results to this JSON file")
+    b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "
+                   "'made sample', cpp), plus the eager reference rows of those ops (for the ratio)")
+    b.add_argument("--json", help="write the results (and machine info) to this JSON file")
+    b.add_argument("--markdown", help="write a markdown table (for README.md) to this file")
+    b.add_argument("--plot", help="write a PNG of speedups vs the best eager reference to this file")
+    b.add_argument("--out", help="write bench.json, bench.md and bench.png into this directory "
+                   "(--json/--markdown/--plot still override each path)")
     b.set_defaults(func=cmd_bench)
     return p
 

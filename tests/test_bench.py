@@ -1,0 +1,140 @@
+"""``armodel-fast bench``: outputs (JSON, markdown, PNG), --filter, sizes, the memory subprocess.
+
+Nothing here is a speed assertion: tiny sizes, one timed call per row.
+"""
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from armodel_fast import bench
+from armodel_fast.cli import build_parser, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+OPS = {"nade log_prob fwd", "nade log_prob fwd+bwd", "nade sample", "masked_linear fwd", "masked_linear fwd+bwd",
+       "made fwd", "made sample"}
+QUICK = ["bench", "--quick", "--repeats", "1", "--no-compile"]
+
+
+@pytest.fixture(scope="module")
+def quick_sweep(tmp_path_factory):
+    """The gpu_check.sh command line (explicit --json/--markdown/--plot, --sweep) at --quick sizes."""
+    out = tmp_path_factory.mktemp("bench")
+    paths = {k: out / f"b.{k}" for k in ("json", "md", "png")}
+    rc = main(QUICK + ["--sweep", "--no-memory", "--json", str(paths["json"]), "--markdown", str(paths["md"]),
+                       "--plot", str(paths["png"])])
+    assert rc == 0
+    return paths
+
+
+def test_json_has_every_op_and_machine(quick_sweep):
+    data = json.loads(quick_sweep["json"].read_text())
+    rows = data["rows"]
+    assert {r["op"] for r in rows} == OPS
+    for op in OPS:  # the sweep: two sizes of every op
+        assert len({r["size_label"] for r in rows if r["op"] == op}) == 2
+    for r in rows:
+        assert (r["median_ms"] is not None and r["median_ms"] > 0) or r["note"], r
+        assert r["kind"] in ("reference", "baseline", "compiled", "kernel")
+        if r["median_ms"] is None:
+            assert r["speedup_vs_best_reference"] is None
+    # every op and size has a measured eager reference, whose best has ratio 1
+    for op in OPS:
+        for label in {r["size_label"] for r in rows if r["op"] == op}:
+            refs = [r for r in rows if r["op"] == op and r["size_label"] == label and r["reference"]]
+            assert refs and max(r["speedup_vs_best_reference"] for r in refs) == pytest.approx(1.0)
+    baselines = [r for r in rows if r["baseline"]]
+    assert {r["provider"] for r in baselines} == {"unmasked F.linear", "unmasked MLP"}
+    assert not any(r["reference"] for r in baselines)
+    skipped = [r for r in rows if r["kind"] == "compiled"]
+    assert skipped and all(r["note"] == "--no-compile" for r in skipped)
+    machine = data["machine"]
+    for key in ("cpu", "cores", "torch", "commit", "date", "device", "threads"):
+        assert key in machine
+    assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"
+    assert data["config"]["sweep"] and data["config"]["quick"]
+
+
+def test_markdown_table(quick_sweep):
+    text = quick_sweep["md"].read_text()
+    lines = text.splitlines()
+    assert "cores" in lines[0] and f"torch {torch.__version__}" in lines[0]
+    header = lines.index("| op | size | provider | median ms | vs best ref | peak MiB | note |")
+    assert lines[header + 1].startswith("|---|")
+    table = [line for line in lines[header:] if line.startswith("|")]
+    assert len(table) == 2 + len(json.loads(quick_sweep["json"].read_text())["rows"])
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 9 for line in table)  # 7 cells; pipes in text escaped
+    assert "masked\\_linear fwd" in text and "dense W\\*M (ref)" in text
+
+
+def test_png(quick_sweep):
+    data = quick_sweep["png"].read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+
+
+def test_filter_selects_ops_and_out_dir(tmp_path, capsys):
+    assert main(QUICK + ["--no-memory", "--filter", "masked_linear", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["op"] for r in rows} == {"masked_linear fwd", "masked_linear fwd+bwd"}
+    assert (tmp_path / "bench.md").is_file() and (tmp_path / "bench.png").read_bytes()[:8] == PNG_SIGNATURE
+    text = capsys.readouterr().out
+    assert "masked_linear fwd+bwd" in text and "nade" not in text
+
+
+def test_filter_on_provider_keeps_the_references():
+    rows = bench.all_rows(bench.BenchConfig(device="cpu", quick=True, filter="torch.compile dense"))
+    ops, providers = ("masked_linear fwd", "masked_linear fwd+bwd"), ("dense W*M", "torch.compile dense W*M")
+    assert {(r.op, r.provider) for r in rows} == {(op, p) for op in ops for p in providers}
+
+
+def test_filter_matching_nothing_is_an_error(capsys):
+    assert main(QUICK + ["--no-memory", "--filter", "no such op"]) == 2
+    assert "selects no rows" in capsys.readouterr().err
+
+
+def test_memory_subprocess_one_row(tmp_path):
+    out = tmp_path / "m.json"
+    assert main(QUICK + ["--filter", "masked_linear fwd dense", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["op"], r["provider"]) for r in rows] == [("masked_linear fwd", "dense W*M")]
+    assert rows[0]["median_ms"] > 0 and rows[0]["note"] is None
+    if sys.platform.startswith("linux"):
+        assert rows[0]["peak_mib"] is not None and rows[0]["peak_mib"] >= 0
+
+
+def test_gpu_check_command_line_parses():
+    args = build_parser().parse_args(["bench", "--device", "cuda", "--sweep", "--json", "a.json",
+                                      "--markdown", "a.md", "--plot", "a.png"])
+    assert args.sweep and args.device == "cuda" and (args.json, args.markdown, args.plot) == ("a.json", "a.md", "a.png")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_an_error(capsys):
+    assert main(["bench", "--device", "cuda", "--quick", "--no-memory"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_sizes_headline_sweep_and_overrides():
+    cfg = bench.BenchConfig(device="cpu")
+    assert bench.sizes("nade", cfg) == [{"B": 256, "D": 784, "H": 500}]
+    assert [s["H"] for s in bench.sizes("masked_linear", cfg)] == [500, 2000]
+    assert bench.sizes("made", cfg) == [{"B": 128, "D": 784, "hidden": (2000, 2000)}]
+    assert bench.sizes("made sample", cfg) == [{"n": 16, "D": 784, "hidden": (2000, 2000)}]
+    sweep = bench.sizes("nade", bench.BenchConfig(device="cpu", sweep=True))
+    assert {s["D"] for s in sweep} == {64, 196, 784} and {s["H"] for s in sweep} == {128, 500}
+    # --B/--D/--H replace those dimensions everywhere; duplicates collapse
+    tiny = bench.BenchConfig(device="cpu", sweep=True, B=4, D=8, H=4)
+    assert bench.sizes("nade", tiny) == [{"B": 4, "D": 8, "H": 4}]
+    assert bench.sizes("made", tiny) == [{"B": 4, "D": 8, "hidden": (4, 4)}]
+    assert bench.sizes("made sample", tiny) == [{"n": 16, "D": 8, "hidden": (4, 4)}]
+
+
+def test_kernel_rows_follow_explain():
+    rows = bench.all_rows(bench.BenchConfig(device="cpu", quick=True, compile="off"))
+    reasons = bench.kernel_skip_reasons("masked_linear", "cpu")
+    kernel = {r.provider: r.skip for r in rows if r.op == "masked_linear fwd" and r.kind == "kernel"}
+    assert kernel == reasons
+    assert all(isinstance(why, str) and why for why in reasons.values() if why is not None)
+    assert len({r.key for r in rows}) == len(rows)  # the subprocess finds its row by key
