@@ -71,4 +71,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nade_sample", &af::nade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
         py::arg("u"), "Binary NADE samples from uniforms u [n, D]: (x [n, D], log_prob [n]).");
   m.def("nade_cpu_isa", &af::nade_cpu_isa, "SIMD variant the NADE CPU kernels run with: avx512, avx2 or base.");
+  m.def("masked_linear_prepare", &af::masked_linear_prepare, py::arg("weight"), py::arg("in_degrees"),
+        py::arg("out_degrees"), py::arg("strict"), py::arg("max_blocks"),
+        "Sort by degree, cut the staircase into blocks, gather the masked weights: "
+        "(w_sorted, perm_in, perm_out, row_reach, blocks).");
+  m.def("masked_linear_forward", &af::masked_linear_forward, py::arg("x"), py::arg("w_sorted"), py::arg("bias"),
+        py::arg("perm_in"), py::arg("perm_out"), py::arg("row_reach"), py::arg("blocks"), py::arg("activation"),
+        py::arg("x_sorted"), py::arg("y_sorted"),
+        "act(x @ (W*M).T + bias) from prepared weights (x / y in degree-sorted unit order if *_sorted).");
+  m.def("masked_linear_backward", &af::masked_linear_backward, py::arg("grad_y"), py::arg("x"), py::arg("y"),
+        py::arg("w_sorted"), py::arg("perm_in"), py::arg("perm_out"), py::arg("row_reach"), py::arg("blocks"),
+        py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), py::arg("need_dx"), py::arg("need_dw"),
+        py::arg("need_db"),
+        "(dx, dW (masked), db) of the masked linear layer.");
 }

@@ -28,4 +28,17 @@ std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Te
 // SIMD variant the NADE kernels run with ("avx512", "avx2" or "base").
 const char* nade_cpu_isa();
 
+// masked_linear_cpu.cpp: staircase-blocked masked linear layer (DESIGN.md section 4).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(
+    const at::Tensor& weight, const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict,
+    int64_t max_blocks);
+at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                 const at::Tensor& perm_out, const at::Tensor& row_reach,
+                                 const at::Tensor& blocks, int64_t activation, bool x_sorted, bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
+    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+
 }  // namespace af

@@ -4,3 +4,4 @@ Importing an op module registers the backends it implements with
 ``armodel_fast._backend`` (only those whose extension actually loaded).
 """
 from . import nade  # noqa: F401,E402  (registers nade)
+from . import masked_linear  # noqa: F401,E402  (registers masked_linear)

@@ -1,0 +1,252 @@
+"""masked_linear: ``act(x @ (W * M).T + bias)`` with the mask computed from degrees.
+
+Chain (STYLE.md): C++ kernels ``masked_linear_{prepare,forward,backward}`` ->
+torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
+(fake impls + autograd, so ``torch.compile`` traces them without graph breaks)
+-> :func:`masked_linear` (validation, ``backend=``) -> ``nn.MaskedLinear``.
+
+``M[k, j] = 1{out_degrees[k] >= in_degrees[j]}`` (``>`` when ``strict``); no
+``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
+degree (a permutation invisible to the caller), which turns the mask into a
+staircase, and runs one BLAS matmul per block of rows over only the inputs
+the block reaches (DESIGN.md section 4). The sorted, masked weights are cached
+per weight tensor, keyed on the tensor itself (weak reference), its version
+counter, data pointer and layout and on the degree values, so repeated calls
+with unchanged weights (evaluation, sampling, and the backward of a training
+step) do not rebuild them; any in-place update of the weight (optimizer step,
+``load_state_dict``) or of the degrees (MADE's ``next_mask``) invalidates the
+entry. Writes through ``weight.data`` (or ``.detach()``-free tricks such as
+``torch.autograd.gradcheck``'s perturbations) bypass the version counter and
+are NOT seen: call :func:`clear_cache` after those, or run inside
+``with caching(False):``.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _ext
+from .._backend import check_backend_name, register_kernel, resolve_backend
+from ..reference.masked_linear import degree_mask
+
+ACTIVATIONS = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}
+_REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+MAX_BLOCKS = 8  # row blocks of the staircase (more: less masked area, smaller matmuls)
+
+
+def _cpp():
+    ext = _ext.get_ext()
+    if ext is None or not hasattr(ext, "masked_linear_forward"):
+        raise RuntimeError(f"masked_linear backend 'cpp' is unavailable: {_ext.ext_error() or 'the extension has no masked_linear kernels; rebuild it'}")
+    return ext
+
+
+# ---- cache of prepared (degree-sorted, masked) weights -------------------------
+
+class Prepared(NamedTuple):
+    """Degree-sorted masked weights: sorted row i is unit ``perm_out[i]``, sorted
+    column j is input ``perm_in[j]``; row i reaches the sorted inputs
+    ``[0, row_reach[i])``; ``blocks[b] = (row_begin, row_end, cols)``."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    row_reach: Tensor
+    blocks: Tensor
+
+
+class _Entry:
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "prepared")
+
+
+_CACHE: dict = {}
+_stats = {"hits": 0, "builds": 0}
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def caching(enabled: bool):
+    """Turn the prepared-weight cache on/off inside a ``with`` block (off: rebuild every call)."""
+    old, _enabled[0] = _enabled[0], bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled[0] = old
+
+
+def clear_cache() -> None:
+    """Drop every cached prepared weight (needed only after writes through ``.data``)."""
+    _CACHE.clear()
+
+
+def cache_info() -> dict:
+    """``{"entries", "hits", "builds"}`` of the prepared-weight cache."""
+    return {"entries": len(_CACHE), **_stats}
+
+
+def _key(weight: Tensor, strict: bool, max_blocks: int):
+    return (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype,
+            strict, max_blocks)
+
+
+def _forget(wid: int, ref) -> None:
+    """Weak-reference callback: the weight died, drop its entry (unless already replaced)."""
+    entry = _CACHE.get(wid)
+    if entry is not None and entry.ref is ref:
+        del _CACHE[wid]
+
+
+def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+            max_blocks: int = None) -> Prepared:
+    """The prepared weights of ``(weight, degrees)``, from the cache when still valid."""
+    max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
+    cacheable = _enabled[0] and not weight.is_inference()
+    if cacheable:
+        entry = _CACHE.get(id(weight))
+        if (entry is not None and entry.ref() is weight and entry.key == _key(weight, strict, max_blocks)
+                and torch.equal(entry.in_degrees, in_degrees) and torch.equal(entry.out_degrees, out_degrees)):
+            _stats["hits"] += 1
+            return entry.prepared
+    prepared = Prepared(*_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks))
+    _stats["builds"] += 1
+    if cacheable:
+        entry = _Entry()
+        wid = id(weight)
+        entry.ref = weakref.ref(weight, lambda r, wid=wid: _forget(wid, r))
+        entry.key = _key(weight, strict, max_blocks)
+        entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
+        entry.prepared = prepared
+        _CACHE[wid] = entry
+    return prepared
+
+
+# ---- custom ops -----------------------------------------------------------------
+
+@torch.library.custom_op("armodel_fast::masked_linear", mutates_args=())
+def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor,
+                      out_degrees: Tensor, strict: bool, activation: str, backend: str,
+                      x_sorted: bool = False, y_sorted: bool = False) -> Tensor:
+    """x [B, in] -> [B, out]. ``x_sorted``/``y_sorted``: x's columns / y's units are in
+    degree-sorted (stable) order, as between chained MADE layers (no gather/scatter)."""
+    if backend != "cpp":
+        raise RuntimeError(f"armodel_fast::masked_linear has no {backend!r} kernel")
+    p = prepare(weight, in_degrees, out_degrees, strict)
+    return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
+                                        ACTIVATIONS[activation], x_sorted, y_sorted)
+
+
+@_masked_linear_op.register_fake
+def _(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted=False, y_sorted=False):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("armodel_fast::masked_linear_backward", mutates_args=())
+def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Optional[Tensor],
+                               in_degrees: Tensor, out_degrees: Tensor, strict: bool, activation: str,
+                               backend: str, x_sorted: bool, y_sorted: bool, need_dx: bool, need_dw: bool,
+                               need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    if backend != "cpp":
+        raise RuntimeError(f"armodel_fast::masked_linear_backward has no {backend!r} kernel")
+    p = prepare(weight, in_degrees, out_degrees, strict)
+    dx, dw, db = _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach,
+                                               p.blocks, ACTIVATIONS[activation], x_sorted, y_sorted,
+                                               need_dx, need_dw, need_db)
+    return (dx if need_dx else x.new_empty(0), dw if need_dw else x.new_empty(0), db if need_db else x.new_empty(0))
+
+
+@_masked_linear_backward_op.register_fake
+def _(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+      need_dx, need_dw, need_db):
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(weight.shape if need_dw else (0,)),
+            x.new_empty((weight.shape[0],) if need_db else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted = inputs
+    # Degrees are cloned (a few KB): MADE rewrites its degree buffers in place when it
+    # switches masks, and the backward must use the forward's mask.
+    ctx.save_for_backward(x, weight, in_degrees.clone(), out_degrees.clone(),
+                          output if activation != "none" else None)
+    ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
+
+
+def _backward(ctx, grad_y):
+    x, weight, in_degrees, out_degrees, y = ctx.saved_tensors
+    strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+    dx, dw, db = _masked_linear_backward_op(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
+                                            backend, x_sorted, y_sorted, need_dx, need_dw, need_db)
+    return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
+            None, None, None, None, None, None, None)
+
+
+_masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public function ---------------------------------------------------------------
+
+def _check_degrees(name: str, d, n: int) -> Tensor:
+    if not isinstance(d, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer degrees, got {type(d).__name__}")
+    if d.dtype.is_floating_point or d.dtype.is_complex or d.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer degrees, got dtype {d.dtype}")
+    if d.dim() != 1 or d.numel() != n:
+        raise ValueError(f"{name} must be a 1-D tensor of length {n}, got shape {tuple(d.shape)}")
+    return d if d.dtype == torch.long else d.long()
+
+
+def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor, out_degrees: Tensor,
+                  strict: bool, activation: str = "none", backend: str = "cpp") -> Tensor:
+    """``act(x @ (weight * M).T + bias)``, ``M[k, j] = 1{out_degrees[k] >= in_degrees[j]}`` (``>`` if strict).
+
+    x [..., in], weight [out, in], bias [out] or None, degrees int [in] / [out];
+    activation one of ``none, relu, elu, tanh`` (elu with alpha = 1), fused.
+    ``backend``: ``"cpp"``, ``"reference"`` or ``"auto"``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [out, in], got {tuple(weight.shape)}")
+    n_out, n_in = weight.shape
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if x.dim() < 1 or x.shape[-1] != n_in:
+        raise ValueError(f"x must have shape [..., {n_in}], got {tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but weight is on {weight.device}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"bias must have the weight's dtype {weight.dtype}, got {bias.dtype}")
+        if bias.shape != (n_out,):
+            raise ValueError(f"bias must have shape [{n_out}], got {tuple(bias.shape)}")
+        if bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device} but weight is on {weight.device}")
+    in_degrees = _check_degrees("in_degrees", in_degrees, n_in)
+    out_degrees = _check_degrees("out_degrees", out_degrees, n_out)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    backend = resolve_backend(check_backend_name(backend), "masked_linear", x.device)
+    if backend == "reference":
+        mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
+        return _REF_ACT[activation](F.linear(x, weight * mask, bias))
+    lead = x.shape[:-1]
+    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend)
+    return y.reshape(*lead, n_out)
+
+
+if _ext.get_ext() is not None and hasattr(_ext.get_ext(), "masked_linear_forward"):
+    register_kernel("masked_linear", "cpp")

@@ -1,0 +1,173 @@
+"""masked_linear (fast backends) against the reference F.linear(x, W*M): outputs, every gradient,
+the prepared-weight cache, gradcheck, input validation."""
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import armodel_fast as af
+from armodel_fast import _backend
+from armodel_fast.ops import masked_linear as ml_ops
+from armodel_fast.ops.masked_linear import masked_linear
+from armodel_fast.reference import made as ref_made
+from armodel_fast.reference.masked_linear import degree_mask
+
+ACTS = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+FAST = [b for b in ("cpp", "triton", "cuda") if _backend._why_not(b, "masked_linear", torch.device("cpu")) is None]
+pytestmark = pytest.mark.skipif(not FAST, reason=f"no fast masked_linear backend here:\n{af.explain('masked_linear')}")
+backends = pytest.mark.parametrize("backend", FAST)
+
+
+def reference(x, w, b, din, dout, strict, act):
+    return ACTS[act](F.linear(x, w * degree_mask(din, dout, strict, w.dtype), b))
+
+
+def leaves(*ts):
+    return [t.detach().clone().requires_grad_(True) if t is not None else None for t in ts]
+
+
+def compare(backend, x, w, b, din, dout, strict, act, atol=None, rtol=None):
+    """Output and dx, dW, db of the backend against the reference autograd."""
+    xf, wf, bf = leaves(x, w, b)
+    xr, wr, br = leaves(x, w, b)
+    y = masked_linear(xf, wf, bf, din, dout, strict, act, backend=backend)
+    yr = reference(xr, wr, br, din, dout, strict, act)
+    torch.testing.assert_close(y, yr, atol=atol, rtol=rtol)
+    g = torch.randn_like(yr)
+    got = torch.autograd.grad(y, [t for t in (xf, wf, bf) if t is not None], g)
+    want = torch.autograd.grad(yr, [t for t in (xr, wr, br) if t is not None], g)
+    for name, a, e in zip(("dx", "dW", "db"), got, want):
+        err = (a - e).abs()
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol,
+                                   msg=lambda m: f"{name}: max err {err.max():.3g}, mean {err.mean():.3g}\n{m}")
+
+
+@backends
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("B, I, O, bias", [(3, 37, 53, True), (17, 100, 1, False), (1, 5, 301, True),
+                                           (6, 1, 9, True)])
+def test_random_degrees_match_reference(backend, act, strict, B, I, O, bias):
+    g = torch.Generator().manual_seed(B * 1000 + I * 10 + O)
+    x = torch.randn(B, I, generator=g, dtype=torch.float64)
+    w = torch.randn(O, I, generator=g, dtype=torch.float64)
+    b = torch.randn(O, generator=g, dtype=torch.float64) if bias else None
+    # degrees with ties, units reaching nothing and units reaching everything
+    din = torch.randint(1, 12, (I,), generator=g)
+    dout = torch.randint(0, 13, (O,), generator=g)
+    compare(backend, x, w, b, din, dout, strict, act)
+
+
+@backends
+@pytest.mark.parametrize("strict", [False, True])
+def test_made_staircase_fp32(backend, strict):
+    """MADE-like degrees, sizes that are not multiples of any block size, many blocks."""
+    g = torch.Generator().manual_seed(1)
+    D, H = 77, 203
+    m0 = ref_made.input_degrees(torch.randperm(D, generator=g))
+    (m1,) = ref_made.hidden_degrees(m0, [H], g)
+    din, dout = (m1, m0) if strict else (m0, m1)
+    I, O = din.numel(), dout.numel()
+    x = torch.randn(33, I, generator=g)
+    w = torch.randn(O, I, generator=g) / I ** 0.5
+    compare(backend, x, w, torch.randn(O, generator=g), din, dout, strict, "relu", atol=2e-5, rtol=1e-4)
+
+
+@backends
+def test_leading_dims_and_module(backend):
+    lin = af.MaskedLinear(7, 5, torch.arange(7) % 4, torch.arange(5) % 4, backend=backend)
+    ref = af.MaskedLinear(7, 5, torch.arange(7) % 4, torch.arange(5) % 4)
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(2, 3, 7)
+    torch.testing.assert_close(lin(x), ref(x))
+    assert lin.last_backend == backend and lin(x).shape == (2, 3, 5)
+    lin.set_degrees(out_degrees=torch.arange(5))
+    ref.set_degrees(out_degrees=torch.arange(5))
+    torch.testing.assert_close(lin(x), ref(x))
+
+
+@backends
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("strict", [False, True])
+def test_gradcheck_fp64(backend, act, strict):
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((3, 6), (5, 6), (5,)))
+    din, dout = torch.tensor([1, 3, 2, 1, 4, 2]), torch.tensor([0, 2, 4, 1, 3])
+    with ml_ops.caching(False):  # gradcheck perturbs w through .data, unseen by the version counter
+        assert torch.autograd.gradcheck(lambda x, w, b: masked_linear(x, w, b, din, dout, strict, act, backend),
+                                        (x, w, b))
+
+
+@backends
+def test_cache_follows_weight_and_degree_changes(backend):
+    ml_ops.clear_cache()
+    lin = af.MaskedLinear(20, 30, torch.randint(1, 6, (20,)), torch.randint(0, 7, (30,)), backend=backend)
+    x = torch.randn(4, 20)
+    with torch.no_grad():
+        lin(x)
+        builds = ml_ops.cache_info()["builds"]
+        y1 = lin(x)
+        assert ml_ops.cache_info()["builds"] == builds  # reused
+        lin.weight.mul_(2)  # an optimizer-style in-place update bumps the version counter
+        torch.testing.assert_close(lin(x), 2 * y1 - lin.bias)
+        lin.set_degrees(out_degrees=torch.zeros(30, dtype=torch.long))  # a mask change
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight * lin.mask(), lin.bias))
+    lin.load_state_dict({k: torch.zeros_like(v) if k == "weight" else v for k, v in lin.state_dict().items()})
+    torch.testing.assert_close(lin(x), lin.bias.expand(4, 30).detach())
+    n = ml_ops.cache_info()["entries"]
+    del lin
+    gc.collect()
+    assert ml_ops.cache_info()["entries"] == n - 1  # the entry dies with its weight
+
+
+@backends
+def test_training_steps_use_fresh_weights(backend):
+    torch.manual_seed(0)
+    din, dout = torch.randint(1, 5, (12,)), torch.randint(1, 5, (8,))
+    w = torch.randn(8, 12, requires_grad=True)
+    w_ref = w.detach().clone().requires_grad_(True)
+    opt, opt_ref = torch.optim.SGD([w], lr=0.1), torch.optim.SGD([w_ref], lr=0.1)
+    x = torch.randn(16, 12)
+    for _ in range(3):
+        for weight, o, fn in ((w, opt, lambda t: masked_linear(x, t, None, din, dout, False, "tanh", backend)),
+                              (w_ref, opt_ref, lambda t: reference(x, t, None, din, dout, False, "tanh"))):
+            o.zero_grad()
+            fn(weight).square().sum().backward()
+            o.step()
+    torch.testing.assert_close(w, w_ref)
+
+
+@backends
+def test_frozen_weight_and_no_input_grad(backend):
+    din, dout = torch.randint(1, 5, (6,)), torch.randint(1, 5, (4,))
+    w, b = torch.randn(4, 6), torch.randn(4, requires_grad=True)
+    x = torch.randn(3, 6, requires_grad=True)
+    masked_linear(x, w, b, din, dout, True, "elu", backend).sum().backward()
+    xr = x.detach().clone().requires_grad_(True)
+    reference(xr, w, b.detach(), din, dout, True, "elu").sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(x=torch.randn(2, 4)), ValueError, "x must have shape"),
+    (dict(x=torch.randn(2, 5, dtype=torch.float64)), TypeError, "same dtype"),
+    (dict(x=torch.ones(2, 5, dtype=torch.long)), TypeError, "x must be a floating"),
+    (dict(x=[1.0] * 5), TypeError, "x must be a torch.Tensor"),
+    (dict(weight=torch.randn(3, 5, 1)), ValueError, "weight must have shape"),
+    (dict(bias=torch.randn(4)), ValueError, "bias must have shape"),
+    (dict(bias=torch.randn(3, dtype=torch.float64)), TypeError, "bias must have"),
+    (dict(in_degrees=torch.ones(5)), TypeError, "in_degrees must hold integer"),
+    (dict(in_degrees=torch.ones(4, dtype=torch.long)), ValueError, "in_degrees must be a 1-D"),
+    (dict(out_degrees=torch.ones(3, 1, dtype=torch.long)), ValueError, "out_degrees must be a 1-D"),
+    (dict(strict=1), TypeError, "strict must be a bool"),
+    (dict(activation="gelu"), ValueError, "activation must be one of"),
+    (dict(backend="fortran"), ValueError, "backend"),
+])
+def test_bad_inputs(kwargs, err, match):
+    args = dict(x=torch.randn(2, 5), weight=torch.randn(3, 5), bias=torch.randn(3),
+                in_degrees=torch.ones(5, dtype=torch.long), out_degrees=torch.ones(3, dtype=torch.long),
+                strict=False, activation="relu", backend=FAST[0])
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        masked_linear(**args)
