@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import _check_common  # noqa: F401  (shape/device checks under torch.compile)
 from .._validate import (check_binary_x, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_tensor)
 from ..reference import heads
@@ -131,6 +132,15 @@ class MADE(AutoregressiveModel):
 
     # ---- forward ----------------------------------------------------------
     def _check_x(self, x):
+        if torch.compiler.is_compiling():
+            # Value checks (binary, in range, finite) read the data, which would break the
+            # graph; under torch.compile only shapes, dtypes and devices are checked.
+            _check_common("x", x, self.D, self.device)
+            if self.out == "categorical":
+                if x.dtype.is_floating_point or x.dtype == torch.bool:
+                    raise TypeError(f"x must hold integer class indices, got dtype {x.dtype}")
+                return x.long()
+            return x.to(self.dtype)
         if self.out == "bernoulli":
             return check_binary_x(x, self.D, self.device, self.dtype)
         if self.out == "categorical":
@@ -142,14 +152,23 @@ class MADE(AutoregressiveModel):
             return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], -1)
         return x
 
+    def _layer_args(self):
+        """(hidden layers, output layer, direct layer, context weights) as the functional forms take them."""
+        lay = lambda m: (m.weight, m.bias, m.in_degrees, m.out_degrees)  # noqa: E731
+        direct = None if self.direct is None else (self.direct.weight, self.direct.in_degrees, self.direct.out_degrees)
+        ctx = None if self.context_dim == 0 else (self.context_hidden.weight, self.context_out.weight)
+        return [lay(m) for m in self.layers], lay(self.output), direct, ctx
+
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
-        self._resolve()
-        lay = lambda m: (m.weight, m.bias, m.in_degrees, m.out_degrees)  # noqa: E731
-        raw = ref.made_forward(
-            self._encode(x), [lay(m) for m in self.layers], lay(self.output), self.activation,
-            None if self.direct is None else (self.direct.weight, self.direct.in_degrees, self.direct.out_degrees),
-            context, None if context is None else (self.context_hidden.weight, self.context_out.weight))
+        backend = self._resolve()
+        hidden, output, direct, ctx_w = self._layer_args()
+        if backend == "reference":
+            raw = ref.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w)
+        else:
+            from ..ops import made as fast
+            raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
+                                    backend=backend)
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
     def forward(self, x: torch.Tensor, context=None):

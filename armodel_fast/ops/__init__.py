@@ -5,3 +5,4 @@ Importing an op module registers the backends it implements with
 """
 from . import nade  # noqa: F401,E402  (registers nade)
 from . import masked_linear  # noqa: F401,E402  (registers masked_linear)
+from . import made  # noqa: F401,E402  (registers made, fvsbn)
