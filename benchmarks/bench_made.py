@@ -1,4 +1,4 @@
-"""MADE on the CPU: forward through masked_linear against the usual forms.
+"""MADE on the CPU: forward through masked_linear and one-pass sampling, against the usual forms.
 
 MADE with D=784, hidden [2000, 2000], ReLU, Bernoulli outputs, batch 128:
 
@@ -10,6 +10,8 @@ MADE with D=784, hidden [2000, 2000], ReLU, Bernoulli outputs, batch 128:
   reference module, which also rebuilds the masks from the degrees);
 * training step (forward + backward of the mean NLL, weights updated in place
   before every call so nothing stays cached): ``cpp`` against ``mask-each``;
+* sampling 16 samples: ``cpp`` (every hidden unit computed once, one C++ call)
+  against the reference sampler (D forward passes).
 
     pytest benchmarks/bench_made.py          # pytest-benchmark
     python benchmarks/bench_made.py          # ratio table
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 import armodel_fast as af
 from armodel_fast.reference.heads import bernoulli_log_prob
 
-B, D, HIDDEN = 128, 784, [2000, 2000]
+B, D, HIDDEN, N_SAMPLES = 128, 784, [2000, 2000], 16
 
 
 def model(backend: str) -> af.MADE:
@@ -88,6 +90,12 @@ def train_fns():
     }
 
 
+def sample_fns():
+    u = torch.rand(N_SAMPLES, D, generator=torch.Generator().manual_seed(2))
+    fast, ref = model("cpp"), model("reference")
+    return {"cpp": lambda: fast.sample(N_SAMPLES, u=u), "reference": lambda: ref.sample(N_SAMPLES, u=u)}
+
+
 @pytest.mark.parametrize("provider", ["cpp", "mask-each", "unmasked", "reference"])
 def test_made_forward(benchmark, provider):
     benchmark.group = f"MADE forward B={B} D={D} hidden={HIDDEN}"
@@ -98,6 +106,16 @@ def test_made_forward(benchmark, provider):
 def test_made_train_step(benchmark, provider):
     benchmark.group = f"MADE train step B={B} D={D} hidden={HIDDEN}"
     benchmark(train_fns()[provider])
+
+
+@pytest.mark.parametrize("provider", ["cpp", "reference"])
+def test_made_sample(benchmark, provider):
+    benchmark.group = f"MADE sample n={N_SAMPLES} D={D} hidden={HIDDEN}"
+    fn = sample_fns()[provider]
+    if provider == "reference":  # seconds per call: a single round
+        benchmark.pedantic(fn, rounds=1, iterations=1)
+    else:
+        benchmark(fn)
 
 
 def best_ms(fns: dict, repeats: dict) -> dict:
@@ -117,6 +135,7 @@ def best_ms(fns: dict, repeats: dict) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--reference-sample-repeats", type=int, default=2)
     args = ap.parse_args(argv)
     print(f"MADE D={D} hidden={HIDDEN}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(min of interleaved calls)")
@@ -127,6 +146,9 @@ def main(argv=None):
     t = best_ms(train_fns(), {"cpp": args.repeats, "mask-each": args.repeats})
     print(f"train step B={B}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items()))
     print(f"  cpp vs mask-each  {t['mask-each'] / t['cpp']:6.2f}x")
+    t = best_ms(sample_fns(), {"cpp": args.repeats, "reference": args.reference_sample_repeats})
+    print(f"sample n={N_SAMPLES}:     " + ", ".join(f"{k} {v:.2f} ms" for k, v in t.items()))
+    print(f"  cpp vs reference  {t['reference'] / t['cpp']:6.1f}x")
 
 
 if __name__ == "__main__":

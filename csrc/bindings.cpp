@@ -84,4 +84,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), py::arg("need_dx"), py::arg("need_dw"),
         py::arg("need_db"),
         "(dx, dW (masked), db) of the masked linear layer.");
+  m.def("made_sample", &af::made_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
+        py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
+        py::arg("head"), py::arg("K"), py::arg("activation"),
+        "Draw all D dimensions of MADE/FVSBN samples from prepared weights in one call: (x, log_prob).");
 }

@@ -40,5 +40,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
     int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+// made_cpu.cpp: MADE/FVSBN sampling (and the affine MADE inverse) in O(parameters).
+std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& weights,
+                                               const std::vector<at::Tensor>& biases,
+                                               const std::vector<at::Tensor>& degrees,
+                                               const std::optional<at::Tensor>& direct, const at::Tensor& order,
+                                               const std::optional<at::Tensor>& ctx_hidden,
+                                               const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
+                                               int64_t head, int64_t K, int64_t activation);
 
 }  // namespace af

@@ -1,4 +1,4 @@
-"""Fast MADE / FVSBN forward (through masked_linear) against the reference."""
+"""Fast MADE / FVSBN (masked_linear forward, one-pass sampling and inverse) against the reference."""
 import itertools
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 import armodel_fast as af
 from armodel_fast import _backend
+from armodel_fast.ops import made as made_ops
 from armodel_fast.ops import masked_linear as ml_ops
 from armodel_fast.reference import heads
 
@@ -130,6 +131,56 @@ def test_gradcheck_fp64(backend):
 
 
 @backends
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sampling_matches_d_pass_sampler(backend, name):
+    ref, fast = pair(name, backend)
+    n = 11
+    u = torch.rand(ref.uniforms_shape(n), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, ctx = data(ref, n)
+    for _ in range(ref.num_masks):
+        xr, lr = ref.sample(n, u=u, context=ctx, return_log_prob=True)
+        xf, lf = fast.sample(n, u=u, context=ctx, return_log_prob=True)
+        assert xf.dtype == xr.dtype
+        if ref.out == "gaussian":
+            torch.testing.assert_close(xf, xr)
+        else:
+            assert torch.equal(xf, xr)
+        torch.testing.assert_close(lf, lr)
+        torch.testing.assert_close(lf, ref.log_prob(xr, ctx))
+        ref.next_mask()
+        fast.next_mask()
+
+
+@backends
+def test_sampling_fp32_differs_only_at_ties(backend):
+    """In fp32 the two samplers round differently; the first step where a sample differs must
+    have u within rounding of p."""
+    ref, fast = pair("bernoulli-direct-context-masks", backend, dtype=torch.float32, D=30)
+    n = 64
+    u = torch.rand(n, ref.D, generator=torch.Generator().manual_seed(5))
+    _, ctx = data(ref, n)
+    xr = ref.sample(n, u=u, context=ctx)
+    xf = fast.sample(n, u=u, context=ctx)
+    p = torch.sigmoid(ref(xr, ctx))
+    for s in torch.nonzero((xr != xf).any(1)).flatten().tolist():
+        first = next(d for d in ref.order.tolist() if xr[s, d] != xf[s, d])
+        assert abs(u[s, first] - p[s, first]) < 1e-4
+
+
+@backends
+def test_inverse_matches_reference(backend):
+    ref, fast = pair("gaussian-flow", backend)
+    z, ctx = data(ref, 8)
+    xr, ldr = ref.inverse(z, ctx)
+    xf, ldf = fast.inverse(z, ctx)
+    torch.testing.assert_close(xf, xr)
+    torch.testing.assert_close(ldf, ldr)
+    zz, ld = fast.transform(xf, ctx)
+    torch.testing.assert_close(zz, z)
+    torch.testing.assert_close(ld, -ldf)
+
+
+@backends
 def test_fvsbn(backend):
     order = torch.randperm(9, generator=torch.Generator().manual_seed(4))
     ref = af.FVSBN(9, order=order, dtype=torch.float64)
@@ -138,13 +189,42 @@ def test_fvsbn(backend):
         ref.linear.bias.normal_(0, 1, generator=torch.Generator().manual_seed(1))
     fast = af.FVSBN(9, order=order, dtype=torch.float64, backend=backend)
     fast.load_state_dict(ref.state_dict())
-    x = torch.randint(0, 2, (13, 9), generator=torch.Generator().manual_seed(3)).double()
-    lr, lf = ref.log_prob(x), fast.log_prob(x)
+    u = torch.rand(13, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    xr, lr = ref.sample(13, u=u, return_log_prob=True)
+    xf, lf = fast.sample(13, u=u, return_log_prob=True)
+    assert torch.equal(xf, xr)
+    torch.testing.assert_close(lf, lr)
+    lr, lf = ref.log_prob(xr), fast.log_prob(xr)
     torch.testing.assert_close(lf, lr)
     gr = torch.autograd.grad(lr.sum(), list(ref.parameters()))
     gf = torch.autograd.grad(lf.sum(), list(fast.parameters()))
     for a, b in zip(gr, gf):
         torch.testing.assert_close(b, a)
+
+
+@backends
+def test_heads_rules_match_reference_module(backend):
+    """The categorical/mixture draw rules of the kernel against reference/heads.py on hard cases:
+    a component with all the mass, u at the ends of [0, 1]."""
+    ref, fast = pair("gaussian-mixture-context", backend, D=5)
+    u = torch.tensor([[[0.0, 1e-9], [1.0, 1.0], [0.5, 0.5], [1e-7, 0.3], [0.999999, 0.0]]], dtype=torch.float64)
+    _, ctx = data(ref, 1)
+    xr, lr = ref.sample(1, u=u, context=ctx, return_log_prob=True)
+    xf, lf = fast.sample(1, u=u, context=ctx, return_log_prob=True)
+    torch.testing.assert_close(xf, xr)
+    torch.testing.assert_close(lf, lr)
+    assert heads.U_EPS == 1e-6  # the kernel clamps with the same constant
+
+
+@backends
+def test_made_sample_rejects_inconsistent_degrees(backend):
+    _, fast = pair("bernoulli", backend)
+    hidden, output, direct, ctx_w = fast._layer_args()
+    wrong = (output[0], output[1], output[2], output[3].flip(0))
+    with pytest.raises(ValueError, match="degrees"):
+        made_ops.made_sample(hidden, wrong, fast.order, torch.rand(2, fast.D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="head"):
+        made_ops.made_sample(hidden, output, fast.order, torch.rand(2, fast.D, dtype=torch.float64), head="poisson")
 
 
 @backends
@@ -160,3 +240,19 @@ def test_torch_compile_fullgraph(backend):
     gr = torch.autograd.grad(lr.sum(), list(ref.parameters()))
     for (pname, p), g in zip(fast.named_parameters(), gr):
         torch.testing.assert_close(p.grad, g, msg=lambda m: f"{pname}: {m}")
+
+
+@backends
+@pytest.mark.parametrize("out, K", [("bernoulli", None), ("categorical", 3), ("gaussian", 2)])
+def test_one_dimension(backend, out, K):
+    """D = 1: no hidden unit can feed the output (they get degree D); only biases/direct/context matter."""
+    ref = af.MADE(1, [4], out=out, K=K, direct=True, context_dim=2, dtype=torch.float64)
+    fast = af.MADE(1, [4], out=out, K=K, direct=True, context_dim=2, dtype=torch.float64, backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    u = torch.rand(ref.uniforms_shape(5), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ctx = torch.randn(5, 2, dtype=torch.float64)
+    xr, lr = ref.sample(5, u=u, context=ctx, return_log_prob=True)
+    xf, lf = fast.sample(5, u=u, context=ctx, return_log_prob=True)
+    torch.testing.assert_close(xf, xr)
+    torch.testing.assert_close(lf, lr)
+    torch.testing.assert_close(fast.log_prob(xr, ctx), ref.log_prob(xr, ctx))

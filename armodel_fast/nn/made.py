@@ -171,6 +171,15 @@ class MADE(AutoregressiveModel):
                                     backend=backend)
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
+    def _fast_sample(self, noise, context, head):
+        """One-pass sampler (csrc/made_cpu.cpp) when the resolved backend has one, else None."""
+        if self._resolve() == "reference":
+            return None
+        from ..ops import made as fast
+        hidden, output, direct, ctx_w = self._layer_args()
+        return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
+                                context, ctx_w)
+
     def forward(self, x: torch.Tensor, context=None):
         x = self._check_x(x)
         return self._params(x, check_context(context, x.shape[0], self.context_dim, self.device, self.dtype))
@@ -208,14 +217,19 @@ class MADE(AutoregressiveModel):
         return heads.gaussian_mixture_sample(*p, u)
 
     def sample(self, n: int, u=None, generator=None, context=None, return_log_prob: bool = False):
-        """Draw n samples (D forward passes in the reference); ``u [n, D]`` or ``[n, D, 2]``."""
+        """Draw n samples; ``u [n, D]`` or ``[n, D, 2]``. The reference runs D forward passes,
+        the fast backends one pass over the weights (every hidden unit computed once)."""
         u = self._uniforms(n, u, generator)
         context = check_context(context, n, self.context_dim, self.device, self.dtype)
         x0 = torch.zeros(n, self.D, device=self.device,
                          dtype=torch.long if self.out == "categorical" else self.dtype)
-        with torch.no_grad():
-            x, lp = ref.sample_by_passes(lambda x: self._params(x, context), self._draw,
-                                         self._head_log_prob, self.order, x0, u)
+        fast = self._fast_sample(u, context, self.out)
+        if fast is not None:
+            x, lp = fast
+        else:
+            with torch.no_grad():
+                x, lp = ref.sample_by_passes(lambda x: self._params(x, context), self._draw,
+                                             self._head_log_prob, self.order, x0, u)
         return (x, lp) if return_log_prob else x
 
     @property
@@ -233,11 +247,15 @@ class MADE(AutoregressiveModel):
         return ref.gaussian_transform(x, mu[..., 0], ls[..., 0])
 
     def inverse(self, z: torch.Tensor, context=None):
-        """z [B, D] -> (x [B, D], log|det dx/dz| [B]): x_d = mu_d + sigma_d z_d, step by step."""
+        """z [B, D] -> (x [B, D], log|det dx/dz| [B]): x_d = mu_d + sigma_d z_d, step by step
+        (D forward passes in the reference, one pass over the weights with a fast backend)."""
         self._check_flow()
         check_tensor("z", z)
         z = check_real_x(z, self.D, self.device, self.dtype, name="z")
         context = check_context(context, z.shape[0], self.context_dim, self.device, self.dtype)
+        fast = self._fast_sample(z, context, "affine")
+        if fast is not None:
+            return fast
         x = torch.zeros_like(z)
         logdet = z.new_zeros(z.shape[0])
         for d in self.order.tolist():

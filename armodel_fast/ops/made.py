@@ -3,6 +3,10 @@
 * :func:`made_forward` / :func:`fvsbn_logits`: the reference forward with every
   masked layer run by :func:`armodel_fast.ops.masked_linear.masked_linear`
   (staircase blocks, fused activation, cached degree-sorted weights).
+* :func:`made_sample` / :func:`fvsbn_sample`: all D steps in one C++ call that
+  computes every hidden unit once (``made_sample`` in csrc/made_cpu.cpp), from
+  caller-supplied uniforms, sample for sample equal to the D-pass reference
+  sampler; ``head="affine"`` runs MADE's Gaussian (K=1) inverse the same way.
 
 The layer tuples are those of :func:`armodel_fast.reference.made.made_forward`:
 hidden ``(weight, bias, in_degrees, out_degrees)``, output the same (strict),
@@ -11,7 +15,7 @@ direct ``(weight, in_degrees, out_degrees)`` (strict, no bias), and
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,9 @@ from .._backend import register_kernel
 from ..reference import made as _ref
 from ..reference.made import ACTIVATIONS as _REF_ACT
 from . import masked_linear as _ml
-from .masked_linear import masked_linear
+from .masked_linear import ACTIVATIONS, masked_linear, prepare
+
+HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
 
 
 def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
@@ -66,7 +72,73 @@ def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backe
     return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)
 
 
+def _sorted_bias(b: Optional[Tensor], p, like: Tensor) -> Tensor:
+    if b is None:
+        return like.new_zeros(p.perm_out.numel())
+    return b.detach().index_select(0, p.perm_out).contiguous()
+
+
+@torch.no_grad()
+def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Tensor, head: str = "bernoulli",
+                K: Optional[int] = None, activation: str = "relu", direct_layer=None,
+                context: Optional[Tensor] = None, context_weights=None):
+    """Draw ``n = noise.shape[0]`` samples in one pass over the weights; returns (x [n, D], log p(x) [n]).
+
+    ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
+    (gaussian mixture of K), or ``z [n, D]`` for ``head="affine"`` (the Gaussian
+    K=1 inverse ``x_d = mu_d + exp(log_sigma_d) z_d``; the second result is then
+    ``log|det dx/dz|``). Categorical x is int64. The degrees must be MADE's
+    (input degree of dimension ``order[t]`` is t+1).
+    """
+    ext = _ml._cpp()
+    if not hasattr(ext, "made_sample"):
+        raise RuntimeError("made_sample: the C++ extension has no made_sample kernel; rebuild it")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if noise.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"noise must be float32 or float64 for the cpp sampler, got {noise.dtype}")
+    D = noise.shape[1]
+    kin = K if head == "categorical" else 1
+    preps = [prepare(w, din, dout, False) for (w, _, din, dout) in hidden_layers]
+    w, b, din, dout = output_layer
+    p_out = prepare(w, din, dout, True)
+    # The sampler walks sorted units; check the sorted orders chain up as MADE's degrees imply.
+    expect_in = (order.to(torch.long)[:, None] * kin + torch.arange(kin)).reshape(-1)
+    first = preps[0] if preps else p_out
+    if not torch.equal(first.perm_in, expect_in):
+        raise ValueError("the first layer's in_degrees must be MADE's input degrees for `order`")
+    chain = preps + [p_out]
+    for a, c in zip(chain[:-1], chain[1:]):
+        if not torch.equal(a.perm_out, c.perm_in):
+            raise ValueError("consecutive layers' degrees disagree (out_degrees of one != in_degrees of the next)")
+    P = p_out.perm_out.numel() // D
+    expect_out = (order.to(torch.long)[:, None] * P + torch.arange(P)).reshape(-1)
+    if not torch.equal(p_out.perm_out, expect_out):
+        raise ValueError("the output layer's out_degrees must be MADE's output degrees for `order`")
+    weights = [p.w_sorted for p in chain]
+    biases = [_sorted_bias(layer[1], p, noise) for layer, p in zip(list(hidden_layers) + [output_layer], chain)]
+    degrees = [layer[3].index_select(0, p.perm_out).contiguous() for layer, p in zip(hidden_layers, preps)]
+    direct = None
+    if direct_layer is not None:
+        wd, dind, doutd = direct_layer
+        direct = prepare(wd, dind, doutd, True).w_sorted
+    ctx_h = ctx_o = None
+    if context is not None:
+        if preps:
+            ctx_h = F.linear(context, context_weights[0]).index_select(1, preps[0].perm_out).contiguous()
+        ctx_o = F.linear(context, context_weights[1]).index_select(1, p_out.perm_out).contiguous()
+    return ext.made_sample(weights, biases, degrees, direct, order.to(torch.long).contiguous(), ctx_h, ctx_o,
+                           noise.contiguous(), HEADS[head], 1 if K is None else K, ACTIVATIONS[activation])
+
+
+def fvsbn_sample(weight: Tensor, bias: Tensor, degrees: Tensor, order: Tensor, u: Tensor):
+    """FVSBN samples from uniforms ``u [n, D]`` in one pass: (x [n, D], log p(x) [n])."""
+    return made_sample([], (weight, bias, degrees, degrees), order, u, "bernoulli")
+
+
 _cpp = _ext.get_ext()
-if _cpp is not None and hasattr(_cpp, "masked_linear_forward"):
+if _cpp is not None and hasattr(_cpp, "made_sample") and hasattr(_cpp, "masked_linear_forward"):
     register_kernel("made", "cpp")
     register_kernel("fvsbn", "cpp")
