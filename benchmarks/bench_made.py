@@ -135,8 +135,11 @@ def best_ms(fns: dict, repeats: dict) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--reference-sample-repeats", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"MADE D={D} hidden={HIDDEN}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(min of interleaved calls)")
     t = best_ms(forward_fns(), {k: args.repeats for k in ("cpp", "mask-each", "unmasked", "reference")})

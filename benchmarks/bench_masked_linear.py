@@ -94,7 +94,10 @@ def best_ms(fns: dict, repeats: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"masked_linear, B={B}, D={D}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(min of {args.repeats} interleaved calls)")
     print(f"{'H':>5} {'layer':>7} {'mode':>8} | " + " ".join(f"{p:>14}" for p in PROVIDERS)
