@@ -71,6 +71,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nade_sample", &af::nade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
         py::arg("u"), "Binary NADE samples from uniforms u [n, D]: (x [n, D], log_prob [n]).");
   m.def("nade_cpu_isa", &af::nade_cpu_isa, "SIMD variant the NADE CPU kernels run with: avx512, avx2 or base.");
+  m.def("categorical_nade_forward", &af::categorical_nade_forward, py::arg("x"), py::arg("W"), py::arg("c"),
+        py::arg("V"), py::arg("b"), py::arg("order"),
+        "Categorical NADE log p(x) and logits: (log_prob [B], logits [B, D, K]).");
+  m.def("categorical_nade_backward", &af::categorical_nade_backward, py::arg("grad_log_prob"),
+        py::arg("grad_logits"), py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
+        py::arg("order"), py::arg("logits"), "Categorical NADE gradients (dW, dc, dV, db).");
+  m.def("categorical_nade_sample", &af::categorical_nade_sample, py::arg("W"), py::arg("c"), py::arg("V"),
+        py::arg("b"), py::arg("order"), py::arg("u"),
+        "Categorical NADE samples from uniforms u [n, D]: (x int64 [n, D], log_prob [n]).");
+  m.def("rnade_forward", &af::rnade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
+        py::arg("order"), "RNADE log-density and mixture parameters: (log_prob [B], params [B, D, 3, K]).");
+  m.def("rnade_backward", &af::rnade_backward, py::arg("grad_log_prob"), py::arg("grad_params"), py::arg("x"),
+        py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("params"),
+        "RNADE gradients (dW, dc, dV, db, dx).");
+  m.def("rnade_sample", &af::rnade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
+        py::arg("u"), "RNADE samples from uniforms u [n, D, 2]: (x [n, D], log_prob [n]).");
   m.def("masked_linear_prepare", &af::masked_linear_prepare, py::arg("weight"), py::arg("in_degrees"),
         py::arg("out_degrees"), py::arg("strict"), py::arg("max_blocks"),
         "Sort by degree, cut the staircase into blocks, gather the masked weights: "

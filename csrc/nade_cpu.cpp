@@ -20,9 +20,7 @@
 namespace af {
 namespace nade_cpu {
 
-constexpr int kRows = 4;
-constexpr int kRefreshEvery = 64;
-constexpr int64_t kCheckpointEvery = 32;
+constexpr int kRefreshEvery = 64;  // forward: updates of s between exact refreshes from a
 
 // Parameters in step order, hidden axis padded to Hp (see nade_cpu_common.h).
 template <typename T> struct BinParams {

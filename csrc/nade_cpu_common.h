@@ -113,6 +113,9 @@ inline const char* isa_name(Isa i) {
 
 // ---------------------------------------------------------------- sizes
 
+constexpr int kRows = 4;                   // batch rows processed together (one W / V load serves all)
+constexpr int64_t kCheckpointEvery = 32;   // backward: exact copies of a every this many steps
+
 template <typename T> constexpr int64_t kLanes = 64 / sizeof(T);  // one 64-byte vector
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -148,12 +151,13 @@ struct Slices {
 };
 
 inline Slices make_slices(int64_t Hp, int64_t lanes) {
+  // Independent of the thread count, so results (RNADE's dx sums partial dot
+  // products per slice) are the same bits for any number of threads. Slices of
+  // >= 8 vectors keep the per-step overhead small; up to 16 of them for wide H.
   const int64_t vecs = Hp / lanes;
   Slices sl;
   if (vecs == 0) return sl;
-  // ~2 slices per thread balance the load; wider slices keep the per-step overhead low.
-  const int64_t want = std::min<int64_t>(vecs, 2 * at::get_num_threads());
-  const int64_t per = (vecs + want - 1) / want;
+  const int64_t per = std::max<int64_t>(8, (vecs + 15) / 16);
   sl.width = per * lanes;
   sl.n = (vecs + per - 1) / per;
   return sl;

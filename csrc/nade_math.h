@@ -175,8 +175,9 @@ AF_HD AF_FI T mixture_grad(const T* logit, const T* mu, const T* ls, int64_t K, 
     T z;
     const T term = mixture_term(logit[k], lse_pi, mu[k], ls[k], x, &z);
     const T r = exp(term - lp);
-    const T inv_sigma = exp(-ls[k]);
     g_logit[k] += G * (r - exp(logit[k] - lse_pi));
+    if (r == T(0)) continue;  // no responsibility: no mean / scale gradient (avoids 0 * inf)
+    const T inv_sigma = exp(-ls[k]);
     g_mu[k] += G * r * z * inv_sigma;
     g_ls[k] += G * r * (z * z - T(1));
     dx -= r * z * inv_sigma;

@@ -27,6 +27,26 @@ std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Te
                                                const at::Tensor& b, const at::Tensor& order, const at::Tensor& u);
 // SIMD variant the NADE kernels run with ("avx512", "avx2" or "base").
 const char* nade_cpu_isa();
+// Categorical NADE: x int64 [B, D], W [H, D, K], c [H], V [D, K, H], b [D, K]; logits [B, D, K].
+std::tuple<at::Tensor, at::Tensor> categorical_nade_forward(const at::Tensor& x, const at::Tensor& W,
+                                                            const at::Tensor& c, const at::Tensor& V,
+                                                            const at::Tensor& b, const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> categorical_nade_backward(
+    const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_logits, const at::Tensor& x,
+    const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+    const at::Tensor& logits);
+std::tuple<at::Tensor, at::Tensor> categorical_nade_sample(const at::Tensor& W, const at::Tensor& c,
+                                                           const at::Tensor& V, const at::Tensor& b,
+                                                           const at::Tensor& order, const at::Tensor& u);
+// RNADE: x [B, D], W [H, D], c [H], V [D, 3, K, H], b [D, 3, K]; params [B, D, 3, K]; u [n, D, 2].
+std::tuple<at::Tensor, at::Tensor> rnade_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
+                                                 const at::Tensor& V, const at::Tensor& b, const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnade_backward(
+    const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_params, const at::Tensor& x,
+    const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+    const at::Tensor& params);
+std::tuple<at::Tensor, at::Tensor> rnade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                                const at::Tensor& b, const at::Tensor& order, const at::Tensor& u);
 
 // masked_linear_cpu.cpp: staircase-blocked masked linear layer (DESIGN.md section 4).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(

@@ -6,3 +6,5 @@ Importing an op module registers the backends it implements with
 from . import nade  # noqa: F401,E402  (registers nade)
 from . import masked_linear  # noqa: F401,E402  (registers masked_linear)
 from . import made  # noqa: F401,E402  (registers made, fvsbn)
+from . import categorical_nade  # noqa: F401,E402  (registers categorical_nade)
+from . import rnade  # noqa: F401,E402  (registers rnade)
