@@ -3,6 +3,11 @@
 Every public entry point validates its inputs here, before any kernel runs, so
 bad input gets a ``ValueError``/``TypeError`` that names the argument instead of
 a wrong answer or a crash inside a kernel (DESIGN.md section 6).
+
+Under ``torch.compile`` the checks that read tensor *values* (binary, in
+range, finite, uniforms in [0, 1]) are skipped - they would break the graph -
+while shapes, dtypes and devices are still checked; the C++ launchers check
+orders and ranges again, so compiled code still fails loudly on bad data.
 """
 from __future__ import annotations
 
@@ -49,6 +54,11 @@ def check_order(order: OrderLike, D: int, name: str = "order") -> torch.Tensor:
     return o.contiguous()
 
 
+def _reading_values_ok() -> bool:
+    """False while torch.compile traces: data-dependent checks would break the graph."""
+    return not torch.compiler.is_compiling()
+
+
 def _check_common(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:
     check_tensor(name, x)
     want = 2 + len(trailing)
@@ -67,7 +77,7 @@ def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: st
     _check_common(name, x, D, device)
     if x.dtype == torch.bool:
         return x.to(dtype)
-    if not bool(((x == 0) | (x == 1)).all()):
+    if _reading_values_ok() and not bool(((x == 0) | (x == 1)).all()):
         raise ValueError(f"{name} must be binary (values 0 or 1) for a Bernoulli model")
     return x.to(dtype)
 
@@ -77,7 +87,7 @@ def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x"
     _check_common(name, x, D, device)
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
+    if _reading_values_ok() and x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
         raise ValueError(f"{name} values must lie in [0, K={K}), got range [{int(x.min())}, {int(x.max())}]")
     return x.long()
 
@@ -87,7 +97,7 @@ def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str 
     _check_common(name, x, D, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    if _reading_values_ok() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite")
     return x.to(dtype)
 
@@ -100,7 +110,7 @@ def check_uniforms(u, n: int, D: int, trailing: tuple, device: torch.device, dty
         raise TypeError(f"{name} must be a floating-point tensor of uniforms, got dtype {u.dtype}")
     if u.shape[0] != n:
         raise ValueError(f"{name} must have n={n} rows, got {u.shape[0]}")
-    if u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
+    if _reading_values_ok() and u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
         raise ValueError(f"{name} must hold uniforms in [0, 1]")
     return u.to(dtype)
 

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import _check_common  # noqa: F401  (shape/device checks under torch.compile)
 from .._validate import (check_binary_x, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_tensor)
 from ..reference import heads
@@ -132,15 +131,6 @@ class MADE(AutoregressiveModel):
 
     # ---- forward ----------------------------------------------------------
     def _check_x(self, x):
-        if torch.compiler.is_compiling():
-            # Value checks (binary, in range, finite) read the data, which would break the
-            # graph; under torch.compile only shapes, dtypes and devices are checked.
-            _check_common("x", x, self.D, self.device)
-            if self.out == "categorical":
-                if x.dtype.is_floating_point or x.dtype == torch.bool:
-                    raise TypeError(f"x must hold integer class indices, got dtype {x.dtype}")
-                return x.long()
-            return x.to(self.dtype)
         if self.out == "bernoulli":
             return check_binary_x(x, self.D, self.device, self.dtype)
         if self.out == "categorical":
@@ -199,6 +189,8 @@ class MADE(AutoregressiveModel):
         check_positive_int("ensemble", ensemble)
         if ensemble > self.num_masks:
             raise ValueError(f"ensemble must be <= num_masks={self.num_masks}, got {ensemble}")
+        if ensemble == 1:  # the current mask: no switching (keeps torch.compile's graph whole)
+            return self._head_log_prob(self._params(x, context), x).sum(-1)
         start, lps = int(self.mask_index), []
         try:
             for k in range(ensemble):
@@ -206,7 +198,7 @@ class MADE(AutoregressiveModel):
                 lps.append(self._head_log_prob(self._params(x, context), x).sum(-1))
         finally:
             self.set_mask(start)
-        return lps[0] if ensemble == 1 else ref.made_ensemble_log_prob(lps)
+        return ref.made_ensemble_log_prob(lps)
 
     # ---- sampling and flows -------------------------------------------------
     def _draw(self, p, u):
