@@ -1,17 +1,21 @@
 // Binary NADE on the CPU (DESIGN.md section 2): forward, backward, sampling.
 //
-// One task runs a block of kRows batch rows through all D steps together, so
-// every load of a W or V row serves kRows rows. Per row it keeps the hidden
-// pre-activation a [Hp], s = exp(-a) and h = sigmoid(a) = 1 / (1 + s). x is
-// binary, so a changes only when x_d = 1, and then s is updated by one multiply
-// with the precomputed E[t] = exp(-W[:, d]) instead of an exp per hidden unit.
-// s is recomputed from a (vectorised exp) when some |a| leaves the range where
-// that is exact (nade::Limits) and every kRefreshEvery updates (rounding drift).
+// Forward and sampling run a block of kRows batch rows through all D steps
+// together, so every load of a W or V row serves kRows rows. Per row they keep
+// s = exp(-a) and h = sigmoid(a) = 1 / (1 + s) for the hidden pre-activation a.
+// x is binary, so a changes only when x_d = 1, and then s is multiplied by the
+// precomputed E[t] = exp(-W[:, d]): no exp per hidden unit. Rows whose |a|
+// leave the range where that is exact switch to carrying a (nade_binary.inc).
+// The log-likelihood is summed at the end with vectorised softplus; sampling
+// compares the logit with a precomputed logit(u) (x = 1{u < sigmoid(l)}).
 //
-// Backward walks t = D-1 .. 0 rebuilding a_t = a_{t+1} - W[:, d] x_d (and
-// s *= exp(+W[:, d])); exact copies of `a` taken every kCheckpointEvery steps in
-// a first, add-only sweep bound the drift of that subtraction. Gradients go to
-// per-chunk partial buffers summed in chunk order (deterministic).
+// Backward walks t = D-1 .. 0 rebuilding the state before each update
+// (s *= exp(+W[:, d])), restoring exact copies of a taken every
+// kCheckpointEvery steps by a first, add-only sweep. Given the forward's
+// logits the recurrence of each hidden unit is independent of the others, so
+// the work is split into slices of hidden units, each owning its columns of
+// dW, dV and dc: no partial buffers, no reduction, the same bits for any
+// number of threads.
 #include "nade_cpu_common.h"
 #include "ops.h"
 
@@ -20,7 +24,6 @@
 namespace af {
 namespace nade_cpu {
 
-constexpr int kRefreshEvery = 64;  // forward: updates of s between exact refreshes from a
 
 // Parameters in step order, hidden axis padded to Hp (see nade_cpu_common.h).
 template <typename T> struct BinParams {
@@ -31,6 +34,7 @@ template <typename T> struct BinParams {
   const T* b;   // [D]      b[order[t]]
   const T* c;   // [Hp]
   const int64_t* order;
+  const uint8_t* big;  // [D]  some |WT[t, :]| > Limits<T>::kClamp
 };
 
 // Gradient buffers in step order (see nade_binary.inc).
@@ -71,10 +75,10 @@ using namespace af::nade_cpu;
 
 // Parameters in step order, padded (see nade_cpu_common.h); E = exp(-+W).
 struct BinPrep {
-  at::Tensor WT, E, V, b, c, order;
+  at::Tensor WT, E, V, b, c, order, big;
   template <typename T> BinParams<T> params(int64_t H) const {
     return {V.size(0), H, V.size(1), WT.data_ptr<T>(), E.data_ptr<T>(), V.data_ptr<T>(),
-            b.data_ptr<T>(), c.data_ptr<T>(), order.data_ptr<int64_t>()};
+            b.data_ptr<T>(), c.data_ptr<T>(), order.data_ptr<int64_t>(), big.data_ptr<uint8_t>()};
   }
 };
 
@@ -99,6 +103,7 @@ BinPrep prepare(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, c
     parallel_items(Hp / L, [&](int64_t i, int64_t) {
       AF_NADE_WITH_ISA(Binary, [&](auto k) { decltype(k)::gather_columns(w, H, D, o, Hp, i * L, sign, wt, e); });
     });
+    p.big = (p.WT.abs() > nade::Limits<T>::kClamp).any(1).to(at::kByte).contiguous();
   });
   return p;
 }

@@ -40,8 +40,17 @@ constexpr double kUniformEps = 1e-6;                    // heads.U_EPS
 // beyond that sigmoid(a) is 0 or 1 to working precision, and s is recomputed
 // from exp(-clamp(a)). exp(2 * kClamp) must stay finite in T.
 template <typename T> struct Limits;
-template <> struct Limits<float> { static constexpr float kClamp = 40.0f; };
-template <> struct Limits<double> { static constexpr double kClamp = 300.0; };
+// kExpLo / kExpHi = exp(-kClamp) / exp(kClamp).
+template <> struct Limits<float> {
+  static constexpr float kClamp = 40.0f;
+  static constexpr float kExpLo = 4.24835425529158899e-18f;
+  static constexpr float kExpHi = 2.35385266837019985e17f;
+};
+template <> struct Limits<double> {
+  static constexpr double kClamp = 300.0;
+  static constexpr double kExpLo = 5.14820022241002809e-131;
+  static constexpr double kExpHi = 1.94242639524111578e130;
+};
 
 template <typename T> AF_HD AF_FI T clamp(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
 template <typename T> AF_HD AF_FI T max2(T a, T b) { return a > b ? a : b; }
