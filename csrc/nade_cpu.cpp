@@ -82,28 +82,53 @@ struct BinPrep {
   }
 };
 
+// One parallel region: items [0, Hp / L) gather a vector of W's columns (and
+// their exp), the rest copy chunks of V's rows; b, c and the flags are serial.
+// (Few parallel regions per call: on a shared machine each one can cost a
+// scheduler time slice while a preempted worker is awaited.)
 BinPrep prepare(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
                 const at::Tensor& order, bool backward) {
   const int64_t H = W.size(0), D = W.size(1);
   BinPrep p;
   p.order = order.contiguous();
-  p.b = b.index_select(0, p.order);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_prepare", [&] {
     using T = scalar_t;
-    const int64_t L = kLanes<T>, Hp = round_up(H, L);
+    const int64_t L = kLanes<T>, Hp = round_up(H, L), nj = Hp / L, rows_per_item = 64;
     p.WT = at::empty({D, Hp}, W.options());
     p.E = at::empty({D, Hp}, W.options());
-    p.V = step_rows_padded(V, p.order, Hp);
-    p.c = padded_vector(c, Hp);
+    p.V = at::empty({D, Hp}, W.options());
+    p.b = at::empty({D}, W.options());
+    p.c = at::zeros({Hp}, W.options());
+    p.big = at::zeros({D}, W.options().dtype(at::kByte));
+    std::vector<uint8_t> big_items(static_cast<size_t>(nj * D));
     const T* w = W.data_ptr<T>();
+    const T* v = V.data_ptr<T>();
     const int64_t* o = p.order.data_ptr<int64_t>();
     T* wt = p.WT.data_ptr<T>();
     T* e = p.E.data_ptr<T>();
+    T* vs = p.V.data_ptr<T>();
     const T sign = backward ? T(1) : T(-1);
-    parallel_items(Hp / L, [&](int64_t i, int64_t) {
-      AF_NADE_WITH_ISA(Binary, [&](auto k) { decltype(k)::gather_columns(w, H, D, o, Hp, i * L, sign, wt, e); });
+    parallel_items(nj + (D + rows_per_item - 1) / rows_per_item, [&](int64_t i, int64_t) {
+      if (i < nj) {
+        AF_NADE_WITH_ISA(Binary, [&](auto k) {
+          decltype(k)::gather_columns(w, H, D, o, Hp, i * L, sign, wt, e, big_items.data() + i * D);
+        });
+        return;
+      }
+      const int64_t t0 = (i - nj) * rows_per_item, t1 = std::min(D, t0 + rows_per_item);
+      for (int64_t t = t0; t < t1; ++t) {
+        std::memcpy(vs + t * Hp, v + o[t] * H, sizeof(T) * H);
+        std::fill(vs + t * Hp + H, vs + (t + 1) * Hp, T(0));
+      }
     });
-    p.big = (p.WT.abs() > nade::Limits<T>::kClamp).any(1).to(at::kByte).contiguous();
+    const T* bp = b.data_ptr<T>();
+    T* bs = p.b.data_ptr<T>();
+    uint8_t* big = p.big.data_ptr<uint8_t>();
+    for (int64_t t = 0; t < D; ++t) {
+      bs[t] = bp[o[t]];
+      for (int64_t j = 0; j < nj; ++j) big[t] |= big_items[j * D + t];
+    }
+    std::memcpy(p.c.data_ptr<T>(), c.data_ptr<T>(), sizeof(T) * H);
   });
   return p;
 }
@@ -161,9 +186,27 @@ void check_rows(const at::Tensor& t, const char* name, const at::Tensor& W, int6
   check_dtype_as(t, name, W, "W");
 }
 
+// Serial scans (cheap next to the kernels, and no extra parallel region).
 void check_binary(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.numel() == 0 || ((x == 0) | (x == 1)).all().item<bool>(),
-                    "x must be binary (values 0 or 1) for a Bernoulli model");
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "check_binary", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    int bad = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) bad |= (p[i] != scalar_t(0)) & (p[i] != scalar_t(1));
+    ok = bad == 0;
+  });
+  TORCH_CHECK_VALUE(ok, "x must be binary (values 0 or 1) for a Bernoulli model");
+}
+
+void check_unit_interval(const at::Tensor& u) {
+  bool ok = true;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "check_uniforms", [&] {
+    const scalar_t* p = u.data_ptr<scalar_t>();
+    int bad = 0;
+    for (int64_t i = 0; i < u.numel(); ++i) bad |= !(p[i] >= scalar_t(0) && p[i] <= scalar_t(1));
+    ok = bad == 0;
+  });
+  TORCH_CHECK_VALUE(ok, "u must hold uniforms in [0, 1]");
 }
 
 template <typename T> T* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
@@ -191,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Te
                                                const at::Tensor& b, const at::Tensor& order, const at::Tensor& u) {
   check_params(W, c, V, b, order);
   check_rows(u, "u", W, -1);
-  check_uniforms(u, "u");
+  check_unit_interval(u);
   const int64_t n = u.size(0), D = W.size(1);
   at::Tensor x = at::empty({n, D}, W.options());
   at::Tensor logits = at::empty({n, D}, W.options());
@@ -224,18 +267,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
   const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/true);
   const int64_t Hp = prep.WT.size(1);
   const int64_t nck = (D + kCheckpointEvery - 1) / kCheckpointEvery;
-  at::Tensor dWT = at::zeros({D, Hp}, W.options());
-  at::Tensor dVs = at::zeros({D, Hp}, W.options());
-  at::Tensor dcp = at::zeros({Hp}, W.options());
+  at::Tensor dWT = at::empty({D, Hp}, W.options());  // zeroed slice by slice in the kernel
+  at::Tensor dVs = at::empty({D, Hp}, W.options());
+  at::Tensor dcp = at::empty({Hp}, W.options());
   at::Tensor xs = at::empty({B, D}, W.options());
   at::Tensor gs = at::empty({B, D}, W.options());
   at::Tensor dW = at::empty({H, D}, W.options());
+  at::Tensor dV = at::empty({D, H}, W.options());
+  at::Tensor db = at::empty({D}, W.options());
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_backward", [&] {
     using T = scalar_t;
+    const int64_t L = kLanes<T>;
     const BinParams<T> P = prep.params<T>(H);
     step_gradients<T>(x.data_ptr<T>(), grad_log_prob.data_ptr<T>(), ptr<T>(GL), logits.data_ptr<T>(), P.order, B, D,
                       xs.data_ptr<T>(), gs.data_ptr<T>());
-    const Slices sl = make_slices(Hp, kLanes<T>);
+    const Slices sl = make_slices(Hp, L);
     const int64_t per_worker = kRows * (4 + nck) * sl.width;
     at::Tensor work = at::empty({num_workers(sl.n), per_worker}, W.options());
     T* wp = work.data_ptr<T>();
@@ -246,19 +292,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
         decltype(k)::template backward<T>(P, xs.data_ptr<T>(), gs.data_ptr<T>(), B, j0, n, wp + w * per_worker, out);
       });
     });
+    // Back to dimension space: dW columns (vector items), dV rows and db (chunks of steps).
     const T* dwt = dWT.data_ptr<T>();
+    const T* dvs = dVs.data_ptr<T>();
+    const T* g = gs.data_ptr<T>();
     T* dw = dW.data_ptr<T>();
-    parallel_items(Hp / kLanes<T>, [&](int64_t i, int64_t) {
-      AF_NADE_WITH_ISA(Binary, [&](auto k) {
-        decltype(k)::scatter_columns(dwt, H, D, P.order, Hp, i * kLanes<T>, dw);
-      });
+    T* dv = dV.data_ptr<T>();
+    T* dbp = db.data_ptr<T>();
+    const int64_t nj = Hp / L, rows_per_item = 64;
+    parallel_items(nj + (D + rows_per_item - 1) / rows_per_item, [&](int64_t i, int64_t) {
+      if (i < nj) {
+        AF_NADE_WITH_ISA(Binary, [&](auto k) { decltype(k)::scatter_columns(dwt, H, D, P.order, Hp, i * L, dw); });
+        return;
+      }
+      const int64_t t0 = (i - nj) * rows_per_item, t1 = std::min(D, t0 + rows_per_item);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t d = P.order[t];
+        std::memcpy(dv + d * H, dvs + t * Hp, sizeof(T) * H);
+        T sum = 0;
+        for (int64_t r = 0; r < B; ++r) sum += g[r * D + t];
+        dbp[d] = sum;
+      }
     });
   });
-  const at::Tensor& o = prep.order;
-  at::Tensor dV = at::empty({D, H}, W.options());
-  dV.index_copy_(0, o, dVs.narrow(1, 0, H));
-  at::Tensor db = at::empty({D}, W.options());
-  db.index_copy_(0, o, gs.sum(0));
   return {dW, dcp.narrow(0, 0, H).clone(), dV, db};
 }
 

@@ -106,10 +106,11 @@ def order_arg(order, D: int) -> Tensor:
     return check_order(order, D)
 
 
-def x_arg(x, D: int, W: Tensor, kind: str) -> Tensor:
-    """x [B, D]: ``binary`` (-> W.dtype), ``categorical`` (int64 in [0, K)) or ``real`` (-> W.dtype)."""
+def x_arg(x, D: int, W: Tensor, kind: str, check_values: bool = True) -> Tensor:
+    """x [B, D]: ``binary`` or ``real`` (-> W.dtype); ``check_values=False`` leaves the
+    value check (0/1, finite) to the C++ launcher, which does it in one serial pass."""
     from .._validate import check_binary_x, check_real_x
-    if not compiling():
+    if check_values and not compiling():
         if kind == "binary":
             return check_binary_x(x, D, W.device, W.dtype).contiguous()
         if kind == "real":
@@ -119,12 +120,12 @@ def x_arg(x, D: int, W: Tensor, kind: str) -> Tensor:
     return x.to(W.dtype).contiguous()
 
 
-def u_arg(u, D: int, trailing: tuple, W: Tensor) -> Tensor:
-    """Uniforms u [n, D, *trailing] -> W.dtype (values checked in eager mode)."""
+def u_arg(u, D: int, trailing: tuple, W: Tensor, check_values: bool = True) -> Tensor:
+    """Uniforms u [n, D, *trailing] -> W.dtype (values checked in eager mode, or by the launcher)."""
     _check_common("u", check_tensor("u", u), D, W.device, trailing)
     if not u.dtype.is_floating_point:
         raise TypeError(f"u must be a floating-point tensor of uniforms, got dtype {u.dtype}")
-    if not compiling() and u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
+    if check_values and not compiling() and u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
         raise ValueError("u must hold uniforms in [0, 1]")
     return u.to(W.dtype).contiguous()
 

@@ -104,7 +104,7 @@ def nade_log_prob(x: Tensor, W: Tensor, c: Tensor, V: Tensor, b: Tensor, order, 
     """
     _c.check_return_logits(return_logits)
     D, order, backend = _check(W, c, V, b, order, backend)
-    x = _c.x_arg(x, D, W, "binary")
+    x = _c.x_arg(x, D, W, "binary", check_values=backend != "cpp")
     if backend == "reference":
         logits = _ref.nade_logits_loop(x, W, c, V, b, order)
         lp = bernoulli_log_prob(logits, x).sum(-1)
@@ -119,7 +119,7 @@ def nade_sample(W: Tensor, c: Tensor, V: Tensor, b: Tensor, order, u: Tensor, ba
     Not differentiable (the samples are discrete).
     """
     D, order, backend = _check(W, c, V, b, order, backend)
-    u = _c.u_arg(u, D, (), W)
+    u = _c.u_arg(u, D, (), W, check_values=backend != "cpp")
     if backend == "reference":
         with torch.no_grad():
             return _ref.nade_sample(W, c, V, b, order, u)
