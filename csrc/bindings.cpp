@@ -61,6 +61,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Raise ValueError/TypeError unless `order` is an int64 1-D permutation of 0..D-1.");
 
   // ---- ops ----
+  m.def("nade_rowref_forward", &af::nade_rowref_forward, py::arg("kind"), py::arg("x"), py::arg("W"), py::arg("c"),
+        py::arg("V"), py::arg("b"), py::arg("order"),
+        "CUDA NADE row math on the CPU (tests): (log_prob [B], outputs [B, D, ...]).");
+  m.def("nade_rowref_sample", &af::nade_rowref_sample, py::arg("kind"), py::arg("W"), py::arg("c"), py::arg("V"),
+        py::arg("b"), py::arg("order"), py::arg("u"), "CUDA NADE row math on the CPU (tests): (x, log_prob).");
+  m.def("nade_rowref_backward", &af::nade_rowref_backward, py::arg("kind"), py::arg("grad"), py::arg("x"),
+        py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
+        "CUDA NADE row math on the CPU (tests): [dW, dc, dV, db, dx or None].");
   // One line per op declared in ops.h, e.g.
   //   m.def("nade_log_prob", &af::nade_log_prob, py::arg("x"), ...);
   m.def("nade_forward", &af::nade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),

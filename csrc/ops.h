@@ -69,4 +69,16 @@ std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& we
                                                const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
                                                int64_t head, int64_t K, int64_t activation);
 
+// nade_rowref_cpu.cpp: the CUDA NADE kernels' row math (nade_row.h) run on the CPU,
+// one lane per row, for tests. kind: 0 binary, 1 categorical, 2 RNADE.
+std::tuple<at::Tensor, at::Tensor> nade_rowref_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
+                                                       const at::Tensor& c, const at::Tensor& V,
+                                                       const at::Tensor& b, const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
+                                                      const at::Tensor& V, const at::Tensor& b,
+                                                      const at::Tensor& order, const at::Tensor& u);
+std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
+                                             const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
+
 }  // namespace af
