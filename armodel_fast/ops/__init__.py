@@ -8,3 +8,6 @@ from . import masked_linear  # noqa: F401,E402  (registers masked_linear)
 from . import made  # noqa: F401,E402  (registers made, fvsbn)
 from . import categorical_nade  # noqa: F401,E402  (registers categorical_nade)
 from . import rnade  # noqa: F401,E402  (registers rnade)
+from ._nade_gpu import register as _register_nade_gpu  # noqa: E402
+
+_register_nade_gpu()  # triton and cuda launchers for the NADE ops
