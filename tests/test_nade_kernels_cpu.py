@@ -256,8 +256,8 @@ def test_backend_reference_and_unknown():
     torch.testing.assert_close(nops.nade_log_prob(x, W, c, V, b, order, backend="reference"),
                                nops.nade_log_prob(x, W, c, V, b, order, backend="cpp"))
     from armodel_fast.ops import _nade_common
-    with pytest.raises(BackendUnavailableError, match="no 'triton' kernel"):
-        _nade_common.kernel("nade", "forward", "triton")
+    with pytest.raises(BackendUnavailableError, match="no 'fortran' kernel"):
+        _nade_common.kernel("nade", "forward", "fortran")
 
 
 # ---------------------------------------------------------------- torch.compile, custom ops
