@@ -14,12 +14,17 @@ loop and cpp only) and ``cpp`` (``armodel_fast.ops.nade``, backend="cpp").
 
     pytest benchmarks/bench_nade.py          # pytest-benchmark
     python benchmarks/bench_nade.py          # ratio table (min of interleaved calls)
+    python benchmarks/bench_nade.py --isa-sweep   # cpp rows with the baseline / AVX2 / AVX-512
+                                                  # loops (ARMODEL_FAST_ISA): shows they vectorise
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import pytest
@@ -106,14 +111,36 @@ def best_ms(fns: dict, repeats: int) -> dict:
     return times
 
 
+def isa_sweep(args):
+    """cpp rows once per SIMD variant, each in a fresh process (the variant is chosen at first use)."""
+    print(f"{'kernels':<9}" + "".join(f"{m:>11}" for m in MODES))
+    for isa in ("base", "avx2", "avx512"):
+        cmd = [sys.executable, __file__, "--cpp-only", "--repeats", str(args.repeats), "--p-one", str(args.p_one)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        res = subprocess.run(cmd, env=dict(os.environ, ARMODEL_FAST_ISA=isa), capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"{isa:<9} failed: {res.stderr.strip().splitlines()[-1:]}")
+            continue
+        print(res.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--p-one", type=float, default=0.5, help="fraction of ones in x (default 0.5)")
+    ap.add_argument("--isa-sweep", action="store_true", help="time the cpp rows for each SIMD variant")
+    ap.add_argument("--cpp-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.isa_sweep:
+        return isa_sweep(args)
+    if args.cpp_only:
+        t = best_ms({k: f for k, f in make_fns(args.p_one).items() if k[1] == "cpp"}, args.repeats)
+        print(f"{_ext.get_ext().nade_cpu_isa():<9}" + "".join(f"{t[(m, 'cpp')]:>8.1f} ms" for m in MODES))
+        return
     isa = _ext.get_ext().nade_cpu_isa() if _ext.get_ext() is not None else "n/a"
     print(f"NADE B={B} D={D} H={H} fp32, x ones {args.p_one:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, kernels: {isa}")
