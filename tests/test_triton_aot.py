@@ -18,6 +18,11 @@ int64 (``order_ptr``, the categorical ``x_ptr``) or the parameter dtype under
 test; other non-constexpr arguments are i32 sizes. Each kernel compiles for
 fp32 at a large GPU configuration (B=1024, H=500, K=10) and for bf16 at the
 smallest one (B=1, H=3, K=1: BLOCK_B=1).
+
+The masked-linear kernels (``masked_linear_triton``, see ``_ml_jobs``) are tile
+matmuls: each compiles for fp32 and bf16 at the launcher's configuration for a
+large layer (128 x 128 x 32 bf16 tiles, 8 warps) and a small one (16 x 32
+tiles, 4 warps, tile counters on), and for fp64 and fp32 "tf32x3" at the large one.
 """
 import contextlib
 import io
@@ -30,12 +35,19 @@ import time
 
 import pytest
 
-MODULES = ["nade_triton", "categorical_nade_triton", "rnade_triton"]
+MODULES = ["nade_triton", "categorical_nade_triton", "rnade_triton", "masked_linear_triton"]
 FP32_PTRS = {"logp_ptr", "logits_ptr", "params_ptr", "grad_ptr", "u_ptr", "scratch_ptr",
              "dwt_ptr", "dc_ptr", "dv_ptr", "db_ptr", "dx_ptr"}
 INT64_PTRS = {"order_ptr"}
 MODULE_PTRS = {"categorical_nade_triton": {"x_ptr": "*i64"}}
 CASES = [("fp32", (1024, 500, 10)), ("bf16", (1, 3, 1))]
+ML_MODULE = "masked_linear_triton"
+ML_PTRS = {"in_deg_ptr": "*i32", "out_deg_ptr": "*i32", "reach_ptr": "*i32", "col_start_ptr": "*i32",
+           "count_ptr": "*i32"}
+# (dtype, (B, N, K) of the layer the launcher sizes blocks for, fp32 dot precision)
+ML_CASES = [("fp32", (4096, 2048, 2048), "ieee"), ("bf16", (4096, 2048, 2048), "ieee"),
+            ("fp32", (16, 64, 64), "ieee"), ("bf16", (16, 64, 64), "ieee"),
+            ("fp64", (4096, 2048, 2048), "ieee"), ("fp32", (4096, 2048, 2048), "tf32x3")]
 
 
 def _kernels():
@@ -69,32 +81,71 @@ def _signature(mod, fn, dtype, cfg):
     return sig, consts
 
 
-def _compile_all():
-    import triton
-    from triton.backends.compiler import GPUTarget
-
+def _nade_jobs():
     from armodel_fast.kernels.triton_common import launch_config
-    target = GPUTarget("cuda", 90, 32)
     for mod, name, fn in _kernels():
+        if mod == ML_MODULE:
+            continue
         for dtype, (B, H, K) in CASES:
             cfg = launch_config(B, H, K, heads=3 if mod == "rnade_triton" else 1)
-            rec = {"kernel": f"{mod}.{name}", "dtype": dtype, "config": cfg}
-            t0 = time.time()
-            log = io.StringIO()
-            try:
-                sig, consts = _signature(mod, fn, dtype, cfg)
-                with contextlib.redirect_stdout(log):   # TRITON_DUMP_PTXAS_LOG: ptxas -v report
-                    k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
-                                       target=target, options={"num_warps": cfg["num_warps"]})
-                rec.update(ok=len(k.asm["cubin"]) > 0, shared=k.metadata.shared)
-                regs = re.search(r"Used (\d+) registers", log.getvalue())
-                spills = re.search(r"(\d+) bytes spill stores", log.getvalue())
-                if regs:  # only on a cache miss (a cached kernel runs no ptxas)
-                    rec.update(registers=int(regs.group(1)), spill_stores=int(spills.group(1)) if spills else 0)
-            except Exception as e:  # report every failure, not just the first
-                rec.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
-            rec["seconds"] = round(time.time() - t0, 2)
-            print(json.dumps(rec), flush=True)
+            sig, consts = _signature(mod, fn, dtype, cfg)
+            yield f"{mod}.{name}", fn, dtype, cfg, sig, consts
+
+
+def _ml_jobs():
+    """Every masked-linear kernel at each of ML_CASES, blocks from the launcher's heuristic."""
+    import torch
+    import triton.language as tl
+
+    from armodel_fast.kernels import masked_linear_triton as mlt
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+    for mod, name, fn in _kernels():
+        if mod != ML_MODULE:
+            continue
+        kind = name[len("_ml_"):-len("_kernel")]
+        for dtype, (B, N, K), precision in ML_CASES:
+            cfg = mlt.launch_config(kind, B, N, K, torch_dtype[dtype])
+            small = B < 1024
+            values = dict(STRICT=not small, ACT=2 if small else 3, HAS_BIAS=True, COUNT=small, STORE_G=True,
+                          HAS_DB=True, ACC=tl.float64 if dtype == "fp64" else tl.float32, PRECISION=precision,
+                          INTERP_BF16=False, **cfg)
+            sig, consts = {}, {}
+            for p in fn.params:
+                if p.is_constexpr:
+                    sig[p.name], consts[p.name] = "constexpr", values[p.name]
+                elif p.name.endswith("_ptr"):
+                    acc = "*fp64" if dtype == "fp64" else "*fp32"
+                    sig[p.name] = ML_PTRS.get(p.name) or (acc if p.name == "dbp_ptr" else f"*{dtype}")
+                else:
+                    sig[p.name] = "i32"
+            label = dtype if precision == "ieee" else f"{dtype}-{precision}"
+            yield f"{mod}.{name}", fn, label, cfg, sig, consts
+
+
+def _compile_all():
+    import itertools
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    target = GPUTarget("cuda", 90, 32)
+    for kernel, fn, dtype, cfg, sig, consts in itertools.chain(_nade_jobs(), _ml_jobs()):
+        rec = {"kernel": kernel, "dtype": dtype, "config": cfg}
+        t0 = time.time()
+        log = io.StringIO()
+        try:
+            options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+            with contextlib.redirect_stdout(log):   # TRITON_DUMP_PTXAS_LOG: ptxas -v report
+                k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                   target=target, options=options)
+            rec.update(ok=len(k.asm["cubin"]) > 0, shared=k.metadata.shared)
+            regs = re.search(r"Used (\d+) registers", log.getvalue())
+            spills = re.search(r"(\d+) bytes spill stores", log.getvalue())
+            if regs:  # only on a cache miss (a cached kernel runs no ptxas)
+                rec.update(registers=int(regs.group(1)), spill_stores=int(spills.group(1)) if spills else 0)
+        except Exception as e:  # report every failure, not just the first
+            rec.update(ok=False, error=f"{type(e).__name__}: {e}"[-3000:])
+        rec["seconds"] = round(time.time() - t0, 2)
+        print(json.dumps(rec), flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +169,12 @@ def test_all_kernels_were_compiled(aot_results):
     names = {r["kernel"] for r in aot_results}
     for kind in ("fwd", "bwd", "sample"):
         assert f"nade_triton._nade_{kind}_kernel" in names
-    assert len(aot_results) == len(names) * len(CASES)
+    ml = {n for n in names if n.startswith(ML_MODULE)}
+    assert ml == {f"{ML_MODULE}._ml_{kind}_kernel" for kind in ("fwd", "dact", "dx", "dw")}
+    assert len(aot_results) == len(names - ml) * len(CASES) + len(ml) * len(ML_CASES)
+    for r in aot_results:
+        if r["kernel"] in ml and r["dtype"] in ("fp32", "bf16") and r["config"].get("num_warps") == 8:
+            assert r["config"]["BLOCK_K" if "dw" in r["kernel"] else "BLOCK_M"] >= 32  # realistic tiles
 
 
 if __name__ == "__main__":

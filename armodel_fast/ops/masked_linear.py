@@ -9,11 +9,14 @@ torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
 ``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
 degree (a permutation invisible to the caller), which turns the mask into a
 staircase, and runs one BLAS matmul per block of rows over only the inputs
-the block reaches (DESIGN.md section 4). The sorted, masked weights are cached
-per weight tensor, keyed on the tensor itself (weak reference), its version
-counter, data pointer and layout and on the degree values, so repeated calls
-with unchanged weights (evaluation, sampling, and the backward of a training
-step) do not rebuild them; any in-place update of the weight (optimizer step,
+the block reaches (DESIGN.md section 4). The Triton backend
+(``kernels/masked_linear_triton.py``) gets the same stable degree sort from
+:func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
+computes the mask inside each tile, skipping all-zero tiles. The prepared
+weights are cached per weight tensor and backend, keyed on the tensor itself
+(weak reference), its version counter, data pointer and layout and on the
+degree values, so repeated calls with unchanged weights (evaluation, sampling,
+and the backward of a training step) do not rebuild them; any in-place update of the weight (optimizer step,
 ``load_state_dict``) or of the degrees (MADE's ``next_mask``) invalidates the
 entry. Writes through ``weight.data`` (or ``.detach()``-free tricks such as
 ``torch.autograd.gradcheck``'s perturbations) bypass the version counter and
@@ -23,6 +26,7 @@ are NOT seen: call :func:`clear_cache` after those, or run inside
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import weakref
 from typing import NamedTuple, Optional, Tuple
 
@@ -59,11 +63,27 @@ class Prepared(NamedTuple):
     blocks: Tensor
 
 
+class TritonPrepared(NamedTuple):
+    """Degree-sorted operands of the Triton kernels: ``w_sorted = weight[perm_out][:, perm_in]``
+    (unmasked: the kernels mask in the tile), the sorted degrees (int32), their staircase
+    (``reach``, ``col_start``: see ``kernels.masked_linear_triton.staircase``) and the
+    inverse permutations that put results back in the caller's order."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    inv_in: Tensor
+    inv_out: Tensor
+    in_sorted: Tensor
+    out_sorted: Tensor
+    reach: Tensor
+    col_start: Tensor
+
+
 class _Entry:
     __slots__ = ("ref", "key", "in_degrees", "out_degrees", "prepared")
 
 
-_CACHE: dict = {}
+_CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp" or "triton"
 _stats = {"hits": 0, "builds": 0}
 _enabled = [True]
 
@@ -93,35 +113,88 @@ def _key(weight: Tensor, strict: bool, max_blocks: int):
             strict, max_blocks)
 
 
-def _forget(wid: int, ref) -> None:
+def _forget(ck, ref) -> None:
     """Weak-reference callback: the weight died, drop its entry (unless already replaced)."""
-    entry = _CACHE.get(wid)
+    entry = _CACHE.get(ck)
     if entry is not None and entry.ref is ref:
-        del _CACHE[wid]
+        del _CACHE[ck]
 
 
-def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
-            max_blocks: int = None) -> Prepared:
-    """The prepared weights of ``(weight, degrees)``, from the cache when still valid."""
-    max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
+def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,
+            build):
+    """``build()``, or its cached result for this weight, its version and these degrees."""
     cacheable = _enabled[0] and not weight.is_inference()
+    ck = (id(weight), kind)
     if cacheable:
-        entry = _CACHE.get(id(weight))
+        entry = _CACHE.get(ck)
         if (entry is not None and entry.ref() is weight and entry.key == _key(weight, strict, max_blocks)
                 and torch.equal(entry.in_degrees, in_degrees) and torch.equal(entry.out_degrees, out_degrees)):
             _stats["hits"] += 1
             return entry.prepared
-    prepared = Prepared(*_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks))
+    prepared = build()
     _stats["builds"] += 1
     if cacheable:
         entry = _Entry()
-        wid = id(weight)
-        entry.ref = weakref.ref(weight, lambda r, wid=wid: _forget(wid, r))
+        entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
         entry.key = _key(weight, strict, max_blocks)
         entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
         entry.prepared = prepared
-        _CACHE[wid] = entry
+        _CACHE[ck] = entry
     return prepared
+
+
+def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+            max_blocks: int = None) -> Prepared:
+    """The prepared weights of ``(weight, degrees)`` for the C++ kernels, from the cache when still valid."""
+    max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
+    return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda: Prepared(
+        *_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks)))
+
+
+def _triton():
+    from ..kernels import masked_linear_triton  # imports triton: only when the backend is used
+    return masked_linear_triton
+
+
+def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool) -> TritonPrepared:
+    """The degree-sorted operands of ``(weight, degrees)`` for the Triton kernels (cached like :func:`prepare`).
+
+    The same stable sort as the C++ ``masked_linear_prepare``, so both backends order units alike."""
+    def build():
+        dev = weight.device
+        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        w_sorted = weight.detach().index_select(0, perm_out).index_select(1, perm_in).contiguous()
+        return TritonPrepared(w_sorted, perm_in, perm_out, torch.argsort(perm_in), torch.argsort(perm_out),
+                              *_triton().staircase(in_sorted, out_sorted, strict))
+    return _cached("triton", weight, in_degrees, out_degrees, strict, 0, build)
+
+
+def _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted):
+    p = prepare_triton(weight, in_degrees, out_degrees, strict)
+    xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
+    bs = None if bias is None else bias.detach().index_select(0, p.perm_out)
+    ys = _triton().masked_linear_forward(xs, p.w_sorted, bs, p.in_sorted, p.out_sorted, strict, activation,
+                                         reach=p.reach, col_start=p.col_start)
+    return ys if y_sorted else ys.index_select(1, p.inv_out)
+
+
+def _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                     need_dx, need_dw, need_db):
+    p = prepare_triton(weight, in_degrees, out_degrees, strict)
+    to_sorted = (lambda t: t.contiguous()) if y_sorted else (lambda t: t.index_select(1, p.perm_out))
+    xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
+    dx, dw, db = _triton().masked_linear_backward(
+        to_sorted(grad_y), xs, p.w_sorted, None if y is None else to_sorted(y), p.in_sorted, p.out_sorted,
+        strict, activation, need_dx=need_dx, need_dw=need_dw, need_db=need_db, reach=p.reach,
+        col_start=p.col_start)
+    if need_dx and not x_sorted:
+        dx = dx.index_select(1, p.inv_in)
+    if need_dw:
+        dw = dw.index_select(0, p.inv_out).index_select(1, p.inv_in)
+    if need_db:
+        db = db.index_select(0, p.inv_out)
+    return dx, dw, db
 
 
 # ---- custom ops -----------------------------------------------------------------
@@ -132,6 +205,8 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
                       x_sorted: bool = False, y_sorted: bool = False) -> Tensor:
     """x [B, in] -> [B, out]. ``x_sorted``/``y_sorted``: x's columns / y's units are in
     degree-sorted (stable) order, as between chained MADE layers (no gather/scatter)."""
+    if backend == "triton":
+        return _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted)
     if backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear has no {backend!r} kernel")
     p = prepare(weight, in_degrees, out_degrees, strict)
@@ -149,12 +224,16 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
                                in_degrees: Tensor, out_degrees: Tensor, strict: bool, activation: str,
                                backend: str, x_sorted: bool, y_sorted: bool, need_dx: bool, need_dw: bool,
                                need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    if backend != "cpp":
+    if backend == "triton":
+        dx, dw, db = _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
+                                      x_sorted, y_sorted, need_dx, need_dw, need_db)
+    elif backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear_backward has no {backend!r} kernel")
-    p = prepare(weight, in_degrees, out_degrees, strict)
-    dx, dw, db = _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach,
-                                               p.blocks, ACTIVATIONS[activation], x_sorted, y_sorted,
-                                               need_dx, need_dw, need_db)
+    else:
+        p = prepare(weight, in_degrees, out_degrees, strict)
+        dx, dw, db = _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out,
+                                                   p.row_reach, p.blocks, ACTIVATIONS[activation], x_sorted,
+                                                   y_sorted, need_dx, need_dw, need_db)
     return (dx if need_dx else x.new_empty(0), dw if need_dw else x.new_empty(0), db if need_db else x.new_empty(0))
 
 
@@ -205,7 +284,8 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
 
     x [..., in], weight [out, in], bias [out] or None, degrees int [in] / [out];
     activation one of ``none, relu, elu, tanh`` (elu with alpha = 1), fused.
-    ``backend``: ``"cpp"``, ``"reference"`` or ``"auto"``.
+    ``backend``: ``"cpp"``, ``"triton"`` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``),
+    ``"reference"`` or ``"auto"``.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -250,3 +330,5 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
 
 if _ext.get_ext() is not None and hasattr(_ext.get_ext(), "masked_linear_forward"):
     register_kernel("masked_linear", "cpp")
+if importlib.util.find_spec("triton") is not None:  # kernels imported at first use (see _triton)
+    register_kernel("masked_linear", "triton")
