@@ -217,7 +217,7 @@ def build_ext_class(cpp_ext, torch_version, not_built):
 def install_requires():
     """Runtime dependencies. A build with native code pins the torch it was compiled
     against (its C++ ABI); a pure-Python build (ARMODEL_FAST_NO_EXT=1) takes any torch >= 2.4."""
-    deps = ["numpy", "pybind11", "scikit-learn", "matplotlib", "rich", 'triton; platform_system == "Linux"']
+    deps = ["numpy", "scikit-learn", "matplotlib", "rich", 'triton; platform_system == "Linux"']
     torch_req = "torch>=2.4"
     if not env_flag("ARMODEL_FAST_NO_EXT"):
         try:
