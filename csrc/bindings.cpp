@@ -112,4 +112,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
         py::arg("head"), py::arg("K"), py::arg("activation"),
         "Draw all D dimensions of MADE/FVSBN samples from prepared weights in one call: (x, log_prob).");
+  m.def("masked_linear_tileref_forward", &af::masked_linear_tileref_forward, py::arg("x"), py::arg("w_sorted"),
+        py::arg("bias"), py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"),
+        py::arg("strict"), py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"),
+        "CUDA masked_linear tile code on the CPU (tests): act(x @ (W*M).T + bias).");
+  m.def("masked_linear_tileref_backward", &af::masked_linear_tileref_backward, py::arg("grad_y"), py::arg("x"),
+        py::arg("y"), py::arg("w_sorted"), py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"),
+        py::arg("out_sorted"), py::arg("strict"), py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"),
+        py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
+        "CUDA masked_linear tile code on the CPU (tests): (dx, dW (masked), db).");
 }

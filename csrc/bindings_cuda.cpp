@@ -15,6 +15,15 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tens
 std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
                                            const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
                                            const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
+at::Tensor masked_linear_cuda_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                      const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                      const at::Tensor& perm_out, const at::Tensor& in_sorted,
+                                      const at::Tensor& out_sorted, bool strict, int64_t activation, bool x_sorted,
+                                      bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_cuda_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
+    bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
 }  // namespace af
 
 namespace py = pybind11;
@@ -29,4 +38,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nade_backward", &af::nade_cuda_backward, py::arg("kind"), py::arg("grad"), py::arg("x"), py::arg("W"),
         py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
         "[dW, dc, dV, db, dx or None] of sum(grad * log_prob)");
+  // masked_linear on degree-sorted prepared weights (armodel_fast.ops.masked_linear.prepare_sorted).
+  m.def("masked_linear_forward", &af::masked_linear_cuda_forward, py::arg("x"), py::arg("w_sorted"), py::arg("bias"),
+        py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"), py::arg("strict"),
+        py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), "act(x @ (W*M).T + bias)");
+  m.def("masked_linear_backward", &af::masked_linear_cuda_backward, py::arg("grad_y"), py::arg("x"), py::arg("y"),
+        py::arg("w_sorted"), py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"),
+        py::arg("strict"), py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), py::arg("need_dx"),
+        py::arg("need_dw"), py::arg("need_db"), "(dx, dW (masked), db)");
 }

@@ -48,6 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnade_bac
 std::tuple<at::Tensor, at::Tensor> rnade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
                                                 const at::Tensor& b, const at::Tensor& order, const at::Tensor& u);
 
+
 // masked_linear_cpu.cpp: staircase-blocked masked linear layer (DESIGN.md section 4).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(
     const at::Tensor& weight, const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict,
@@ -68,6 +69,17 @@ std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& we
                                                const std::optional<at::Tensor>& ctx_hidden,
                                                const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
                                                int64_t head, int64_t K, int64_t activation);
+// masked_linear_tileref_cpu.cpp: the CUDA masked_linear kernels' tile code
+// (masked_linear_math.h, masked_linear_glue.h) run serially on the CPU, for tests.
+at::Tensor masked_linear_tileref_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                         const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                         const at::Tensor& perm_out, const at::Tensor& in_sorted,
+                                         const at::Tensor& out_sorted, bool strict, int64_t activation,
+                                         bool x_sorted, bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_tileref_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
+    bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
 
 // nade_rowref_cpu.cpp: the CUDA NADE kernels' row math (nade_row.h) run on the CPU,
 // one lane per row, for tests. kind: 0 binary, 1 categorical, 2 RNADE.

@@ -12,7 +12,8 @@ staircase, and runs one BLAS matmul per block of rows over only the inputs
 the block reaches (DESIGN.md section 4). The Triton backend
 (``kernels/masked_linear_triton.py``) gets the same stable degree sort from
 :func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
-computes the mask inside each tile, skipping all-zero tiles. The prepared
+computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
+backend (``csrc/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
 weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
 degree values, so repeated calls with unchanged weights (evaluation, sampling,
@@ -83,7 +84,7 @@ class _Entry:
     __slots__ = ("ref", "key", "in_degrees", "out_degrees", "prepared")
 
 
-_CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp" or "triton"
+_CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
 _stats = {"hits": 0, "builds": 0}
 _enabled = [True]
 
@@ -197,6 +198,44 @@ def _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, acti
     return dx, dw, db
 
 
+# ---- CUDA backend (csrc/masked_linear_cuda.cu) --------------------------------------
+
+class SortedWeights(NamedTuple):
+    """Degree-sorted operands of the CUDA kernels (and of their CPU tile-reference):
+    ``w_sorted = weight[perm_out][:, perm_in]``, unmasked (the kernels compute the mask
+    per tile from ``in_sorted`` / ``out_sorted``), in the compute dtype (fp32 for
+    fp16/bf16 weights, else the weight's)."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    in_sorted: Tensor
+    out_sorted: Tensor
+
+
+def _cuda():
+    ext = _ext.get_cuda_ext()
+    if ext is None or not hasattr(ext, "masked_linear_forward"):
+        raise RuntimeError("masked_linear backend 'cuda' is unavailable: "
+                           f"{_ext.cuda_ext_error() or 'the CUDA extension has no masked_linear kernels; rebuild it'}")
+    return ext
+
+
+def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> SortedWeights:
+    """The degree-sorted operands of ``(weight, degrees)`` on the weight's device (cached like
+    :func:`prepare`; independent of ``strict``). The same stable sort as the C++
+    ``masked_linear_prepare``, so ``x_sorted``/``y_sorted`` mean the same order in every backend."""
+    def build():
+        dev = weight.device
+        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        w = weight.detach()
+        w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        w_sorted = w.index_select(0, perm_out).index_select(1, perm_in).contiguous()
+        return SortedWeights(w_sorted, perm_in.contiguous(), perm_out.contiguous(), in_sorted.contiguous(),
+                             out_sorted.contiguous())
+    return _cached("sorted", weight, in_degrees, out_degrees, False, 0, build)
+
+
 # ---- custom ops -----------------------------------------------------------------
 
 @torch.library.custom_op("armodel_fast::masked_linear", mutates_args=())
@@ -207,6 +246,10 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     degree-sorted (stable) order, as between chained MADE layers (no gather/scatter)."""
     if backend == "triton":
         return _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted)
+    if backend == "cuda":
+        p = prepare_sorted(weight, in_degrees, out_degrees)
+        return _cuda().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.in_sorted, p.out_sorted,
+                                             strict, ACTIVATIONS[activation], x_sorted, y_sorted)
     if backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear has no {backend!r} kernel")
     p = prepare(weight, in_degrees, out_degrees, strict)
@@ -227,6 +270,11 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
     if backend == "triton":
         dx, dw, db = _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
                                       x_sorted, y_sorted, need_dx, need_dw, need_db)
+    elif backend == "cuda":
+        p = prepare_sorted(weight, in_degrees, out_degrees)
+        dx, dw, db = _cuda().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.in_sorted,
+                                                    p.out_sorted, strict, ACTIVATIONS[activation], x_sorted,
+                                                    y_sorted, need_dx, need_dw, need_db)
     elif backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear_backward has no {backend!r} kernel")
     else:
@@ -285,7 +333,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     x [..., in], weight [out, in], bias [out] or None, degrees int [in] / [out];
     activation one of ``none, relu, elu, tanh`` (elu with alpha = 1), fused.
     ``backend``: ``"cpp"``, ``"triton"`` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``),
-    ``"reference"`` or ``"auto"``.
+    ``"cuda"`` (CUDA tensors), ``"reference"`` or ``"auto"``.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -330,5 +378,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
 
 if _ext.get_ext() is not None and hasattr(_ext.get_ext(), "masked_linear_forward"):
     register_kernel("masked_linear", "cpp")
+if _ext.get_cuda_ext() is not None and hasattr(_ext.get_cuda_ext(), "masked_linear_forward"):
+    register_kernel("masked_linear", "cuda")
 if importlib.util.find_spec("triton") is not None:  # kernels imported at first use (see _triton)
     register_kernel("masked_linear", "triton")
