@@ -294,7 +294,8 @@ def test_binary_torch_compile_fullgraph():
 
 @pytest.mark.parametrize("isa", ["base", "avx2"])
 def test_binary_other_isa_variants(isa):
-    """The baseline and AVX2 copies of the loops (chosen by ARMODEL_FAST_ISA) agree with the reference."""
+    """The baseline and AVX2 copies of the loops (chosen by ARMODEL_FAST_ISA) agree with the reference
+    (binary NADE values, gradients and samples; categorical NADE and RNADE values)."""
     code = (
         "import torch\n"
         "from armodel_fast import _ext\n"
@@ -315,6 +316,17 @@ def test_binary_other_isa_variants(isa):
         "    u = torch.rand(9, 20, generator=g, dtype=dt)\n"
         "    xs, _ = nops.nade_sample(W, c, V, b, o, u); xr, _ = ref.nade_sample(W, c, V, b, o, u)\n"
         "    assert (xs != xr).sum() <= 2\n"
+        "from armodel_fast.ops import categorical_nade as cops, rnade as rops\n"
+        "from armodel_fast.reference import categorical_nade as cref, rnade as rref\n"
+        "W = torch.randn(37, 20, 3, generator=g) * 0.3; c = torch.randn(37, generator=g)\n"
+        "V = torch.randn(20, 3, 37, generator=g) * 0.3; b = torch.randn(20, 3, generator=g)\n"
+        "o = torch.randperm(20, generator=g); x = torch.randint(0, 3, (9, 20), generator=g)\n"
+        "torch.testing.assert_close(cops.categorical_nade_log_prob(x, W, c, V, b, o),\n"
+        "                           cref.categorical_nade_log_prob(x, W, c, V, b, o), rtol=1e-5, atol=1e-4)\n"
+        "V = torch.randn(20, 3, 2, 37, generator=g) * 0.3; b = torch.randn(20, 3, 2, generator=g)\n"
+        "x = torch.randn(9, 20, generator=g)\n"
+        "torch.testing.assert_close(rops.rnade_log_prob(x, W[..., 0], c, V, b, o),\n"
+        "                           rref.rnade_log_prob(x, W[..., 0].contiguous(), c, V, b, o), rtol=1e-5, atol=1e-4)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, ARMODEL_FAST_ISA=isa)
