@@ -41,8 +41,7 @@ template <typename T> struct BinParams {
 template <typename T> struct BinGrads {
   T* dWT;  // [D, Hp]
   T* dV;   // [D, Hp]
-  T* db;   // [D] (unused: computed from the step gradients)
-  T* dc;   // [Hp]
+  T* dc;   // [Hp]  (db is summed from the step gradients on the host)
 };
 
 }  // namespace nade_cpu
@@ -285,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
     const int64_t per_worker = kRows * (4 + nck) * sl.width;
     at::Tensor work = at::empty({num_workers(sl.n), per_worker}, W.options());
     T* wp = work.data_ptr<T>();
-    const BinGrads<T> out{dWT.data_ptr<T>(), dVs.data_ptr<T>(), nullptr, dcp.data_ptr<T>()};
+    const BinGrads<T> out{dWT.data_ptr<T>(), dVs.data_ptr<T>(), dcp.data_ptr<T>()};
     parallel_items(sl.n, [&](int64_t i, int64_t w) {
       const int64_t j0 = i * sl.width, n = std::min(sl.width, Hp - j0);
       AF_NADE_WITH_ISA(Binary, [&](auto k) {
