@@ -129,9 +129,14 @@ def cuda_extension(torch, cpp_ext):
 
     # torch reads the arch list from the environment; without a GPU it would guess.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    all_sources = cu_sources + sources("*_cuda.cpp")
+    stems = [Path(p).stem for p in all_sources]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:  # ninja would refuse: two rules writing the same <stem>.o
+        sys.exit(f"armodel-fast: csrc sources share an object name: {clashes}; rename one of each pair")
     ext = cpp_ext.CUDAExtension(
         name="armodel_fast._C_cuda",
-        sources=cu_sources + sources("*_cuda.cpp"),
+        sources=all_sources,
         include_dirs=[str(ROOT / CSRC)],
         define_macros=MACROS,
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},

@@ -1,5 +1,5 @@
 // Torch-free launchers of the CUDA masked linear kernels (masked_linear_cuda.cu),
-// bound to torch tensors by masked_linear_cuda.cpp. All pointers are device
+// bound to torch tensors by masked_linear_torch_cuda.cpp. All pointers are device
 // pointers to contiguous row-major arrays of the compute type (float or double)
 // in degree-sorted unit order (DESIGN.md section 4): x_s [B, I], W_s [O, I]
 // (unmasked: the kernels compute the mask per tile from the sorted degrees),

@@ -1,4 +1,4 @@
-// Torch-side glue shared by the CUDA masked linear binding (masked_linear_cuda.cpp)
+// Torch-side glue shared by the CUDA masked linear binding (masked_linear_torch_cuda.cpp)
 // and its CPU tile-reference (masked_linear_tileref_cpu.cpp): argument checks,
 // the gathers into degree-sorted order and the scatters back, dtype handling.
 // Both run the same sequence of kernels through a `Kernels` policy, so the CPU

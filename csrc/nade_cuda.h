@@ -1,5 +1,5 @@
 // Torch-free launchers of the CUDA NADE kernels (nade_cuda.cu), bound to torch
-// tensors by nade_cuda.cpp. Pointers are device pointers to contiguous arrays
+// tensors by nade_torch_cuda.cpp. Pointers are device pointers to contiguous arrays
 // in the layouts of nade_row.h; `x` is float/double for binary and RNADE and
 // int64 for categorical; scratch is 3*B*H + B*32*P elements of the compute type.
 #pragma once

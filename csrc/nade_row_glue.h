@@ -1,5 +1,5 @@
 // Torch-side glue shared by the CPU row-reference (nade_rowref_cpu.cpp) and the
-// CUDA binding (nade_cuda.cpp): argument checks, the dimension-major layouts of
+// CUDA binding (nade_torch_cuda.cpp): argument checks, the dimension-major layouts of
 // nade_row.h, and output shapes. kind: 0 binary, 1 categorical, 2 RNADE.
 //
 // Python-facing layouts are the reference ones: W [H, D] (or [H, D, K]),
