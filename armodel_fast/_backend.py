@@ -115,11 +115,11 @@ def _why_not(name: str, op: str, device: torch.device):
     """None if ``name`` can run ``op`` on ``device``, else the reason it cannot."""
     if name == "reference":
         return None
-    if name not in _KERNELS.get(op, ()):
-        return f"backend {name!r} has no kernel for {op} yet"
     ok, why = _platform_status(name)
     if not ok:
         return why
+    if name not in _KERNELS.get(op, ()):
+        return f"backend {name!r} has no kernel for {op} yet"
     if name == "cpp" and device.type != "cpu":
         return f"backend 'cpp' runs on CPU tensors, got {device}"
     if name == "cuda" and device.type != "cuda":
