@@ -41,7 +41,7 @@ class NADEBase(AutoregressiveModel):
     def params(self) -> tuple:
         return self.W, self.c, self.V, self.b, self.order
 
-    def _log_prob_and_params(self, x, need_params: bool):
+    def _log_prob_and_params(self, x):
         backend = self._resolve()
         if backend == "reference":
             p = self._ref_params(x)
@@ -51,11 +51,11 @@ class NADEBase(AutoregressiveModel):
 
     def forward(self, x: torch.Tensor):
         """Per-dimension output parameters (dimension space; see the subclass)."""
-        return self._log_prob_and_params(self._check_x(x), True)[1]
+        return self._log_prob_and_params(self._check_x(x))[1]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, shape [B]."""
-        return self._log_prob_and_params(self._check_x(x), False)[0]
+        return self._log_prob_and_params(self._check_x(x))[0]
 
     def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
         """Draw n samples; ``u`` of shape ``uniforms_shape(n)`` makes it deterministic.

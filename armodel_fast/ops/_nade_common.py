@@ -134,3 +134,27 @@ def check_return_logits(flag) -> bool:
     if not isinstance(flag, bool):
         raise TypeError(f"return_logits must be a bool, got {type(flag).__name__}")
     return flag
+
+
+def attach_autograd(forward_op, backward_op, x_has_grad: bool) -> None:
+    """Autograd of a NADE forward op ``(x, W, c, V, b, order, backend) -> (log_prob, outputs)``.
+
+    ``backward_op(grad_log_prob, grad_outputs or None, x, W, c, V, b, order, outputs, backend)``
+    returns ``(dW, dc, dV, db)``, plus ``dx`` last when ``x_has_grad`` (RNADE).
+    """
+    def setup_context(ctx, inputs, output):
+        x, W, c, V, b, order, backend = inputs
+        ctx.save_for_backward(x, W, c, V, b, order, output[1])
+        ctx.backend = backend
+
+    def backward(ctx, grad_log_prob, grad_outputs):
+        x, W, c, V, b, order, outputs = ctx.saved_tensors
+        if grad_log_prob is None:
+            grad_log_prob = outputs.new_zeros(outputs.shape[0])
+        grads = backward_op(grad_log_prob.contiguous(), None if grad_outputs is None else grad_outputs.contiguous(),
+                            x, W, c, V, b, order, outputs, ctx.backend)
+        dx = grads[4] if x_has_grad else None
+        need = ctx.needs_input_grad
+        return tuple(g if need[i] else None for i, g in enumerate((dx,) + tuple(grads[:4]))) + (None, None)
+
+    forward_op.register_autograd(backward, setup_context=setup_context)

@@ -60,23 +60,7 @@ def _(W, c, V, b, order, u, backend):
     return u.new_empty(u.shape[0], W.shape[1], dtype=torch.long), W.new_empty(u.shape[0])
 
 
-def _setup_context(ctx, inputs, output):
-    x, W, c, V, b, order, backend = inputs
-    ctx.save_for_backward(x, W, c, V, b, order, output[1])
-    ctx.backend = backend
-
-
-def _backward(ctx, grad_log_prob, grad_logits):
-    x, W, c, V, b, order, logits = ctx.saved_tensors
-    if grad_log_prob is None:
-        grad_log_prob = logits.new_zeros(logits.shape[0])
-    grads = _backward_op(grad_log_prob.contiguous(), None if grad_logits is None else grad_logits.contiguous(),
-                         x, W, c, V, b, order, logits, ctx.backend)
-    need = ctx.needs_input_grad
-    return (None,) + tuple(g if need[i + 1] else None for i, g in enumerate(grads)) + (None, None)
-
-
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_c.attach_autograd(_forward_op, _backward_op, x_has_grad=False)
 
 
 def _check(W, c, V, b, order, backend):

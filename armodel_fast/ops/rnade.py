@@ -60,24 +60,7 @@ def _(W, c, V, b, order, u, backend):
     return W.new_empty(u.shape[0], W.shape[1]), W.new_empty(u.shape[0])
 
 
-def _setup_context(ctx, inputs, output):
-    x, W, c, V, b, order, backend = inputs
-    ctx.save_for_backward(x, W, c, V, b, order, output[1])
-    ctx.backend = backend
-
-
-def _backward(ctx, grad_log_prob, grad_params):
-    x, W, c, V, b, order, params = ctx.saved_tensors
-    if grad_log_prob is None:
-        grad_log_prob = params.new_zeros(params.shape[0])
-    dW, dc, dV, db, dx = _backward_op(grad_log_prob.contiguous(),
-                                      None if grad_params is None else grad_params.contiguous(),
-                                      x, W, c, V, b, order, params, ctx.backend)
-    need = ctx.needs_input_grad
-    return tuple(g if need[i] else None for i, g in enumerate((dx, dW, dc, dV, db))) + (None, None)
-
-
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_c.attach_autograd(_forward_op, _backward_op, x_has_grad=True)
 
 
 def _check(W, c, V, b, order, backend):
