@@ -24,6 +24,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_cuda_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
     bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor>& weights,
+                                                    const std::vector<at::Tensor>& biases,
+                                                    const std::vector<at::Tensor>& degrees,
+                                                    const std::optional<at::Tensor>& direct, const at::Tensor& order,
+                                                    const std::optional<at::Tensor>& ctx_hidden,
+                                                    const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
+                                                    int64_t head, int64_t K, int64_t activation);
 }  // namespace af
 
 namespace py = pybind11;
@@ -46,4 +53,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_sorted"), py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"),
         py::arg("strict"), py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), py::arg("need_dx"),
         py::arg("need_dw"), py::arg("need_db"), "(dx, dW (masked), db)");
+  // MADE / FVSBN sampling in one launch; operands as the CPU made_sample (armodel_fast.ops.made).
+  m.def("made_sample", &af::made_cuda_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
+        py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
+        py::arg("head"), py::arg("K"), py::arg("activation"), "(x [n, D], log_prob [n]) in one launch");
 }

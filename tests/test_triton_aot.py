@@ -23,6 +23,8 @@ The masked-linear kernels (``masked_linear_triton``, see ``_ml_jobs``) are tile
 matmuls: each compiles for fp32 and bf16 at the launcher's configuration for a
 large layer (128 x 128 x 32 bf16 tiles, 8 warps) and a small one (16 x 32
 tiles, 4 warps, tile counters on), and for fp64 and fp32 "tf32x3" at the large one.
+The one-launch MADE sampler (``made_sample_triton``, ``_made_jobs``) compiles for
+each head in fp32, and with bf16 and fp64 weights.
 """
 import contextlib
 import io
@@ -35,13 +37,17 @@ import time
 
 import pytest
 
-MODULES = ["nade_triton", "categorical_nade_triton", "rnade_triton", "masked_linear_triton"]
+MODULES = ["nade_triton", "categorical_nade_triton", "rnade_triton", "masked_linear_triton", "made_sample_triton"]
 FP32_PTRS = {"logp_ptr", "logits_ptr", "params_ptr", "grad_ptr", "u_ptr", "scratch_ptr",
              "dwt_ptr", "dc_ptr", "dv_ptr", "db_ptr", "dx_ptr"}
 INT64_PTRS = {"order_ptr"}
 MODULE_PTRS = {"categorical_nade_triton": {"x_ptr": "*i64"}}
 CASES = [("fp32", (1024, 500, 10)), ("bf16", (1, 3, 1))]
 ML_MODULE = "masked_linear_triton"
+MADE_MODULE = "made_sample_triton"
+# (weight dtype, head, samples, K) of the one-launch MADE sampler
+MADE_CASES = [("fp32", "bernoulli", 16, 1), ("fp32", "categorical", 4096, 10), ("fp32", "gaussian", 64, 5),
+              ("fp32", "affine", 10000, 1), ("bf16", "bernoulli", 16, 1), ("fp64", "gaussian", 16, 3)]
 ML_PTRS = {"in_deg_ptr": "*i32", "out_deg_ptr": "*i32", "reach_ptr": "*i32", "col_start_ptr": "*i32",
            "count_ptr": "*i32"}
 # (dtype, (B, N, K) of the layer the launcher sizes blocks for, fp32 dot precision)
@@ -84,7 +90,7 @@ def _signature(mod, fn, dtype, cfg):
 def _nade_jobs():
     from armodel_fast.kernels.triton_common import launch_config
     for mod, name, fn in _kernels():
-        if mod == ML_MODULE:
+        if mod in (ML_MODULE, MADE_MODULE):
             continue
         for dtype, (B, H, K) in CASES:
             cfg = launch_config(B, H, K, heads=3 if mod == "rnade_triton" else 1)
@@ -122,13 +128,41 @@ def _ml_jobs():
             yield f"{mod}.{name}", fn, label, cfg, sig, consts
 
 
+def _made_jobs():
+    """The one-launch MADE sampler for every head (fp32), and in bf16 / fp64 weights."""
+    import torch
+    import triton.language as tl
+
+    from armodel_fast.kernels import made_sample_triton as mst
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+    for mod, name, fn in _kernels():
+        if mod != MADE_MODULE:
+            continue
+        for dtype, head, n, K in MADE_CASES:
+            acc = "fp64" if dtype == "fp64" else "fp32"
+            cfg = mst.launch_config(n, K, torch_dtype[acc])
+            values = dict(HEAD=mst.HEADS[head], ACT=1 if head != "gaussian" else 3, HAS_DIRECT=True,
+                          HAS_CTX=head != "categorical", ACC=tl.float64 if acc == "fp64" else tl.float32, **cfg)
+            ptrs = {"order_ptr": "*i64", "meta_ptr": "*i64", "ends_ptr": "*i32", "act_ptr": f"*{acc}",
+                    "lp_ptr": f"*{acc}", "x_ptr": "*i64" if head == "categorical" else f"*{dtype}"}
+            sig, consts = {}, {}
+            for p in fn.params:
+                if p.is_constexpr:
+                    sig[p.name], consts[p.name] = "constexpr", values[p.name]
+                elif p.name.endswith("_ptr"):
+                    sig[p.name] = ptrs.get(p.name, f"*{dtype}")
+                else:
+                    sig[p.name] = "i32"
+            yield f"{mod}.{name}", fn, f"{dtype}-{head}", cfg, sig, consts
+
+
 def _compile_all():
     import itertools
 
     import triton
     from triton.backends.compiler import GPUTarget
     target = GPUTarget("cuda", 90, 32)
-    for kernel, fn, dtype, cfg, sig, consts in itertools.chain(_nade_jobs(), _ml_jobs()):
+    for kernel, fn, dtype, cfg, sig, consts in itertools.chain(_nade_jobs(), _ml_jobs(), _made_jobs()):
         rec = {"kernel": kernel, "dtype": dtype, "config": cfg}
         t0 = time.time()
         log = io.StringIO()
@@ -171,7 +205,10 @@ def test_all_kernels_were_compiled(aot_results):
         assert f"nade_triton._nade_{kind}_kernel" in names
     ml = {n for n in names if n.startswith(ML_MODULE)}
     assert ml == {f"{ML_MODULE}._ml_{kind}_kernel" for kind in ("fwd", "dact", "dx", "dw")}
-    assert len(aot_results) == len(names - ml) * len(CASES) + len(ml) * len(ML_CASES)
+    made = {n for n in names if n.startswith(MADE_MODULE)}
+    assert made == {f"{MADE_MODULE}._made_sample_kernel"}
+    assert len(aot_results) == (len(names - ml - made) * len(CASES) + len(ml) * len(ML_CASES)
+                                + len(made) * len(MADE_CASES))
     for r in aot_results:
         if r["kernel"] in ml and r["dtype"] in ("fp32", "bf16") and r["config"].get("num_warps") == 8:
             assert r["config"]["BLOCK_K" if "dw" in r["kernel"] else "BLOCK_M"] >= 32  # realistic tiles

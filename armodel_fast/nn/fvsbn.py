@@ -47,9 +47,11 @@ class FVSBN(AutoregressiveModel):
     def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
         """Draw n samples from uniforms ``u [n, D]`` (``x_d = 1{u_d < p_d}``)."""
         u = self._uniforms(n, u, generator)
-        if self._resolve() != "reference":  # one pass over the weights (csrc/made_cpu.cpp)
+        backend = self._resolve()
+        if backend != "reference":  # one pass over the weights (ops.made.made_sample)
             from ..ops import made as fast
-            x, lp = fast.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees, self.order, u)
+            x, lp = fast.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees, self.order, u,
+                                      backend)
             return (x, lp) if return_log_prob else x
         with torch.no_grad():
             x, lp = ref.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees,

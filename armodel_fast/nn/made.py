@@ -162,13 +162,14 @@ class MADE(AutoregressiveModel):
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
     def _fast_sample(self, noise, context, head):
-        """One-pass sampler (csrc/made_cpu.cpp) when the resolved backend has one, else None."""
-        if self._resolve() == "reference":
+        """One-pass sampler of the resolved backend (ops.made.made_sample), or None for the reference."""
+        backend = self._resolve()
+        if backend == "reference":
             return None
         from ..ops import made as fast
         hidden, output, direct, ctx_w = self._layer_args()
         return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
-                                context, ctx_w)
+                                context, ctx_w, backend=backend)
 
     def forward(self, x: torch.Tensor, context=None):
         x = self._check_x(x)

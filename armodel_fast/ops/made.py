@@ -3,8 +3,9 @@
 * :func:`made_forward` / :func:`fvsbn_logits`: the reference forward with every
   masked layer run by :func:`armodel_fast.ops.masked_linear.masked_linear`
   (staircase blocks, fused activation, cached degree-sorted weights).
-* :func:`made_sample` / :func:`fvsbn_sample`: all D steps in one C++ call that
-  computes every hidden unit once (``made_sample`` in csrc/made_cpu.cpp), from
+* :func:`made_sample` / :func:`fvsbn_sample`: all D steps in one call that
+  computes every hidden unit once (``made_sample`` in csrc/made_cpu.cpp, one
+  launch in kernels/made_sample_triton.py and csrc/made_cuda.cu), from
   caller-supplied uniforms, sample for sample equal to the D-pass reference
   sampler; ``head="affine"`` runs MADE's Gaussian (K=1) inverse the same way.
 
@@ -15,6 +16,7 @@ direct ``(weight, in_degrees, out_degrees)`` (strict, no bias), and
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional, Sequence
 
 import torch
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from .. import _ext
 from .._backend import register_kernel
+from ..reference import heads as _heads
 from ..reference import made as _ref
 from ..reference.made import ACTIVATIONS as _REF_ACT
 from . import masked_linear as _ml
@@ -78,34 +81,67 @@ def _sorted_bias(b: Optional[Tensor], p, like: Tensor) -> Tensor:
     return b.detach().index_select(0, p.perm_out).contiguous()
 
 
+def _prepare_for(backend: str):
+    """The degree-sorted weights each sampler reads: masked blocks (cpp) or unmasked sorted
+    weights (triton, cuda: they read only the reachable prefix of each row)."""
+    if backend == "cpp":
+        return lambda w, din, dout, strict: prepare(w, din, dout, strict)
+    if backend == "triton":
+        return _ml.prepare_triton
+    return lambda w, din, dout, strict: _ml.prepare_sorted(w, din, dout)
+
+
+def _triton_sampler():
+    from ..kernels import made_sample_triton  # imports triton: only when the backend is used
+    return made_sample_triton
+
+
+def _cuda_sampler():
+    ext = _ext.get_cuda_ext()
+    if ext is None or not hasattr(ext, "made_sample"):
+        raise RuntimeError("made_sample backend 'cuda' is unavailable: "
+                           f"{_ext.cuda_ext_error() or 'the CUDA extension has no made_sample kernel; rebuild it'}")
+    return ext
+
+
 @torch.no_grad()
 def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Tensor, head: str = "bernoulli",
                 K: Optional[int] = None, activation: str = "relu", direct_layer=None,
-                context: Optional[Tensor] = None, context_weights=None):
+                context: Optional[Tensor] = None, context_weights=None, backend: str = "cpp"):
     """Draw ``n = noise.shape[0]`` samples in one pass over the weights; returns (x [n, D], log p(x) [n]).
 
     ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
     (gaussian mixture of K), or ``z [n, D]`` for ``head="affine"`` (the Gaussian
     K=1 inverse ``x_d = mu_d + exp(log_sigma_d) z_d``; the second result is then
     ``log|det dx/dz|``). Categorical x is int64. The degrees must be MADE's
-    (input degree of dimension ``order[t]`` is t+1).
+    (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``
+    (csrc/made_cpu.cpp, CPU tensors), ``"triton"`` (one launch,
+    kernels/made_sample_triton.py) or ``"cuda"`` (one launch, csrc/made_cuda.cu).
     """
-    ext = _ml._cpp()
-    if not hasattr(ext, "made_sample"):
-        raise RuntimeError("made_sample: the C++ extension has no made_sample kernel; rebuild it")
     if head not in HEADS:
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    if noise.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"noise must be float32 or float64 for the cpp sampler, got {noise.dtype}")
+    if backend not in ("cpp", "triton", "cuda"):
+        raise ValueError(f"backend must be 'cpp', 'triton' or 'cuda' for made_sample, got {backend!r}")
+    if not isinstance(noise, Tensor) or noise.dim() < 2:
+        raise ValueError(f"noise must be a tensor of shape [n, D, ...], got {getattr(noise, 'shape', noise)}")
+    if backend == "cpp":
+        ext = _ml._cpp()
+        if not hasattr(ext, "made_sample"):
+            raise RuntimeError("made_sample: the C++ extension has no made_sample kernel; rebuild it")
+        if noise.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"noise must be float32 or float64 for the cpp sampler, got {noise.dtype}")
     D = noise.shape[1]
     kin = K if head == "categorical" else 1
-    preps = [prepare(w, din, dout, False) for (w, _, din, dout) in hidden_layers]
+    dev = output_layer[0].device
+    order_l = order.to(device=dev, dtype=torch.long)
+    prep = _prepare_for(backend)
+    preps = [prep(w, din, dout, False) for (w, _, din, dout) in hidden_layers]
     w, b, din, dout = output_layer
-    p_out = prepare(w, din, dout, True)
-    # The sampler walks sorted units; check the sorted orders chain up as MADE's degrees imply.
-    expect_in = (order.to(torch.long)[:, None] * kin + torch.arange(kin)).reshape(-1)
+    p_out = prep(w, din, dout, True)
+    # The samplers walk sorted units; check the sorted orders chain up as MADE's degrees imply.
+    expect_in = (order_l[:, None] * kin + torch.arange(kin, device=dev)).reshape(-1)
     first = preps[0] if preps else p_out
     if not torch.equal(first.perm_in, expect_in):
         raise ValueError("the first layer's in_degrees must be MADE's input degrees for `order`")
@@ -114,31 +150,55 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
         if not torch.equal(a.perm_out, c.perm_in):
             raise ValueError("consecutive layers' degrees disagree (out_degrees of one != in_degrees of the next)")
     P = p_out.perm_out.numel() // D
-    expect_out = (order.to(torch.long)[:, None] * P + torch.arange(P)).reshape(-1)
+    expect_out = (order_l[:, None] * P + torch.arange(P, device=dev)).reshape(-1)
     if not torch.equal(p_out.perm_out, expect_out):
         raise ValueError("the output layer's out_degrees must be MADE's output degrees for `order`")
     weights = [p.w_sorted for p in chain]
-    biases = [_sorted_bias(layer[1], p, noise) for layer, p in zip(list(hidden_layers) + [output_layer], chain)]
-    degrees = [layer[3].index_select(0, p.perm_out).contiguous() for layer, p in zip(hidden_layers, preps)]
+    biases = [_sorted_bias(layer[1], p, weights[i]) for i, (layer, p)
+              in enumerate(zip(list(hidden_layers) + [output_layer], chain))]
+    degrees = [layer[3].to(dev).index_select(0, p.perm_out).contiguous() for layer, p in zip(hidden_layers, preps)]
     direct = None
     if direct_layer is not None:
         wd, dind, doutd = direct_layer
-        direct = prepare(wd, dind, doutd, True).w_sorted
+        direct = prep(wd, dind, doutd, True).w_sorted
     ctx_h = ctx_o = None
     if context is not None:
         if preps:
             ctx_h = F.linear(context, context_weights[0]).index_select(1, preps[0].perm_out).contiguous()
         ctx_o = F.linear(context, context_weights[1]).index_select(1, p_out.perm_out).contiguous()
-    return ext.made_sample(weights, biases, degrees, direct, order.to(torch.long).contiguous(), ctx_h, ctx_o,
-                           noise.contiguous(), HEADS[head], 1 if K is None else K, ACTIVATIONS[activation])
+    if backend == "cuda":  # the CUDA kernel computes in the sorted weights' dtype (fp32 for fp16/bf16 models)
+        ct = weights[0].dtype
+        biases = [bb.to(ct) for bb in biases]
+        direct, ctx_h, ctx_o = (None if t is None else t.to(ct) for t in (direct, ctx_h, ctx_o))
+        noise = noise.to(ct)
+    args = (weights, biases, degrees, direct, order_l.contiguous(), ctx_h, ctx_o, noise.contiguous())
+    k = 1 if K is None else K
+    if backend == "cpp":
+        return ext.made_sample(*args, HEADS[head], k, ACTIVATIONS[activation])
+    if backend == "cuda":
+        x, lp = _cuda_sampler().made_sample(*args, HEADS[head], k, ACTIVATIONS[activation])
+    else:
+        z = None
+        if head == "gaussian":  # Phi^-1 exactly as reference/heads.py computes it
+            z = torch.special.ndtri(noise[..., 1].clamp(_heads.U_EPS, 1 - _heads.U_EPS)).contiguous()
+        x, lp = _triton_sampler().made_sample(*args, head, k, ACTIVATIONS[activation], z)
+    dtype = output_layer[0].dtype
+    return (x if x.dtype == torch.long else x.to(dtype)), lp.to(dtype)
 
 
-def fvsbn_sample(weight: Tensor, bias: Tensor, degrees: Tensor, order: Tensor, u: Tensor):
+def fvsbn_sample(weight: Tensor, bias: Tensor, degrees: Tensor, order: Tensor, u: Tensor, backend: str = "cpp"):
     """FVSBN samples from uniforms ``u [n, D]`` in one pass: (x [n, D], log p(x) [n])."""
-    return made_sample([], (weight, bias, degrees, degrees), order, u, "bernoulli")
+    return made_sample([], (weight, bias, degrees, degrees), order, u, "bernoulli", backend=backend)
 
 
 _cpp = _ext.get_ext()
 if _cpp is not None and hasattr(_cpp, "made_sample") and hasattr(_cpp, "masked_linear_forward"):
     register_kernel("made", "cpp")
     register_kernel("fvsbn", "cpp")
+_cuda_ext = _ext.get_cuda_ext()
+if _cuda_ext is not None and hasattr(_cuda_ext, "made_sample") and hasattr(_cuda_ext, "masked_linear_forward"):
+    register_kernel("made", "cuda")
+    register_kernel("fvsbn", "cuda")
+if importlib.util.find_spec("triton") is not None:  # kernels imported at first use
+    register_kernel("made", "triton")
+    register_kernel("fvsbn", "triton")
