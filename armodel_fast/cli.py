@@ -160,7 +160,8 @@ def cmd_bench(args, out) -> int:
     try:
         cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
-                                memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick)
+                                memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick,
+                                families=tuple(args.family or ()))
     except ValueError as e:
         raise CLIError(str(e)) from e
     if cfg.device.startswith("cuda"):
@@ -204,6 +205,7 @@ def _positive_float(s: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.core import COMPILE_AUTO_MAX_D
+    from .bench.rows import ROW_BUILDERS
     from .train import MODELS
 
     p = argparse.ArgumentParser(prog="armodel-fast", description="Train, sample and benchmark "
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time in this process and skip the per-row subprocess memory measurement")
     b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "
                    "'made sample', cpp), plus the eager reference rows of those ops (for the ratio)")
+    b.add_argument("--family", action="append", choices=tuple(ROW_BUILDERS),
+                   help="only this op family (repeatable; default: all of them)")
     b.add_argument("--json", help="write the results (and machine info) to this JSON file")
     b.add_argument("--markdown", help="write a markdown table (for README.md) to this file")
     b.add_argument("--plot", help="write a PNG of speedups vs the best eager reference to this file")

@@ -14,7 +14,8 @@ from armodel_fast.cli import build_parser, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OPS = {"nade log_prob fwd", "nade log_prob fwd+bwd", "nade sample", "masked_linear fwd", "masked_linear fwd+bwd",
-       "made fwd", "made sample"}
+       "made fwd", "made sample"} | {f"{m} {op}" for m in ("categorical_nade", "rnade")
+                                     for op in ("log_prob fwd", "log_prob fwd+bwd", "sample")}
 QUICK = ["bench", "--quick", "--repeats", "1", "--no-compile"]
 
 

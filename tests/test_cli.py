@@ -123,7 +123,7 @@ def test_bench_tiny_in_process(tmp_path, capsys):
 def test_bench_tiny_memory_subprocess(tmp_path, capsys):
     """Default mode: a fresh subprocess per row that also reads the peak memory."""
     out_json = tmp_path / "bench.json"
-    assert main(TINY_BENCH + ["--filter", "log_prob fwd reference", "--json", str(out_json)]) == 0
+    assert main(TINY_BENCH + ["--filter", "log_prob fwd reference", "--family", "nade", "--json", str(out_json)]) == 0
     assert "peak MiB" in capsys.readouterr().out
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["provider"] for r in rows] == ["reference loop", "reference cumsum"]

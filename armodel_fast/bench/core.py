@@ -41,6 +41,7 @@ class BenchConfig:
     filter: Optional[str] = None
     sweep: bool = False
     quick: bool = False
+    families: tuple = ()  # op families to run (keys of rows.ROW_BUILDERS); empty: all
 
     def __post_init__(self):
         if self.device is None:

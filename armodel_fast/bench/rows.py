@@ -12,6 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import rows_variants
 from .core import COMPILE_AUTO_MAX_D, BenchConfig, Row
 
 _nade = lambda B, D, H: {"B": B, "D": D, "H": H}  # noqa: E731
@@ -34,6 +35,7 @@ SIZES = {
     "made sample": {"headline": [_made_n(16, 784, 2000)],
                     "sweep": [_made_n(16, 196, 500), _made_n(16, 784, 500), _made_n(16, 784, 2000)],
                     "quick": [_made_n(4, 8, 16)], "quick_sweep": [_made_n(4, 8, 16), _made_n(4, 12, 16)]},
+    **rows_variants.SIZES,
 }
 
 
@@ -167,7 +169,9 @@ def nade_rows(cfg: BenchConfig, s: dict) -> list:
         rows += [Row(op, "reference loop", _nade_log_prob_maker(s, "loop", grad)),
                  Row(op, "reference cumsum", _nade_log_prob_maker(s, "cumsum", grad)),
                  Row(op, "torch.compile loop", _nade_log_prob_maker(s, "loop", grad, compiled=True),
-                     skip=loop_skip, kind="compiled", warmup=2)]
+                     skip=loop_skip, kind="compiled", warmup=2),
+                 Row(op, "torch.compile cumsum", _nade_log_prob_maker(s, "cumsum", grad, compiled=True),
+                     skip=_compile_skip(cfg), kind="compiled", warmup=2)]
         rows += [Row(op, name, _nade_kernel_maker(s, name, what), skip=why, kind="kernel")
                  for name, why in kernels.items()]
     rows += [Row("nade sample", "reference loop", _nade_sample_maker(s)),
@@ -320,8 +324,9 @@ def made_sample_rows(cfg: BenchConfig, s: dict) -> list:
     return rows
 
 
-ROW_BUILDERS = {"nade": nade_rows, "masked_linear": masked_linear_rows, "made": made_rows,
-                "made sample": made_sample_rows}
+ROW_BUILDERS = {"nade": nade_rows, "categorical_nade": rows_variants.variant_rows("categorical_nade"),
+                "rnade": rows_variants.variant_rows("rnade"), "masked_linear": masked_linear_rows,
+                "made": made_rows, "made sample": made_sample_rows}
 
 
 def all_rows(cfg: BenchConfig) -> list:
@@ -330,6 +335,8 @@ def all_rows(cfg: BenchConfig) -> list:
     same op and size (the ratio needs them)."""
     rows = []
     for family, build in ROW_BUILDERS.items():
+        if cfg.families and family not in cfg.families:
+            continue
         for s in sizes(family, cfg):
             group = build(cfg, s)
             if not any(row.matches(cfg.filter) for row in group):
