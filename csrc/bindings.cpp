@@ -68,7 +68,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("b"), py::arg("order"), py::arg("u"), "CUDA NADE row math on the CPU (tests): (x, log_prob).");
   m.def("nade_rowref_backward", &af::nade_rowref_backward, py::arg("kind"), py::arg("grad"), py::arg("x"),
         py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
-        "CUDA NADE row math on the CPU (tests): [dW, dc, dV, db, dx or None].");
+        py::arg("grad_outputs") = py::none(),
+        "CUDA NADE row math on the CPU (tests): [dW, dc, dV, db, dx or None] of sum(grad * log_prob) "
+        "+ sum(grad_outputs * outputs).");
   // One line per op declared in ops.h, e.g.
   //   m.def("nade_log_prob", &af::nade_log_prob, py::arg("x"), ...);
   m.def("nade_forward", &af::nade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),

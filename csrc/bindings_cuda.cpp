@@ -12,7 +12,8 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_forward(int64_t kind, const at::Ten
 std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
                                                     const at::Tensor& V, const at::Tensor& b,
                                                     const at::Tensor& order, const at::Tensor& u);
-std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
+std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
+                                           const std::optional<at::Tensor>& grad_outputs, const at::Tensor& x,
                                            const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
                                            const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
 at::Tensor masked_linear_cuda_forward(const at::Tensor& x, const at::Tensor& w_sorted,
@@ -42,9 +43,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("V"), py::arg("b"), py::arg("order"), "(log_prob [B], outputs [B, D, ...])");
   m.def("nade_sample", &af::nade_cuda_sample, py::arg("kind"), py::arg("W"), py::arg("c"), py::arg("V"),
         py::arg("b"), py::arg("order"), py::arg("u"), "(x [n, D], log_prob [n]) from uniforms u");
-  m.def("nade_backward", &af::nade_cuda_backward, py::arg("kind"), py::arg("grad"), py::arg("x"), py::arg("W"),
-        py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
-        "[dW, dc, dV, db, dx or None] of sum(grad * log_prob)");
+  m.def("nade_backward", &af::nade_cuda_backward, py::arg("kind"), py::arg("grad"), py::arg("grad_outputs"),
+        py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
+        "[dW, dc, dV, db, dx or None] of sum(grad * log_prob) + sum(grad_outputs * outputs)");
   // masked_linear on degree-sorted prepared weights (armodel_fast.ops.masked_linear.prepare_sorted).
   m.def("masked_linear_forward", &af::masked_linear_cuda_forward, py::arg("x"), py::arg("w_sorted"), py::arg("bias"),
         py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"), py::arg("strict"),

@@ -70,8 +70,8 @@ __global__ void backward_kernel(nade_row::Params<T> p, int64_t B, const typename
   AF_ROW_PROLOGUE
   const int64_t P = Head::P(p.K);
   const Scratch<T> s = row_scratch<T>(scratch, B, p.H, P, row, L.lane());
-  nade_row::row_backward<T, Head>(p, x + row * p.D, l + row * p.D * P, grad[row], g,
-                                  g.dx ? g.dx + row * p.D : nullptr, s.a, s.h, s.acc, s.dl, L);
+  nade_row::row_backward<T, Head>(p, x + row * p.D, l + row * p.D * P, g.gout ? g.gout + row * p.D * P : nullptr,
+                                  grad[row], g, g.dx ? g.dx + row * p.D : nullptr, s.a, s.h, s.acc, s.dl, L);
 }
 
 unsigned blocks_for(int64_t B) { return static_cast<unsigned>((B + kRowsPerBlock - 1) / kRowsPerBlock); }
@@ -110,9 +110,9 @@ cudaError_t dispatch_kind(const NadeLaunch& p, int which, const void* in, const 
 }
 
 template <typename T>
-nade_row::Grads<T> grads(void* dWT, void* dc, void* dV, void* db, void* dx) {
+nade_row::Grads<T> grads(void* dWT, void* dc, void* dV, void* db, void* dx, const void* gout) {
   return {static_cast<T*>(dWT), static_cast<T*>(dc), static_cast<T*>(dV), static_cast<T*>(db),
-          static_cast<T*>(dx)};
+          static_cast<T*>(dx), static_cast<const T*>(gout)};
 }
 
 }  // namespace
@@ -127,13 +127,13 @@ cudaError_t nade_sample(const NadeLaunch& p, const void* u, void* x, void* log_p
                      : dispatch_kind<float>(p, 1, u, nullptr, nullptr, x, log_prob, nullptr);
 }
 
-cudaError_t nade_backward(const NadeLaunch& p, const void* x, const void* l, const void* grad, void* dWT, void* dc,
-                          void* dV, void* db, void* dx) {
+cudaError_t nade_backward(const NadeLaunch& p, const void* x, const void* l, const void* grad,
+                          const void* grad_outputs, void* dWT, void* dc, void* dV, void* db, void* dx) {
   if (p.is_double) {
-    const auto g = grads<double>(dWT, dc, dV, db, dx);
+    const auto g = grads<double>(dWT, dc, dV, db, dx, grad_outputs);
     return dispatch_kind<double>(p, 2, x, l, grad, nullptr, nullptr, &g);
   }
-  const auto g = grads<float>(dWT, dc, dV, db, dx);
+  const auto g = grads<float>(dWT, dc, dV, db, dx, grad_outputs);
   return dispatch_kind<float>(p, 2, x, l, grad, nullptr, nullptr, &g);
 }
 

@@ -30,10 +30,11 @@ struct NadeLaunch {
 cudaError_t nade_forward(const NadeLaunch& p, const void* x, void* log_prob, void* l);
 // Draws x [B, D] from u [B, D, kU]; log_prob [B].
 cudaError_t nade_sample(const NadeLaunch& p, const void* u, void* x, void* log_prob);
-// Accumulates grad[b] * d log p(x_b) into dWT, dc, dV, db (zeroed by the caller)
-// and, for RNADE, dx [B, D] (or nullptr).
-cudaError_t nade_backward(const NadeLaunch& p, const void* x, const void* l, const void* grad, void* dWT,
-                          void* dc, void* dV, void* db, void* dx);
+// Accumulates the gradient of sum_b grad[b] log p(x_b) + sum(grad_outputs * l) into dWT,
+// dc, dV, db (zeroed by the caller) and, for RNADE, dx [B, D] (or nullptr);
+// grad_outputs [B, D, P] or nullptr.
+cudaError_t nade_backward(const NadeLaunch& p, const void* x, const void* l, const void* grad,
+                          const void* grad_outputs, void* dWT, void* dc, void* dV, void* db, void* dx);
 
 }  // namespace cuda
 }  // namespace af

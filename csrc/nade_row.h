@@ -140,15 +140,17 @@ template <typename T> struct Grads {
   T* dV;   // [D, P, H]
   T* db;   // [D, P]
   T* dx;   // [B, D] or nullptr (only RNADE has a real-valued x)
+  const T* gout;  // [B, D, P] upstream gradient of the outputs l, or nullptr (read only)
 };
 
 // Adds G * d log p(x) / d(params) of one row to g (the reverse recurrence of
-// DESIGN.md section 2). l [D, P] are the forward outputs; dl [P] is this
-// lane's scratch; a, h, acc [H] are the row's scratch vectors; dx points at
-// this row's [D] slice (or is nullptr).
+// DESIGN.md section 2), plus, when gout (this row's [D, P] slice) is given, the
+// gradient of sum(gout * l): it joins the head's gradient of each step. l [D, P]
+// are the forward outputs; dl [P] is this lane's scratch; a, h, acc [H] are the
+// row's scratch vectors; dx points at this row's [D] slice (or is nullptr).
 template <typename T, class Head, class Lanes>
-AF_HD void row_backward(const Params<T>& p, const typename Head::X* x, const T* l, T G, const Grads<T>& g,
-                        T* dx, T* a, T* h, T* acc, T* dl, const Lanes& L) {
+AF_HD void row_backward(const Params<T>& p, const typename Head::X* x, const T* l, const T* gout, T G,
+                        const Grads<T>& g, T* dx, T* a, T* h, T* acc, T* dl, const Lanes& L) {
   const int64_t P = Head::P(p.K), Kin = Head::Kin(p.K);
   for (int64_t j = L.lane(); j < p.H; j += L.count()) {
     a[j] = p.c[j];
@@ -161,6 +163,8 @@ AF_HD void row_backward(const Params<T>& p, const typename Head::X* x, const T* 
     for (int64_t j = L.lane(); j < p.H; j += L.count()) h[j] = nade::sigmoid(a[j]);
     for (int64_t k = 0; k < P; ++k) dl[k] = 0;
     const T dxd = Head::grad(l + d * P, p.K, x[d], G, dl);
+    if (gout)
+      for (int64_t k = 0; k < P; ++k) dl[k] += gout[d * P + k];
     if (L.lane() == 0) {
       for (int64_t k = 0; k < P; ++k) L.add(g.db + d * P + k, dl[k]);
       if (dx) dx[d] += dxd;

@@ -48,8 +48,8 @@ std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& u, const at::Te
 template <typename T, template <typename> class Head>
 std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& WT,
                                       const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
-                                      const at::Tensor& order, const at::Tensor& l, const nade_glue::Shapes& s,
-                                      bool real_x) {
+                                      const at::Tensor& order, const at::Tensor& l, const at::Tensor& gout,
+                                      const nade_glue::Shapes& s, bool real_x) {
   using X = typename Head<T>::X;
   const int64_t B = x.size(0);
   auto dWT = at::zeros_like(WT), dc = at::zeros_like(c), dV = at::zeros_like(V), db = at::zeros_like(b);
@@ -58,10 +58,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   const nade_row::Params<T> p{WT.data_ptr<T>(), c.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(),
                               order.data_ptr<int64_t>(), s.D, s.H, s.K};
   const nade_row::Grads<T> g{dWT.data_ptr<T>(), dc.data_ptr<T>(), dV.data_ptr<T>(), db.data_ptr<T>(),
-                             real_x ? dx.data_ptr<T>() : nullptr};
+                             real_x ? dx.data_ptr<T>() : nullptr, gout.defined() ? gout.data_ptr<T>() : nullptr};
   for (int64_t r = 0; r < B; ++r)
     nade_row::row_backward<T, Head<T>>(p, x.data_ptr<X>() + r * s.D, l.data_ptr<T>() + r * s.D * s.P,
-                                       grad.data_ptr<T>()[r], g, real_x ? g.dx + r * s.D : nullptr, a.data(),
+                                       g.gout ? g.gout + r * s.D * s.P : nullptr, grad.data_ptr<T>()[r], g,
+                                       real_x ? g.dx + r * s.D : nullptr, a.data(),
                                        h.data(), acc.data(), dl.data(), SerialLanes{});
   return {dWT, dc, dV, db, dx};
 }
@@ -103,14 +104,21 @@ std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Te
 
 std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
                                              const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
-                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l) {
+                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l,
+                                             const std::optional<at::Tensor>& grad_outputs) {
   const auto s = nade_glue::check(kind, W, c, V, b, order);
   nade_glue::check_x(x, kind, s, W);
   TORCH_CHECK_VALUE(l.numel() == x.size(0) * s.D * s.P, "l must hold the forward outputs [B, D, P]");
+  at::Tensor gout;
+  if (grad_outputs.has_value() && grad_outputs->defined()) {
+    TORCH_CHECK_VALUE(grad_outputs->numel() == l.numel() && grad_outputs->scalar_type() == l.scalar_type(),
+                      "grad_outputs must have the outputs' shape [B, D, P] and dtype");
+    gout = grad_outputs->contiguous();
+  }
   const auto WT = nade_glue::to_WT(W, kind);
   auto out = AF_DISPATCH_ROW(kind, W.scalar_type(), backward_impl, grad.contiguous(), x.contiguous(), WT,
                              c.contiguous(), V.contiguous(), b.contiguous(), order.contiguous(),
-                             l.contiguous(), s, kind == 2);
+                             l.contiguous(), gout, s, kind == 2);
   out[0] = nade_glue::from_WT(out[0], kind);
   return out;
 }

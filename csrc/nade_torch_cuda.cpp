@@ -76,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tens
   return {x, lp};
 }
 
-std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
+std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
+                                           const std::optional<at::Tensor>& grad_outputs, const at::Tensor& x,
                                            const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
                                            const at::Tensor& b, const at::Tensor& order, const at::Tensor& l) {
   const c10::cuda::CUDAGuard guard(W.device());
@@ -86,9 +87,16 @@ std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
   nade_glue::check_x(xc, kind, p.s, p.WT);
   TORCH_CHECK_VALUE(gc.numel() == x.size(0), "grad must have shape [B]");
   TORCH_CHECK_VALUE(lc.numel() == x.size(0) * p.s.D * p.s.P, "outputs must hold the forward outputs [B, D, P]");
+  at::Tensor go;
+  if (grad_outputs.has_value() && grad_outputs->defined()) {
+    go = prep(*grad_outputs, "grad_outputs", W, ct);
+    TORCH_CHECK_VALUE(go.numel() == lc.numel(), "grad_outputs must have the outputs' shape [B, D, P], got ",
+                      go.sizes());
+  }
   auto dWT = at::zeros_like(p.WT), dc = at::zeros_like(p.c), dV = at::zeros_like(p.V), db = at::zeros_like(p.b);
   auto dx = kind == 2 ? at::zeros({x.size(0), p.s.D}, p.WT.options()) : at::Tensor();
-  check_launch(cuda::nade_backward(p.launch, xc.data_ptr(), lc.data_ptr(), gc.data_ptr(), dWT.data_ptr(),
+  check_launch(cuda::nade_backward(p.launch, xc.data_ptr(), lc.data_ptr(), gc.data_ptr(),
+                                   go.defined() ? go.data_ptr() : nullptr, dWT.data_ptr(),
                                    dc.data_ptr(), dV.data_ptr(), db.data_ptr(), kind == 2 ? dx.data_ptr() : nullptr));
   const auto pt = W.scalar_type();
   return {nade_glue::from_WT(dWT, kind).to(pt), dc.to(pt), dV.to(pt), db.to(pt),

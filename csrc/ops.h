@@ -91,6 +91,7 @@ std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Te
                                                       const at::Tensor& order, const at::Tensor& u);
 std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
                                              const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
-                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
+                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l,
+                                             const std::optional<at::Tensor>& grad_outputs);
 
 }  // namespace af

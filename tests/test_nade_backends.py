@@ -85,9 +85,36 @@ def test_module_backend_matches_reference(backend, device, dtype, name, build, B
         torch.testing.assert_close(lps, lps_r, rtol=TOL[dtype], atol=tol)
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="the interpreter path is for machines without a CUDA GPU")
-def test_gradient_through_outputs_is_refused_not_dropped():
-    model = randomize(af.NADE(5, 4, backend="triton"))
-    logits = model((torch.rand(2, 5) < 0.5).float())
-    with pytest.raises(NotImplementedError, match="per-dimension outputs"):
-        logits.sum().backward()
+@pytest.mark.parametrize("backend,device,dtype",
+                         [c for c in _cases() if getattr(c, "values", c)[2] != torch.bfloat16])
+@pytest.mark.parametrize("name,build", MODELS, ids=[m[0] for m in MODELS])
+def test_gradient_through_the_outputs(backend, device, dtype, name, build):
+    """A loss that uses forward()'s per-dimension outputs (e.g. a BCE on the logits), alone or
+    with log_prob from the same call: every backend's gradients equal the reference's."""
+    if not af.backends()[backend].available:
+        pytest.fail(f"backend {backend} should be available here: {af.backends()[backend].reason}")
+    B, D, H = 4, 7, 6
+    torch.manual_seed(D)
+    ref = randomize(build(D, H), 0.5).to(device, dtype)
+    fast = build(D, H).to(device, dtype)
+    fast.load_state_dict(ref.state_dict())
+    fast.set_backend(backend)
+    x = _x(name, B, D, device, dtype)
+    xf = x.clone().requires_grad_() if name == "rnade" else x
+    xr = x.clone().requires_grad_() if name == "rnade" else x
+    w = torch.randn(B, device=device, dtype=dtype)
+    for both in (False, True):
+        grads = []
+        for model, xx in ((fast, xf), (ref, xr)):
+            lp, out = model._log_prob_and_params(model._check_x(xx))
+            gout = torch.linspace(-1, 1, out.numel(), device=device, dtype=dtype).reshape(out.shape)
+            loss = (out * gout).sum() + ((lp * w).sum() if both else 0)
+            inputs = list(model.parameters()) + ([xx] if name == "rnade" else [])
+            grads.append(torch.autograd.grad(loss, inputs, allow_unused=True))
+        assert fast.last_backend == backend
+        for pname, a, b in zip([n for n, _ in fast.named_parameters()] + ["x"], *grads):
+            if a is None or b is None:
+                assert (a is None or not a.any()) and (b is None or not b.any()), pname
+                continue
+            torch.testing.assert_close(a, b, rtol=TOL[dtype] * 10, atol=TOL[dtype] * D,
+                                       msg=lambda m: f"d{pname} (log_prob too: {both}): {m}")

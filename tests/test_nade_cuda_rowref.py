@@ -50,7 +50,9 @@ def _head_log_prob(kind, out, x):
 @pytest.mark.parametrize("kind", [0, 1, 2])
 @pytest.mark.parametrize("B,D,H,K", [(3, 7, 5, 3), (1, 1, 4, 2), (4, 12, 33, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_and_backward_match_reference(kind, B, D, H, K, dtype):
+@pytest.mark.parametrize("through_outputs", [False, True])
+def test_forward_and_backward_match_reference(kind, B, D, H, K, dtype, through_outputs):
+    """Gradients of sum(grad * log_prob), plus sum(gout * outputs) when ``through_outputs``."""
     m = _model(kind, D, H, K, dtype, seed=B + D)
     x = _data(kind, B, D, K, dtype)
     W, c, V, b, order = m.params()
@@ -64,9 +66,11 @@ def test_forward_and_backward_match_reference(kind, B, D, H, K, dtype):
     torch.testing.assert_close(lp, ref_lp.detach(), **tol)
     grad = torch.randn(B, dtype=dtype)
     inputs = leaves + ([xr] if kind == 2 else [])
-    refs = torch.autograd.grad(ref_lp, inputs, grad, allow_unused=True)  # W is unused when D = 1
+    gout = torch.randn(out.shape, dtype=dtype) if through_outputs else None
+    loss = (ref_lp * grad).sum() + ((ref_out * gout).sum() if through_outputs else 0)
+    refs = torch.autograd.grad(loss, inputs, allow_unused=True)  # W is unused when D = 1
     refs = [torch.zeros_like(t) if r is None else r for t, r in zip(inputs, refs)]
-    got = C.nade_rowref_backward(kind, grad, x, *(t.detach() for t in (W, c, V, b)), order, out)
+    got = C.nade_rowref_backward(kind, grad, x, *(t.detach() for t in (W, c, V, b)), order, out, gout)
     for name, g, r in zip(["dW", "dc", "dV", "db", "dx"], got, refs):
         torch.testing.assert_close(g, r, msg=lambda m: f"{name}: {m}", **tol)
     assert (got[4] is None) == (kind != 2)

@@ -17,7 +17,8 @@ arguments are fp32 buffers (outputs, uniforms, upstream gradients, scratch),
 int64 (``order_ptr``, the categorical ``x_ptr``) or the parameter dtype under
 test; other non-constexpr arguments are i32 sizes. Each kernel compiles for
 fp32 at a large GPU configuration (B=1024, H=500, K=10) and for bf16 at the
-smallest one (B=1, H=3, K=1: BLOCK_B=1).
+smallest one (B=1, H=3, K=1: BLOCK_B=1); the NADE backward kernels with their
+output-gradient path (HAS_GOUT) on in the fp32 case and off in the bf16 one.
 
 The masked-linear kernels (``masked_linear_triton``, see ``_ml_jobs``) are tile
 matmuls: each compiles for fp32 and bf16 at the launcher's configuration for a
@@ -38,7 +39,7 @@ import time
 import pytest
 
 MODULES = ["nade_triton", "categorical_nade_triton", "rnade_triton", "masked_linear_triton", "made_sample_triton"]
-FP32_PTRS = {"logp_ptr", "logits_ptr", "params_ptr", "grad_ptr", "u_ptr", "scratch_ptr",
+FP32_PTRS = {"logp_ptr", "logits_ptr", "params_ptr", "grad_ptr", "gout_ptr", "u_ptr", "scratch_ptr",
              "dwt_ptr", "dc_ptr", "dv_ptr", "db_ptr", "dx_ptr"}
 INT64_PTRS = {"order_ptr"}
 MODULE_PTRS = {"categorical_nade_triton": {"x_ptr": "*i64"}}
@@ -94,7 +95,7 @@ def _nade_jobs():
             continue
         for dtype, (B, H, K) in CASES:
             cfg = launch_config(B, H, K, heads=3 if mod == "rnade_triton" else 1)
-            sig, consts = _signature(mod, fn, dtype, cfg)
+            sig, consts = _signature(mod, fn, dtype, dict(cfg, HAS_GOUT=dtype == "fp32"))
             yield f"{mod}.{name}", fn, dtype, cfg, sig, consts
 
 

@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (check_arg, check_grad, check_order, check_params, grid, head_chunk,
-                            head_chunk_grad, hidden_block, init_hidden, inverse_cdf, launch_config,
-                            load_chunk, lse_update, row_block, stored_lse)
+from .triton_common import (check_arg, check_grad, check_grad_outputs, check_order, check_params, grid,
+                            head_chunk, head_chunk_grad, hidden_block, init_hidden, inverse_cdf,
+                            launch_config, load_chunk, lse_update, row_block, stored_lse)
 
 
 @triton.jit
@@ -59,9 +59,9 @@ def _cat_nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr
 
 
 @triton.jit
-def _cat_nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_ptr,
+def _cat_nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_ptr, gout_ptr,
                          dwt_ptr, dc_ptr, dv_ptr, db_ptr,
-                         B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                         B, D, H, K, HAS_GOUT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_K: tl.constexpr):
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
@@ -87,6 +87,8 @@ def _cat_nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logit
             kmask = ks < K
             p = tl.where(kmask[None, :], tl.exp(load_chunk(base, rmask, ks, kmask) - lse[:, None]), 0.0)
             gl = g[:, None] * ((ks[None, :] == xd[:, None]).to(tl.float32) - p)
+            if HAS_GOUT:                                 # + the upstream gradient of the logits
+                gl += load_chunk(gout_ptr + (rows * D + d) * K, rmask, ks, kmask)
             dh += head_chunk_grad(gl, h, v_ptr + d * K * H, dv_ptr + d * K * H, db_ptr + d * K,
                                   ks, kmask, hs, hmask, H)
         acc += dh * h * (1.0 - h)
@@ -156,20 +158,24 @@ def categorical_nade_forward(x, W, c, V, b, order, *, block_b=None, block_k=None
     return logp, logits
 
 
-def categorical_nade_backward(grad, x, W, c, V, b, order, logits, *, block_b=None, block_k=None):
-    """Gradients (dW, dc, dV, db) of ``sum(grad * log_prob)``, in the parameter dtype."""
+def categorical_nade_backward(grad, x, W, c, V, b, order, logits, grad_logits=None, *, block_b=None,
+                              block_k=None):
+    """Gradients (dW, dc, dV, db) of ``sum(grad * log_prob) + sum(grad_logits * logits)``
+    (``grad_logits [B, D, K]`` or None), in the parameter dtype."""
     H, D, K, device, order = _check(W, c, V, b, order)
     check_arg("x", x, (None, D), device, dtypes=(torch.int64,))
     B = x.shape[0]
     check_arg("logits", logits, (B, D, K), device, dtypes=(torch.float32,))
     grad = check_grad(grad, B, device)
+    gout = check_grad_outputs(grad_logits, "grad_logits", (B, D, K), device)
     f32 = dict(device=device, dtype=torch.float32)
     dWt, dc = torch.zeros(D, K, H, **f32), torch.zeros(H, **f32)
     dV, db = torch.zeros(D, K, H, **f32), torch.zeros(D, K, **f32)
     if B:
         cfg = launch_config(B, H, K, block_b, block_k)
         _cat_nade_bwd_kernel[grid(B, cfg)](grad, x, _transposed(W), c, V, order, logits,
-                                           dWt, dc, dV, db, B, D, H, K, **cfg)
+                                           logits if gout is None else gout, dWt, dc, dV, db, B, D, H, K,
+                                           HAS_GOUT=gout is not None, **cfg)
     dt = W.dtype
     return dWt.permute(2, 0, 1).contiguous().to(dt), dc.to(dt), dV.to(dt), db.to(dt)
 

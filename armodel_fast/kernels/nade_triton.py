@@ -15,8 +15,9 @@ nothing here registers itself):
   returned in the parameter dtype; samples ``x`` have the parameter dtype.
 * ``nade_forward(x, W, c, V, b, order) -> (log_prob [B], logits [B, D])``,
   logits in dimension space (``logits[:, d]`` is the logit of x_d).
-* ``nade_backward(grad [B], x, W, c, V, b, order, logits) -> (dW, dc, dV, db)``:
-  the gradient of ``sum(grad * log_prob)``; ``logits`` are the forward's.
+* ``nade_backward(grad [B], x, W, c, V, b, order, logits, grad_logits=None) -> (dW, dc, dV, db)``:
+  the gradient of ``sum(grad * log_prob) + sum(grad_logits * logits)``; ``logits`` are the
+  forward's, ``grad_logits [B, D]`` (or None) the upstream gradient of the logits.
 * ``nade_sample(W, c, V, b, order, u [n, D]) -> (x [n, D], log_prob [n])``:
   ``x_d = 1{u_d < sigmoid(logit_d)}``, all D steps in one launch.
 * Every launcher takes optional ``block_b`` (rows per program, a power of 2)
@@ -37,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (check_arg, check_grad, check_order, check_params, grid, hidden_block,
-                            init_hidden, launch_config, load_row, row_block, softplus)
+from .triton_common import (check_arg, check_grad, check_grad_outputs, check_order, check_params, grid,
+                            hidden_block, init_hidden, launch_config, load_row, row_block, softplus)
 
 
 @triton.jit
@@ -61,9 +62,9 @@ def _nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, lo
 
 
 @triton.jit
-def _nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_ptr,
+def _nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_ptr, gout_ptr,
                      dwt_ptr, dc_ptr, dv_ptr, db_ptr,
-                     B, D, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+                     B, D, H, HAS_GOUT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
     a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
@@ -81,6 +82,8 @@ def _nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_pt
         h = tl.sigmoid(a)
         logit = tl.load(logits_ptr + rows * D + d, mask=rmask, other=0.0)
         gl = g * (xd - tl.sigmoid(logit))                 # d(grad * log p)/d logit_t
+        if HAS_GOUT:                                     # + the upstream gradient of the logit itself
+            gl += tl.load(gout_ptr + rows * D + d, mask=rmask, other=0.0)
         tl.atomic_add(db_ptr + d, tl.sum(gl, axis=0))
         tl.atomic_add(dv_ptr + d * H + hs, tl.sum(gl[:, None] * h, axis=0), mask=hmask)
         v = load_row(v_ptr + d * H, hs, hmask)
@@ -141,20 +144,23 @@ def nade_forward(x, W, c, V, b, order, *, block_b=None):
     return logp, logits
 
 
-def nade_backward(grad, x, W, c, V, b, order, logits, *, block_b=None):
-    """Gradients (dW, dc, dV, db) of ``sum(grad * log_prob)``, in the parameter dtype."""
+def nade_backward(grad, x, W, c, V, b, order, logits, grad_logits=None, *, block_b=None):
+    """Gradients (dW, dc, dV, db) of ``sum(grad * log_prob) + sum(grad_logits * logits)``, in the
+    parameter dtype."""
     H, D, device, order = _check(W, c, V, b, order)
     check_arg("x", x, (None, D), device)
     B = x.shape[0]
     check_arg("logits", logits, (B, D), device, dtypes=(torch.float32,))
     grad = check_grad(grad, B, device)
+    gout = check_grad_outputs(grad_logits, "grad_logits", (B, D), device)
     f32 = dict(device=device, dtype=torch.float32)
     dWt, dc = torch.zeros(D, H, **f32), torch.zeros(H, **f32)
     dV, db = torch.zeros(D, H, **f32), torch.zeros(D, **f32)
     if B:
         cfg = _config(B, H, block_b)
         _nade_bwd_kernel[grid(B, cfg)](grad, x, W.t().contiguous(), c, V, order, logits,
-                                       dWt, dc, dV, db, B, D, H, **cfg)
+                                       logits if gout is None else gout, dWt, dc, dV, db, B, D, H,
+                                       HAS_GOUT=gout is not None, **cfg)
     dt = W.dtype
     return dWt.t().contiguous().to(dt), dc.to(dt), dV.to(dt), db.to(dt)
 

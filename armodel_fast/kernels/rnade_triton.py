@@ -28,9 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (check_arg, check_grad, check_order, check_params, grid, head_chunk,
-                            head_chunk_grad, hidden_block, init_hidden, inverse_cdf, launch_config,
-                            load_chunk, load_row, lse_update, ndtri, row_block)
+from .triton_common import (check_arg, check_grad, check_grad_outputs, check_order, check_params, grid,
+                            head_chunk, head_chunk_grad, hidden_block, init_hidden, inverse_cdf,
+                            launch_config, load_chunk, load_row, lse_update, ndtri, row_block)
 
 _LOG_SQRT_2PI = tl.constexpr(0.9189385332046727)    # log sqrt(2 pi)
 _U_LO = tl.constexpr(1e-6)                          # reference/heads.py U_EPS
@@ -105,9 +105,9 @@ def _rnade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, p
 
 
 @triton.jit
-def _rnade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, params_ptr,
+def _rnade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, params_ptr, gout_ptr,
                       dwt_ptr, dc_ptr, dv_ptr, db_ptr, dx_ptr,
-                      B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                      B, D, H, K, HAS_GOUT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                       BLOCK_K: tl.constexpr):
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
@@ -139,11 +139,15 @@ def _rnade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, params_p
             pi = tl.where(kmask[None, :], tl.exp(lg - lse1[:, None]), 0.0)         # mixture weights
             gr = g[:, None] * r
             dx -= tl.sum(gr * z * isig, axis=1)
-            dh += head_chunk_grad(g[:, None] * (r - pi), h, vd, dvd, dbd, ks, kmask, hs, hmask, H)
-            dh += head_chunk_grad(gr * z * isig, h, vd + K * H, dvd + K * H, dbd + K,
-                                  ks, kmask, hs, hmask, H)
-            dh += head_chunk_grad(gr * (z * z - 1.0), h, vd + 2 * K * H, dvd + 2 * K * H, dbd + 2 * K,
-                                  ks, kmask, hs, hmask, H)
+            g_lg, g_mu, g_ls = g[:, None] * (r - pi), gr * z * isig, gr * (z * z - 1.0)
+            if HAS_GOUT:                                 # + the upstream gradients of the parameters
+                gout = gout_ptr + (rows * D + d) * 3 * K
+                g_lg += load_chunk(gout, rmask, ks, kmask)
+                g_mu += load_chunk(gout + K, rmask, ks, kmask)
+                g_ls += load_chunk(gout + 2 * K, rmask, ks, kmask)
+            dh += head_chunk_grad(g_lg, h, vd, dvd, dbd, ks, kmask, hs, hmask, H)
+            dh += head_chunk_grad(g_mu, h, vd + K * H, dvd + K * H, dbd + K, ks, kmask, hs, hmask, H)
+            dh += head_chunk_grad(g_ls, h, vd + 2 * K * H, dvd + 2 * K * H, dbd + 2 * K, ks, kmask, hs, hmask, H)
         acc += dh * h * (1.0 - h)
         tl.store(dx_ptr + rows * D + d, dx, mask=rmask)
     tl.atomic_add(dc_ptr + hs, tl.sum(acc, axis=0), mask=hmask)
@@ -216,13 +220,15 @@ def rnade_forward(x, W, c, V, b, order, *, block_b=None, block_k=None):
     return logp, params
 
 
-def rnade_backward(grad, x, W, c, V, b, order, params, *, block_b=None, block_k=None):
-    """Gradients (dW, dc, dV, db, dx) of ``sum(grad * log_prob)``; dx in x's dtype."""
+def rnade_backward(grad, x, W, c, V, b, order, params, grad_params=None, *, block_b=None, block_k=None):
+    """Gradients (dW, dc, dV, db, dx) of ``sum(grad * log_prob) + sum(grad_params * params)``
+    (``grad_params [B, D, 3, K]`` or None); dx in x's dtype."""
     H, D, K, device, order = _check(W, c, V, b, order)
     check_arg("x", x, (None, D), device)
     B = x.shape[0]
     check_arg("params", params, (B, D, 3, K), device, dtypes=(torch.float32,))
     grad = check_grad(grad, B, device)
+    gout = check_grad_outputs(grad_params, "grad_params", (B, D, 3, K), device)
     f32 = dict(device=device, dtype=torch.float32)
     dWt, dc = torch.zeros(D, H, **f32), torch.zeros(H, **f32)
     dV, db = torch.zeros(D, 3, K, H, **f32), torch.zeros(D, 3, K, **f32)
@@ -230,7 +236,8 @@ def rnade_backward(grad, x, W, c, V, b, order, params, *, block_b=None, block_k=
     if B:
         cfg = launch_config(B, H, K, block_b, block_k, heads=3)
         _rnade_bwd_kernel[grid(B, cfg)](grad, x, W.t().contiguous(), c, V, order, params,
-                                        dWt, dc, dV, db, dx, B, D, H, K, **cfg)
+                                        params if gout is None else gout, dWt, dc, dV, db, dx, B, D, H, K,
+                                        HAS_GOUT=gout is not None, **cfg)
     dt = W.dtype
     return dWt.t().contiguous().to(dt), dc.to(dt), dV.to(dt), db.to(dt), dx.to(x.dtype)
 

@@ -266,6 +266,18 @@ def check_grad(grad, B: int, device: torch.device) -> torch.Tensor:
     return grad.to(torch.float32).contiguous()
 
 
+def check_grad_outputs(grad, name: str, shape: tuple, device: torch.device):
+    """Upstream gradient of the per-dimension outputs as contiguous fp32, or None."""
+    if grad is None:
+        return None
+    if not isinstance(grad, torch.Tensor) or not grad.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point torch.Tensor or None")
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(grad.shape)}")
+    check_device(name, grad, device)
+    return grad.to(torch.float32).contiguous()
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

@@ -4,10 +4,10 @@ as the C++ kernels through ``_nade_common._KERNELS``.
 
 Triton modules are imported lazily, at the first call: ``TRITON_INTERPRET`` is
 read when triton is imported, so importing armodel_fast must not import it.
-Both backends return the gradient of ``sum(grad * log_prob)``; a gradient that
-also flows through the per-dimension outputs (``model(x)`` itself used in a
-loss) is only implemented by the cpp and reference backends, and asking these
-for it raises instead of silently dropping it.
+Both backends return the gradient of ``sum(grad * log_prob)`` plus, when the
+per-dimension outputs (``model(x)``) are used in a loss too, that of
+``sum(grad_outputs * outputs)``: it joins each step's head gradient inside the
+backward kernels.
 """
 from __future__ import annotations
 
@@ -24,21 +24,13 @@ _TRITON_MODULES = {"nade": "nade_triton", "categorical_nade": "categorical_nade_
 _CUDA_KIND = {"nade": 0, "categorical_nade": 1, "rnade": 2}
 
 
-def _no_output_grad(grad_out, model: str, backend: str) -> None:
-    if grad_out is not None and bool(grad_out.ne(0).any()):
-        raise NotImplementedError(
-            f"backend {backend!r} computes gradients of {model} log-probs only; a gradient through the "
-            f"per-dimension outputs (forward()) needs backend='cpp' or 'reference'")
-
-
 def _triton(model: str, stage: str) -> Callable:
     def launch(*args):
         mod = importlib.import_module(f"..kernels.{_TRITON_MODULES[model]}", __package__)
         fn = getattr(mod, f"{model}_{stage}")
         if stage == "backward":
             grad, grad_out, *rest = args
-            _no_output_grad(grad_out, model, "triton")
-            return fn(grad, *rest)
+            return fn(grad, *rest, grad_out)
         return fn(*args)
     return launch
 
@@ -51,9 +43,7 @@ def _cuda(model: str, stage: str) -> Callable:
         if ext is None:
             raise BackendUnavailableError(f"backend 'cuda' cannot run {model}: {_ext.cuda_ext_error()}")
         if stage == "backward":
-            grad, grad_out, *rest = args
-            _no_output_grad(grad_out, model, "cuda")
-            grads = ext.nade_backward(kind, grad, *rest)
+            grads = ext.nade_backward(kind, *args)  # (grad, grad_outputs, x, W, c, V, b, order, outputs)
             return tuple(grads) if model == "rnade" else tuple(grads[:4])
         return tuple(getattr(ext, f"nade_{stage}")(kind, *args))
     return launch
