@@ -74,14 +74,19 @@ def _kernels():
     return out
 
 
-def _signature(mod, fn, dtype, cfg):
+def _signature(mod, fn, dtype, cfg, sample=None):
+    """``sample`` (the fused log-prob/sampling kernels' SAMPLE): in_ptr is x (False) or the
+    fp32 uniforms (True), out_ptr the fp32 outputs (False) or the drawn x (True)."""
+    x_type = MODULE_PTRS.get(mod, {}).get("x_ptr") or f"*{dtype}"
+    io = {} if sample is None else {"in_ptr": "*fp32" if sample else x_type,
+                                    "out_ptr": x_type if sample else "*fp32"}
     sig, consts = {}, {}
     for p in fn.params:
         if p.is_constexpr:
             sig[p.name] = "constexpr"
             consts[p.name] = cfg[p.name]
         elif p.name.endswith("_ptr"):
-            sig[p.name] = MODULE_PTRS.get(mod, {}).get(p.name) or (
+            sig[p.name] = io.get(p.name) or MODULE_PTRS.get(mod, {}).get(p.name) or (
                 "*fp32" if p.name in FP32_PTRS else "*i64" if p.name in INT64_PTRS else f"*{dtype}")
         else:
             sig[p.name] = "i32"
@@ -89,14 +94,19 @@ def _signature(mod, fn, dtype, cfg):
 
 
 def _nade_jobs():
+    """Every NADE kernel at each of CASES; the fused log-prob/sampling kernels in both modes."""
     from armodel_fast.kernels.triton_common import launch_config
     for mod, name, fn in _kernels():
         if mod in (ML_MODULE, MADE_MODULE):
             continue
+        modes = (False, True) if any(p.name == "SAMPLE" for p in fn.params) else (None,)
         for dtype, (B, H, K) in CASES:
             cfg = launch_config(B, H, K, heads=3 if mod == "rnade_triton" else 1)
-            sig, consts = _signature(mod, fn, dtype, dict(cfg, HAS_GOUT=dtype == "fp32"))
-            yield f"{mod}.{name}", fn, dtype, cfg, sig, consts
+            for sample in modes:
+                values = dict(cfg, HAS_GOUT=dtype == "fp32", SAMPLE=sample)
+                sig, consts = _signature(mod, fn, dtype, values, sample)
+                label = dtype + ("-sample" if sample else "")
+                yield f"{mod}.{name}", fn, label, cfg, sig, consts
 
 
 def _ml_jobs():
@@ -202,14 +212,20 @@ def test_every_kernel_compiles_for_sm90(aot_results):
 
 def test_all_kernels_were_compiled(aot_results):
     names = {r["kernel"] for r in aot_results}
-    for kind in ("fwd", "bwd", "sample"):
-        assert f"nade_triton._nade_{kind}_kernel" in names
+    for mod, prefix in (("nade_triton", "_nade"), ("categorical_nade_triton", "_cat_nade"),
+                        ("rnade_triton", "_rnade")):
+        for kind in ("fwd", "bwd"):
+            assert f"{mod}.{prefix}_{kind}_kernel" in names
     ml = {n for n in names if n.startswith(ML_MODULE)}
     assert ml == {f"{ML_MODULE}._ml_{kind}_kernel" for kind in ("fwd", "dact", "dx", "dw")}
     made = {n for n in names if n.startswith(MADE_MODULE)}
     assert made == {f"{MADE_MODULE}._made_sample_kernel"}
-    assert len(aot_results) == (len(names - ml - made) * len(CASES) + len(ml) * len(ML_CASES)
+    fused = {n for n in names if n.endswith("_fwd_kernel") and n not in ml}  # log-prob + sampling
+    nade = names - ml - made
+    assert len(aot_results) == (len(nade) * len(CASES) + len(fused) * len(CASES) + len(ml) * len(ML_CASES)
                                 + len(made) * len(MADE_CASES))
+    modes = {r["dtype"] for r in aot_results if r["kernel"] in fused}
+    assert modes == {"fp32", "fp32-sample", "bf16", "bf16-sample"}
     for r in aot_results:
         if r["kernel"] in ml and r["dtype"] in ("fp32", "bf16") and r["config"].get("num_warps") == 8:
             assert r["config"]["BLOCK_K" if "dw" in r["kernel"] else "BLOCK_M"] >= 32  # realistic tiles

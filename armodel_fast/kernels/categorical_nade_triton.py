@@ -30,9 +30,11 @@ from .triton_common import (check_arg, check_grad, check_grad_outputs, check_ord
 
 
 @triton.jit
-def _cat_nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, logits_ptr,
-                         B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+def _cat_nade_fwd_kernel(in_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, out_ptr, scratch_ptr,
+                         B, D, H, K, SAMPLE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_K: tl.constexpr):
+    """Log-prob (in = x, out = logits [B, D, K]) or, with SAMPLE, sampling (in = u, out = x;
+    each step's logits go to scratch [B, K] and are read back by the inverse-CDF rule)."""
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
     m2 = rmask[:, None] & hmask[None, :]
@@ -41,8 +43,11 @@ def _cat_nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr
     for t in range(D):
         d = tl.load(order_ptr + t)
         h = tl.sigmoid(a)
-        xd = tl.load(x_ptr + rows * D + d, mask=rmask, other=0)
-        base = logits_ptr + (rows * D + d) * K
+        if SAMPLE:
+            base = scratch_ptr + rows * K
+        else:
+            xd = tl.load(in_ptr + rows * D + d, mask=rmask, other=0)
+            base = out_ptr + (rows * D + d) * K
         m = tl.full([BLOCK_B], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_B], dtype=tl.float32)
         sel = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -52,9 +57,19 @@ def _cat_nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr
             logit = head_chunk(h, v_ptr + d * K * H, b_ptr + d * K, ks, kmask, hs, hmask, H)
             tl.store(base[:, None] + ks[None, :], logit, mask=rmask[:, None] & kmask[None, :])
             m, s = lse_update(m, s, tl.where(kmask[None, :], logit, float("-inf")))
-            sel += tl.sum(tl.where(ks[None, :] == xd[:, None], logit, 0.0), axis=1)
-        lp += sel - (m + tl.log(s))
+            if not SAMPLE:
+                sel += tl.sum(tl.where(ks[None, :] == xd[:, None], logit, 0.0), axis=1)
+        lse = m + tl.log(s)
+        if SAMPLE:
+            tl.debug_barrier()                           # scratch written -> read by other threads
+            ud = tl.load(in_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
+            xd = inverse_cdf(base, rmask, lse, ud, K, BLOCK_B, BLOCK_K)
+            sel = tl.load(base + xd, mask=rmask, other=0.0)
+            tl.store(out_ptr + rows * D + d, xd, mask=rmask)
+        lp += sel - lse
         a += tl.load(wt_ptr + (d * K + xd)[:, None] * H + hs[None, :], mask=m2, other=0.0).to(tl.float32)
+        if SAMPLE:
+            tl.debug_barrier()                           # reads done before the next step writes
     tl.store(logp_ptr + rows, lp, mask=rmask)
 
 
@@ -95,38 +110,6 @@ def _cat_nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logit
     tl.atomic_add(dc_ptr + hs, tl.sum(acc, axis=0), mask=hmask)
 
 
-@triton.jit
-def _cat_nade_sample_kernel(u_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, x_ptr, logp_ptr, scratch_ptr,
-                            B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
-    rows, rmask = row_block(B, BLOCK_B)
-    hs, hmask = hidden_block(H, BLOCK_H)
-    m2 = rmask[:, None] & hmask[None, :]
-    a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
-    lp = tl.zeros([BLOCK_B], dtype=tl.float32)
-    base = scratch_ptr + rows * K
-    for t in range(D):
-        d = tl.load(order_ptr + t)
-        h = tl.sigmoid(a)
-        m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK_B], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            logit = head_chunk(h, v_ptr + d * K * H, b_ptr + d * K, ks, kmask, hs, hmask, H)
-            tl.store(base[:, None] + ks[None, :], logit, mask=rmask[:, None] & kmask[None, :])
-            m, s = lse_update(m, s, tl.where(kmask[None, :], logit, float("-inf")))
-        lse = m + tl.log(s)
-        tl.debug_barrier()                               # scratch written -> read by other threads
-        ud = tl.load(u_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
-        xd = inverse_cdf(base, rmask, lse, ud, K, BLOCK_B, BLOCK_K)
-        lp += tl.load(base + xd, mask=rmask, other=0.0) - lse
-        tl.store(x_ptr + rows * D + d, xd, mask=rmask)
-        a += tl.load(wt_ptr + (d * K + xd)[:, None] * H + hs[None, :], mask=m2, other=0.0).to(tl.float32)
-        tl.debug_barrier()                               # reads done before the next step writes
-    tl.store(logp_ptr + rows, lp, mask=rmask)
-
-
 # ---------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------
@@ -153,8 +136,8 @@ def categorical_nade_forward(x, W, c, V, b, order, *, block_b=None, block_k=None
     logits = torch.empty(B, D, K, device=device, dtype=torch.float32)
     if B:
         cfg = launch_config(B, H, K, block_b, block_k)
-        _cat_nade_fwd_kernel[grid(B, cfg)](x, _transposed(W), c, V, b, order, logp, logits,
-                                           B, D, H, K, **cfg)
+        _cat_nade_fwd_kernel[grid(B, cfg)](x, _transposed(W), c, V, b, order, logp, logits, logits,
+                                           B, D, H, K, SAMPLE=False, **cfg)
     return logp, logits
 
 
@@ -191,6 +174,6 @@ def categorical_nade_sample(W, c, V, b, order, u, *, block_b=None, block_k=None)
     if n:
         cfg = launch_config(n, H, K, block_b, block_k)
         scratch = torch.empty(n, K, device=device, dtype=torch.float32)
-        _cat_nade_sample_kernel[grid(n, cfg)](u, _transposed(W), c, V, b, order, x, logp, scratch,
-                                              n, D, H, K, **cfg)
+        _cat_nade_fwd_kernel[grid(n, cfg)](u, _transposed(W), c, V, b, order, logp, x, scratch,
+                                           n, D, H, K, SAMPLE=True, **cfg)
     return x, logp

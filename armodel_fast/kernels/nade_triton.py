@@ -23,7 +23,8 @@ nothing here registers itself):
 * Every launcher takes optional ``block_b`` (rows per program, a power of 2)
   to override the heuristic in ``triton_common.launch_config``.
 
-Kernel layout: one program per block of BLOCK_B rows; the hidden pre-activation
+Kernel layout: one program per block of BLOCK_B rows (log-prob and sampling are
+one kernel, ``SAMPLE`` a constexpr); the hidden pre-activation
 ``a`` [BLOCK_B, BLOCK_H] stays in registers while the kernel loops over the D
 steps. ``W`` is passed transposed (``Wt = W.T`` contiguous, [D, H]) so that the
 column ``W[:, d]`` is one coalesced row load. The backward rebuilds
@@ -43,8 +44,9 @@ from .triton_common import (check_arg, check_grad, check_grad_outputs, check_ord
 
 
 @triton.jit
-def _nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, logits_ptr,
-                     B, D, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+def _nade_fwd_kernel(in_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, out_ptr,
+                     B, D, H, SAMPLE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Log-prob (in = x, out = logits [B, D]) or, with SAMPLE, sampling (in = u, out = x)."""
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
     a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
@@ -54,9 +56,14 @@ def _nade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, lo
         h = tl.sigmoid(a)
         v = load_row(v_ptr + d * H, hs, hmask)
         logit = tl.sum(h * v[None, :], axis=1) + tl.load(b_ptr + d).to(tl.float32)
-        xd = tl.load(x_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
+        if SAMPLE:
+            ud = tl.load(in_ptr + rows * D + d, mask=rmask, other=1.0).to(tl.float32)
+            xd = (ud < tl.sigmoid(logit)).to(tl.float32)
+            tl.store(out_ptr + rows * D + d, xd.to(out_ptr.dtype.element_ty), mask=rmask)
+        else:
+            xd = tl.load(in_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + rows * D + d, logit, mask=rmask)
         lp += xd * logit - softplus(logit)
-        tl.store(logits_ptr + rows * D + d, logit, mask=rmask)
         a += xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :]
     tl.store(logp_ptr + rows, lp, mask=rmask)
 
@@ -91,26 +98,6 @@ def _nade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, logits_pt
     tl.atomic_add(dc_ptr + hs, tl.sum(acc, axis=0), mask=hmask)
 
 
-@triton.jit
-def _nade_sample_kernel(u_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, x_ptr, logp_ptr,
-                        B, D, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows, rmask = row_block(B, BLOCK_B)
-    hs, hmask = hidden_block(H, BLOCK_H)
-    a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
-    lp = tl.zeros([BLOCK_B], dtype=tl.float32)
-    for t in range(D):
-        d = tl.load(order_ptr + t)
-        h = tl.sigmoid(a)
-        v = load_row(v_ptr + d * H, hs, hmask)
-        logit = tl.sum(h * v[None, :], axis=1) + tl.load(b_ptr + d).to(tl.float32)
-        ud = tl.load(u_ptr + rows * D + d, mask=rmask, other=1.0).to(tl.float32)
-        xd = (ud < tl.sigmoid(logit)).to(tl.float32)
-        lp += xd * logit - softplus(logit)
-        tl.store(x_ptr + rows * D + d, xd.to(x_ptr.dtype.element_ty), mask=rmask)
-        a += xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :]
-    tl.store(logp_ptr + rows, lp, mask=rmask)
-
-
 # ---------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------
@@ -140,7 +127,7 @@ def nade_forward(x, W, c, V, b, order, *, block_b=None):
     if B:
         cfg = _config(B, H, block_b)
         _nade_fwd_kernel[grid(B, cfg)](x, W.t().contiguous(), c, V, b, order, logp, logits,
-                                       B, D, H, **cfg)
+                                       B, D, H, SAMPLE=False, **cfg)
     return logp, logits
 
 
@@ -175,6 +162,6 @@ def nade_sample(W, c, V, b, order, u, *, block_b=None):
     logp = torch.empty(n, device=device, dtype=torch.float32)
     if n:
         cfg = _config(n, H, block_b)
-        _nade_sample_kernel[grid(n, cfg)](u, W.t().contiguous(), c, V, b, order, x, logp,
-                                          n, D, H, **cfg)
+        _nade_fwd_kernel[grid(n, cfg)](u, W.t().contiguous(), c, V, b, order, logp, x,
+                                       n, D, H, SAMPLE=True, **cfg)
     return x, logp

@@ -75,9 +75,11 @@ def _heads_to(base, rmask, h, v_ptr, b_ptr, ks, kmask, hs, hmask, H, K):
 
 
 @triton.jit
-def _rnade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, params_ptr,
-                      B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+def _rnade_fwd_kernel(in_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, out_ptr, scratch_ptr,
+                      B, D, H, K, SAMPLE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                       BLOCK_K: tl.constexpr):
+    """Log-prob (in = x, out = params [B, D, 3, K]) or, with SAMPLE, sampling (in = u [B, D, 2],
+    out = x; each step's params go to scratch [B, 3, K] and are read back to draw x_d)."""
     rows, rmask = row_block(B, BLOCK_B)
     hs, hmask = hidden_block(H, BLOCK_H)
     a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
@@ -85,8 +87,11 @@ def _rnade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, p
     for t in range(D):
         d = tl.load(order_ptr + t)
         h = tl.sigmoid(a)
-        xd = tl.load(x_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
-        base = params_ptr + (rows * D + d) * 3 * K
+        if SAMPLE:
+            base = scratch_ptr + rows * 3 * K            # this step's (logits, mu, log_sigma)
+        else:
+            xd = tl.load(in_ptr + rows * D + d, mask=rmask, other=0.0).to(tl.float32)
+            base = out_ptr + (rows * D + d) * 3 * K
         m1 = tl.full([BLOCK_B], float("-inf"), tl.float32)
         s1 = tl.zeros([BLOCK_B], dtype=tl.float32)
         m2 = tl.full([BLOCK_B], float("-inf"), tl.float32)
@@ -96,11 +101,28 @@ def _rnade_fwd_kernel(x_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, p
             kmask = ks < K
             lg, mu, ls = _heads_to(base, rmask, h, v_ptr + d * 3 * K * H, b_ptr + d * 3 * K,
                                    ks, kmask, hs, hmask, H, K)
-            comp, z, isig = _gauss(xd, mu, ls)
             m1, s1 = lse_update(m1, s1, lg)
-            m2, s2 = lse_update(m2, s2, lg + comp)
-        lp += (m2 + tl.log(s2)) - (m1 + tl.log(s1))
+            if not SAMPLE:
+                comp, z, isig = _gauss(xd, mu, ls)
+                m2, s2 = lse_update(m2, s2, lg + comp)
+        if SAMPLE:
+            tl.debug_barrier()                           # scratch written -> read by other threads
+            u0 = tl.load(in_ptr + (rows * D + d) * 2, mask=rmask, other=0.0).to(tl.float32)
+            u1 = tl.load(in_ptr + (rows * D + d) * 2 + 1, mask=rmask, other=0.5).to(tl.float32)
+            k = inverse_cdf(base, rmask, m1 + tl.log(s1), u0, K, BLOCK_B, BLOCK_K)
+            mu_k = tl.load(base + K + k, mask=rmask, other=0.0)
+            ls_k = tl.load(base + 2 * K + k, mask=rmask, other=0.0)
+            z = ndtri(tl.minimum(tl.maximum(u1, _U_LO), 1.0 - _U_LO))
+            xd = (mu_k + tl.exp(ls_k) * z).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + rows * D + d, xd, mask=rmask)
+            xd = xd.to(tl.float32)
+            lse1, lse2 = _mixture_lse(base, rmask, xd, K, BLOCK_B, BLOCK_K)
+            lp += lse2 - lse1
+        else:
+            lp += (m2 + tl.log(s2)) - (m1 + tl.log(s1))
         a += xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :]
+        if SAMPLE:
+            tl.debug_barrier()                           # reads done before the next step writes
     tl.store(logp_ptr + rows, lp, mask=rmask)
 
 
@@ -153,43 +175,6 @@ def _rnade_bwd_kernel(grad_ptr, x_ptr, wt_ptr, c_ptr, v_ptr, order_ptr, params_p
     tl.atomic_add(dc_ptr + hs, tl.sum(acc, axis=0), mask=hmask)
 
 
-@triton.jit
-def _rnade_sample_kernel(u_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, x_ptr, logp_ptr, scratch_ptr,
-                         B, D, H, K, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
-    rows, rmask = row_block(B, BLOCK_B)
-    hs, hmask = hidden_block(H, BLOCK_H)
-    a = init_hidden(c_ptr, hs, hmask, BLOCK_B, BLOCK_H)
-    lp = tl.zeros([BLOCK_B], dtype=tl.float32)
-    base = scratch_ptr + rows * 3 * K                    # this step's (logits, mu, log_sigma)
-    for t in range(D):
-        d = tl.load(order_ptr + t)
-        h = tl.sigmoid(a)
-        m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK_B], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            lg, mu, ls = _heads_to(base, rmask, h, v_ptr + d * 3 * K * H, b_ptr + d * 3 * K,
-                                   ks, kmask, hs, hmask, H, K)
-            m, s = lse_update(m, s, lg)
-        tl.debug_barrier()                               # scratch written -> read by other threads
-        u0 = tl.load(u_ptr + (rows * D + d) * 2, mask=rmask, other=0.0).to(tl.float32)
-        u1 = tl.load(u_ptr + (rows * D + d) * 2 + 1, mask=rmask, other=0.5).to(tl.float32)
-        k = inverse_cdf(base, rmask, m + tl.log(s), u0, K, BLOCK_B, BLOCK_K)
-        mu_k = tl.load(base + K + k, mask=rmask, other=0.0)
-        ls_k = tl.load(base + 2 * K + k, mask=rmask, other=0.0)
-        z = ndtri(tl.minimum(tl.maximum(u1, _U_LO), 1.0 - _U_LO))
-        xd = (mu_k + tl.exp(ls_k) * z).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + rows * D + d, xd, mask=rmask)
-        xd = xd.to(tl.float32)
-        lse1, lse2 = _mixture_lse(base, rmask, xd, K, BLOCK_B, BLOCK_K)
-        lp += lse2 - lse1
-        a += xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :]
-        tl.debug_barrier()                               # reads done before the next step writes
-    tl.store(logp_ptr + rows, lp, mask=rmask)
-
-
 # ---------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------
@@ -215,8 +200,8 @@ def rnade_forward(x, W, c, V, b, order, *, block_b=None, block_k=None):
     params = torch.empty(B, D, 3, K, device=device, dtype=torch.float32)
     if B:
         cfg = launch_config(B, H, K, block_b, block_k, heads=3)
-        _rnade_fwd_kernel[grid(B, cfg)](x, W.t().contiguous(), c, V, b, order, logp, params,
-                                        B, D, H, K, **cfg)
+        _rnade_fwd_kernel[grid(B, cfg)](x, W.t().contiguous(), c, V, b, order, logp, params, params,
+                                        B, D, H, K, SAMPLE=False, **cfg)
     return logp, params
 
 
@@ -253,6 +238,6 @@ def rnade_sample(W, c, V, b, order, u, *, block_b=None, block_k=None):
     if n:
         cfg = launch_config(n, H, K, block_b, block_k, heads=3)
         scratch = torch.empty(n, 3, K, device=device, dtype=torch.float32)
-        _rnade_sample_kernel[grid(n, cfg)](u, W.t().contiguous(), c, V, b, order, x, logp, scratch,
-                                           n, D, H, K, **cfg)
+        _rnade_fwd_kernel[grid(n, cfg)](u, W.t().contiguous(), c, V, b, order, logp, x, scratch,
+                                        n, D, H, K, SAMPLE=True, **cfg)
     return x, logp
