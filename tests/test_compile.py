@@ -33,3 +33,26 @@ def test_fullgraph_compile_matches_eager(name, model, x):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_backend_under_compile_runs_the_kernel_auto_picks():
+    """backend="auto" inside a compiled function resolves as in eager mode (the fastest available
+    kernel: cpp on the CPU), not to the reference: the graph calls the custom op with that name."""
+    from armodel_fast import _backend
+    from armodel_fast.ops import nade as ops
+
+    model = randomize(af.NADE(6, 5), 0.5)
+    x = (torch.rand(3, 6) < 0.5).float()
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, *p: ops.nade_log_prob(x, *p, backend="auto"), backend=record, fullgraph=True)
+    torch.testing.assert_close(f(x, *model.params()), ops.nade_log_prob(x, *model.params(), backend="cpp"))
+    expected = _backend.resolve_backend("auto", "nade", torch.device("cpu"))
+    assert expected == "cpp"
+    code = "\n".join(g.code for g in graphs)
+    assert "armodel_fast.nade_forward" in code and "'cpp'" in code, code

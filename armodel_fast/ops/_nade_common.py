@@ -60,12 +60,16 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+@torch.compiler.assume_constant_result
+def _auto_backend(model: str, device_type: str) -> str:
+    """What ``auto`` resolves to; evaluated once at trace time under ``torch.compile``."""
+    return resolve_backend("auto", model, torch.device(device_type))
+
+
 def pick_backend(backend, model: str, device: torch.device) -> str:
     """``auto`` or an explicit name -> the backend that runs (explicit ones must be available)."""
-    if compiling():  # the registry lookups are plain Python; under tracing take the name as given
-        if backend == "auto":
-            return "cpp" if device.type == "cpu" else "reference"
-        return backend
+    if compiling():  # the registry lookups stay out of the graph: explicit names as given, auto a constant
+        return _auto_backend(model, device.type) if backend == "auto" else backend
     return resolve_backend(check_backend_name(backend), model, device)
 
 
