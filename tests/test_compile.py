@@ -35,14 +35,17 @@ def test_fullgraph_compile_matches_eager(name, model, x):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_backend_under_compile_runs_the_kernel_auto_picks():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_auto_backend_under_compile_runs_the_kernel_auto_picks(device):
     """backend="auto" inside a compiled function resolves as in eager mode (the fastest available
-    kernel: cpp on the CPU), not to the reference: the graph calls the custom op with that name."""
+    kernel for the device: cpp on the CPU, cuda or triton on a GPU), never silently to the
+    reference: the graph calls the custom op with that backend's name."""
     from armodel_fast import _backend
     from armodel_fast.ops import nade as ops
 
-    model = randomize(af.NADE(6, 5), 0.5)
-    x = (torch.rand(3, 6) < 0.5).float()
+    model = randomize(af.NADE(6, 5), 0.5).to(device)
+    x = (torch.rand(3, 6, device=device) < 0.5).float()
     graphs = []
 
     def record(gm, example_inputs):
@@ -50,9 +53,9 @@ def test_auto_backend_under_compile_runs_the_kernel_auto_picks():
         return gm.forward
 
     torch._dynamo.reset()
+    expected = _backend.resolve_backend("auto", "nade", torch.device(device))
+    assert expected != "reference", af.explain("nade", device)
     f = torch.compile(lambda x, *p: ops.nade_log_prob(x, *p, backend="auto"), backend=record, fullgraph=True)
-    torch.testing.assert_close(f(x, *model.params()), ops.nade_log_prob(x, *model.params(), backend="cpp"))
-    expected = _backend.resolve_backend("auto", "nade", torch.device("cpu"))
-    assert expected == "cpp"
+    torch.testing.assert_close(f(x, *model.params()), ops.nade_log_prob(x, *model.params(), backend=expected))
     code = "\n".join(g.code for g in graphs)
-    assert "armodel_fast.nade_forward" in code and "'cpp'" in code, code
+    assert "armodel_fast.nade_forward" in code and f"'{expected}'" in code, code
