@@ -26,6 +26,8 @@ template <typename T> struct DenseParams {
   const T* b;                 // [D, M]
   const T* c;                 // [Hp]
   const int64_t* order;
+  const T* E;            // [D, C, Hp] exp(-WT) when the head carries exp(-a) (categorical), else null
+  const uint8_t* big;    // [D, C] some |WT[t, col, :]| > Limits<T>::kClamp (with E)
 };
 
 template <typename T> struct DenseGrads {
@@ -37,6 +39,10 @@ template <typename T> struct DenseGrads {
 template <typename T> struct CategoricalHead {
   using X = int64_t;
   static constexpr int kU = 1;  // uniforms per draw
+  // An input adds a whole column (scale 1): the forward carries s = exp(-a) and
+  // multiplies it by the precomputed exp(-column) instead of a sigmoid per unit.
+  static constexpr bool kCarry = true;
+  static constexpr bool kSoftmax = true;  // the forward's log-softmax / draw use vectorised exps (nade_simd.inc)
   static AF_FI int64_t column(X x) { return x; }
   static AF_FI T scale(X) { return T(1); }
   static AF_FI T log_prob(const T* out, int64_t K, X x) { return nade::categorical_log_prob(out, K, x); }
@@ -51,6 +57,8 @@ template <typename T> struct CategoricalHead {
 template <typename T> struct MixtureHead {
   using X = T;
   static constexpr int kU = 2;
+  static constexpr bool kCarry = false;  // a += x W[:, d]: exp(-x w) has no precomputed form
+  static constexpr bool kSoftmax = false;
   static AF_FI int64_t column(X) { return 0; }
   static AF_FI T scale(X x) { return x; }
   static AF_FI T log_prob(const T* out, int64_t K, X x) {
@@ -93,17 +101,19 @@ namespace {
 using namespace af::nade_cpu;
 
 struct DensePrep {
-  at::Tensor WT, V, b, c, order;
+  at::Tensor WT, V, b, c, order, E, big;
   int64_t D, H, K, M, C;
   template <typename T> DenseParams<T> params() const {
     return {D, H, V.size(2), K, M, C, WT.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(), c.data_ptr<T>(),
-            order.data_ptr<int64_t>()};
+            order.data_ptr<int64_t>(), E.defined() ? E.data_ptr<T>() : nullptr,
+            big.defined() ? big.data_ptr<uint8_t>() : nullptr};
   }
 };
 
-// W3 [H, D, C], Vm [D, M, H], bm [D, M].
+// W3 [H, D, C], Vm [D, M, H], bm [D, M]; `carry`: also E = exp(-WT) and its big flags
+// (heads with kCarry; nade_simd.inc, carried exp(-a)).
 DensePrep prepare(const at::Tensor& W3, const at::Tensor& c, const at::Tensor& Vm, const at::Tensor& bm,
-                  const at::Tensor& order, int64_t K) {
+                  const at::Tensor& order, int64_t K, bool carry = false) {
   DensePrep p;
   p.H = W3.size(0);
   p.D = W3.size(1);
@@ -116,6 +126,18 @@ DensePrep prepare(const at::Tensor& W3, const at::Tensor& c, const at::Tensor& V
   p.V = step_rows_padded(Vm, p.order, Hp);
   p.b = bm.index_select(0, p.order).contiguous();
   p.c = padded_vector(c, Hp);
+  if (carry) {
+    p.E = at::empty_like(p.WT);
+    p.big = at::empty({p.D, p.C}, p.WT.options().dtype(at::kByte));
+    AT_DISPATCH_FLOATING_TYPES(p.WT.scalar_type(), "nade_exp_rows", [&] {
+      const scalar_t* wt = p.WT.data_ptr<scalar_t>();
+      scalar_t* e = p.E.data_ptr<scalar_t>();
+      uint8_t* big = p.big.data_ptr<uint8_t>();
+      at::parallel_for(0, p.D * p.C, 16, [&](int64_t r0, int64_t r1) {
+        AF_NADE_WITH_ISA(Variants, [&](auto k) { decltype(k)::exp_rows(wt, e, big, r0, r1, Hp); });
+      });
+    });
+  }
   return p;
 }
 
@@ -123,7 +145,7 @@ template <class Head, typename T, bool SAMPLE>
 void dense_forward(const DenseParams<T>& P, const typename Head::X* x, const T* u, typename Head::X* x_out, T* out,
                    T* lp, int64_t B) {
   const int64_t blocks = (B + kRows - 1) / kRows;
-  const int64_t per_worker = kRows * (2 * P.Hp + round_up(P.M, kLanes<T>));
+  const int64_t per_worker = kRows * (3 * P.Hp + round_up(P.M, kLanes<T>));
   at::Tensor work = at::empty({num_workers(blocks), per_worker}, at::dtype(c10::CppTypeToScalarType<T>::value));
   T* wp = work.data_ptr<T>();
   parallel_items(blocks, [&](int64_t blk, int64_t w) {
@@ -273,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> categorical_nade_forward(const at::Tensor& x,
   const int64_t B = x.size(0);
   at::Tensor logits = at::empty({B, D, K}, W.options());
   at::Tensor lp = at::empty({B}, W.options());
-  const DensePrep prep = prepare(W, c, V, b, order, K);
+  const DensePrep prep = prepare(W, c, V, b, order, K, /*carry=*/true);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "categorical_nade_forward", [&] {
     using T = scalar_t;
     dense_forward<CategoricalHead<T>, T, false>(prep.params<T>(), x.data_ptr<int64_t>(), nullptr, nullptr,
@@ -295,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> categorical_nade_sample(const at::Tensor& W, 
   at::Tensor x = at::empty({n, D}, W.options().dtype(at::kLong));
   at::Tensor logits = at::empty({n, D, K}, W.options());
   at::Tensor lp = at::empty({n}, W.options());
-  const DensePrep prep = prepare(W, c, V, b, order, K);
+  const DensePrep prep = prepare(W, c, V, b, order, K, /*carry=*/true);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "categorical_nade_sample", [&] {
     using T = scalar_t;
     dense_forward<CategoricalHead<T>, T, true>(prep.params<T>(), nullptr, u.data_ptr<T>(), x.data_ptr<int64_t>(),
