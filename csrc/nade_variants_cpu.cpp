@@ -187,7 +187,7 @@ std::vector<at::Tensor> dense_backward(const DensePrep& prep, const typename Hea
   at::Tensor dcp = at::zeros({Hp}, opt);
   const Slices sl = make_slices(Hp, kLanes<T>);
   const int64_t nck = (D + kCheckpointEvery - 1) / kCheckpointEvery;
-  const int64_t per_worker = kRows * (4 + nck) * sl.width;
+  const int64_t per_worker = kRows * (3 + nck) * sl.width + round_up(kRows * M, kLanes<T>);  // aligned rows
   at::Tensor work = at::empty({num_workers(sl.n), per_worker}, opt);
   at::Tensor dx_part = at::zeros({real_x ? sl.n : 0, B, D}, opt);
   T* wp = work.data_ptr<T>();
