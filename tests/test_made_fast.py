@@ -256,3 +256,23 @@ def test_one_dimension(backend, out, K):
     torch.testing.assert_close(xf, xr)
     torch.testing.assert_close(lf, lr)
     torch.testing.assert_close(fast.log_prob(xr, ctx), ref.log_prob(xr, ctx))
+
+
+@backends
+def test_made_sample_names_bad_noise_and_K(backend):
+    """Checked before any kernel runs, for every backend (the Triton launcher has no C++ checks)."""
+    _, fast = pair("bernoulli", backend)
+    hidden, output, _, _ = fast._layer_args()
+    D, order = fast.D, fast.order
+    for bad in (torch.rand(2, D + 1, dtype=torch.float64), torch.rand(2, D, 2, dtype=torch.float64),
+                torch.rand(D, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="noise"):
+            made_ops.made_sample(hidden, output, order, bad, backend=backend)
+    with pytest.raises(TypeError, match="noise"):
+        made_ops.made_sample(hidden, output, order, torch.zeros(2, D, dtype=torch.long), backend=backend)
+    with pytest.raises(ValueError, match="noise"):  # a mixture head needs u [n, D, 2]
+        made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="gaussian",
+                             K=1, backend=backend)
+    with pytest.raises(ValueError, match="K"):
+        made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="categorical",
+                             K=1, backend=backend)

@@ -188,3 +188,25 @@ def test_gpu_backends_are_registered_for_made():
         from armodel_fast import _ext
         cuda_ext = _ext.get_cuda_ext()
         assert (op in ops_of["cuda"]) == (cuda_ext is not None and hasattr(cuda_ext, "made_sample"))
+
+
+@triton_here
+def test_launcher_names_bad_operands():
+    from armodel_fast.kernels import made_sample_triton as mst
+    D = 4
+    w0, w1 = torch.randn(6, D), torch.randn(D, 6)
+    b0, b1 = torch.zeros(6), torch.zeros(D)
+    deg = torch.tensor([1, 1, 2, 2, 3, 3])
+    order, u = torch.arange(D), torch.rand(3, D)
+    args = ([w0, w1], [b0, b1], [deg], None, order, None, None, u, "bernoulli", 1, 1)
+    x, lp = mst.made_sample(*args)
+    assert x.shape == (3, D) and lp.shape == (3,)
+    with pytest.raises(ValueError, match="direct"):
+        mst.made_sample([w0, w1], [b0, b1], [deg], torch.zeros(D, D + 1), *args[4:])
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        mst.made_sample([w0, torch.randn(D, 5)], *args[1:])
+    with pytest.raises(ValueError, match=r"biases\[0\]"):
+        mst.made_sample([w0, w1], [torch.zeros(5), b1], *args[2:])
+    with pytest.raises(ValueError, match="z"):
+        mst.made_sample([w0, torch.randn(3 * D, 6)], [b0, torch.zeros(3 * D)], [deg], None, order, None, None,
+                        torch.rand(3, D, 2), "gaussian", 1, 1)

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .masked_linear_triton import _activate
+from .masked_linear_triton import ACT_CODES, _activate
 from .triton_common import interpreting, next_pow2, softplus
 
 HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
@@ -230,6 +230,48 @@ def launch_config(n: int, K: int, dtype: torch.dtype, block_s=None) -> dict:
                 BLOCK_K=max(16, next_pow2(K)), num_warps=4 if block_s <= 32 else 8)
 
 
+def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z):
+    """Shapes, devices and contiguity of the operands (each error names the argument)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+    if activation not in ACT_CODES.values():
+        raise ValueError(f"activation must be a code 0..3, got {activation!r}")
+    if not weights or len(biases) != len(weights) or len(degrees) != len(weights) - 1:
+        raise ValueError("weights (hidden + output), biases (one per layer) and degrees (one per hidden layer) "
+                         "must line up")
+    dev = weights[0].device
+    if dev.type == "cpu" and not interpreting():
+        raise ValueError("Triton kernels need CUDA tensors; CPU tensors run only under TRITON_INTERPRET=1")
+    n, D = noise.shape[0], noise.shape[1]
+    kin = K if head == "categorical" else 1
+    P = {"bernoulli": 1, "categorical": K, "gaussian": 3 * K, "affine": 3}[head]
+    rows_in = D * kin
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        rows = w.shape[0]
+        if w.dim() != 2 or w.shape[1] != rows_in or (l == len(weights) - 1 and rows != D * P):
+            raise ValueError(f"weights[{l}] has shape {list(w.shape)}; the layers do not chain from "
+                             f"{rows_in} inputs to {D * P} outputs")
+        if b.shape != (rows,):
+            raise ValueError(f"biases[{l}] must have shape [{rows}], got {list(b.shape)}")
+        if l < len(degrees) and degrees[l].shape != (rows,):
+            raise ValueError(f"degrees[{l}] must have shape [{rows}], got {list(degrees[l].shape)}")
+        rows_in = rows
+    named = [("noise", noise), ("order", order), ("z", z), ("direct", direct), ("ctx_hidden", ctx_hidden),
+             ("ctx_out", ctx_out)] + [(f"weights[{l}]", w) for l, w in enumerate(weights)]
+    for name, t in named + [(f"biases[{l}]", b) for l, b in enumerate(biases)]:
+        if t is not None and (t.device != dev or not t.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous tensor on {dev}, got {t.device}")
+    if direct is not None and tuple(direct.shape) != (D * P, D * kin):
+        raise ValueError(f"direct must have shape [{D * P}, {D * kin}], got {list(direct.shape)}")
+    if ctx_out is not None and tuple(ctx_out.shape) != (n, D * P):
+        raise ValueError(f"ctx_out must have shape [{n}, {D * P}], got {list(ctx_out.shape)}")
+    if ctx_hidden is not None and (len(weights) < 2 or tuple(ctx_hidden.shape) != (n, weights[0].shape[0])):
+        raise ValueError(f"ctx_hidden must have shape [n, units of the first hidden layer], got "
+                         f"{list(ctx_hidden.shape)}")
+    if head == "gaussian" and (z is None or tuple(z.shape) != (n, D)):
+        raise ValueError("z (Phi^-1 of the clamped u[..., 1]) [n, D] is required for the mixture head")
+
+
 def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation,
                 z=None, *, block_s=None, max_programs=None):
     """One launch for ``n = noise.shape[0]`` samples: (x [n, D], log p(x) [n]).
@@ -245,6 +287,7 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
     0..3 (none, relu, elu, tanh). Computes in fp64 for fp64 weights, else fp32;
     x has the weights' dtype (int64 for a categorical head), log p is fp32/fp64.
     """
+    _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z)
     hd = HEADS[head]
     L = len(weights) - 1
     n, D = noise.shape[0], noise.shape[1]

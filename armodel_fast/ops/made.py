@@ -81,6 +81,32 @@ def _sorted_bias(b: Optional[Tensor], p, like: Tensor) -> Tensor:
     return b.detach().index_select(0, p.perm_out).contiguous()
 
 
+def _check_sample_args(output_layer, order, noise, head: str, K, context) -> None:
+    """The arguments every sampler backend relies on (each error names its argument)."""
+    if not isinstance(order, Tensor) or order.dim() != 1:
+        raise ValueError(f"order must be a 1-D permutation tensor, got {getattr(order, 'shape', order)!r}")
+    D = order.numel()
+    trailing = (2,) if head == "gaussian" else ()
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+    if not noise.dtype.is_floating_point:
+        raise TypeError(f"noise must be a floating-point tensor, got dtype {noise.dtype}")
+    if noise.dim() != 2 + len(trailing) or noise.shape[1] != D or tuple(noise.shape[2:]) != trailing:
+        want = ", ".join(["n", f"D={D}"] + [str(t) for t in trailing])
+        raise ValueError(f"noise must have shape [{want}] for head={head!r}, got {list(noise.shape)}")
+    weight = output_layer[0]
+    if noise.device != weight.device:
+        raise ValueError(f"noise is on {noise.device} but the weights are on {weight.device}")
+    if head == "categorical" and (K is None or int(K) < 2):
+        raise ValueError(f"K must be an int >= 2 for head='categorical', got {K!r}")
+    if head == "gaussian" and (K is None or int(K) < 1):
+        raise ValueError(f"K must be an int >= 1 for head='gaussian', got {K!r}")
+    if context is not None and (not isinstance(context, Tensor) or context.dim() != 2
+                                or context.shape[0] != noise.shape[0] or context.device != weight.device):
+        raise ValueError(f"context must be a [n={noise.shape[0]}, context_dim] tensor on {weight.device}, "
+                         f"got {getattr(context, 'shape', context)!r}")
+
+
 def _prepare_for(backend: str):
     """The degree-sorted weights each sampler reads: masked blocks (cpp) or unmasked sorted
     weights (triton, cuda: they read only the reachable prefix of each row)."""
@@ -124,8 +150,7 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if backend not in ("cpp", "triton", "cuda"):
         raise ValueError(f"backend must be 'cpp', 'triton' or 'cuda' for made_sample, got {backend!r}")
-    if not isinstance(noise, Tensor) or noise.dim() < 2:
-        raise ValueError(f"noise must be a tensor of shape [n, D, ...], got {getattr(noise, 'shape', noise)}")
+    _check_sample_args(output_layer, order, noise, head, K, context)
     if backend == "cpp":
         ext = _ml._cpp()
         if not hasattr(ext, "made_sample"):
