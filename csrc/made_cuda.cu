@@ -151,9 +151,16 @@ __global__ void __launch_bounds__(kThreads) made_sample_kernel(made::Operands op
   }
 }
 
+// Resident blocks only (about 3 per SM at 256 threads): the scratch is per block,
+// so this also bounds it (it grows with D*Kin + hidden units, not with n).
 int64_t grid_size(const made::Operands& op) {
   const int64_t chunks = (op.n + kNS - 1) / kNS;
-  return std::max<int64_t>(1, std::min<int64_t>(chunks, 1024));
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    sms = 132;
+  }
+  return std::max<int64_t>(1, std::min<int64_t>(chunks, 4 * static_cast<int64_t>(sms)));
 }
 
 int64_t scratch_width(const made::Operands& op) {
@@ -162,9 +169,13 @@ int64_t scratch_width(const made::Operands& op) {
   return width;
 }
 
+size_t shared_bytes(const made::Operands& op, bool is_double) {
+  return static_cast<size_t>(kWarps * kNS + op.P * kNS) * (is_double ? sizeof(double) : sizeof(float));
+}
+
 template <typename T>
 cudaError_t launch(const MadeSampleLaunch& p) {
-  const size_t smem = static_cast<size_t>(kWarps * kNS + p.op.P * kNS) * sizeof(T);
+  const size_t smem = shared_bytes(p.op, sizeof(T) == sizeof(double));
   if (smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(made_sample_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
@@ -180,6 +191,10 @@ cudaError_t launch(const MadeSampleLaunch& p) {
 }  // namespace
 
 int64_t made_sample_scratch_elements(const made::Operands& op) { return grid_size(op) * scratch_width(op) * kNS; }
+
+int64_t made_sample_shared_bytes(const made::Operands& op, bool is_double) {
+  return static_cast<int64_t>(shared_bytes(op, is_double));
+}
 
 cudaError_t made_sample(const MadeSampleLaunch& p) {
   if (p.op.n == 0) return cudaSuccess;

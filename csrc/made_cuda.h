@@ -23,6 +23,8 @@ struct MadeSampleLaunch {
 
 // Scratch the launcher needs: one [inputs + hidden units][samples] block per CUDA block.
 int64_t made_sample_scratch_elements(const made::Operands& op);
+// Dynamic shared memory of one block (grows with the P outputs per dimension).
+int64_t made_sample_shared_bytes(const made::Operands& op, bool is_double);
 // Draws all D dimensions of every sample in one kernel launch.
 cudaError_t made_sample(const MadeSampleLaunch& p);
 

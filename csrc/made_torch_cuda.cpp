@@ -27,6 +27,15 @@ std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor
                                                      noise, head, K, activation, noise.device());
   const made::Operands& op = checked.op;
   const auto dtype = noise.scalar_type();
+  int device = 0, max_shared = 0;
+  TORCH_CHECK(cudaGetDevice(&device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ==
+                      cudaSuccess,
+              "made_sample: cannot query the CUDA device");
+  const int64_t smem = cuda::made_sample_shared_bytes(op, dtype == at::kDouble);
+  TORCH_CHECK_VALUE(smem <= max_shared, "made_sample (cuda): ", op.P, " outputs per dimension need ", smem,
+                    " bytes of shared memory per block, the device has ", max_shared,
+                    "; use backend='triton' or 'cpp'");
   const bool categorical = head == made::kCategorical;
   at::Tensor x = at::empty({op.n, op.D}, noise.options().dtype(categorical ? at::kLong : dtype));
   at::Tensor lp = at::empty({op.n}, noise.options());

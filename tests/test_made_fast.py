@@ -225,6 +225,10 @@ def test_made_sample_rejects_inconsistent_degrees(backend):
         made_ops.made_sample(hidden, wrong, fast.order, torch.rand(2, fast.D, dtype=torch.float64))
     with pytest.raises(ValueError, match="head"):
         made_ops.made_sample(hidden, output, fast.order, torch.rand(2, fast.D, dtype=torch.float64), head="poisson")
+    m0 = fast.degrees()[0].flip(0)  # a direct layer wired for another order
+    with pytest.raises(ValueError, match="direct"):
+        made_ops.made_sample(hidden, output, fast.order, torch.rand(2, fast.D, dtype=torch.float64),
+                             direct_layer=(torch.zeros(fast.D, fast.D, dtype=output[0].dtype), m0, m0))
 
 
 @backends

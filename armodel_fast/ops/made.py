@@ -185,7 +185,10 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
     direct = None
     if direct_layer is not None:
         wd, dind, doutd = direct_layer
-        direct = prep(wd, dind, doutd, True).w_sorted
+        p_direct = prep(wd, dind, doutd, True)
+        if not (torch.equal(p_direct.perm_in, expect_in) and torch.equal(p_direct.perm_out, expect_out)):
+            raise ValueError("the direct layer's degrees must be MADE's input and output degrees for `order`")
+        direct = p_direct.w_sorted
     ctx_h = ctx_o = None
     if context is not None:
         if preps:
