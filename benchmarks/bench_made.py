@@ -118,6 +118,28 @@ def test_made_sample(benchmark, provider):
         benchmark(fn)
 
 
+@pytest.mark.parametrize("provider", ["triton", "cuda", "reference"])
+def test_made_sample_gpu(benchmark, provider):
+    """On a CUDA GPU: the one-launch samplers (Triton, CUDA) against the D-pass reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from armodel_fast import _backend
+    why = None if provider == "reference" else _backend._why_not(provider, "made", torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+    m = model(provider).cuda()
+    u = torch.rand(N_SAMPLES, D, generator=torch.Generator().manual_seed(2)).cuda()
+
+    def fn():
+        m.sample(N_SAMPLES, u=u)
+        torch.cuda.synchronize()
+    benchmark.group = f"MADE sample on {torch.cuda.get_device_name()} n={N_SAMPLES} D={D} hidden={HIDDEN}"
+    if provider == "reference":
+        benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=1)
+    else:
+        benchmark(fn)
+
+
 def best_ms(fns: dict, repeats: dict) -> dict:
     """Minimum time (ms) of each callable; calls interleaved so background load hits all alike."""
     times = {k: float("inf") for k in fns}
