@@ -280,3 +280,6 @@ def test_made_sample_names_bad_noise_and_K(backend):
     with pytest.raises(ValueError, match="K"):
         made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="categorical",
                              K=1, backend=backend)
+    with pytest.raises(ValueError, match="K"):  # the affine flow inverse has one Gaussian per dimension
+        made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="affine",
+                             K=2, backend=backend)

@@ -45,7 +45,8 @@ def _prefix_dot(acc, a_rows, smask, cnt, w_ptr, ldw, ks, kmask, BLOCK_J: tl.cons
         js = j0 + tl.arange(0, BLOCK_J)
         jmask = js < cnt
         a = tl.load(a_rows[:, None] + js[None, :], mask=smask[:, None] & jmask[None, :], other=0.0)
-        w = tl.load(w_ptr + ks[None, :] * ldw + js[:, None], mask=kmask[None, :] & jmask[:, None], other=0.0)
+        w = tl.load(w_ptr + ks.to(tl.int64)[None, :] * ldw + js[:, None], mask=kmask[None, :] & jmask[:, None],
+                    other=0.0)
         acc = tl.dot(a, w.to(a.dtype), acc, input_precision="ieee", out_dtype=acc.dtype)
     return acc
 
@@ -236,6 +237,10 @@ def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, 
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
     if activation not in ACT_CODES.values():
         raise ValueError(f"activation must be a code 0..3, got {activation!r}")
+    if head == "affine" and K != 1:
+        raise ValueError(f"K must be 1 for head='affine' (a single Gaussian per dimension), got {K!r}")
+    if (ctx_hidden is None) != (ctx_out is None) and len(weights) > 1:
+        raise ValueError("ctx_hidden and ctx_out go together (both context terms, or neither)")
     if not weights or len(biases) != len(weights) or len(degrees) != len(weights) - 1:
         raise ValueError("weights (hidden + output), biases (one per layer) and degrees (one per hidden layer) "
                          "must line up")

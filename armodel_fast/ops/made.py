@@ -101,6 +101,8 @@ def _check_sample_args(output_layer, order, noise, head: str, K, context) -> Non
         raise ValueError(f"K must be an int >= 2 for head='categorical', got {K!r}")
     if head == "gaussian" and (K is None or int(K) < 1):
         raise ValueError(f"K must be an int >= 1 for head='gaussian', got {K!r}")
+    if head == "affine" and K not in (None, 1):
+        raise ValueError(f"K must be None or 1 for head='affine' (one Gaussian per dimension), got {K!r}")
     if context is not None and (not isinstance(context, Tensor) or context.dim() != 2
                                 or context.shape[0] != noise.shape[0] or context.device != weight.device):
         raise ValueError(f"context must be a [n={noise.shape[0]}, context_dim] tensor on {weight.device}, "
