@@ -42,25 +42,15 @@ def _setup(cfg, s, model_name, backend="reference"):
 
 def _maker(s, model_name, backend, what, compiled=False):
     def make(cfg):
+        from .rows import _forward, _forward_backward
         model, x, u = _setup(cfg, s, model_name, backend)
         if what == "sample":
             f = torch.compile(model.sample) if compiled else model.sample
-
-            def run():
-                with torch.no_grad():
-                    return f(s["B"], u=u)
-            return run
+            return _forward(lambda: f(s["B"], u=u))
         f = torch.compile(model.log_prob) if compiled else model.log_prob
         if what == "fwd":
-            def run():
-                with torch.no_grad():
-                    return f(x)
-            return run
-
-        def run():
-            f(x).sum().backward()
-            model.zero_grad(set_to_none=True)
-        return run
+            return _forward(lambda: f(x))
+        return _forward_backward(lambda: f(x), lambda: model.zero_grad(set_to_none=True))
     return make
 
 

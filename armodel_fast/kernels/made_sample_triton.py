@@ -26,6 +26,7 @@ reference does).
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 
 import torch
 import triton
@@ -301,19 +302,12 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
     kin = K if hd == 1 else 1
     units = [w.shape[0] for w in weights[:-1]]
     # Scratch row of a sample: [D*KIN drawn inputs | layer 0 | ... | layer L-1].
-    act_off, off = [], D * kin
-    for u in units:
-        act_off.append(off)
-        off += u
-    a_ld = off
+    act_off = list(accumulate(units, initial=D * kin))  # each layer's start, then the row length
+    a_ld = act_off[-1]
     w_all = torch.cat([w.reshape(-1) for w in weights])
     b_all = torch.cat([b.reshape(-1) for b in biases])
-    w_off = [0]
-    for w in weights[:-1]:
-        w_off.append(w_off[-1] + w.numel())
-    b_off = [0]
-    for b in biases[:-1]:
-        b_off.append(b_off[-1] + b.numel())
+    w_off = list(accumulate((w.numel() for w in weights[:-1]), initial=0))
+    b_off = list(accumulate((b.numel() for b in biases[:-1]), initial=0))
     meta = torch.tensor([[w_off[l], weights[l].shape[1], act_off[l] if l < L else 0, b_off[l]]
                          for l in range(L + 1)], dtype=torch.int64).reshape(-1).to(dev)
     steps = torch.arange(D, device=dev)

@@ -125,10 +125,10 @@ def _triton_sampler():
 
 
 def _cuda_sampler():
-    ext = _ext.get_cuda_ext()
-    if ext is None or not hasattr(ext, "made_sample"):
-        raise RuntimeError("made_sample backend 'cuda' is unavailable: "
-                           f"{_ext.cuda_ext_error() or 'the CUDA extension has no made_sample kernel; rebuild it'}")
+    ext = _ml._cuda()  # the CUDA extension, or why it is unavailable
+    if not hasattr(ext, "made_sample"):
+        raise RuntimeError("made_sample backend 'cuda' is unavailable: the CUDA extension has no made_sample "
+                           "kernel; rebuild it")
     return ext
 
 
