@@ -10,6 +10,8 @@
 #   make wheel        CPU wheel (torch 2.13.0+cpu) in dist/cpu/
 #   make wheel-cuda   wheel with the CUDA extension (torch 2.14.1+cu130 venv) in dist/cuda/
 #   make test-wheels  install each wheel into a fresh venv of its torch and run the CPU tests
+#                     (FREE_BUILD_VENV=1 drops .venv-cuda once the CUDA wheel is built, so
+#                     that only one ~5.5 GB torch+cu130 venv is on disk at a time)
 #   make clean        remove build outputs (keeps the venv and pip cache)
 
 VENV ?= .venv
@@ -93,6 +95,16 @@ CUDA_HOME ?= /usr/local/cuda
 CUDA_ARCHS ?= 8.0;9.0;10.0
 BUILD_DEPS = numpy pybind11 ninja setuptools wheel
 TEST_DEPS = pytest pytest-benchmark hypothesis scikit-learn matplotlib rich
+FREE_BUILD_VENV ?= 0
+# A venv of torch 2.14.1+cu130 and its nvidia-* wheels is ~5.5 GiB (measured);
+# each target that makes one first checks that the disk has room for it.
+CUDA_VENV_GIB = 6
+define need_disk
+@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(1) ]; then \
+	    echo "$(2): only $$free GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), needs $(1) GiB" >&2; exit 1; \
+	fi; echo "$(2): $$free GiB free on disk (needs $(1))"
+endef
 
 wheel: $(DEPS_STAMP)
 	rm -rf dist/cpu
@@ -100,6 +112,7 @@ wheel: $(DEPS_STAMP)
 	@ls -l dist/cpu
 
 $(CUDA_PY):
+	$(call need_disk,$(CUDA_VENV_GIB),$(CUDA_VENV))
 	python3 -m venv $(CUDA_VENV)
 	$(CUDA_PY) -m pip install $(CUDA_TORCH_PIN) $(BUILD_DEPS)
 
@@ -110,9 +123,11 @@ wheel-cuda: | $(CUDA_PY)
 	@ls -l dist/cuda
 
 # Fresh venv, the wheel's own torch, the wheel; then the CPU tests run against the
-# installed package (from build/, so the source tree is not on sys.path).
+# installed package (from build/, so the source tree is not on sys.path). The venv
+# is thrown away once the tests pass (it is made afresh on every run anyway).
 define test_wheel
 	rm -rf build/venv-$(1)
+	$(call need_disk,$(4),build/venv-$(1))
 	python3 -m venv build/venv-$(1)
 	build/venv-$(1)/bin/pip install $(2) $(TEST_DEPS) triton==3.8.0
 	build/venv-$(1)/bin/pip install --no-deps dist/$(1)/*.whl
@@ -121,13 +136,15 @@ define test_wheel
 	    "import armodel_fast as af; print(af.__file__); [print(' ', s) for s in af.backends().values()]"
 	cd build && ARMODEL_FAST_EXPECT_INSTALLED=1 ARMODEL_FAST_EXPECT_CUDA_EXT=$(3) ./venv-$(1)/bin/pytest -q -m "not slow" \
 	    -c $(CURDIR)/pyproject.toml --rootdir $(CURDIR) $(PYTEST_ARGS) $(CURDIR)/tests
+	rm -rf build/venv-$(1)
 endef
 
 test-wheel: wheel
-	$(call test_wheel,cpu,$(TORCH_PIN),0)
+	$(call test_wheel,cpu,$(TORCH_PIN),0,2)
 
 test-wheel-cuda: wheel-cuda
-	$(call test_wheel,cuda,$(CUDA_TORCH_PIN),1)
+	@if [ "$(FREE_BUILD_VENV)" = 1 ]; then echo "rm -rf $(CUDA_VENV) (FREE_BUILD_VENV=1)"; rm -rf $(CUDA_VENV); fi
+	$(call test_wheel,cuda,$(CUDA_TORCH_PIN),1,$(CUDA_VENV_GIB))
 
 test-wheels: test-wheel test-wheel-cuda
 
