@@ -1,79 +1,19 @@
 // Categorical NADE and RNADE on the CPU (DESIGN.md section 2, variants):
 // forward, backward, sampling. The loops are in nade_variants.inc (compiled
-// once per ISA); this file holds the head policies, parameter layout, argument
-// checks and the launchers.
+// once per ISA), the parameter layout and head policies in nade_dense_head.h;
+// this file holds the argument checks and the launchers.
 //
 // Both models share one kernel, a NADE with a dense head of M outputs per step
 // (categorical: M = K logits; RNADE: M = 3K = mixture logits, means,
-// log-scales); a head policy supplies the log-likelihood, its gradient and the
-// inverse-CDF draw (nade_math.h, shared with the CUDA kernels). Forward and
-// sampling run blocks of kRows batch rows; backward runs slices of hidden
-// units (each owns its columns of dW, dV, dc: deterministic, no reduction),
-// from per-step head gradients computed once up front.
-#include "nade_cpu_common.h"
+// log-scales); a head policy (nade_dense_head.h) supplies the log-likelihood,
+// its gradient and the inverse-CDF draw. Forward and sampling run blocks of
+// kRows batch rows; backward runs slices of hidden units (each owns its columns
+// of dW, dV, dc: deterministic, no reduction), from per-step head gradients
+// computed once up front.
+#include "nade_dense_head.h"
 #include "ops.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
-
-namespace af {
-namespace nade_cpu {
-
-// Parameters in step order, hidden axis padded to Hp.
-template <typename T> struct DenseParams {
-  int64_t D, H, Hp, K, M, C;  // M outputs per step; C input columns per dimension
-  const T* WT;                // [D, C, Hp]  W[:, order[t], col]
-  const T* V;                 // [D, M, Hp]  V[order[t]]
-  const T* b;                 // [D, M]
-  const T* c;                 // [Hp]
-  const int64_t* order;
-  const T* E;            // [D, C, Hp] exp(-WT) when the head carries exp(-a) (categorical), else null
-  const uint8_t* big;    // [D, C] some |WT[t, col, :]| > Limits<T>::kClamp (with E)
-};
-
-template <typename T> struct DenseGrads {
-  T* dWT;  // [D, C, Hp] step order
-  T* dV;   // [D, M, Hp] step order
-  T* dc;   // [Hp]
-};
-
-template <typename T> struct CategoricalHead {
-  using X = int64_t;
-  static constexpr int kU = 1;  // uniforms per draw
-  // An input adds a whole column (scale 1): the forward carries s = exp(-a) and
-  // multiplies it by the precomputed exp(-column) instead of a sigmoid per unit.
-  static constexpr bool kCarry = true;
-  static constexpr bool kSoftmax = true;  // the forward's log-softmax / draw use vectorised exps (nade_simd.inc)
-  static AF_FI int64_t column(X x) { return x; }
-  static AF_FI T scale(X) { return T(1); }
-  static AF_FI T log_prob(const T* out, int64_t K, X x) { return nade::categorical_log_prob(out, K, x); }
-  static AF_FI X draw(const T* out, int64_t K, const T* u) { return nade::categorical_draw(out, K, u[0]); }
-  // g[0:M] += G * dlogp/dout; returns G * dlogp/dx (none for a discrete x).
-  static AF_FI T grad(const T* out, int64_t K, X x, T G, T* g) {
-    nade::categorical_grad(out, K, x, G, g);
-    return T(0);
-  }
-};
-
-template <typename T> struct MixtureHead {
-  using X = T;
-  static constexpr int kU = 2;
-  static constexpr bool kCarry = false;  // a += x W[:, d]: exp(-x w) has no precomputed form
-  static constexpr bool kSoftmax = false;
-  static AF_FI int64_t column(X) { return 0; }
-  static AF_FI T scale(X x) { return x; }
-  static AF_FI T log_prob(const T* out, int64_t K, X x) {
-    return nade::mixture_log_prob(out, out + K, out + 2 * K, K, x);
-  }
-  static AF_FI X draw(const T* out, int64_t K, const T* u) {
-    return nade::mixture_draw(out, out + K, out + 2 * K, K, u[0], u[1]);
-  }
-  static AF_FI T grad(const T* out, int64_t K, X x, T G, T* g) {
-    return nade::mixture_grad(out, out + K, out + 2 * K, K, x, G, g, g + K, g + 2 * K);
-  }
-};
-
-}  // namespace nade_cpu
-}  // namespace af
 
 #ifdef AF_HAVE_ISA_VARIANTS
 AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
@@ -278,6 +218,21 @@ void check_shaped(const at::Tensor& t, const char* name, const at::Tensor& W, at
   check_contiguous(t, name);
 }
 
+// x [B, D] real (RNADE), W's dtype; returns B.
+int64_t check_x_real(const at::Tensor& x, const at::Tensor& W, int64_t D) {
+  check_defined(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, "x must have shape [B, D], got ", x.sizes());
+  check_shaped(x, "x", W, {x.size(0), D}, "[B, D]");
+  return x.size(0);
+}
+
+// RNADE as the dense-head kernel's parameters: M = 3K outputs per step.
+DensePrep prepare_rnade(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                        const at::Tensor& order, int64_t K) {
+  const int64_t H = W.size(0), D = W.size(1);
+  return prepare(W.view({H, D, 1}), c, V.view({D, 3 * K, H}), b.view({D, 3 * K}), order, K);
+}
+
 template <typename T> const T* opt_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
@@ -331,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> categorical_nade_back
     const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
     const at::Tensor& logits) {
   const int64_t K = check_categorical(W, c, V, b, order);
-  const int64_t D = W.size(1), H = W.size(0);
+  const int64_t D = W.size(1);
   check_x_categorical(x, D, K);
   const int64_t B = x.size(0);
   check_shaped(grad_log_prob, "grad_log_prob", W, {B}, "[B]");
@@ -345,7 +300,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> categorical_nade_back
     g = dense_backward<CategoricalHead<T>, T>(prep, x.data_ptr<int64_t>(), grad_log_prob.data_ptr<T>(),
                                               opt_ptr<T>(grad_logits), logits.data_ptr<T>(), B, false, W.options());
   });
-  (void)H;
   return {g[0], g[1], g[2], g[3]};
 }
 
@@ -354,15 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> categorical_nade_back
 std::tuple<at::Tensor, at::Tensor> rnade_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
                                                  const at::Tensor& V, const at::Tensor& b, const at::Tensor& order) {
   const int64_t K = check_rnade(W, c, V, b, order);
-  const int64_t D = W.size(1), H = W.size(0);
-  check_defined(x, "x");
-  TORCH_CHECK_VALUE(x.dim() == 2, "x must have shape [B, D], got ", x.sizes());
-  check_shaped(x, "x", W, {x.size(0), D}, "[B, D]");
+  const int64_t D = W.size(1);
+  const int64_t B = check_x_real(x, W, D);
   TORCH_CHECK_VALUE(x.numel() == 0 || x.isfinite().all().item<bool>(), "x must be finite");
-  const int64_t B = x.size(0);
   at::Tensor params = at::empty({B, D, 3, K}, W.options());
   at::Tensor lp = at::empty({B}, W.options());
-  const DensePrep prep = prepare(W.view({H, D, 1}), c, V.view({D, 3 * K, H}), b.view({D, 3 * K}), order, K);
+  const DensePrep prep = prepare_rnade(W, c, V, b, order, K);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "rnade_forward", [&] {
     using T = scalar_t;
     dense_forward<MixtureHead<T>, T, false>(prep.params<T>(), x.data_ptr<T>(), nullptr, nullptr,
@@ -374,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor> rnade_forward(const at::Tensor& x, const at::
 std::tuple<at::Tensor, at::Tensor> rnade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
                                                 const at::Tensor& b, const at::Tensor& order, const at::Tensor& u) {
   const int64_t K = check_rnade(W, c, V, b, order);
-  const int64_t D = W.size(1), H = W.size(0);
+  const int64_t D = W.size(1);
   check_defined(u, "u");
   TORCH_CHECK_VALUE(u.dim() == 3, "u must have shape [n, D, 2], got ", u.sizes());
   check_shaped(u, "u", W, {u.size(0), D, 2}, "[n, D, 2]");
@@ -383,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor> rnade_sample(const at::Tensor& W, const at::T
   at::Tensor x = at::empty({n, D}, W.options());
   at::Tensor params = at::empty({n, D, 3, K}, W.options());
   at::Tensor lp = at::empty({n}, W.options());
-  const DensePrep prep = prepare(W.view({H, D, 1}), c, V.view({D, 3 * K, H}), b.view({D, 3 * K}), order, K);
+  const DensePrep prep = prepare_rnade(W, c, V, b, order, K);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "rnade_sample", [&] {
     using T = scalar_t;
     dense_forward<MixtureHead<T>, T, true>(prep.params<T>(), nullptr, u.data_ptr<T>(), x.data_ptr<T>(),
@@ -398,15 +349,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnade_bac
     const at::Tensor& params) {
   const int64_t K = check_rnade(W, c, V, b, order);
   const int64_t D = W.size(1), H = W.size(0);
-  check_defined(x, "x");
-  TORCH_CHECK_VALUE(x.dim() == 2, "x must have shape [B, D], got ", x.sizes());
-  check_shaped(x, "x", W, {x.size(0), D}, "[B, D]");
-  const int64_t B = x.size(0);
+  const int64_t B = check_x_real(x, W, D);
   check_shaped(grad_log_prob, "grad_log_prob", W, {B}, "[B]");
   check_shaped(params, "params", W, {B, D, 3, K}, "[B, D, 3, K]");
   if (grad_params.has_value() && grad_params->defined())
     check_shaped(*grad_params, "grad_params", W, {B, D, 3, K}, "[B, D, 3, K]");
-  const DensePrep prep = prepare(W.view({H, D, 1}), c, V.view({D, 3 * K, H}), b.view({D, 3 * K}), order, K);
+  const DensePrep prep = prepare_rnade(W, c, V, b, order, K);
   std::vector<at::Tensor> g;
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "rnade_backward", [&] {
     using T = scalar_t;

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .masked_linear_triton import ACT_CODES, _activate
+from .masked_linear_math import ACT_CODES, activate
 from .triton_common import interpreting, next_pow2, softplus
 
 HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
@@ -115,7 +115,7 @@ def _hidden_step(t, a_rows, rows, smask, w_ptr, b_ptr, meta_ptr, ends_ptr, ctxh_
             if HAS_CTX:                              # context joins the first layer before its activation
                 acc += tl.load(ctxh_ptr + rows[:, None] * U0 + ks[None, :],
                                mask=smask[:, None] & umask[None, :] & (l == 0), other=0.0).to(ACC)
-            tl.store(a_rows[:, None] + out_off + ks[None, :], _activate(acc, ACT),
+            tl.store(a_rows[:, None] + out_off + ks[None, :], activate(acc, ACT),
                      mask=smask[:, None] & umask[None, :])
         tl.debug_barrier()                           # the run is read by the next layer's threads
         in_off = out_off

@@ -23,7 +23,8 @@ all-zero tile (zeros stored), no mask for an all-one tile.
 Precision: products accumulate in fp32 (fp64 for fp64 inputs, which gradcheck
 uses); fp32 ``tl.dot`` runs in full fp32 ("ieee", like F.linear with TF32 off)
 unless ``input_precision`` says "tf32x3"/"tf32"; fp16/bf16 results are rounded
-once at the store. ``tile_counts`` (a dict) makes the kernels count the tiles
+once at the store. The per-element math (mask test, activations, dot, store) is
+``masked_linear_math.py``, shared with the MADE sampler. ``tile_counts`` (a dict) makes the kernels count the tiles
 they compute (atomics; for tests and benchmarks).
 """
 from __future__ import annotations
@@ -32,79 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .masked_linear_math import ACT_CODES, activate, activation_grad, connected, mma, to_out
 from .triton_common import interpreting, next_pow2
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}  # as csrc/masked_linear_math.h
 PRECISIONS = ("ieee", "tf32x3", "tf32")  # tl.dot input_precision of fp32 inputs
-
-
-# ---------------------------------------------------------------------------
-# Device helpers
-# ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _connected(dout, din, STRICT: tl.constexpr):
-    """The mask test of csrc/masked_linear_math.h (``ml::connected``)."""
-    if STRICT:
-        return dout > din
-    else:
-        return dout >= din
-
-
-@triton.jit
-def _expm1(v):
-    """exp(v) - 1 to full precision near 0 (Kahan: (u - 1) * v / log(u))."""
-    u = tl.exp(v)
-    um1 = u - 1.0
-    small = (u == 1.0) | (um1 == -1.0)
-    return tl.where(small, tl.where(u == 1.0, v, um1), um1 * (v / tl.log(tl.where(small, 2.0, u))))
-
-
-@triton.jit
-def _activate(v, ACT: tl.constexpr):
-    if ACT == 1:
-        v = tl.maximum(v, 0.0)
-    elif ACT == 2:
-        v = tl.where(v > 0.0, v, _expm1(tl.minimum(v, 0.0)))
-    elif ACT == 3:  # tanh = -expm1(-2|v|) / (2 + expm1(-2|v|)), no overflow
-        e = _expm1(-2.0 * tl.abs(v))
-        t = -e / (2.0 + e)
-        v = tl.where(v < 0.0, -t, t)
-    return v
-
-
-@triton.jit
-def _activation_grad(y, ACT: tl.constexpr):
-    """d act / d pre-activation (ACT > 0) from the output y (``ml::activation_grad_from_output``)."""
-    if ACT == 1:
-        return tl.where(y > 0.0, 1.0, 0.0)
-    elif ACT == 2:
-        return tl.where(y > 0.0, 1.0, y + 1.0)
-    else:
-        return 1.0 - y * y
-
-
-@triton.jit
-def _mma(a, b, acc, ACC: tl.constexpr, PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr):
-    """``acc + a @ b``. INTERP_BF16 (interpreter + bf16 only): its ``tl.dot`` multiplies the raw
-    bf16 bit patterns (triton-lang/triton#11584), so the exact fp32 values go in instead."""
-    if INTERP_BF16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
-    else:
-        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
-
-
-@triton.jit
-def _to_out(v, ptr, INTERP_BF16: tl.constexpr):
-    """``v`` in ``ptr``'s element type. INTERP_BF16: the interpreter converts fp32 to bf16 by
-    truncation (a bias that grows through the backward's sums); round to nearest even first,
-    as the GPU's conversion does."""
-    if INTERP_BF16:  # normal numbers only (its converter mishandles fp32 subnormals)
-        bits = v.to(tl.uint32, bitcast=True)
-        v = tl.where(tl.abs(v) >= 1.2e-38, (bits + 0x7FFF + ((bits >> 16) & 1)).to(tl.float32, bitcast=True), v)
-    return v.to(ptr.dtype.element_ty)
 
 
 # ---------------------------------------------------------------------------
@@ -134,20 +67,20 @@ def _ml_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, in_deg_ptr, out_deg_ptr, reach
         k_ok = (k0 + rk) < K
         xt = tl.load(x_ptrs + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         wt = tl.load(w_ptrs + k0, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = _mma(xt, wt, acc, ACC, PRECISION, INTERP_BF16)
+        acc = mma(xt, wt, acc, ACC, PRECISION, INTERP_BF16)
         n_one += 1
     for k0 in range(k_full, k_hi, BLOCK_K):                     # mixed tiles; beyond k_hi: all zero
         k_ok = (k0 + rk) < K
         in_deg = tl.load(in_deg_ptr + k0 + rk, mask=k_ok, other=0)
-        keep = _connected(out_deg[None, :], in_deg[:, None], STRICT) & k_ok[:, None] & n_ok[None, :]
+        keep = connected(out_deg[None, :], in_deg[:, None], STRICT) & k_ok[:, None] & n_ok[None, :]
         xt = tl.load(x_ptrs + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         wt = tl.load(w_ptrs + k0, mask=keep, other=0.0)
-        acc = _mma(xt, wt, acc, ACC, PRECISION, INTERP_BF16)
+        acc = mma(xt, wt, acc, ACC, PRECISION, INTERP_BF16)
         n_mixed += 1
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
-    acc = _activate(acc, ACT)
-    tl.store(y_ptr + rm[:, None] * N + rn[None, :], _to_out(acc, y_ptr, INTERP_BF16),
+    acc = activate(acc, ACT)
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], to_out(acc, y_ptr, INTERP_BF16),
              mask=m_ok[:, None] & n_ok[None, :])
     if COUNT:
         tl.atomic_add(count_ptr, n_one)
@@ -164,9 +97,9 @@ def _ml_dact_kernel(dy_ptr, y_ptr, g_ptr, dbp_ptr, B, N, ACT: tl.constexpr, STOR
     offs = rm[:, None] * N + rn[None, :]
     g = tl.load(dy_ptr + offs, mask=ok, other=0.0).to(ACC)
     if ACT != 0:
-        g = g * _activation_grad(tl.load(y_ptr + offs, mask=ok, other=0.0).to(ACC), ACT)
+        g = g * activation_grad(tl.load(y_ptr + offs, mask=ok, other=0.0).to(ACC), ACT)
     if STORE_G:
-        tl.store(g_ptr + offs, _to_out(g, g_ptr, INTERP_BF16), mask=ok)
+        tl.store(g_ptr + offs, to_out(g, g_ptr, INTERP_BF16), mask=ok)
     if HAS_DB:
         tl.store(dbp_ptr + tl.program_id(0) * N + rn, tl.sum(g, axis=0), mask=rn < N)
 
@@ -193,18 +126,18 @@ def _ml_dx_kernel(g_ptr, w_ptr, dx_ptr, in_deg_ptr, out_deg_ptr, col_start_ptr, 
     for n0 in range(n_lo, tl.minimum(n_full, N), BLOCK_N):      # mixed tiles (rows below n_lo: zero)
         n_ok = (n0 + rn) < N
         out_deg = tl.load(out_deg_ptr + n0 + rn, mask=n_ok, other=0)
-        keep = _connected(out_deg[:, None], in_deg[None, :], STRICT) & n_ok[:, None] & k_ok[None, :]
+        keep = connected(out_deg[:, None], in_deg[None, :], STRICT) & n_ok[:, None] & k_ok[None, :]
         gt = tl.load(g_ptrs + n0, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
         wt = tl.load(w_ptrs + tl.cast(n0, tl.int64) * K, mask=keep, other=0.0)
-        acc = _mma(gt, wt, acc, ACC, PRECISION, INTERP_BF16)
+        acc = mma(gt, wt, acc, ACC, PRECISION, INTERP_BF16)
         n_mixed += 1
     for n0 in range(n_full, N, BLOCK_N):                        # all-one tiles: no compare
         n_ok = (n0 + rn) < N
         gt = tl.load(g_ptrs + n0, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
         wt = tl.load(w_ptrs + tl.cast(n0, tl.int64) * K, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = _mma(gt, wt, acc, ACC, PRECISION, INTERP_BF16)
+        acc = mma(gt, wt, acc, ACC, PRECISION, INTERP_BF16)
         n_one += 1
-    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], _to_out(acc, dx_ptr, INTERP_BF16),
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], to_out(acc, dx_ptr, INTERP_BF16),
              mask=m_ok[:, None] & k_ok[None, :])
     if COUNT:
         tl.atomic_add(count_ptr, n_one)
@@ -232,12 +165,12 @@ def _ml_dw_kernel(g_ptr, x_ptr, dw_ptr, in_deg_ptr, out_deg_ptr, reach_ptr, coun
         b_ok = (b0 + rb) < B
         gt = tl.load(g_ptrs + tl.cast(b0, tl.int64) * N, mask=n_ok[:, None] & b_ok[None, :], other=0.0)
         xt = tl.load(x_ptrs + tl.cast(b0, tl.int64) * K, mask=b_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = _mma(gt, xt, acc, ACC, PRECISION, INTERP_BF16)
+        acc = mma(gt, xt, acc, ACC, PRECISION, INTERP_BF16)
     if r_first < k_end:
         out_deg = tl.load(out_deg_ptr + rn, mask=n_ok, other=0)
         in_deg = tl.load(in_deg_ptr + rk, mask=k_ok, other=0)
-        acc = tl.where(_connected(out_deg[:, None], in_deg[None, :], STRICT), acc, 0.0)
-    tl.store(dw_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], _to_out(acc, dw_ptr, INTERP_BF16),
+        acc = tl.where(connected(out_deg[:, None], in_deg[None, :], STRICT), acc, 0.0)
+    tl.store(dw_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], to_out(acc, dw_ptr, INTERP_BF16),
              mask=n_ok[:, None] & k_ok[None, :])
     if COUNT:
         tl.atomic_add(count_ptr, (r_first >= k_end).to(tl.int32))
@@ -362,7 +295,7 @@ def _check(x, w, bias, in_deg, out_deg, strict, activation, reach, col_start, in
 
 
 def _numerics(dtype, input_precision):
-    """Constexprs ACC (accumulator type), PRECISION (of fp32 dots), INTERP_BF16 (_mma, _to_out)."""
+    """Constexprs ACC (accumulator type), PRECISION (of fp32 dots), INTERP_BF16 (mma, to_out)."""
     return dict(ACC=tl.float64 if dtype == torch.float64 else tl.float32,
                 PRECISION=input_precision if dtype == torch.float32 else "ieee",
                 INTERP_BF16=interpreting() and dtype == torch.bfloat16)
