@@ -21,6 +21,7 @@ BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 _KERNELS: dict[str, set] = {}
+_DTYPES: dict[tuple, tuple] = {}  # (op, backend) -> the parameter dtypes its kernels take (absent: any float)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -40,11 +41,18 @@ class BackendStatus:
         return f"{self.name}: {state} ({self.reason}); ops: {ops}"
 
 
-def register_kernel(op: str, backend: str) -> None:
-    """Declare that ``backend`` implements ``op`` (called by kernel modules at import)."""
+def register_kernel(op: str, backend: str, dtypes=None) -> None:
+    """Declare that ``backend`` implements ``op`` (called by kernel modules at import),
+    for parameters of the floating ``dtypes`` given (None: every floating dtype)."""
     if backend not in BACKENDS or backend == "reference":
         raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
     _KERNELS.setdefault(op, set()).add(backend)
+    if dtypes is not None:
+        _DTYPES[(op, backend)] = tuple(dtypes)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _platform_status(name: str) -> tuple:
@@ -111,8 +119,9 @@ def check_backend(backend, op: str) -> str:
     return backend
 
 
-def _why_not(name: str, op: str, device: torch.device):
-    """None if ``name`` can run ``op`` on ``device``, else the reason it cannot."""
+def _why_not(name: str, op: str, device: torch.device, dtype=None):
+    """None if ``name`` can run ``op`` on ``device`` (for ``dtype`` parameters, when given),
+    else the reason it cannot."""
     if name == "reference":
         return None
     ok, why = _platform_status(name)
@@ -126,20 +135,26 @@ def _why_not(name: str, op: str, device: torch.device):
         return f"backend 'cuda' runs on CUDA tensors, got {device}"
     if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)"
+    takes = _DTYPES.get((op, name))
+    if dtype is not None and takes is not None and dtype not in takes:
+        return (f"backend {name!r} has no {_dtype_name(dtype)} kernel for {op} "
+                f"(it takes {', '.join(map(_dtype_name, takes))})")
     return None
 
 
-def resolve_backend(backend: str, op: str, device: torch.device) -> str:
-    """The backend that will run ``op`` for tensors on ``device``.
+def resolve_backend(backend: str, op: str, device: torch.device, dtype=None) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
-    ``auto`` picks the fastest one available (see ``AUTO_ORDER``), ending at
-    ``reference``; an explicit name that cannot run raises with the reason.
+    ``auto`` picks the fastest one available (see ``AUTO_ORDER``) that takes
+    ``dtype``, ending at ``reference``; an explicit name that cannot run raises
+    with the reason (a dtype it does not take is left to the op, whose
+    ``TypeError`` names the argument).
     """
     check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("reference",)):
-            if _why_not(name, op, device) is None:
+            if _why_not(name, op, device, dtype) is None:
                 return name
         return "reference"
     why = _why_not(backend, op, device)
@@ -148,11 +163,12 @@ def resolve_backend(backend: str, op: str, device: torch.device) -> str:
     return backend
 
 
-def explain(op: str, device="cpu") -> str:
-    """One line per backend saying whether it would run ``op`` on ``device`` and why not."""
+def explain(op: str, device="cpu", dtype=None) -> str:
+    """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
+    parameters, when given) and why not."""
     device = torch.device(device)
     lines = []
     for name in BACKENDS:
-        why = _why_not(name, op, device)
+        why = _why_not(name, op, device, dtype)
         lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
     return "\n".join(lines)

@@ -43,3 +43,25 @@ def test_auto_says_which_backend_ran(monkeypatch):
 
 def test_reference_backend_never_unavailable():
     assert _backend.resolve_backend("reference", "anything", torch.device("cpu")) == "reference"
+
+
+@pytest.mark.skipif(_backend._why_not("cpp", "nade", torch.device("cpu")) is not None, reason="no cpp backend here")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_skips_backends_without_kernels_for_the_dtype(dtype):
+    """cpp has float32/float64 NADE kernels and samplers: ``auto`` runs the reference for
+    half precision on the CPU and says why; an explicit cpp names the argument."""
+    for model in (af.NADE(4, 3, backend="auto", dtype=dtype), af.CategoricalNADE(4, 3, 3, backend="auto", dtype=dtype),
+                  af.RNADE(4, 3, 2, backend="auto", dtype=dtype)):
+        x = model.sample(2)
+        assert model.last_backend == "reference"
+        assert model.log_prob(x).dtype == dtype and model.last_backend == "reference"
+    made = af.MADE(4, [8], backend="auto", dtype=dtype)
+    made.log_prob(torch.ones(2, 4, dtype=dtype))  # the masked layers take half precision
+    assert made.last_backend == "cpp"
+    assert made.sample(2).dtype == dtype and made.last_backend == "reference"
+    assert f"cpp: no - backend 'cpp' has no {str(dtype)[6:]} kernel for nade" in af.explain("nade", "cpu", dtype)
+    assert "cpp: yes" in af.explain("nade", "cpu", torch.float32)
+    with pytest.raises(TypeError, match="W must be float32 or float64"):
+        af.NADE(4, 3, backend="cpp", dtype=dtype).log_prob(torch.zeros(2, 4, dtype=dtype))
+    with pytest.raises(TypeError, match="cpp MADE sampler takes float32/float64"):
+        af.MADE(4, [8], backend="cpp", dtype=dtype).sample(2)

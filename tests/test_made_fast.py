@@ -283,3 +283,94 @@ def test_made_sample_names_bad_noise_and_K(backend):
     with pytest.raises(ValueError, match="K"):  # the affine flow inverse has one Gaussian per dimension
         made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="affine",
                              K=2, backend=backend)
+
+
+@backends
+def test_inverse_gradients_match_reference(backend):
+    """The fast inverse is one pass forward; its gradients (implicit differentiation) equal the
+    reference's autograd through its D passes, for z, context and every parameter."""
+    ref, fast = pair("gaussian-flow", backend)
+    z, ctx = data(ref, 6)
+    grads = []
+    for model in (ref, fast):
+        zz, cc = z.clone().requires_grad_(), ctx.clone().requires_grad_()
+        x, logdet = model.inverse(zz, cc)
+        assert x.requires_grad and logdet.requires_grad
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+        loss = (w * x).sum() + (x ** 2).sum() + 0.7 * logdet.sum()
+        grads.append(torch.autograd.grad(loss, [zz, cc] + list(model.parameters()), allow_unused=True))
+    for name, gr, gf in zip(["z", "context"] + [n for n, _ in ref.named_parameters()], *grads):
+        assert (gr is None) == (gf is None), name
+        if gr is not None:
+            torch.testing.assert_close(gf, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"d{name}: {m}")
+    with torch.no_grad():  # no graph: the one-pass sampler alone
+        x, _ = fast.inverse(z, ctx)
+    assert not x.requires_grad
+
+
+@backends
+def test_inverse_gradient_gradcheck(backend):
+    _, fast = pair("gaussian-flow", backend, D=4)
+    z, ctx = data(fast, 3)
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda z_: fast.inverse(z_, ctx), (z,), eps=1e-6, atol=1e-7)
+
+
+@backends
+@pytest.mark.parametrize("out, K", [("bernoulli", None), ("categorical", 3), ("gaussian", 2)])
+def test_empty_batch(backend, out, K):
+    fast = af.MADE(5, [8], out=out, K=K, backend=backend)
+    x = torch.zeros(0, fast.D, dtype=torch.long if out == "categorical" else fast.dtype)
+    lp = fast.log_prob(x)
+    assert lp.shape == (0,)
+
+
+@backends
+@pytest.mark.parametrize("name", ["bernoulli-direct-context-masks", "categorical-direct", "gaussian-flow"])
+def test_functional_made_sample_reference_and_auto(backend, name):
+    """ops.made.made_sample takes backend="reference" (the D-pass oracle) and "auto"."""
+    ref, fast = pair(name, backend)
+    hidden, output, direct, ctx_w = fast._layer_args()
+    n = 5
+    head = "affine" if name == "gaussian-flow" else fast.out
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(n, fast.D, generator=g, dtype=torch.float64) if head == "affine" else \
+        torch.rand((n, fast.D) + fast.uniform_trailing, generator=g, dtype=torch.float64)
+    ctx = None if fast.context_dim == 0 else torch.randn(n, fast.context_dim, generator=g, dtype=torch.float64)
+    args = (hidden, output, fast.order, noise, head, None if head == "affine" else fast.K, fast.activation,
+            direct, ctx, ctx_w)
+    xr, lr = made_ops.made_sample(*args, backend="reference")
+    xf, lf = made_ops.made_sample(*args, backend=backend)
+    xa, la = made_ops.made_sample(*args, backend="auto")
+    if head == "affine":
+        want = ref.inverse(noise, ctx)
+    else:
+        want = ref.sample(n, u=noise, context=ctx, return_log_prob=True)
+    for x, lp in ((xr, lr), (xf, lf), (xa, la)):
+        torch.testing.assert_close(x, want[0])
+        torch.testing.assert_close(lp, want[1])
+
+
+@backends
+def test_functional_made_checks_backend_and_uniforms(backend):
+    _, fast = pair("bernoulli", backend)
+    hidden, output, _, _ = fast._layer_args()
+    x = torch.ones(2, fast.D, dtype=torch.float64)
+    torch.testing.assert_close(made_ops.made_forward(x, hidden, output, backend="auto"),
+                               made_ops.made_forward(x, hidden, output, backend="reference"))
+    with pytest.raises(ValueError, match="backend"):
+        made_ops.made_forward(x, hidden, output, backend="bogus")
+    with pytest.raises(ValueError, match="backend"):
+        made_ops.made_sample(hidden, output, fast.order, torch.rand(2, fast.D, dtype=torch.float64),
+                             backend="bogus")
+    for bad in (float("nan"), -0.5, 1.5):
+        u = torch.full((2, fast.D), bad, dtype=torch.float64)
+        with pytest.raises(ValueError, match="noise must hold uniforms"):
+            made_ops.made_sample(hidden, output, fast.order, u, backend=backend)
+        w, b, din, _ = output
+        with pytest.raises(ValueError, match="u must hold uniforms"):
+            made_ops.fvsbn_sample(w[:fast.D, :fast.D].contiguous(), b[:fast.D], torch.arange(1, fast.D + 1),
+                                  fast.order, u, backend=backend)
+    z = torch.full((2, fast.D), float("inf"), dtype=torch.float64)
+    with pytest.raises(ValueError, match="noise must be finite"):
+        made_ops.made_sample(hidden, output, fast.order, z, head="affine", backend=backend)

@@ -15,7 +15,6 @@ import torch
 
 import armodel_fast as af
 from armodel_fast import _backend
-from armodel_fast.ops import made as made_ops
 from armodel_fast.ops import masked_linear as ml_ops
 
 HAS_TRITON_HERE = _backend._why_not("triton", "made", torch.device("cpu")) is None

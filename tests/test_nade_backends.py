@@ -1,5 +1,6 @@
 """The NADE modules with every kernel backend that can run here, against the reference module:
-log-probs, every parameter gradient (and dx for RNADE), samples from the same uniforms.
+log-probs, every parameter gradient (and dx, for binary NADE and RNADE), samples from the
+same uniforms.
 
 On a machine without a GPU the Triton kernels run under the interpreter on CPU
 tensors (small shapes); on a GPU the ``gpu``-marked cases run Triton and CUDA on
@@ -58,14 +59,14 @@ def test_module_backend_matches_reference(backend, device, dtype, name, build, B
         ref.to(dtype), fast.to(dtype)
     x = _x(name, B, D, device, dtype)
     xr = x.float() if dtype == torch.bfloat16 and name != "categorical_nade" else x
-    xf = x.clone().requires_grad_() if name == "rnade" else x
-    xrr = xr.clone().requires_grad_() if name == "rnade" else xr
+    xf = x.clone().requires_grad_() if name != "categorical_nade" else x
+    xrr = xr.clone().requires_grad_() if name != "categorical_nade" else xr
     lp, lr = fast.log_prob(xf), ref.log_prob(xrr)
     assert fast.last_backend == backend
     tol = TOL[dtype] * max(D, 1)
     torch.testing.assert_close(lp.float(), lr.float(), rtol=TOL[dtype], atol=tol)
-    inputs_f = list(fast.parameters()) + ([xf] if name == "rnade" else [])
-    inputs_r = list(ref.parameters()) + ([xrr] if name == "rnade" else [])
+    inputs_f = list(fast.parameters()) + ([xf] if name != "categorical_nade" else [])
+    inputs_r = list(ref.parameters()) + ([xrr] if name != "categorical_nade" else [])
     gf = torch.autograd.grad(lp.sum(), inputs_f, allow_unused=True)
     gr = torch.autograd.grad(lr.sum(), inputs_r, allow_unused=True)
     for (pname, _), a, b in zip(list(fast.named_parameters()) + [("x", None)], gf, gr):
@@ -100,8 +101,8 @@ def test_gradient_through_the_outputs(backend, device, dtype, name, build):
     fast.load_state_dict(ref.state_dict())
     fast.set_backend(backend)
     x = _x(name, B, D, device, dtype)
-    xf = x.clone().requires_grad_() if name == "rnade" else x
-    xr = x.clone().requires_grad_() if name == "rnade" else x
+    xf = x.clone().requires_grad_() if name != "categorical_nade" else x
+    xr = x.clone().requires_grad_() if name != "categorical_nade" else x
     w = torch.randn(B, device=device, dtype=dtype)
     for both in (False, True):
         grads = []
@@ -109,7 +110,7 @@ def test_gradient_through_the_outputs(backend, device, dtype, name, build):
             lp, out = model._log_prob_and_params(model._check_x(xx))
             gout = torch.linspace(-1, 1, out.numel(), device=device, dtype=dtype).reshape(out.shape)
             loss = (out * gout).sum() + ((lp * w).sum() if both else 0)
-            inputs = list(model.parameters()) + ([xx] if name == "rnade" else [])
+            inputs = list(model.parameters()) + ([xx] if name != "categorical_nade" else [])
             grads.append(torch.autograd.grad(loss, inputs, allow_unused=True))
         assert fast.last_backend == backend
         for pname, a, b in zip([n for n, _ in fast.named_parameters()] + ["x"], *grads):

@@ -1,5 +1,4 @@
 """Whole-model check: probabilities of every configuration sum to 1 (DESIGN.md section 6)."""
-import math
 
 import pytest
 import torch

@@ -40,9 +40,10 @@ class AutoregressiveModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._param().dtype
 
-    def _resolve(self) -> str:
-        """Pick the backend for this call and remember it in ``last_backend``."""
-        self.last_backend = resolve_backend(self.backend, self.op, self.device)
+    def _resolve(self, op: str = "") -> str:
+        """Pick the backend for this call (of ``op``, default ``self.op``; ``auto`` takes one
+        with kernels for the parameters' dtype) and remember it in ``last_backend``."""
+        self.last_backend = resolve_backend(self.backend, op or self.op, self.device, self.dtype)
         return self.last_backend
 
     def uniforms_shape(self, n: int) -> tuple:

@@ -47,7 +47,7 @@ class FVSBN(AutoregressiveModel):
     def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
         """Draw n samples from uniforms ``u [n, D]`` (``x_d = 1{u_d < p_d}``)."""
         u = self._uniforms(n, u, generator)
-        backend = self._resolve()
+        backend = self._resolve("made_sample")
         if backend != "reference":  # one pass over the weights (ops.made.made_sample)
             from ..ops import made as fast
             x, lp = fast.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees, self.order, u,

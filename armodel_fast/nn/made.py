@@ -139,7 +139,7 @@ class MADE(AutoregressiveModel):
 
     def _encode(self, x):
         if self.out == "categorical":
-            return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], -1)
+            return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], self.D * self.K)
         return x
 
     def _layer_args(self):
@@ -161,11 +161,9 @@ class MADE(AutoregressiveModel):
                                     backend=backend)
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
-    def _fast_sample(self, noise, context, head):
-        """One-pass sampler of the resolved backend (ops.made.made_sample), or None for the reference."""
-        backend = self._resolve()
-        if backend == "reference":
-            return None
+    def _sample_with(self, backend, noise, context, head):
+        """``ops.made.made_sample`` of ``backend``: one pass over the weights, or D passes
+        (``reference``). No gradients (see :meth:`inverse`)."""
         from ..ops import made as fast
         hidden, output, direct, ctx_w = self._layer_args()
         return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
@@ -202,27 +200,12 @@ class MADE(AutoregressiveModel):
         return ref.made_ensemble_log_prob(lps)
 
     # ---- sampling and flows -------------------------------------------------
-    def _draw(self, p, u):
-        if self.out == "bernoulli":
-            return heads.bernoulli_sample(p, u)
-        if self.out == "categorical":
-            return heads.categorical_sample(p, u)
-        return heads.gaussian_mixture_sample(*p, u)
-
     def sample(self, n: int, u=None, generator=None, context=None, return_log_prob: bool = False):
         """Draw n samples; ``u [n, D]`` or ``[n, D, 2]``. The reference runs D forward passes,
         the fast backends one pass over the weights (every hidden unit computed once)."""
         u = self._uniforms(n, u, generator)
         context = check_context(context, n, self.context_dim, self.device, self.dtype)
-        x0 = torch.zeros(n, self.D, device=self.device,
-                         dtype=torch.long if self.out == "categorical" else self.dtype)
-        fast = self._fast_sample(u, context, self.out)
-        if fast is not None:
-            x, lp = fast
-        else:
-            with torch.no_grad():
-                x, lp = ref.sample_by_passes(lambda x: self._params(x, context), self._draw,
-                                             self._head_log_prob, self.order, x0, u)
+        x, lp = self._sample_with(self._resolve("made_sample"), u, context, self.out)
         return (x, lp) if return_log_prob else x
 
     @property
@@ -241,24 +224,70 @@ class MADE(AutoregressiveModel):
 
     def inverse(self, z: torch.Tensor, context=None):
         """z [B, D] -> (x [B, D], log|det dx/dz| [B]): x_d = mu_d + sigma_d z_d, step by step
-        (D forward passes in the reference, one pass over the weights with a fast backend)."""
+        (D forward passes in the reference, one pass over the weights with a fast backend).
+        Differentiable w.r.t. z, context and the parameters with every backend (fast
+        backends: by implicit differentiation, see ``_FastInverse``)."""
         self._check_flow()
         check_tensor("z", z)
         z = check_real_x(z, self.D, self.device, self.dtype, name="z")
         context = check_context(context, z.shape[0], self.context_dim, self.device, self.dtype)
-        fast = self._fast_sample(z, context, "affine")
-        if fast is not None:
-            return fast
-        x = torch.zeros_like(z)
-        logdet = z.new_zeros(z.shape[0])
-        for d in self.order.tolist():
-            _, mu, ls = self._params(x, context)
-            x = x.clone()
-            x[:, d] = ref.gaussian_inverse_step(mu[:, d, 0], ls[:, d, 0], z[:, d])
-            logdet = logdet + ls[:, d, 0]
-        return x, logdet
+        backend = self._resolve("made_sample")
+        if backend == "reference":
+            hidden, output, direct, ctx_w = self._layer_args()
+            return ref.made_sample(hidden, output, self.order, z, "affine", None, self.activation, direct, context,
+                                   ctx_w)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and (z.requires_grad or params or (context is not None and context.requires_grad)):
+            return _FastInverse.apply(self, backend, z, context, *params)
+        return self._sample_with(backend, z, context, "affine")
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, hidden={self.hidden}, num_masks={self.num_masks}, out={self.out!r}, "
                 f"K={self.K}, direct={self.direct is not None}, context_dim={self.context_dim}, "
                 f"backend={self.backend!r}")
+
+
+class _FastInverse(torch.autograd.Function):
+    """``MADE.inverse`` by a one-pass sampler, with gradients by implicit differentiation.
+
+    x* solves ``x = G(x) = mu(x) + exp(log_sigma(x)) * z`` and ``logdet = sum log_sigma(x*)``.
+    For upstream (gx, gl): ``v = gx + gl * d logdet/dx``, then ``w = v + (dG/dx)^T w`` (``w^T =
+    v^T (I - dG/dx)^{-1}``), solved by iterating from ``w = v``: exact after at most D rounds,
+    since dG/dx is strictly triangular in the order (each round one backward pass through
+    MADE; the loop stops when w no longer changes). Then ``d/d(z, context, params) =
+    w^T dG/d(.) + gl * d logdet/d(.)``. The forward costs one pass over the weights; the
+    backward about as much as the reference's D-pass graph.
+    """
+
+    @staticmethod
+    def forward(ctx, model, backend, z, context, *params):
+        ctx.model = model
+        x, logdet = model._sample_with(backend, z, context, "affine")
+        ctx.save_for_backward(z, context, x, *params)
+        return x, logdet
+
+    @staticmethod
+    def backward(ctx, gx, gl):
+        model = ctx.model
+        z, context, x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            xs = x.detach().requires_grad_()
+            zz = z.detach().requires_grad_()
+            cc = None if context is None else context.detach().requires_grad_()
+            _, mu, ls = model._params(xs, cc)
+            G = mu[..., 0] + torch.exp(ls[..., 0]) * zz
+            logdet = ls[..., 0].sum(-1)
+            gx = torch.zeros_like(x) if gx is None else gx
+            gl = torch.zeros_like(logdet) if gl is None else gl
+            v = gx + torch.autograd.grad(logdet, xs, gl, retain_graph=True)[0]
+            w = v
+            for _ in range(model.D):
+                w_next = v + torch.autograd.grad(G, xs, w, retain_graph=True)[0]
+                if torch.equal(w_next, w):
+                    break
+                w = w_next
+            inputs = [zz] + ([] if cc is None else [cc]) + list(params)
+            grads = list(torch.autograd.grad([G, logdet], inputs, [w, gl], allow_unused=True))
+        dz = grads.pop(0)
+        dctx = None if cc is None else grads.pop(0)
+        return (None, None, dz, dctx, *grads)

@@ -53,7 +53,7 @@ def register_cpp(model: str) -> None:
     """Declare the cpp backend of ``model`` if the loaded extension has its kernels."""
     ext = _ext.get_ext()
     if ext is not None and all(hasattr(ext, f"{model}_{s}") for s in STAGES):
-        register_kernel(model, "cpp")
+        register_kernel(model, "cpp", CPP_DTYPES)
 
 
 def compiling() -> bool:
@@ -61,16 +61,17 @@ def compiling() -> bool:
 
 
 @torch.compiler.assume_constant_result
-def _auto_backend(model: str, device_type: str) -> str:
+def _auto_backend(model: str, device_type: str, dtype: torch.dtype) -> str:
     """What ``auto`` resolves to; evaluated once at trace time under ``torch.compile``."""
-    return resolve_backend("auto", model, torch.device(device_type))
+    return resolve_backend("auto", model, torch.device(device_type), dtype)
 
 
-def pick_backend(backend, model: str, device: torch.device) -> str:
-    """``auto`` or an explicit name -> the backend that runs (explicit ones must be available)."""
+def pick_backend(backend, model: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto`` or an explicit name -> the backend that runs (explicit ones must be available;
+    ``auto`` takes the first that has kernels for ``dtype`` parameters)."""
     if compiling():  # the registry lookups stay out of the graph: explicit names as given, auto a constant
-        return _auto_backend(model, device.type) if backend == "auto" else backend
-    return resolve_backend(check_backend_name(backend), model, device)
+        return _auto_backend(model, device.type, dtype) if backend == "auto" else backend
+    return resolve_backend(check_backend_name(backend), model, device, dtype)
 
 
 def check_tensor(name: str, t) -> Tensor:
@@ -140,11 +141,12 @@ def check_return_logits(flag) -> bool:
     return flag
 
 
-def attach_autograd(forward_op, backward_op, x_has_grad: bool) -> None:
+def attach_autograd(forward_op, backward_op, x_has_grad: bool, backward_with_dx=None) -> None:
     """Autograd of a NADE forward op ``(x, W, c, V, b, order, backend) -> (log_prob, outputs)``.
 
     ``backward_op(grad_log_prob, grad_outputs or None, x, W, c, V, b, order, outputs, backend)``
-    returns ``(dW, dc, dV, db)``, plus ``dx`` last when ``x_has_grad`` (RNADE).
+    returns ``(dW, dc, dV, db)``, plus ``dx`` last when ``x_has_grad`` (RNADE). Otherwise,
+    when x itself needs a gradient, ``backward_with_dx`` (same arguments) returns all five.
     """
     def setup_context(ctx, inputs, output):
         x, W, c, V, b, order, backend = inputs
@@ -155,10 +157,12 @@ def attach_autograd(forward_op, backward_op, x_has_grad: bool) -> None:
         x, W, c, V, b, order, outputs = ctx.saved_tensors
         if grad_log_prob is None:
             grad_log_prob = outputs.new_zeros(outputs.shape[0])
-        grads = backward_op(grad_log_prob.contiguous(), None if grad_outputs is None else grad_outputs.contiguous(),
-                            x, W, c, V, b, order, outputs, ctx.backend)
-        dx = grads[4] if x_has_grad else None
         need = ctx.needs_input_grad
+        with_dx = x_has_grad or (need[0] and backward_with_dx is not None)
+        grads = (backward_op if x_has_grad or not with_dx else backward_with_dx)(
+            grad_log_prob.contiguous(), None if grad_outputs is None else grad_outputs.contiguous(),
+            x, W, c, V, b, order, outputs, ctx.backend)
+        dx = grads[4] if with_dx else None
         return tuple(g if need[i] else None for i, g in enumerate((dx,) + tuple(grads[:4]))) + (None, None)
 
     forward_op.register_autograd(backward, setup_context=setup_context)

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 from typing import Callable
 
+import torch
 
 from .. import _ext
 from .._backend import BackendUnavailableError, register_kernel
@@ -57,8 +58,8 @@ def register() -> None:
         for stage in _c.STAGES:
             _c._KERNELS[(model, stage)]["triton"] = _triton(model, stage)
             _c._KERNELS[(model, stage)]["cuda"] = _cuda(model, stage)
-        if has_triton:
-            register_kernel(model, "triton")
+        if has_triton:  # fp32/fp16/bf16 (kernels/triton_common.py PARAM_DTYPES); not imported here
+            register_kernel(model, "triton", (torch.float32, torch.float16, torch.bfloat16))
         if cuda_ext is not None and hasattr(cuda_ext, "nade_forward"):
             register_kernel(model, "cuda")
 

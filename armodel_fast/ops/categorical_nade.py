@@ -70,7 +70,7 @@ def _check(W, c, V, b, order, backend):
     H, D, K = W.shape
     _c.check_params(W, c, V, b, {"W": (H, D, K), "c": (H,), "V": (D, K, H), "b": (D, K)},
                     {"W": "[H, D, K]", "c": "[H]", "V": "[D, K, H]", "b": "[D, K]"})
-    backend = _c.pick_backend(backend, _MODEL, W.device)
+    backend = _c.pick_backend(backend, _MODEL, W.device, W.dtype)
     _c.check_backend_dtype(backend, W)
     return D, K, _c.order_arg(order, D), backend
 

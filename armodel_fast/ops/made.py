@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _ext
-from .._backend import register_kernel
+from .._backend import check_backend_name, register_kernel, resolve_backend
+from .._validate import check_real_x, check_uniforms
 from ..reference import heads as _heads
 from ..reference import made as _ref
 from ..reference.made import ACTIVATIONS as _REF_ACT
@@ -32,6 +33,7 @@ from . import masked_linear as _ml
 from .masked_linear import ACTIVATIONS, masked_linear, prepare
 
 HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
+CPP_SAMPLE_DTYPES = (torch.float32, torch.float64)
 
 
 def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
@@ -40,8 +42,13 @@ def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu
 
     Between layers the hidden units stay in degree-sorted order (one layer's
     out_degrees are the next one's in_degrees, so both sort the same way): x is
-    gathered once and the outputs scattered once, not at every layer.
+    gathered once and the outputs scattered once, not at every layer. ``backend``:
+    ``"cpp"``, ``"triton"``, ``"cuda"``, ``"reference"`` or ``"auto"``.
     """
+    if not torch.compiler.is_compiling():  # models pass a resolved name while tracing
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        backend = resolve_backend(check_backend_name(backend), "made", x.device, output_layer[0].dtype)
     if backend == "reference":
         return _ref.made_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
     layers = list(hidden_layers) + [output_layer]
@@ -72,6 +79,7 @@ def _chains(out_degrees: Tensor, next_in_degrees: Tensor) -> bool:
 
 
 def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backend: str = "cpp") -> Tensor:
+    """FVSBN logits [B, D]: one strictly masked linear layer (DESIGN.md section 1)."""
     return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)
 
 
@@ -97,6 +105,10 @@ def _check_sample_args(output_layer, order, noise, head: str, K, context) -> Non
     weight = output_layer[0]
     if noise.device != weight.device:
         raise ValueError(f"noise is on {noise.device} but the weights are on {weight.device}")
+    if head == "affine":
+        check_real_x(noise, D, weight.device, noise.dtype, name="noise")  # z: finite
+    else:
+        check_uniforms(noise, noise.shape[0], D, trailing, weight.device, noise.dtype, name="noise")
     if head == "categorical" and (K is None or int(K) < 2):
         raise ValueError(f"K must be an int >= 2 for head='categorical', got {K!r}")
     if head == "gaussian" and (K is None or int(K) < 1):
@@ -144,21 +156,25 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
     ``log|det dx/dz|``). Categorical x is int64. The degrees must be MADE's
     (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``
     (csrc/made_cpu.cpp, CPU tensors), ``"triton"`` (one launch,
-    kernels/made_sample_triton.py) or ``"cuda"`` (one launch, csrc/made_cuda.cu).
+    kernels/made_sample_triton.py), ``"cuda"`` (one launch, csrc/made_cuda.cu),
+    ``"reference"`` (D forward passes, ``reference.made.made_sample``) or ``"auto"``.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    if backend not in ("cpp", "triton", "cuda"):
-        raise ValueError(f"backend must be 'cpp', 'triton' or 'cuda' for made_sample, got {backend!r}")
     _check_sample_args(output_layer, order, noise, head, K, context)
+    weight = output_layer[0]
+    backend = resolve_backend(check_backend_name(backend), "made_sample", weight.device, weight.dtype)
+    if backend == "reference":
+        return _ref.made_sample(hidden_layers, output_layer, order, noise, head, K, activation, direct_layer,
+                                context, context_weights)
     if backend == "cpp":
         ext = _ml._cpp()
-        if not hasattr(ext, "made_sample"):
-            raise RuntimeError("made_sample: the C++ extension has no made_sample kernel; rebuild it")
-        if noise.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"noise must be float32 or float64 for the cpp sampler, got {noise.dtype}")
+        for name, t in (("the weights", weight), ("noise", noise)):
+            if t.dtype not in CPP_SAMPLE_DTYPES:
+                raise TypeError(f"the cpp MADE sampler takes float32/float64 weights and noise, got {name} in "
+                                f"{t.dtype} (backend='auto' picks the reference for {t.dtype})")
     D = noise.shape[1]
     kin = K if head == "categorical" else 1
     dev = output_layer[0].device
@@ -218,17 +234,23 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
 
 def fvsbn_sample(weight: Tensor, bias: Tensor, degrees: Tensor, order: Tensor, u: Tensor, backend: str = "cpp"):
     """FVSBN samples from uniforms ``u [n, D]`` in one pass: (x [n, D], log p(x) [n])."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    check_uniforms(u, getattr(u, "shape", [0])[0], weight.shape[-1], (), weight.device, weight.dtype)
     return made_sample([], (weight, bias, degrees, degrees), order, u, "bernoulli", backend=backend)
 
 
+# "made" / "fvsbn": the models (forward through masked_linear, sampling and the flow's
+# inverse through made_sample); "made_sample": the one-pass samplers alone.
 _cpp = _ext.get_ext()
 if _cpp is not None and hasattr(_cpp, "made_sample") and hasattr(_cpp, "masked_linear_forward"):
     register_kernel("made", "cpp")
     register_kernel("fvsbn", "cpp")
+    register_kernel("made_sample", "cpp", CPP_SAMPLE_DTYPES)
 _cuda_ext = _ext.get_cuda_ext()
 if _cuda_ext is not None and hasattr(_cuda_ext, "made_sample") and hasattr(_cuda_ext, "masked_linear_forward"):
-    register_kernel("made", "cuda")
-    register_kernel("fvsbn", "cuda")
+    for _op in ("made", "fvsbn", "made_sample"):
+        register_kernel(_op, "cuda")
 if importlib.util.find_spec("triton") is not None:  # kernels imported at first use
-    register_kernel("made", "triton")
-    register_kernel("fvsbn", "triton")
+    for _op in ("made", "fvsbn", "made_sample"):
+        register_kernel(_op, "triton")

@@ -62,7 +62,25 @@ def _(W, c, V, b, order, u, backend):
     return W.new_empty(u.shape[0], W.shape[1]), W.new_empty(u.shape[0])
 
 
-_c.attach_autograd(_forward_op, _backward_op, x_has_grad=False)
+def _backward_with_dx(grad_log_prob, grad_logits, x, W, c, V, b, order, logits, backend):
+    """(dW, dc, dV, db, dx), for a binary x that needs a gradient: through the RNADE backward
+    kernels, whose recurrence ``a += x_d W[:, d]`` is NADE's, with K = 1 and the logit as the
+    first mixture output (V, b padded with zeros). The Bernoulli head's gradient enters as the
+    upstream gradient of that output: ``d/dlogit = g_lp (x - sigmoid(logit)) + g_logits``; its
+    direct term ``d(x logit)/dx = g_lp logit`` is added to dx here."""
+    from . import rnade as _rn
+    B, (D, H) = x.shape[0], V.shape
+    g = grad_log_prob[:, None] * (x - torch.sigmoid(logits))
+    if grad_logits is not None:
+        g = g + grad_logits
+    Vr, br = V.new_zeros(D, 3, 1, H), b.new_zeros(D, 3, 1)
+    gr, pr = g.new_zeros(B, D, 3, 1), logits.new_zeros(B, D, 3, 1)
+    Vr[:, 0, 0], br[:, 0, 0], gr[..., 0, 0], pr[..., 0, 0] = V, b, g, logits
+    dW, dc, dV, db, dx = _rn._backward_op(grad_log_prob.new_zeros(B), gr, x, W, c, Vr, br, order, pr, backend)
+    return dW, dc, dV[:, 0, 0], db[:, 0, 0], dx + grad_log_prob[:, None] * logits
+
+
+_c.attach_autograd(_forward_op, _backward_op, x_has_grad=False, backward_with_dx=_backward_with_dx)
 
 
 # ---- public functions -------------------------------------------------------------
@@ -74,7 +92,7 @@ def _check(W, c, V, b, order, backend):
     H, D = W.shape
     _c.check_params(W, c, V, b, {"W": (H, D), "c": (H,), "V": (D, H), "b": (D,)},
                     {"W": "[H, D]", "c": "[H]", "V": "[D, H]", "b": "[D]"})
-    backend = _c.pick_backend(backend, _MODEL, W.device)
+    backend = _c.pick_backend(backend, _MODEL, W.device, W.dtype)
     _c.check_backend_dtype(backend, W)
     return D, _c.order_arg(order, D), backend
 

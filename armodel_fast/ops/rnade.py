@@ -73,7 +73,7 @@ def _check(W, c, V, b, order, backend):
     (H, D), K = W.shape, V.shape[2]
     _c.check_params(W, c, V, b, {"W": (H, D), "c": (H,), "V": (D, 3, K, H), "b": (D, 3, K)},
                     {"W": "[H, D]", "c": "[H]", "V": "[D, 3, K, H]", "b": "[D, 3, K]"})
-    backend = _c.pick_backend(backend, _MODEL, W.device)
+    backend = _c.pick_backend(backend, _MODEL, W.device, W.dtype)
     _c.check_backend_dtype(backend, W)
     return D, _c.order_arg(order, D), backend
 

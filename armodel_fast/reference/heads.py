@@ -51,5 +51,9 @@ def gaussian_mixture_log_prob(logits, mu, log_sigma, x):
 def gaussian_mixture_sample(logits, mu, log_sigma, u):
     """logits, mu, log_sigma [..., K]; u [..., 2] -> x [...]."""
     k = categorical_sample(logits, u[..., 0]).unsqueeze(-1)
+    mu_k, ls_k = mu.gather(-1, k).squeeze(-1), log_sigma.gather(-1, k).squeeze(-1)
+    if mu.dtype in (torch.float16, torch.bfloat16):  # in fp32, rounded once (no half ndtri on the CPU)
+        z = torch.special.ndtri(u[..., 1].float().clamp(U_EPS, 1 - U_EPS))
+        return (mu_k.float() + torch.exp(ls_k.float()) * z).to(mu.dtype)
     z = torch.special.ndtri(u[..., 1].clamp(U_EPS, 1 - U_EPS))
-    return mu.gather(-1, k).squeeze(-1) + torch.exp(log_sigma.gather(-1, k).squeeze(-1)) * z
+    return mu_k + torch.exp(ls_k) * z

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import heads
 from .masked_linear import masked_linear
 
 ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "none": lambda t: t}
@@ -113,3 +114,42 @@ def made_params_split(raw: torch.Tensor, out: str, D: int, K: Optional[int]):
         return raw.view(B, D, K)
     p = raw.view(B, D, 3, K)
     return p[:, :, 0], p[:, :, 1], p[:, :, 2]
+
+
+_DRAW = {"bernoulli": heads.bernoulli_sample, "categorical": heads.categorical_sample,
+         "gaussian": lambda p, u: heads.gaussian_mixture_sample(*p, u)}
+_LOG_LIK = {"bernoulli": heads.bernoulli_log_prob, "categorical": heads.categorical_log_prob,
+            "gaussian": lambda p, x: heads.gaussian_mixture_log_prob(*p, x)}
+
+
+def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.Tensor, head: str = "bernoulli",
+                K: Optional[int] = None, activation: str = "relu", direct_layer=None, context=None,
+                context_weights=None):
+    """D-pass sampler of the functional MADE (the oracle of ``ops.made.made_sample``).
+
+    ``noise``: uniforms [n, D] (bernoulli, categorical) or [n, D, 2] (gaussian
+    mixture of K); for ``head="affine"``, z [n, D] of the K=1 Gaussian flow,
+    inverted step by step: ``x_d = mu_d + exp(log_sigma_d) z_d`` (differentiable).
+    Returns (x [n, D], log p(x) [n]), or (x, log|det dx/dz|) for "affine".
+    """
+    n, D = noise.shape[0], order.numel()
+    dtype = output_layer[0].dtype
+    out = "gaussian" if head == "affine" else head
+    k = 1 if head == "affine" else K
+
+    def params(x):
+        inp = F.one_hot(x, K).to(dtype).reshape(n, D * K) if head == "categorical" else x
+        raw = made_forward(inp, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
+        return made_params_split(raw, out, D, k)
+
+    if head != "affine":
+        x0 = torch.zeros(n, D, dtype=torch.long if head == "categorical" else dtype, device=noise.device)
+        return sample_by_passes(params, _DRAW[head], _LOG_LIK[head], order, x0, noise.to(dtype))
+    z = noise.to(dtype)
+    x, logdet = torch.zeros_like(z), z.new_zeros(n)
+    for d in order.tolist():
+        _, mu, ls = params(x)
+        x = x.clone()
+        x[:, d] = gaussian_inverse_step(mu[:, d, 0], ls[:, d, 0], z[:, d])
+        logdet = logdet + ls[:, d, 0]
+    return x, logdet
