@@ -8,8 +8,9 @@
 from . import ops  # noqa: F401  (registers the kernels that loaded)
 from ._backend import BACKENDS, BackendUnavailableError, backends, explain
 from .nn import ARRNN, FVSBN, MADE, NADE, RNADE, CategoricalNADE, MaskedLinear
+from .ops.masked_linear import cache_info, caching, clear_cache
 
 __version__ = "0.1.0"
 
 __all__ = ["ARRNN", "BACKENDS", "BackendUnavailableError", "CategoricalNADE", "FVSBN", "MADE",
-           "MaskedLinear", "NADE", "RNADE", "backends", "explain"]
+           "MaskedLinear", "NADE", "RNADE", "backends", "cache_info", "caching", "clear_cache", "explain"]

@@ -374,3 +374,29 @@ def test_functional_made_checks_backend_and_uniforms(backend):
     z = torch.full((2, fast.D), float("inf"), dtype=torch.float64)
     with pytest.raises(ValueError, match="noise must be finite"):
         made_ops.made_sample(hidden, output, fast.order, z, head="affine", backend=backend)
+
+
+@backends
+def test_writes_through_data_are_seen(backend):
+    """The prepared-weight cache is keyed on version counters, which ``.data`` writes bypass:
+    bulk writes are caught by its spot checks (MADE, FVSBN)."""
+    ref, fast = pair("bernoulli-direct-context-masks", backend)
+    x, ctx = data(ref, 5)
+    torch.testing.assert_close(fast.log_prob(x, ctx), ref.log_prob(x, ctx))
+    stale = ml_ops.cache_info()["stale"]
+    edits = [lambda w: w.mul_(3), lambda w: w.normal_(0, 0.5, generator=torch.Generator().manual_seed(9)),
+             lambda w: w.copy_(torch.flip(w, (0,)))]
+    for edit in edits:
+        for model in (ref, fast):
+            for layer in list(model.layers) + [model.output, model.direct]:
+                edit(layer.weight.data)
+        torch.testing.assert_close(fast.log_prob(x, ctx), ref.log_prob(x, ctx))
+    assert ml_ops.cache_info()["stale"] > stale
+    fv = af.FVSBN(6, dtype=torch.float64, backend=backend)
+    fr = af.FVSBN(6, dtype=torch.float64)
+    fr.load_state_dict(fv.state_dict())
+    xb = torch.randint(0, 2, (4, 6), generator=torch.Generator().manual_seed(0)).double()
+    fv.log_prob(xb)
+    fv.linear.weight.data.fill_(1.0)
+    fr.linear.weight.data.fill_(1.0)
+    torch.testing.assert_close(fv.log_prob(xb), fr.log_prob(xb))

@@ -27,7 +27,10 @@ class MaskedLinear(nn.Module):
 
     x [..., in_features] -> [..., out_features]. ``weight``/``bias`` are laid out
     exactly as in ``nn.Linear``; the degrees are buffers and can be changed with
-    :meth:`set_degrees` (MADE's mask switching).
+    :meth:`set_degrees` (MADE's mask switching). The fast backends cache the
+    degree-sorted weights while weight and degrees are unchanged (see
+    ``armodel_fast.ops.masked_linear``: a write through ``weight.data`` to a few
+    entries needs ``armodel_fast.clear_cache()``).
     """
 
     op = "masked_linear"

@@ -19,10 +19,13 @@ weights are cached per weight tensor and backend, keyed on the tensor itself
 degree values, so repeated calls with unchanged weights (evaluation, sampling,
 and the backward of a training step) do not rebuild them; any in-place update of the weight (optimizer step,
 ``load_state_dict``) or of the degrees (MADE's ``next_mask``) invalidates the
-entry. Writes through ``weight.data`` (or ``.detach()``-free tricks such as
-``torch.autograd.gradcheck``'s perturbations) bypass the version counter and
-are NOT seen: call :func:`clear_cache` after those, or run inside
-``with caching(False):``.
+entry. Writes through ``weight.data`` bypass the version counter; every cache
+hit therefore also compares 64 weight entries, spread over the whole matrix,
+with their values when the entry was built, which catches bulk writes (``.data
+.mul_``, ``.data.normal_()``, ``.data.copy_``, EMA updates), but a ``.data``
+write that changes only a few entries (``torch.autograd.gradcheck``'s
+perturbations) can still go unseen: call :func:`clear_cache` after those, or
+run inside ``with caching(False):``.
 """
 from __future__ import annotations
 
@@ -81,11 +84,14 @@ class TritonPrepared(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "prepared")
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_values", "prepared")
+
+
+_SPOTS = 64  # weight entries compared at every cache hit (see the module docstring)
 
 
 _CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
-_stats = {"hits": 0, "builds": 0}
+_stats = {"hits": 0, "builds": 0, "stale": 0}
 _enabled = [True]
 
 
@@ -105,8 +111,27 @@ def clear_cache() -> None:
 
 
 def cache_info() -> dict:
-    """``{"entries", "hits", "builds"}`` of the prepared-weight cache."""
+    """``{"entries", "hits", "builds", "stale"}`` of the prepared-weight cache (``stale``: entries
+    rebuilt because spot-checked weight values had changed behind the version counter)."""
     return {"entries": len(_CACHE), **_stats}
+
+
+def _spot_positions(weight: Tensor):
+    """Row and column indices of up to ``_SPOTS`` entries spread evenly over ``weight``."""
+    n, k = weight.shape
+    flat = torch.linspace(0, n * k - 1, min(_SPOTS, n * k), dtype=torch.float64).long()
+    return (flat // k).to(weight.device), (flat % k).to(weight.device)
+
+
+def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> bool:
+    """Same degrees and same spot-checked weight values (one device sync for all three)."""
+    if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
+        return False
+    same_degrees, same_spots = torch.stack([
+        (entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all(),
+        (weight.detach()[entry.spot_rows, entry.spot_cols] == entry.spot_values).all()]).tolist()
+    _stats["stale"] += not same_spots
+    return same_degrees and same_spots
 
 
 def _key(weight: Tensor, strict: bool, max_blocks: int):
@@ -129,7 +154,7 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
     if cacheable:
         entry = _CACHE.get(ck)
         if (entry is not None and entry.ref() is weight and entry.key == _key(weight, strict, max_blocks)
-                and torch.equal(entry.in_degrees, in_degrees) and torch.equal(entry.out_degrees, out_degrees)):
+                and _still_valid(entry, weight, in_degrees, out_degrees)):
             _stats["hits"] += 1
             return entry.prepared
     prepared = build()
@@ -139,6 +164,8 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
         entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
         entry.key = _key(weight, strict, max_blocks)
         entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
+        entry.spot_rows, entry.spot_cols = _spot_positions(weight)
+        entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
         entry.prepared = prepared
         _CACHE[ck] = entry
     return prepared
