@@ -377,9 +377,11 @@ def test_functional_made_checks_backend_and_uniforms(backend):
 
 
 @backends
+@torch.no_grad()  # calls without a graph are the ones that reuse cached weights
 def test_writes_through_data_are_seen(backend):
     """The prepared-weight cache is keyed on version counters, which ``.data`` writes bypass:
-    bulk writes are caught by its spot checks (MADE, FVSBN)."""
+    bulk writes are caught by its spot checks (MADE with a direct layer, FVSBN with D = 64,
+    where evenly spaced spots would all fall on the strict mask's zero diagonal)."""
     ref, fast = pair("bernoulli-direct-context-masks", backend)
     x, ctx = data(ref, 5)
     torch.testing.assert_close(fast.log_prob(x, ctx), ref.log_prob(x, ctx))
@@ -392,11 +394,45 @@ def test_writes_through_data_are_seen(backend):
                 edit(layer.weight.data)
         torch.testing.assert_close(fast.log_prob(x, ctx), ref.log_prob(x, ctx))
     assert ml_ops.cache_info()["stale"] > stale
-    fv = af.FVSBN(6, dtype=torch.float64, backend=backend)
-    fr = af.FVSBN(6, dtype=torch.float64)
+    D = 64  # 64 evenly spaced entries of a 64 x 64 matrix are its diagonal
+    fv = af.FVSBN(D, dtype=torch.float64, backend=backend)
+    fv.linear.weight.normal_(generator=torch.Generator().manual_seed(1)).mul_(fv.linear.mask())
+    fr = af.FVSBN(D, dtype=torch.float64)
     fr.load_state_dict(fv.state_dict())
-    xb = torch.randint(0, 2, (4, 6), generator=torch.Generator().manual_seed(0)).double()
-    fv.log_prob(xb)
-    fv.linear.weight.data.fill_(1.0)
-    fr.linear.weight.data.fill_(1.0)
+    xb = torch.randint(0, 2, (4, D), generator=torch.Generator().manual_seed(0)).double()
     torch.testing.assert_close(fv.log_prob(xb), fr.log_prob(xb))
+    for edit in (lambda w: w.mul_(0.5), lambda w: w.fill_(1.0)):
+        edit(fv.linear.weight.data)
+        edit(fr.linear.weight.data)
+        torch.testing.assert_close(fv.log_prob(xb), fr.log_prob(xb))
+
+
+@backends
+def test_fused_optimizer_steps_are_seen(backend):
+    """Adam(fused=True) does not bump version counters: training forwards never trust the cache,
+    and the first evaluation after a step rebuilds, even for an update that misses every spot."""
+    torch.manual_seed(0)
+    n = 40
+    layers = {b: af.MaskedLinear(n, n, torch.arange(n), torch.arange(n), backend=b, dtype=torch.float64)
+              for b in ("reference", backend)}
+    layers[backend].load_state_dict(layers["reference"].state_dict())
+    layer = layers[backend]
+    _, spot_cols = ml_ops._spot_positions(layer.weight, layer.in_degrees, layer.out_degrees, False)
+    cols = [c for c in range(n // 2) if c not in set(spot_cols.tolist())][:2]
+    assert len(cols) == 2
+    x = torch.zeros(6, n, dtype=torch.float64)
+    for step, col in enumerate(cols + cols[:1]):  # sparse updates (one input column) that miss every spot
+        x.zero_()
+        x[:, col] = 1.0
+        outs = {}
+        for b, layer in layers.items():
+            opt = torch.optim.Adam(layer.parameters(), lr=0.3, fused=True)
+            with torch.no_grad():
+                layer(x)  # an evaluation call: builds (or reuses) a cache entry
+            layer(x).pow(2).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                outs[b] = layer(x)
+        torch.testing.assert_close(outs[backend], outs["reference"], msg=lambda m: f"step {step}: {m}")
+        torch.testing.assert_close(outs[backend], torch.nn.functional.linear(
+            x, layers[backend].weight * layers[backend].mask(), layers[backend].bias))

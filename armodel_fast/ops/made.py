@@ -58,7 +58,8 @@ def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu
         last = i == len(layers) - 1
         sort_out = not last and not (i == 0 and context is not None) and _chains(dout, layers[i + 1][2])
         act = "none" if last or (i == 0 and context is not None) else activation
-        h = _ml._masked_linear_op(h, w, b, din, dout, last, act, backend, h_sorted, sort_out)
+        h = _ml._masked_linear_op(h, w, b, din, dout, last, act, backend, h_sorted, sort_out,
+                                  _ml.fresh_weights(h, w))
         if i == 0 and context is not None and not last:  # context joins before the activation
             h = _REF_ACT[activation](h + F.linear(context, context_weights[0]))
         h_sorted = sort_out

@@ -16,16 +16,19 @@ computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
 backend (``csrc/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
 weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
-degree values, so repeated calls with unchanged weights (evaluation, sampling,
-and the backward of a training step) do not rebuild them; any in-place update of the weight (optimizer step,
-``load_state_dict``) or of the degrees (MADE's ``next_mask``) invalidates the
-entry. Writes through ``weight.data`` bypass the version counter; every cache
-hit therefore also compares 64 weight entries, spread over the whole matrix,
-with their values when the entry was built, which catches bulk writes (``.data
-.mul_``, ``.data.normal_()``, ``.data.copy_``, EMA updates), but a ``.data``
-write that changes only a few entries (``torch.autograd.gradcheck``'s
-perturbations) can still go unseen: call :func:`clear_cache` after those, or
-run inside ``with caching(False):``.
+degree values. A forward that records a graph (training) always prepares anew
+and its backward reuses that; calls without a graph (evaluation, sampling)
+reuse what an earlier such call built while the weights are unchanged. Any
+in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
+``no_grad``) or a degree change (MADE's ``next_mask``) invalidates the entry,
+and so does a training step, even with a fused optimizer, whose updates the
+version counter does not see. Writes through ``weight.data`` bypass the version
+counter too: every cache hit therefore also compares 64 connected weight
+entries (at fixed random positions) with their values when the entry was
+built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
+``.data.copy_``, EMA updates); a ``.data`` write that changes only a few
+entries can still go unseen: call :func:`clear_cache` after those, or run
+inside ``with caching(False):``.
 """
 from __future__ import annotations
 
@@ -84,7 +87,8 @@ class TritonPrepared(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_values", "prepared")
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_values", "prepared",
+                 "training")
 
 
 _SPOTS = 64  # weight entries compared at every cache hit (see the module docstring)
@@ -116,11 +120,16 @@ def cache_info() -> dict:
     return {"entries": len(_CACHE), **_stats}
 
 
-def _spot_positions(weight: Tensor):
-    """Row and column indices of up to ``_SPOTS`` entries spread evenly over ``weight``."""
+def _spot_positions(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
+    """Row and column indices of up to ``_SPOTS`` connected entries of ``weight`` (the ones
+    that matter, and that training moves), drawn by a fixed generator (no lattice that could
+    line up with the mask's structure, such as a strict mask's zero diagonal)."""
     n, k = weight.shape
-    flat = torch.linspace(0, n * k - 1, min(_SPOTS, n * k), dtype=torch.float64).long()
-    return (flat // k).to(weight.device), (flat % k).to(weight.device)
+    g = torch.Generator().manual_seed(n * 1_000_003 + k)
+    rows, cols = torch.randint(0, n, (8 * _SPOTS,), generator=g), torch.randint(0, k, (8 * _SPOTS,), generator=g)
+    dout, din = out_degrees.cpu()[rows], in_degrees.cpu()[cols]
+    keep = torch.nonzero(dout > din if strict else dout >= din).flatten()[:_SPOTS]
+    return rows[keep].to(weight.device), cols[keep].to(weight.device)
 
 
 def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> bool:
@@ -146,14 +155,27 @@ def _forget(ck, ref) -> None:
         del _CACHE[ck]
 
 
+_USES = ("eval", "train", "backward")
+
+
 def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,
-            build):
-    """``build()``, or its cached result for this weight, its version and these degrees."""
+            build, use: str = "eval"):
+    """``build()``, or its cached result for this weight, its version and these degrees.
+
+    ``use``: ``"train"``, a forward that records a graph: always builds (and stores the
+    result for its backward); ``"backward"``: takes any valid entry; ``"eval"`` (no graph:
+    evaluation, sampling): takes only entries that ``"eval"`` calls built, so the first
+    evaluation after training steps rebuilds even when a fused optimizer (``Adam(fused=True)``)
+    left the version counter unchanged.
+    """
+    if use not in _USES:
+        raise ValueError(f"use must be one of {_USES}, got {use!r}")
     cacheable = _enabled[0] and not weight.is_inference()
     ck = (id(weight), kind)
-    if cacheable:
+    if cacheable and use != "train":
         entry = _CACHE.get(ck)
-        if (entry is not None and entry.ref() is weight and entry.key == _key(weight, strict, max_blocks)
+        if (entry is not None and entry.ref() is weight and (use == "backward" or not entry.training)
+                and entry.key == _key(weight, strict, max_blocks)
                 and _still_valid(entry, weight, in_degrees, out_degrees)):
             _stats["hits"] += 1
             return entry.prepared
@@ -164,19 +186,21 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
         entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
         entry.key = _key(weight, strict, max_blocks)
         entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
-        entry.spot_rows, entry.spot_cols = _spot_positions(weight)
+        entry.spot_rows, entry.spot_cols = _spot_positions(weight, in_degrees, out_degrees, strict)
         entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
         entry.prepared = prepared
+        entry.training = use == "train"
         _CACHE[ck] = entry
     return prepared
 
 
 def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
-            max_blocks: int = None) -> Prepared:
-    """The prepared weights of ``(weight, degrees)`` for the C++ kernels, from the cache when still valid."""
+            max_blocks: int = None, use: str = "eval") -> Prepared:
+    """The prepared weights of ``(weight, degrees)`` for the C++ kernels, from the cache when
+    still valid (``use``: see :func:`_cached`)."""
     max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
     return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda: Prepared(
-        *_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks)))
+        *_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks)), use)
 
 
 def _triton():
@@ -184,7 +208,8 @@ def _triton():
     return masked_linear_triton
 
 
-def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool) -> TritonPrepared:
+def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+                   use: str = "eval") -> TritonPrepared:
     """The degree-sorted operands of ``(weight, degrees)`` for the Triton kernels (cached like :func:`prepare`).
 
     The same stable sort as the C++ ``masked_linear_prepare``, so both backends order units alike."""
@@ -195,11 +220,11 @@ def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, stri
         w_sorted = weight.detach().index_select(0, perm_out).index_select(1, perm_in).contiguous()
         return TritonPrepared(w_sorted, perm_in, perm_out, torch.argsort(perm_in), torch.argsort(perm_out),
                               *_triton().staircase(in_sorted, out_sorted, strict))
-    return _cached("triton", weight, in_degrees, out_degrees, strict, 0, build)
+    return _cached("triton", weight, in_degrees, out_degrees, strict, 0, build, use)
 
 
-def _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted):
-    p = prepare_triton(weight, in_degrees, out_degrees, strict)
+def _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
+    p = prepare_triton(weight, in_degrees, out_degrees, strict, use)
     xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
     bs = None if bias is None else bias.detach().index_select(0, p.perm_out)
     ys = _triton().masked_linear_forward(xs, p.w_sorted, bs, p.in_sorted, p.out_sorted, strict, activation,
@@ -209,7 +234,7 @@ def _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation
 
 def _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
                      need_dx, need_dw, need_db):
-    p = prepare_triton(weight, in_degrees, out_degrees, strict)
+    p = prepare_triton(weight, in_degrees, out_degrees, strict, "backward")
     to_sorted = (lambda t: t.contiguous()) if y_sorted else (lambda t: t.index_select(1, p.perm_out))
     xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
     dx, dw, db = _triton().masked_linear_backward(
@@ -247,7 +272,7 @@ def _cuda():
     return ext
 
 
-def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> SortedWeights:
+def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use: str = "eval") -> SortedWeights:
     """The degree-sorted operands of ``(weight, degrees)`` on the weight's device (cached like
     :func:`prepare`; independent of ``strict``). The same stable sort as the C++
     ``masked_linear_prepare``, so ``x_sorted``/``y_sorted`` mean the same order in every backend."""
@@ -260,7 +285,7 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> S
         w_sorted = w.index_select(0, perm_out).index_select(1, perm_in).contiguous()
         return SortedWeights(w_sorted, perm_in.contiguous(), perm_out.contiguous(), in_sorted.contiguous(),
                              out_sorted.contiguous())
-    return _cached("sorted", weight, in_degrees, out_degrees, False, 0, build)
+    return _cached("sorted", weight, in_degrees, out_degrees, False, 0, build, use)
 
 
 # ---- custom ops -----------------------------------------------------------------
@@ -268,25 +293,39 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> S
 @torch.library.custom_op("armodel_fast::masked_linear", mutates_args=())
 def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor,
                       out_degrees: Tensor, strict: bool, activation: str, backend: str,
-                      x_sorted: bool = False, y_sorted: bool = False) -> Tensor:
+                      x_sorted: bool = False, y_sorted: bool = False, fresh: bool = False) -> Tensor:
     """x [B, in] -> [B, out]. ``x_sorted``/``y_sorted``: x's columns / y's units are in
-    degree-sorted (stable) order, as between chained MADE layers (no gather/scatter)."""
+    degree-sorted (stable) order, as between chained MADE layers (no gather/scatter).
+    ``fresh``: prepare the weights anew instead of from the cache (training: see
+    :func:`fresh_weights`); the backward finds them in the cache."""
+    use = "train" if fresh else "eval"
     if backend == "triton":
-        return _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted)
+        return _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                               use)
     if backend == "cuda":
-        p = prepare_sorted(weight, in_degrees, out_degrees)
+        p = prepare_sorted(weight, in_degrees, out_degrees, use)
         return _cuda().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.in_sorted, p.out_sorted,
                                              strict, ACTIVATIONS[activation], x_sorted, y_sorted)
     if backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear has no {backend!r} kernel")
-    p = prepare(weight, in_degrees, out_degrees, strict)
+    p = prepare(weight, in_degrees, out_degrees, strict, use=use)
     return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                         ACTIVATIONS[activation], x_sorted, y_sorted)
 
 
 @_masked_linear_op.register_fake
-def _(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted=False, y_sorted=False):
+def _(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted=False, y_sorted=False,
+      fresh=False):
     return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def fresh_weights(x: Tensor, weight: Tensor) -> bool:
+    """Whether a forward prepares its weights anew: when it records a graph (training).
+    Optimizer steps normally bump the weight's version counter, which invalidates the
+    cache, but fused optimizers (``Adam(fused=True)``) do not; a training step therefore
+    never trusts the cache, its backward reuses what its forward built, and the next call
+    without a graph rebuilds (see :func:`_cached`)."""
+    return torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
 
 
 @torch.library.custom_op("armodel_fast::masked_linear_backward", mutates_args=())
@@ -298,14 +337,14 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
         dx, dw, db = _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
                                       x_sorted, y_sorted, need_dx, need_dw, need_db)
     elif backend == "cuda":
-        p = prepare_sorted(weight, in_degrees, out_degrees)
+        p = prepare_sorted(weight, in_degrees, out_degrees, "backward")
         dx, dw, db = _cuda().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.in_sorted,
                                                     p.out_sorted, strict, ACTIVATIONS[activation], x_sorted,
                                                     y_sorted, need_dx, need_dw, need_db)
     elif backend != "cpp":
         raise RuntimeError(f"armodel_fast::masked_linear_backward has no {backend!r} kernel")
     else:
-        p = prepare(weight, in_degrees, out_degrees, strict)
+        p = prepare(weight, in_degrees, out_degrees, strict, use="backward")
         dx, dw, db = _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out,
                                                    p.row_reach, p.blocks, ACTIVATIONS[activation], x_sorted,
                                                    y_sorted, need_dx, need_dw, need_db)
@@ -320,7 +359,7 @@ def _(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted = inputs
+    x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, _ = inputs
     # Degrees are cloned (a few KB): MADE rewrites its degree buffers in place when it
     # switches masks, and the backward must use the forward's mask.
     ctx.save_for_backward(x, weight, in_degrees.clone(), out_degrees.clone(),
@@ -335,7 +374,7 @@ def _backward(ctx, grad_y):
     dx, dw, db = _masked_linear_backward_op(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
                                             backend, x_sorted, y_sorted, need_dx, need_dw, need_db)
     return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
-            None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None)
 
 
 _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -399,7 +438,8 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
         mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
-    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend)
+    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                          fresh=fresh_weights(x, weight))
     return y.reshape(*lead, n_out)
 
 
