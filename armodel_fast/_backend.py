@@ -110,12 +110,12 @@ def check_backend(backend, op: str) -> str:
     check_backend_name(backend)
     if backend in ("auto", "reference"):
         return backend
+    ok, why = _platform_status(backend)  # first: an unbuilt extension registers no kernels either
+    if not ok:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable here: {why}")
     if backend not in _KERNELS.get(op, ()):
         raise BackendUnavailableError(f"backend {backend!r} has no kernel for {op} yet; "
                                       f"use backend='reference' or 'auto' (see armodel_fast.backends())")
-    ok, why = _platform_status(backend)
-    if not ok:
-        raise BackendUnavailableError(f"backend {backend!r} is unavailable here: {why}")
     return backend
 
 
@@ -145,8 +145,9 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None):
 def resolve_backend(backend: str, op: str, device: torch.device, dtype=None) -> str:
     """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
-    ``auto`` picks the fastest one available (see ``AUTO_ORDER``) that takes
-    ``dtype``, ending at ``reference``; an explicit name that cannot run raises
+    ``auto`` picks the first available in ``AUTO_ORDER`` (compiled kernels first) that
+    takes ``dtype``, ending at ``reference`` (no size rule: for tiny layers the
+    reference can be faster); an explicit name that cannot run raises
     with the reason (a dtype it does not take is left to the op, whose
     ``TypeError`` names the argument).
     """

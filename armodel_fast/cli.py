@@ -65,6 +65,9 @@ def cmd_train(args, out) -> int:
     except (TypeError, ValueError, BackendUnavailableError) as e:
         raise CLIError(str(e)) from e
     out_dir = args.out or os.path.join("runs", args.model)
+    _writable_dir(out_dir, "--out")  # before training, not after
+    if len(data.train) == 0:
+        raise CLIError(f"the {args.data} training split is empty")
     n_params = sum(p.numel() for p in model.parameters())
     out.print(f"train {args.model} on {args.data} (D={D}; {len(data.train)}/{len(data.valid)}/"
               f"{len(data.test)} train/valid/test; {args.binarize} binarization): "
@@ -143,6 +146,9 @@ def cmd_sample(args, out) -> int:
         model, ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     except (CheckpointError, BackendUnavailableError) as e:
         raise CLIError(str(e)) from e
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out} is a directory; give the image's file name (e.g. {args.out}/samples.png)")
+    _writable_dir(os.path.dirname(args.out) or ".", "--out")
     gen = torch.Generator().manual_seed(args.seed)
     x, log_prob = model.sample(args.n, generator=gen, return_log_prob=True)
     name = ckpt["config"].get("name", "model")
@@ -188,16 +194,32 @@ def cmd_bench(args, out) -> int:
     return 0
 
 
+def _writable_dir(path: str, flag: str) -> None:
+    """Create ``path`` (a directory) now, or say why it cannot be."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot create directory {path}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise CLIError(f"{flag}: directory {path} is not writable")
+
+
 # ---------------------------------------------------------------------------- parser
 def _positive_int(s: str) -> int:
-    v = int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
 def _positive_float(s: str) -> float:
-    v = float(s)
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
     return v

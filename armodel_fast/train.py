@@ -223,7 +223,8 @@ def load_checkpoint(path, backend=None):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path!r}: not a torch.save file written by "
+                              f"`armodel-fast train` ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path!r} is not an armodel-fast checkpoint "
                               f"(expected a dict with keys {CHECKPOINT_KEYS})")

@@ -65,3 +65,24 @@ def test_auto_skips_backends_without_kernels_for_the_dtype(dtype):
         af.NADE(4, 3, backend="cpp", dtype=dtype).log_prob(torch.zeros(2, 4, dtype=dtype))
     with pytest.raises(TypeError, match="cpp MADE sampler takes float32/float64"):
         af.MADE(4, [8], backend="cpp", dtype=dtype).sample(2)
+
+
+def test_constructor_names_why_a_backend_is_unavailable():
+    """The platform's reason (extension not built, no GPU, ...), not "no kernel yet"."""
+    for name, status in af.backends().items():
+        if not status.available:
+            with pytest.raises(af.BackendUnavailableError, match="unavailable here") as err:
+                af.NADE(4, 3, backend=name)
+            assert status.reason in str(err.value)
+
+
+@pytest.mark.skipif(_backend._why_not("cpp", "made", torch.device("cpu")) is not None, reason="no cpp backend here")
+def test_second_order_gradients_raise_a_clear_error():
+    models = [(af.NADE(5, 4, backend="cpp"), torch.bernoulli(torch.full((3, 5), 0.5))),
+              (af.RNADE(5, 4, 2, backend="cpp"), torch.randn(3, 5)),
+              (af.MADE(5, [8], backend="cpp"), torch.bernoulli(torch.full((3, 5), 0.5)))]
+    for model, x in models:
+        x.requires_grad_()
+        g, = torch.autograd.grad(model.log_prob(x).sum(), x, create_graph=True)
+        with pytest.raises(NotImplementedError, match="second-order gradients .* backend='reference'"):
+            g.pow(2).sum().backward()

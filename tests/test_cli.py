@@ -151,3 +151,20 @@ def test_fast_backend_trains_to_the_reference_nll(tmp_path, model, extra):
             assert nll["cpp"][key] is None
         else:
             assert nll["cpp"][key] == pytest.approx(nll["reference"][key], rel=2e-3), key
+
+
+def test_bad_output_paths_fail_before_any_work(nade_run, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    rc = main(["train", "--model", "fvsbn", "--epochs", "1", "--out", str(blocker), "--quiet"])
+    err = capsys.readouterr()
+    assert rc == 2 and "--out: cannot create directory" in err.err
+    assert "train fvsbn" not in err.out  # nothing trained
+    rc = main(["sample", "--checkpoint", str(nade_run / "model.pt"), "--out", str(tmp_path)])
+    assert rc == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_non_numeric_option_names_the_value(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "nade", "--epochs", "abc"])
+    assert "--epochs: must be a positive integer, got 'abc'" in capsys.readouterr().err

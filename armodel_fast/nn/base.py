@@ -27,6 +27,9 @@ class AutoregressiveModel(nn.Module):
 
     def set_backend(self, backend: str) -> "AutoregressiveModel":
         self.backend = check_backend(backend, self.op)
+        for layer in self.modules():  # inner masked layers (MADE, FVSBN) show the model's choice
+            if layer is not self and hasattr(layer, "set_backend") and getattr(layer, "op", "") == "masked_linear":
+                layer.backend = backend
         return self
 
     def _param(self) -> torch.Tensor:

@@ -31,6 +31,7 @@ class FVSBN(AutoregressiveModel):
         with torch.no_grad():
             self.linear.weight.mul_(self.linear.mask())  # start with the masked-out weights at 0
         nn.init.zeros_(self.linear.bias)
+        self.set_backend(self.backend)  # the masked layer shows the model's backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_binary_x(x, self.D, self.device, self.dtype)

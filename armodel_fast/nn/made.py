@@ -82,6 +82,7 @@ class MADE(AutoregressiveModel):
             self.context_hidden = nn.Linear(self.context_dim, self.hidden[0], bias=False, **fk)
             self.context_out = nn.Linear(self.context_dim, n_out, bias=False, **fk)
         self._apply_mask()
+        self.set_backend(self.backend)  # the masked layers show the model's backend
 
     # ---- masks ------------------------------------------------------------
     def _draw_masks(self, order, seed):

@@ -53,6 +53,10 @@ class MaskedLinear(nn.Module):
         self.register_buffer("out_degrees", _degrees("out_degrees", out_degrees, out_features).to(device))
         self.reset_parameters()
 
+    def set_backend(self, backend: str) -> "MaskedLinear":
+        self.backend = check_backend(backend, self.op)
+        return self
+
     def reset_parameters(self) -> None:
         bound = 1 / math.sqrt(self.in_features)
         nn.init.uniform_(self.weight, -bound, bound)

@@ -166,3 +166,15 @@ def attach_autograd(forward_op, backward_op, x_has_grad: bool, backward_with_dx=
         return tuple(g if need[i] else None for i, g in enumerate((dx,) + tuple(grads[:4]))) + (None, None)
 
     forward_op.register_autograd(backward, setup_context=setup_context)
+    forbid_double_backward(backward_op, "NADE")
+
+
+def forbid_double_backward(backward_op, what: str) -> None:
+    """A clear error instead of PyTorch's "no autograd formula" when a second derivative is
+    taken through ``backward_op`` (``create_graph=True``, then backward again)."""
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"second-order gradients through the fast {what} kernels (create_graph=True, then differentiating "
+            f"the gradients) are not implemented; use backend='reference' for them")
+
+    backward_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)

@@ -44,6 +44,7 @@ from torch import Tensor
 from .. import _ext
 from .._backend import check_backend_name, register_kernel, resolve_backend
 from ..reference.masked_linear import degree_mask
+from . import _nade_common
 
 ACTIVATIONS = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -378,6 +379,7 @@ def _backward(ctx, grad_y):
 
 
 _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
+_nade_common.forbid_double_backward(_masked_linear_backward_op, "masked_linear (MADE, FVSBN)")
 
 
 # ---- public function ---------------------------------------------------------------
