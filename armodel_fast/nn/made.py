@@ -262,7 +262,7 @@ class _FastInverse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, model, backend, z, context, *params):
-        ctx.model = model
+        ctx.model, ctx.mask_index = model, int(model.mask_index)
         x, logdet = model._sample_with(backend, z, context, "affine")
         ctx.save_for_backward(z, context, x, *params)
         return x, logdet
@@ -271,6 +271,17 @@ class _FastInverse(torch.autograd.Function):
     def backward(ctx, gx, gl):
         model = ctx.model
         z, context, x, *params = ctx.saved_tensors
+        current = int(model.mask_index)
+        if current != ctx.mask_index:  # the forward's mask set, even if next_mask() ran since
+            model.set_mask(ctx.mask_index)
+        try:
+            return _FastInverse._backward(model, z, context, x, params, gx, gl)
+        finally:
+            if current != ctx.mask_index:
+                model.set_mask(current)
+
+    @staticmethod
+    def _backward(model, z, context, x, params, gx, gl):
         with torch.enable_grad():
             xs = x.detach().requires_grad_()
             zz = z.detach().requires_grad_()
