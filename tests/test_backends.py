@@ -86,3 +86,8 @@ def test_second_order_gradients_raise_a_clear_error():
         g, = torch.autograd.grad(model.log_prob(x).sum(), x, create_graph=True)
         with pytest.raises(NotImplementedError, match="second-order gradients .* backend='reference'"):
             g.pow(2).sum().backward()
+    flow = af.MADE(3, [8], out="gaussian", backend="cpp")
+    z = torch.randn(2, 3, requires_grad=True)
+    x, _ = flow.inverse(z)
+    with pytest.raises(NotImplementedError, match="second-order gradients .*MADE.inverse"):
+        torch.autograd.grad(x.sum(), z, create_graph=True)

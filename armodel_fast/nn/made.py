@@ -269,6 +269,10 @@ class _FastInverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gx, gl):
+        if torch.is_grad_enabled():  # create_graph=True: the gradients below would not be differentiable
+            raise NotImplementedError(
+                "second-order gradients (create_graph=True) through MADE.inverse on the fast backends are not "
+                "implemented; use backend='reference' for them")
         model = ctx.model
         z, context, x, *params = ctx.saved_tensors
         current = int(model.mask_index)

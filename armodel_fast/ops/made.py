@@ -29,6 +29,7 @@ from .._validate import check_real_x, check_uniforms
 from ..reference import heads as _heads
 from ..reference import made as _ref
 from ..reference.made import ACTIVATIONS as _REF_ACT
+from . import _nade_common
 from . import masked_linear as _ml
 from .masked_linear import ACTIVATIONS, masked_linear, prepare
 
@@ -45,7 +46,10 @@ def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu
     gathered once and the outputs scattered once, not at every layer. ``backend``:
     ``"cpp"``, ``"triton"``, ``"cuda"``, ``"reference"`` or ``"auto"``.
     """
-    if not torch.compiler.is_compiling():  # models pass a resolved name while tracing
+    if torch.compiler.is_compiling():  # registry lookups stay out of the graph: auto is a constant
+        if backend == "auto":
+            backend = _nade_common._auto_backend("made", x.device.type, output_layer[0].dtype)
+    else:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         backend = resolve_backend(check_backend_name(backend), "made", x.device, output_layer[0].dtype)

@@ -88,7 +88,8 @@ class TritonPrepared(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_values", "prepared",
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_live", "spot_values",
+                 "prepared",
                  "training")
 
 
@@ -122,24 +123,27 @@ def cache_info() -> dict:
 
 
 def _spot_positions(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
-    """Row and column indices of up to ``_SPOTS`` connected entries of ``weight`` (the ones
-    that matter, and that training moves), drawn by a fixed generator (no lattice that could
-    line up with the mask's structure, such as a strict mask's zero diagonal)."""
+    """``(rows, cols, live)``: 4 x ``_SPOTS`` weight positions drawn by a fixed generator (no
+    lattice that could line up with the mask, such as a strict mask's zero diagonal) and
+    whether each is connected (only those count: the masked-out ones never matter, nor
+    move in training). All on the weight's device, computed without a device sync."""
     n, k = weight.shape
     g = torch.Generator().manual_seed(n * 1_000_003 + k)
-    rows, cols = torch.randint(0, n, (8 * _SPOTS,), generator=g), torch.randint(0, k, (8 * _SPOTS,), generator=g)
-    dout, din = out_degrees.cpu()[rows], in_degrees.cpu()[cols]
-    keep = torch.nonzero(dout > din if strict else dout >= din).flatten()[:_SPOTS]
-    return rows[keep].to(weight.device), cols[keep].to(weight.device)
+    m = 4 * _SPOTS if n * k else 0
+    rows, cols = torch.randint(0, max(n, 1), (m,), generator=g), torch.randint(0, max(k, 1), (m,), generator=g)
+    dout, din = out_degrees[rows.to(out_degrees.device)], in_degrees[cols.to(in_degrees.device)]
+    live = (dout > din) if strict else (dout >= din)
+    dev = weight.device
+    return rows.to(dev), cols.to(dev), live.to(dev)
 
 
 def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> bool:
-    """Same degrees and same spot-checked weight values (one device sync for all three)."""
+    """Same degrees and same spot-checked weight values (one device sync for both)."""
     if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
         return False
-    same_degrees, same_spots = torch.stack([
-        (entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all(),
-        (weight.detach()[entry.spot_rows, entry.spot_cols] == entry.spot_values).all()]).tolist()
+    same_degrees = ((entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all())
+    moved = (weight.detach()[entry.spot_rows, entry.spot_cols] != entry.spot_values) & entry.spot_live
+    same_degrees, same_spots = torch.stack([same_degrees.to(weight.device), ~moved.any()]).tolist()
     _stats["stale"] += not same_spots
     return same_degrees and same_spots
 
@@ -165,9 +169,9 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
 
     ``use``: ``"train"``, a forward that records a graph: always builds (and stores the
     result for its backward); ``"backward"``: takes any valid entry; ``"eval"`` (no graph:
-    evaluation, sampling): takes only entries that ``"eval"`` calls built, so the first
-    evaluation after training steps rebuilds even when a fused optimizer (``Adam(fused=True)``)
-    left the version counter unchanged.
+    evaluation, sampling): takes only entries that no training forward or backward has
+    built or used, so the first evaluation after training steps rebuilds even when a fused
+    optimizer (``Adam(fused=True)``) left the version counter unchanged.
     """
     if use not in _USES:
         raise ValueError(f"use must be one of {_USES}, got {use!r}")
@@ -179,6 +183,7 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
                 and entry.key == _key(weight, strict, max_blocks)
                 and _still_valid(entry, weight, in_degrees, out_degrees)):
             _stats["hits"] += 1
+            entry.training |= use == "backward"  # an optimizer step may follow (fused: unseen)
             return entry.prepared
     prepared = build()
     _stats["builds"] += 1
@@ -187,10 +192,10 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
         entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
         entry.key = _key(weight, strict, max_blocks)
         entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
-        entry.spot_rows, entry.spot_cols = _spot_positions(weight, in_degrees, out_degrees, strict)
+        entry.spot_rows, entry.spot_cols, entry.spot_live = _spot_positions(weight, in_degrees, out_degrees, strict)
         entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
         entry.prepared = prepared
-        entry.training = use == "train"
+        entry.training = use != "eval"
         _CACHE[ck] = entry
     return prepared
 
