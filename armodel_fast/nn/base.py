@@ -6,6 +6,7 @@ from torch import nn
 
 from .._backend import check_backend, resolve_backend
 from .._validate import check_positive_int, check_uniforms
+from .masked_linear import MaskedLinear
 
 
 class AutoregressiveModel(nn.Module):
@@ -28,7 +29,7 @@ class AutoregressiveModel(nn.Module):
     def set_backend(self, backend: str) -> "AutoregressiveModel":
         self.backend = check_backend(backend, self.op)
         for layer in self.modules():  # inner masked layers (MADE, FVSBN) show the model's choice
-            if layer is not self and hasattr(layer, "set_backend") and getattr(layer, "op", "") == "masked_linear":
+            if isinstance(layer, MaskedLinear):
                 layer.backend = backend
         return self
 

@@ -7,7 +7,6 @@ from torch import nn
 
 from .._validate import (check_binary_x, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_tensor)
-from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
 from .masked_linear import MaskedLinear
@@ -175,11 +174,7 @@ class MADE(AutoregressiveModel):
         return self._params(x, check_context(context, x.shape[0], self.context_dim, self.device, self.dtype))
 
     def _head_log_prob(self, p, x):
-        if self.out == "bernoulli":
-            return heads.bernoulli_log_prob(p, x)
-        if self.out == "categorical":
-            return heads.categorical_log_prob(p, x)
-        return heads.gaussian_mixture_log_prob(*p, x)
+        return ref.HEAD_LOG_LIK[self.out](p, x)
 
     def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
         """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets

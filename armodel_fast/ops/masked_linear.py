@@ -33,6 +33,7 @@ inside ``with caching(False):``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import weakref
 from typing import NamedTuple, Optional, Tuple
@@ -89,8 +90,7 @@ class TritonPrepared(NamedTuple):
 
 class _Entry:
     __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_live", "spot_values",
-                 "prepared",
-                 "training")
+                 "prepared", "training")
 
 
 _SPOTS = 64  # weight entries compared at every cache hit (see the module docstring)
@@ -122,15 +122,20 @@ def cache_info() -> dict:
     return {"entries": len(_CACHE), **_stats}
 
 
+@functools.lru_cache(maxsize=256)
+def _spot_grid(n: int, k: int):
+    """The candidate positions of an [n, k] weight (CPU), drawn once per shape."""
+    g = torch.Generator().manual_seed(n * 1_000_003 + k)
+    m = 4 * _SPOTS if n * k else 0
+    return torch.randint(0, max(n, 1), (m,), generator=g), torch.randint(0, max(k, 1), (m,), generator=g)
+
+
 def _spot_positions(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
     """``(rows, cols, live)``: 4 x ``_SPOTS`` weight positions drawn by a fixed generator (no
     lattice that could line up with the mask, such as a strict mask's zero diagonal) and
     whether each is connected (only those count: the masked-out ones never matter, nor
     move in training). All on the weight's device, computed without a device sync."""
-    n, k = weight.shape
-    g = torch.Generator().manual_seed(n * 1_000_003 + k)
-    m = 4 * _SPOTS if n * k else 0
-    rows, cols = torch.randint(0, max(n, 1), (m,), generator=g), torch.randint(0, max(k, 1), (m,), generator=g)
+    rows, cols = _spot_grid(*weight.shape)
     dout, din = out_degrees[rows.to(out_degrees.device)], in_degrees[cols.to(in_degrees.device)]
     live = (dout > din) if strict else (dout >= din)
     dev = weight.device

@@ -116,9 +116,10 @@ def made_params_split(raw: torch.Tensor, out: str, D: int, K: Optional[int]):
     return p[:, :, 0], p[:, :, 1], p[:, :, 2]
 
 
-_DRAW = {"bernoulli": heads.bernoulli_sample, "categorical": heads.categorical_sample,
+# Per-dimension draw and log-likelihood of each head (params as made_params_split gives them).
+HEAD_DRAW = {"bernoulli": heads.bernoulli_sample, "categorical": heads.categorical_sample,
          "gaussian": lambda p, u: heads.gaussian_mixture_sample(*p, u)}
-_LOG_LIK = {"bernoulli": heads.bernoulli_log_prob, "categorical": heads.categorical_log_prob,
+HEAD_LOG_LIK = {"bernoulli": heads.bernoulli_log_prob, "categorical": heads.categorical_log_prob,
             "gaussian": lambda p, x: heads.gaussian_mixture_log_prob(*p, x)}
 
 
@@ -144,7 +145,7 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
 
     if head != "affine":
         x0 = torch.zeros(n, D, dtype=torch.long if head == "categorical" else dtype, device=noise.device)
-        return sample_by_passes(params, _DRAW[head], _LOG_LIK[head], order, x0, noise.to(dtype))
+        return sample_by_passes(params, HEAD_DRAW[head], HEAD_LOG_LIK[head], order, x0, noise.to(dtype))
     z = noise.to(dtype)
     x, logdet = torch.zeros_like(z), z.new_zeros(n)
     for d in order.tolist():
