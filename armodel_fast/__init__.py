@@ -5,8 +5,8 @@
     nll = -model.log_prob(x).mean()
     af.backends()          # which backends exist here, and why not
 """
-from . import ops  # noqa: F401  (registers the kernels that loaded)
-from ._backend import BACKENDS, BackendUnavailableError, backends, explain
+from . import ops  # noqa: F401  (fills the dispatch table)
+from .dispatch import BACKENDS, BackendUnavailableError, backends, explain
 from .nn import ARRNN, FVSBN, MADE, NADE, RNADE, CategoricalNADE, MaskedLinear
 from .ops.masked_linear import cache_info, caching, clear_cache
 

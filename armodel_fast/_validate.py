@@ -32,10 +32,29 @@ def check_positive_int(name: str, v, minimum: int = 1) -> int:
     return v
 
 
+def check_bool(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return v
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """An int seed (bool and None refused: a seed must reproduce the same draw)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__} "
+                        f"(None is not accepted: pass an explicit int for reproducible masks)")
+    return seed
+
+
 def check_order(order: OrderLike, D: int, name: str = "order") -> torch.Tensor:
-    """Return ``order`` as a CPU int64 permutation of ``0..D-1`` (None: natural order)."""
+    """Return ``order`` as a CPU int64 permutation of ``0..D-1`` (None: natural order).
+
+    Under ``torch.compile`` a tensor passes unchecked (the check reads its values; the
+    native launchers check it again)."""
     if order is None:
         return torch.arange(D, dtype=torch.long)
+    if isinstance(order, torch.Tensor) and not _reading_values_ok():
+        return order.detach().to("cpu", torch.long).contiguous()
     if isinstance(order, torch.Tensor):
         if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
             raise TypeError(f"{name} must hold integers, got dtype {order.dtype}")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import _backend
+from armodel_fast import dispatch
 
 
 def test_backends_report():
@@ -24,7 +24,7 @@ def test_unknown_backend_is_a_value_error():
 
 
 def test_explicit_backend_without_kernel_raises(monkeypatch):
-    monkeypatch.setattr(_backend, "_KERNELS", {})
+    monkeypatch.setattr(dispatch, "_TABLE", {})
     for name in ("cpp", "triton", "cuda"):
         with pytest.raises(af.BackendUnavailableError, match=name):
             af.NADE(4, 3, backend=name)
@@ -33,7 +33,7 @@ def test_explicit_backend_without_kernel_raises(monkeypatch):
 
 
 def test_auto_says_which_backend_ran(monkeypatch):
-    monkeypatch.setattr(_backend, "_KERNELS", {})
+    monkeypatch.setattr(dispatch, "_TABLE", {})
     model = af.NADE(4, 3, backend="auto")
     assert model.last_backend is None
     model.log_prob(torch.zeros(2, 4))
@@ -42,10 +42,10 @@ def test_auto_says_which_backend_ran(monkeypatch):
 
 
 def test_reference_backend_never_unavailable():
-    assert _backend.resolve_backend("reference", "anything", torch.device("cpu")) == "reference"
+    assert dispatch.resolve_backend("reference", "anything", torch.device("cpu")) == "reference"
 
 
-@pytest.mark.skipif(_backend._why_not("cpp", "nade", torch.device("cpu")) is not None, reason="no cpp backend here")
+@pytest.mark.skipif(dispatch._why_not("cpp", "nade", torch.device("cpu")) is not None, reason="no cpp backend here")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_auto_skips_backends_without_kernels_for_the_dtype(dtype):
     """cpp has float32/float64 NADE kernels and samplers: ``auto`` runs the reference for
@@ -76,7 +76,7 @@ def test_constructor_names_why_a_backend_is_unavailable():
             assert status.reason in str(err.value)
 
 
-@pytest.mark.skipif(_backend._why_not("cpp", "made", torch.device("cpu")) is not None, reason="no cpp backend here")
+@pytest.mark.skipif(dispatch._why_not("cpp", "made", torch.device("cpu")) is not None, reason="no cpp backend here")
 def test_second_order_gradients_raise_a_clear_error():
     models = [(af.NADE(5, 4, backend="cpp"), torch.bernoulli(torch.full((3, 5), 0.5))),
               (af.RNADE(5, 4, 2, backend="cpp"), torch.randn(3, 5)),

@@ -41,7 +41,7 @@ def test_auto_backend_under_compile_runs_the_kernel_auto_picks(device):
     """backend="auto" inside a compiled function resolves as in eager mode (the fastest available
     kernel for the device: cpp on the CPU, cuda or triton on a GPU), never silently to the
     reference: the graph calls the custom op with that backend's name."""
-    from armodel_fast import _backend
+    from armodel_fast import dispatch
     from armodel_fast.ops import nade as ops
 
     model = randomize(af.NADE(6, 5), 0.5).to(device)
@@ -53,7 +53,7 @@ def test_auto_backend_under_compile_runs_the_kernel_auto_picks(device):
         return gm.forward
 
     torch._dynamo.reset()
-    expected = _backend.resolve_backend("auto", "nade", torch.device(device))
+    expected = dispatch.resolve_backend("auto", "nade", torch.device(device))
     assert expected != "reference", af.explain("nade", device)
     f = torch.compile(lambda x, *p: ops.nade_log_prob(x, *p, backend="auto"), backend=record, fullgraph=True)
     torch.testing.assert_close(f(x, *model.params()), ops.nade_log_prob(x, *model.params(), backend=expected))

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import _backend
+from armodel_fast import dispatch
 from armodel_fast.ops import made as made_ops
 from armodel_fast.ops import masked_linear as ml_ops
+from armodel_fast.ops.masked_linear import cache as ml_cache
 from armodel_fast.reference import heads
 
-FAST = [b for b in ("cpp", "triton", "cuda") if _backend._why_not(b, "made", torch.device("cpu")) is None]
+FAST = [b for b in ("cpp", "triton", "cuda") if dispatch._why_not(b, "made", torch.device("cpu")) is None]
 pytestmark = pytest.mark.skipif(not FAST, reason=f"no fast MADE backend here:\n{af.explain('made')}")
 backends = pytest.mark.parametrize("backend", FAST)
 
@@ -417,7 +418,7 @@ def test_fused_optimizer_steps_are_seen(backend):
               for b in ("reference", backend)}
     layers[backend].load_state_dict(layers["reference"].state_dict())
     layer = layers[backend]
-    _, spot_cols, live = ml_ops._spot_positions(layer.weight, layer.in_degrees, layer.out_degrees, False)
+    _, spot_cols, live = ml_cache._spot_positions(layer.weight, layer.in_degrees, layer.out_degrees, False)
     cols = [c for c in range(n // 2) if c not in set(spot_cols[live].tolist())][:2]
     assert len(cols) == 2
     x = torch.zeros(6, n, dtype=torch.float64)

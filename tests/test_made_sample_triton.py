@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import _backend
+from armodel_fast import dispatch
 from armodel_fast.ops import masked_linear as ml_ops
 
-HAS_TRITON_HERE = _backend._why_not("triton", "made", torch.device("cpu")) is None
+HAS_TRITON_HERE = dispatch._why_not("triton", "made", torch.device("cpu")) is None
 triton_here = pytest.mark.skipif(not HAS_TRITON_HERE, reason=f"triton cannot run here:\n{af.explain('made')}")
 
 
@@ -79,7 +79,7 @@ def test_many_classes():
 @triton_here
 def test_reads_only_the_reachable_prefix(monkeypatch):
     """NaN in every masked-out entry of the sorted weights changes nothing: the kernel never loads them."""
-    real = ml_ops.prepare_triton
+    real = ml_ops.prepare_triton  # the triton sampler's prepare launcher
 
     def poisoned(weight, in_degrees, out_degrees, strict):
         p = real(weight, in_degrees, out_degrees, strict)
@@ -87,7 +87,7 @@ def test_reads_only_the_reachable_prefix(monkeypatch):
         mask = dout > din if strict else dout >= din
         return p._replace(w_sorted=torch.where(mask, p.w_sorted, torch.nan))
 
-    monkeypatch.setattr(ml_ops, "prepare_triton", poisoned)
+    monkeypatch.setitem(dispatch._TABLE[("made_sample", "prepare")], "triton", dispatch.Launcher(poisoned))
     for out, K in (("bernoulli", None), ("categorical", 3), ("gaussian", 2)):
         ref, fast = models(6, [20, 15], "triton", out=out, K=K, direct=True, order="random")
         check_same_samples(ref, fast, 7)
@@ -128,7 +128,7 @@ GPU_BACKENDS = ["triton", "cuda"]
 def _need_gpu_backend(backend):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: torch.cuda.is_available() is False")
-    why = _backend._why_not(backend, "made", torch.device("cuda"))
+    why = dispatch._why_not(backend, "made", torch.device("cuda"))
     assert why is None, f"a CUDA GPU is here but backend {backend!r} cannot run MADE: {why}"
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from armodel_fast import _backend, _ext
+from armodel_fast import _ext, dispatch
 from armodel_fast.ops import masked_linear as ml_ops
 from armodel_fast.reference import made as ref_made
 from armodel_fast.reference.masked_linear import degree_mask
@@ -234,7 +234,7 @@ def test_cuda_branch_of_the_custom_op(tileref_as_cuda, act):
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("B, I, O, bias, degrees", SHAPES + [(300, 700, 530, True, "staircase")])
 def test_cuda_backend_matches_reference(dtype, act, strict, B, I, O, bias, degrees):
-    why = _backend._why_not("cuda", "masked_linear", torch.device("cuda"))
+    why = dispatch._why_not("cuda", "masked_linear", torch.device("cuda"))
     assert why is None, f"a CUDA GPU is here but the cuda backend cannot run masked_linear: {why}"
     x, w, b, din, dout, gy = data(B, I, O, torch.float32, seed=B + I + O, bias=bias, degrees=degrees)
     y32, grads32 = reference_grads(x, w, b, din, dout, strict, act, gy)  # float64 math, fp32 result

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from armodel_fast._backend import BackendUnavailableError
+from armodel_fast.dispatch import BackendUnavailableError
+from armodel_fast.ops.nade import OPS
 from armodel_fast.reference import nade as ref
 from nade_cpu_checks import EXT, HAS_BINARY, TIE, close_grads, needs_binary, tol
 
@@ -221,9 +222,9 @@ def test_backend_reference_and_unknown():
     x = binary_x(3, 5, torch.float64)
     torch.testing.assert_close(nops.nade_log_prob(x, W, c, V, b, order, backend="reference"),
                                nops.nade_log_prob(x, W, c, V, b, order, backend="cpp"))
-    from armodel_fast.ops import _nade_common
+    from armodel_fast import dispatch
     with pytest.raises(BackendUnavailableError, match="no 'fortran' kernel"):
-        _nade_common.kernel("nade", "forward", "fortran")
+        dispatch.launcher("nade", "forward", "fortran")
 
 
 # ---------------------------------------------------------------- torch.compile, custom ops
@@ -232,11 +233,11 @@ def test_binary_custom_ops_opcheck():
     W, c, V, b, order = binary_params(6, 5, torch.float64)
     x = binary_x(3, 5, torch.float64)
     params = [t.clone().requires_grad_() for t in (W, c, V, b)]
-    torch.library.opcheck(nops._forward_op, (x, *params, order, "cpp"))
+    torch.library.opcheck(OPS["nade"].forward, (x, *params, order, "cpp"))
     lp, logits = EXT.nade_forward(x, W, c, V, b, order)
-    torch.library.opcheck(nops._backward_op, (torch.ones(3, dtype=torch.float64), None, x, W, c, V, b, order,
+    torch.library.opcheck(OPS["nade"].backward, (torch.ones(3, dtype=torch.float64), None, x, W, c, V, b, order,
                                               logits, "cpp"))
-    torch.library.opcheck(nops._sample_op, (W, c, V, b, order, torch.rand(4, 5, dtype=torch.float64), "cpp"))
+    torch.library.opcheck(OPS["nade"].sample, (W, c, V, b, order, torch.rand(4, 5, dtype=torch.float64), "cpp"))
 
 
 def test_binary_torch_compile_fullgraph():

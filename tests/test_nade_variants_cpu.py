@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from armodel_fast.ops.nade import OPS
 from armodel_fast.reference import categorical_nade as cref
 from armodel_fast.reference import rnade as rref
 from armodel_fast.reference.heads import categorical_log_prob, gaussian_mixture_log_prob
@@ -198,12 +199,12 @@ def test_rnade_extreme_and_bad_inputs():
 def test_variants_custom_ops_and_compile():
     W, c, V, b, order = categorical_params(6, 5, 3, torch.float64)
     x = torch.randint(0, 3, (4, 5))
-    torch.library.opcheck(cops._forward_op, (x, W.requires_grad_(), c, V, b, order, "cpp"))
-    torch.library.opcheck(cops._sample_op, (W.detach(), c, V, b, order, torch.rand(3, 5, dtype=torch.float64), "cpp"))
+    torch.library.opcheck(OPS["categorical_nade"].forward, (x, W.requires_grad_(), c, V, b, order, "cpp"))
+    torch.library.opcheck(OPS["categorical_nade"].sample, (W.detach(), c, V, b, order, torch.rand(3, 5, dtype=torch.float64), "cpp"))
     W, c, V, b, order = rnade_params(6, 5, 2, torch.float64)
     xr = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(rops._forward_op, (xr, W.requires_grad_(), c, V, b, order, "cpp"))
-    torch.library.opcheck(rops._sample_op, (W.detach(), c, V, b, order, torch.rand(3, 5, 2, dtype=torch.float64),
+    torch.library.opcheck(OPS["rnade"].forward, (xr, W.requires_grad_(), c, V, b, order, "cpp"))
+    torch.library.opcheck(OPS["rnade"].sample, (W.detach(), c, V, b, order, torch.rand(3, 5, 2, dtype=torch.float64),
                                             "cpp"))
 
     def loss(x, W, c, V, b):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._backend import check_backend, resolve_backend
+from ..dispatch import check_backend, resolve_backend
 from .._validate import check_positive_int, check_uniforms
 from .masked_linear import MaskedLinear
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._validate import check_binary_x, check_order
-from ..reference import fvsbn as ref
+from ..ops import made as fast
 from ..reference.heads import bernoulli_log_prob
 from ..reference.made import input_degrees
 from .base import AutoregressiveModel
@@ -35,11 +35,7 @@ class FVSBN(AutoregressiveModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_binary_x(x, self.D, self.device, self.dtype)
-        backend = self._resolve()
-        if backend != "reference":
-            from ..ops import made as fast
-            return fast.fvsbn_logits(x, self.linear.weight, self.linear.bias, self.linear.in_degrees, backend)
-        return ref.fvsbn_logits(x, self.linear.weight, self.linear.bias, self.linear.in_degrees)
+        return fast.fvsbn_logits(x, self.linear.weight, self.linear.bias, self.linear.in_degrees, self._resolve())
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, [B]."""
@@ -48,13 +44,6 @@ class FVSBN(AutoregressiveModel):
     def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
         """Draw n samples from uniforms ``u [n, D]`` (``x_d = 1{u_d < p_d}``)."""
         u = self._uniforms(n, u, generator)
-        backend = self._resolve("made_sample")
-        if backend != "reference":  # one pass over the weights (ops.made.made_sample)
-            from ..ops import made as fast
-            x, lp = fast.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees, self.order, u,
-                                      backend)
-            return (x, lp) if return_log_prob else x
-        with torch.no_grad():
-            x, lp = ref.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees,
-                                     self.order, u)
+        x, lp = fast.fvsbn_sample(self.linear.weight, self.linear.bias, self.linear.in_degrees, self.order, u,
+                                  self._resolve("made_sample"))  # one pass over the weights, or D (reference)
         return (x, lp) if return_log_prob else x

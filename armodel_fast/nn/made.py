@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import (check_binary_x, check_categorical_x, check_context, check_order,
-                         check_positive_int, check_real_x, check_tensor)
+from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
+                         check_positive_int, check_real_x, check_seed, check_tensor)
+from ..ops import made as fast
 from ..reference import made as ref
 from .base import AutoregressiveModel
 from .masked_linear import MaskedLinear
@@ -27,8 +28,9 @@ class MADE(AutoregressiveModel):
     draws its own ordering: order-agnostic training). Degrees of all mask sets
     are drawn once from ``seed`` and stored as buffers; :meth:`next_mask`
     switches to the next set (call it every minibatch for connectivity-agnostic
-    training). ``context [B, context_dim]`` enters unmasked, into the first hidden
-    layer and directly into the outputs.
+    training). ``seed`` must be an int (None is refused: the masks must be reproducible
+    from the constructor's arguments). ``context [B, context_dim]`` enters unmasked,
+    into the first hidden layer and directly into the outputs.
     """
 
     op = "made"
@@ -57,7 +59,8 @@ class MADE(AutoregressiveModel):
         if activation not in ref.ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ref.ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        self.seed = seed
+        check_bool("direct", direct)
+        self.seed = check_seed(seed)
         self.in_units = D * self.K if out == "categorical" else D
 
         orders, degrees = self._draw_masks(order, seed)
@@ -151,20 +154,14 @@ class MADE(AutoregressiveModel):
 
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
-        backend = self._resolve()
         hidden, output, direct, ctx_w = self._layer_args()
-        if backend == "reference":
-            raw = ref.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w)
-        else:
-            from ..ops import made as fast
-            raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
-                                    backend=backend)
+        raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
+                                backend=self._resolve())
         return ref.made_params_split(raw, self.out, self.D, self.K)
 
     def _sample_with(self, backend, noise, context, head):
         """``ops.made.made_sample`` of ``backend``: one pass over the weights, or D passes
         (``reference``). No gradients (see :meth:`inverse`)."""
-        from ..ops import made as fast
         hidden, output, direct, ctx_w = self._layer_args()
         return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
                                 context, ctx_w, backend=backend)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._backend import check_backend, resolve_backend
-from .._validate import check_positive_int, check_tensor
+from ..dispatch import check_backend, resolve_backend
+from .._validate import check_bool, check_positive_int, check_tensor
+from ..ops import masked_linear as ops
 from ..reference.masked_linear import degree_mask
 
 
@@ -41,9 +41,8 @@ class MaskedLinear(nn.Module):
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
-        if not isinstance(strict, bool):
-            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-        self.strict = strict
+        self.strict = check_bool("strict", strict)
+        check_bool("bias", bias)
         self.backend = check_backend(backend, self.op)
         self.last_backend = None
         fk = {"device": device, "dtype": dtype}
@@ -75,17 +74,10 @@ class MaskedLinear(nn.Module):
         return degree_mask(self.in_degrees, self.out_degrees, self.strict, self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in_features] -> [..., out_features] (validated by ``ops.masked_linear``, the
+        same checks for every backend)."""
         check_tensor("x", x)
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape [..., {self.in_features}], got {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if x.device != self.weight.device:
-            raise ValueError(f"x is on {x.device} but the layer's weight is on {self.weight.device}")
         self.last_backend = resolve_backend(self.backend, self.op, x.device)
-        if self.last_backend == "reference":
-            return F.linear(x, self.weight * self.mask(), self.bias)
-        from ..ops import masked_linear as ops
         return ops.masked_linear(x, self.weight, self.bias, self.in_degrees, self.out_degrees,
                                  self.strict, backend=self.last_backend)
 

@@ -1,0 +1,272 @@
+"""The one backend registry: which kernels exist here, which one runs, and why not.
+
+A backend is one of ``reference`` (plain PyTorch, always present), ``cpp`` (the
+C++ CPU extension ``armodel_fast._C``), ``triton`` (Triton kernels; CPU tensors
+only under ``TRITON_INTERPRET=1``) and ``cuda`` (the CUDA extension
+``armodel_fast._C_cuda``).
+
+The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator,
+:func:`register`, from the op folders (``ops/nade``, ``ops/masked_linear``,
+``ops/made``), with the parameter dtypes each launcher takes and the native
+function it calls. A backend implements ``op`` when it has a usable launcher for
+every stage of ``op``. Modules resolve ``backend="auto"`` (or check an explicit
+name) once per call with :func:`resolve_backend` and pass the concrete name
+down; :func:`launcher` then finds the function. Nothing falls back silently: an
+explicit backend that cannot run raises :class:`BackendUnavailableError` with
+the reason and the fix.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("reference", "cpp", "triton", "cuda")
+# ``auto`` tries these in order for a tensor on that device type.
+AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this op on this device."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str
+    ops: tuple = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        ops = ", ".join(self.ops) if self.ops else "no ops yet"
+        return f"{self.name}: {state} ({self.reason}); ops: {ops}"
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """``fn`` runs one stage of an op on one backend, for parameters of ``dtypes`` (None: any
+    floating dtype); ``requires``: the native functions it calls (checked in the backend's
+    extension, so an older build registers nothing it cannot run)."""
+    fn: Callable
+    dtypes: Optional[Tuple[torch.dtype, ...]] = None
+    requires: Tuple[str, ...] = ()
+
+
+_TABLE: Dict[Tuple[str, str], Dict[str, Launcher]] = {}
+
+
+def register(op: str, stage: str, backend: str, dtypes=None, requires=()) -> Callable:
+    """Decorator: the function launches ``stage`` of ``op`` on ``backend`` (stack it for
+    several backends). A ``reference`` entry is optional: the reference runs every op."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    requires = (requires,) if isinstance(requires, str) else tuple(requires)
+
+    def deco(fn: Callable) -> Callable:
+        _TABLE.setdefault((op, stage), {})[backend] = Launcher(fn, None if dtypes is None else tuple(dtypes),
+                                                               requires)
+        return fn
+    return deco
+
+
+def launcher(op: str, stage: str, backend: str) -> Callable:
+    """The function registered for ``(op, stage)`` on ``backend``."""
+    table = _TABLE.get((op, stage), {})
+    if backend not in table:
+        raise BackendUnavailableError(f"armodel_fast::{op}_{stage} has no {backend!r} kernel "
+                                      f"(implemented: {', '.join(sorted(table)) or 'none'})")
+    return table[backend].fn
+
+
+# ---- the platform: is a backend usable on this machine at all? ---------------------
+
+def _triton_status() -> tuple:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed: pip install triton==3.8.0"
+    if torch.cuda.is_available():
+        return True, "triton with a CUDA GPU"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "triton interpreter on CPU tensors (TRITON_INTERPRET=1; slow, for testing)"
+    return False, "no CUDA GPU; set TRITON_INTERPRET=1 before import to run Triton on CPU (slow)"
+
+
+def _cpp_status() -> tuple:
+    if _ext.get_ext() is None:
+        return False, _ext.ext_error()
+    return True, "C++ CPU extension armodel_fast._C loaded"
+
+
+def _cuda_status() -> tuple:
+    if _ext.get_cuda_ext() is None:
+        return False, _ext.cuda_ext_error()
+    if not torch.cuda.is_available():
+        return False, "CUDA extension compiled in, but no CUDA GPU/driver is usable here"
+    return True, "CUDA extension armodel_fast._C_cuda loaded"
+
+
+_PLATFORM = {"reference": lambda: (True, "plain PyTorch, always available"), "cpp": _cpp_status,
+             "triton": _triton_status, "cuda": _cuda_status}
+_NATIVE = {"cpp": _ext.get_ext, "cuda": _ext.get_cuda_ext}  # the extension a backend's `requires` names live in
+
+
+def _platform_status(name: str) -> tuple:
+    """(available, reason) of a backend on this machine, independent of any op."""
+    if name not in _PLATFORM:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return _PLATFORM[name]()
+
+
+def _usable(name: str, entry: Optional[Launcher]) -> bool:
+    if entry is None:
+        return False
+    ext = _NATIVE[name]() if name in _NATIVE else None
+    return all(ext is not None and hasattr(ext, f) for f in entry.requires)
+
+
+def implements(name: str, op: str) -> bool:
+    """Whether ``name`` has a usable launcher for every stage of ``op`` (reference: always)."""
+    if name == "reference":
+        return True
+    stages = [table for (o, _), table in _TABLE.items() if o == op]
+    return bool(stages) and all(_usable(name, table.get(name)) for table in stages)
+
+
+def dtypes(op: str, name: str) -> Optional[tuple]:
+    """The parameter dtypes ``name``'s kernels for ``op`` take (None: every floating dtype)."""
+    takes = None
+    for (o, _), table in _TABLE.items():
+        entry = table.get(name)
+        if o == op and entry is not None and entry.dtypes is not None:
+            takes = entry.dtypes if takes is None else tuple(d for d in takes if d in entry.dtypes)
+    return takes
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_dtype(op: str, backend: str, dtype: torch.dtype, what: str) -> None:
+    """TypeError naming ``what`` unless ``backend``'s kernels for ``op`` take ``dtype``."""
+    takes = dtypes(op, backend)
+    if takes is not None and dtype not in takes:
+        raise TypeError(f"{what} must be {' or '.join(map(_dtype_name, takes))} for the {backend} backend, "
+                        f"got {dtype}")
+
+
+def backends() -> dict:
+    """Status of every backend: ``{name: BackendStatus(available, reason, ops)}``."""
+    ops = sorted({o for o, _ in _TABLE})
+    return {name: BackendStatus(name, *_platform_status(name), tuple(o for o in ops if implements(name, o)))
+            for name in BACKENDS}
+
+
+# ---- choosing a backend ----------------------------------------------------------------
+
+def check_backend_name(backend) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_backend(backend, op: str) -> str:
+    """Validate a model's ``backend=`` argument at construction.
+
+    Unknown names raise ``ValueError``; an explicit backend that has no kernel
+    for ``op`` or cannot run on this machine at all raises
+    :class:`BackendUnavailableError` now rather than at the first call.
+    """
+    check_backend_name(backend)
+    if backend in ("auto", "reference"):
+        return backend
+    ok, why = _platform_status(backend)  # first: an unbuilt extension registers no kernels either
+    if not ok:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable here: {why}")
+    if not implements(backend, op):
+        raise BackendUnavailableError(f"backend {backend!r} has no kernel for {op} yet; "
+                                      f"use backend='reference' or 'auto' (see armodel_fast.backends())")
+    return backend
+
+
+def _device_why_not(name: str, device: torch.device) -> Optional[str]:
+    if name == "triton":
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)"
+        return None
+    want = {"cpp": "cpu", "cuda": "cuda"}.get(name, device.type)
+    if device.type != want:
+        return f"backend {name!r} runs on {want.upper()} tensors, got {device}"
+    return None
+
+
+def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[str]:
+    """None if ``name`` can run ``op`` on ``device`` (for ``dtype`` parameters, when given),
+    else the reason it cannot."""
+    if name == "reference":
+        return None
+    ok, why = _platform_status(name)
+    if not ok:
+        return why
+    if not implements(name, op):
+        return f"backend {name!r} has no kernel for {op} yet"
+    why = _device_why_not(name, device)
+    if why is not None:
+        return why
+    takes = dtypes(op, name)
+    if dtype is not None and takes is not None and dtype not in takes:
+        return (f"backend {name!r} has no {_dtype_name(dtype)} kernel for {op} "
+                f"(it takes {', '.join(map(_dtype_name, takes))})")
+    return None
+
+
+def _pick_auto(op: str, device: torch.device, dtype) -> str:
+    for name in AUTO_ORDER.get(device.type, ("reference",)):
+        if _why_not(name, op, device, dtype) is None:
+            return name
+    return "reference"
+
+
+@torch.compiler.assume_constant_result
+def _auto_when_compiling(op: str, device_type: str, dtype: torch.dtype) -> str:
+    return _pick_auto(op, torch.device(device_type), dtype)
+
+
+def resolve_backend(backend: str, op: str, device: torch.device, dtype=None) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
+
+    ``auto`` picks the first available in ``AUTO_ORDER`` (compiled kernels first) that
+    takes ``dtype``, ending at ``reference`` (no size rule: for tiny layers the
+    reference can be faster); an explicit name that cannot run raises
+    with the reason (a dtype it does not take is left to the op, whose
+    ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
+    the graph: ``auto`` is a trace-time constant, explicit names pass as given.
+    """
+    auto = backend == "auto"
+    if torch.compiler.is_compiling():
+        return _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
+    check_backend_name(backend)
+    device = torch.device(device)
+    if auto:
+        return _pick_auto(op, device, dtype)
+    why = _why_not(backend, op, device)
+    if why is not None:
+        raise BackendUnavailableError(f"cannot run {op} with backend={backend!r}: {why}")
+    return backend
+
+
+def explain(op: str, device="cpu", dtype=None) -> str:
+    """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
+    parameters, when given) and why not."""
+    device = torch.device(device)
+    lines = []
+    for name in BACKENDS:
+        why = _why_not(name, op, device, dtype)
+        lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
+    return "\n".join(lines)

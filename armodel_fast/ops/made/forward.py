@@ -1,0 +1,81 @@
+"""MADE and FVSBN forward passes through the fast masked linear layer (DESIGN.md sections 1 and 4).
+
+The layer tuples are those of :func:`armodel_fast.reference.made.made_forward`:
+hidden ``(weight, bias, in_degrees, out_degrees)``, output the same (strict),
+direct ``(weight, in_degrees, out_degrees)`` (strict, no bias), and
+``context_weights = (Wc_hidden, Wc_out)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ... import dispatch
+from ..._validate import check_tensor
+from ...reference import made as _ref
+from ...reference.made import ACTIVATIONS as _REF_ACT
+from ..masked_linear import _masked_linear_op, fresh_weights, masked_linear
+
+
+def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
+                 context: Optional[Tensor] = None, context_weights=None, backend: str = "cpp") -> Tensor:
+    """Raw MADE outputs [B, D*P]; same arguments and result as ``reference.made.made_forward``.
+
+    ``backend``: ``"cpp"``, ``"triton"``, ``"cuda"``, ``"reference"`` or ``"auto"``.
+    """
+    if not torch.compiler.is_compiling():
+        check_tensor("x", x)
+    backend = dispatch.resolve_backend(backend, "made", x.device, output_layer[0].dtype)
+    return dispatch.launcher("made", "forward", backend)(x, hidden_layers, output_layer, activation, direct_layer,
+                                                         context, context_weights, backend)
+
+
+@dispatch.register("made", "forward", "cuda", requires="masked_linear_forward")
+@dispatch.register("made", "forward", "triton")
+@dispatch.register("made", "forward", "cpp", requires="masked_linear_forward")
+def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend):
+    """Every layer by the masked-linear custom op of ``backend``. Between layers the hidden
+    units stay in degree-sorted order (one layer's out_degrees are the next one's
+    in_degrees, so both sort the same way): x is gathered once and the outputs scattered
+    once, not at every layer."""
+    layers = list(hidden_layers) + [output_layer]
+    lead = x.shape[:-1]
+    h, h_sorted = x.reshape(-1, x.shape[-1]), False
+    for i, (w, b, din, dout) in enumerate(layers):
+        last = i == len(layers) - 1
+        sort_out = not last and not (i == 0 and context is not None) and _chains(dout, layers[i + 1][2])
+        act = "none" if last or (i == 0 and context is not None) else activation
+        h = _masked_linear_op(h, w, b, din, dout, last, act, backend, h_sorted, sort_out, fresh_weights(h, w))
+        if i == 0 and context is not None and not last:  # context joins before the activation
+            h = _REF_ACT[activation](h + F.linear(context, context_weights[0]))
+        h_sorted = sort_out
+    out = h.reshape(*lead, h.shape[-1])
+    if direct_layer is not None:
+        w, din, dout = direct_layer
+        out = out + masked_linear(x, w, None, din, dout, True, "none", backend)
+    if context is not None:
+        out = out + F.linear(context, context_weights[1])
+    return out
+
+
+@dispatch.register("made", "forward", "reference")
+def _reference_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend):
+    return _ref.made_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
+
+
+def _chains(out_degrees: Tensor, next_in_degrees: Tensor) -> bool:
+    """Whether a layer's sorted outputs can feed the next layer directly (same degrees)."""
+    if torch.compiler.is_compiling():  # MADE sets both from one degree vector
+        return True
+    return out_degrees.shape == next_in_degrees.shape and torch.equal(out_degrees, next_in_degrees)
+
+
+@dispatch.register("fvsbn", "forward", "cuda", requires="masked_linear_forward")
+@dispatch.register("fvsbn", "forward", "triton")
+@dispatch.register("fvsbn", "forward", "cpp", requires="masked_linear_forward")
+def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backend: str = "cpp") -> Tensor:
+    """FVSBN logits [B, D]: one strictly masked linear layer (DESIGN.md section 1)."""
+    return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)

@@ -1,0 +1,133 @@
+"""The cache of prepared (degree-sorted) masked-linear weights, shared by every backend.
+
+Entries are keyed per weight tensor and kind (``"cpp"``, ``"triton"``, ``"sorted"``):
+the tensor itself (weak reference), its version counter, data pointer and layout
+and the degree values; every hit also spot-checks 64 connected weight values
+(see :mod:`armodel_fast.ops.masked_linear` for the contract).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+
+import torch
+from torch import Tensor
+
+
+class _Entry:
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_live", "spot_values",
+                 "prepared", "training")
+
+
+_SPOTS = 64  # weight entries compared at every cache hit (see the module docstring)
+
+
+_CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
+_stats = {"hits": 0, "builds": 0, "stale": 0}
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def caching(enabled: bool):
+    """Turn the prepared-weight cache on/off inside a ``with`` block (off: rebuild every call)."""
+    old, _enabled[0] = _enabled[0], bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled[0] = old
+
+
+def clear_cache() -> None:
+    """Drop every cached prepared weight (needed only after writes through ``.data``)."""
+    _CACHE.clear()
+
+
+def cache_info() -> dict:
+    """``{"entries", "hits", "builds", "stale"}`` of the prepared-weight cache (``stale``: entries
+    rebuilt because spot-checked weight values had changed behind the version counter)."""
+    return {"entries": len(_CACHE), **_stats}
+
+
+@functools.lru_cache(maxsize=256)
+def _spot_grid(n: int, k: int):
+    """The candidate positions of an [n, k] weight (CPU), drawn once per shape."""
+    g = torch.Generator().manual_seed(n * 1_000_003 + k)
+    m = 4 * _SPOTS if n * k else 0
+    return torch.randint(0, max(n, 1), (m,), generator=g), torch.randint(0, max(k, 1), (m,), generator=g)
+
+
+def _spot_positions(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
+    """``(rows, cols, live)``: 4 x ``_SPOTS`` weight positions drawn by a fixed generator (no
+    lattice that could line up with the mask, such as a strict mask's zero diagonal) and
+    whether each is connected (only those count: the masked-out ones never matter, nor
+    move in training). All on the weight's device, computed without a device sync."""
+    rows, cols = _spot_grid(*weight.shape)
+    dout, din = out_degrees[rows.to(out_degrees.device)], in_degrees[cols.to(in_degrees.device)]
+    live = (dout > din) if strict else (dout >= din)
+    dev = weight.device
+    return rows.to(dev), cols.to(dev), live.to(dev)
+
+
+def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> bool:
+    """Same degrees and same spot-checked weight values (one device sync for both)."""
+    if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
+        return False
+    same_degrees = ((entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all())
+    moved = (weight.detach()[entry.spot_rows, entry.spot_cols] != entry.spot_values) & entry.spot_live
+    same_degrees, same_spots = torch.stack([same_degrees.to(weight.device), ~moved.any()]).tolist()
+    _stats["stale"] += not same_spots
+    return same_degrees and same_spots
+
+
+def _key(weight: Tensor, strict: bool, max_blocks: int):
+    return (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype,
+            strict, max_blocks)
+
+
+def _forget(ck, ref) -> None:
+    """Weak-reference callback: the weight died, drop its entry (unless already replaced)."""
+    entry = _CACHE.get(ck)
+    if entry is not None and entry.ref is ref:
+        del _CACHE[ck]
+
+
+_USES = ("eval", "train", "backward")
+
+
+def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,
+            build, use: str = "eval"):
+    """``build()``, or its cached result for this weight, its version and these degrees.
+
+    ``use``: ``"train"``, a forward that records a graph: always builds (and stores the
+    result for its backward); ``"backward"``: takes any valid entry; ``"eval"`` (no graph:
+    evaluation, sampling): takes only entries that no training forward or backward has
+    built or used, so the first evaluation after training steps rebuilds even when a fused
+    optimizer (``Adam(fused=True)``) left the version counter unchanged.
+    """
+    if use not in _USES:
+        raise ValueError(f"use must be one of {_USES}, got {use!r}")
+    cacheable = _enabled[0] and not weight.is_inference()
+    ck = (id(weight), kind)
+    if cacheable and use != "train":
+        entry = _CACHE.get(ck)
+        if (entry is not None and entry.ref() is weight and (use == "backward" or not entry.training)
+                and entry.key == _key(weight, strict, max_blocks)
+                and _still_valid(entry, weight, in_degrees, out_degrees)):
+            _stats["hits"] += 1
+            entry.training |= use == "backward"  # an optimizer step may follow (fused: unseen)
+            return entry.prepared
+    prepared = build()
+    _stats["builds"] += 1
+    if cacheable:
+        entry = _Entry()
+        entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
+        entry.key = _key(weight, strict, max_blocks)
+        entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
+        entry.spot_rows, entry.spot_cols, entry.spot_live = _spot_positions(weight, in_degrees, out_degrees, strict)
+        entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
+        entry.prepared = prepared
+        entry.training = use != "eval"
+        _CACHE[ck] = entry
+    return prepared
+

@@ -1,0 +1,184 @@
+"""masked_linear: ``act(x @ (W * M).T + bias)`` with the mask computed from degrees.
+
+Chain (STYLE.md): C++ kernels ``masked_linear_{prepare,forward,backward}`` ->
+torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
+(fake impls + autograd, so ``torch.compile`` traces them without graph breaks)
+-> :func:`masked_linear` (validation, ``backend=``) -> ``nn.MaskedLinear``.
+
+``M[k, j] = 1{out_degrees[k] >= in_degrees[j]}`` (``>`` when ``strict``); no
+``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
+degree (a permutation invisible to the caller), which turns the mask into a
+staircase, and runs one BLAS matmul per block of rows over only the inputs
+the block reaches (DESIGN.md section 4). The Triton backend
+(``kernels/masked_linear_triton.py``) gets the same stable degree sort from
+:func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
+computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
+backend (``csrc/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
+weights are cached per weight tensor and backend, keyed on the tensor itself
+(weak reference), its version counter, data pointer and layout and on the
+degree values. A forward that records a graph (training) always prepares anew
+and its backward reuses that; calls without a graph (evaluation, sampling)
+reuse what an earlier such call built while the weights are unchanged. Any
+in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
+``no_grad``) or a degree change (MADE's ``next_mask``) invalidates the entry,
+and so does a training step, even with a fused optimizer, whose updates the
+version counter does not see. Writes through ``weight.data`` bypass the version
+counter too: every cache hit therefore also compares 64 connected weight
+entries (at fixed random positions) with their values when the entry was
+built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
+``.data.copy_``, EMA updates); a ``.data`` write that changes only a few
+entries can still go unseen: call :func:`clear_cache` after those, or run
+inside ``with caching(False):``.
+
+Files: ``cache.py`` (the prepared-weight cache), ``launchers.py`` (each backend's
+prepare / forward / backward, in the dispatch table), ``functional.py`` (the
+custom ops and :func:`masked_linear`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ... import dispatch
+from ..._validate import check_bool
+from ...reference.masked_linear import degree_mask
+from .._autograd import forbid_double_backward
+from .launchers import ACTIVATIONS
+
+_REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+
+
+# ---- custom ops -----------------------------------------------------------------
+
+@torch.library.custom_op("armodel_fast::masked_linear", mutates_args=())
+def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor,
+                      out_degrees: Tensor, strict: bool, activation: str, backend: str,
+                      x_sorted: bool = False, y_sorted: bool = False, fresh: bool = False) -> Tensor:
+    """x [B, in] -> [B, out]. ``x_sorted``/``y_sorted``: x's columns / y's units are in
+    degree-sorted (stable) order, as between chained MADE layers (no gather/scatter).
+    ``fresh``: prepare the weights anew instead of from the cache (training: see
+    :func:`fresh_weights`); the backward finds them in the cache."""
+    return dispatch.launcher("masked_linear", "forward", backend)(
+        x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, "train" if fresh else "eval")
+
+
+@_masked_linear_op.register_fake
+def _(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted=False, y_sorted=False,
+      fresh=False):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def fresh_weights(x: Tensor, weight: Tensor) -> bool:
+    """Whether a forward prepares its weights anew: when it records a graph (training).
+    Optimizer steps normally bump the weight's version counter, which invalidates the
+    cache, but fused optimizers (``Adam(fused=True)``) do not; a training step therefore
+    never trusts the cache, its backward reuses what its forward built, and the next call
+    without a graph rebuilds (see :func:`_cached`)."""
+    return torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+
+
+@torch.library.custom_op("armodel_fast::masked_linear_backward", mutates_args=())
+def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Optional[Tensor],
+                               in_degrees: Tensor, out_degrees: Tensor, strict: bool, activation: str,
+                               backend: str, x_sorted: bool, y_sorted: bool, need_dx: bool, need_dw: bool,
+                               need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = dispatch.launcher("masked_linear", "backward", backend)(
+        grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, need_dx, need_dw,
+        need_db)
+    return (dx if need_dx else x.new_empty(0), dw if need_dw else x.new_empty(0), db if need_db else x.new_empty(0))
+
+
+@_masked_linear_backward_op.register_fake
+def _(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+      need_dx, need_dw, need_db):
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(weight.shape if need_dw else (0,)),
+            x.new_empty((weight.shape[0],) if need_db else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, _ = inputs
+    # Degrees are cloned (a few KB): MADE rewrites its degree buffers in place when it
+    # switches masks, and the backward must use the forward's mask.
+    ctx.save_for_backward(x, weight, in_degrees.clone(), out_degrees.clone(),
+                          output if activation != "none" else None)
+    ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
+
+
+def _backward(ctx, grad_y):
+    x, weight, in_degrees, out_degrees, y = ctx.saved_tensors
+    strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
+    need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
+    dx, dw, db = _masked_linear_backward_op(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
+                                            backend, x_sorted, y_sorted, need_dx, need_dw, need_db)
+    return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
+            None, None, None, None, None, None, None, None)
+
+
+_masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
+forbid_double_backward(_masked_linear_backward_op, "masked_linear (MADE, FVSBN)")
+
+
+# ---- public function ---------------------------------------------------------------
+
+def _check_degrees(name: str, d, n: int) -> Tensor:
+    if not isinstance(d, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer degrees, got {type(d).__name__}")
+    if d.dtype.is_floating_point or d.dtype.is_complex or d.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer degrees, got dtype {d.dtype}")
+    if d.dim() != 1 or d.numel() != n:
+        raise ValueError(f"{name} must be a 1-D tensor of length {n}, got shape {tuple(d.shape)}")
+    return d if d.dtype == torch.long else d.long()
+
+
+def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor, out_degrees: Tensor,
+                  strict: bool, activation: str = "none", backend: str = "cpp") -> Tensor:
+    """``act(x @ (weight * M).T + bias)``, ``M[k, j] = 1{out_degrees[k] >= in_degrees[j]}`` (``>`` if strict).
+
+    x [..., in], weight [out, in], bias [out] or None, degrees int [in] / [out];
+    activation one of ``none, relu, elu, tanh`` (elu with alpha = 1), fused.
+    ``backend``: ``"cpp"``, ``"triton"`` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``),
+    ``"cuda"`` (CUDA tensors), ``"reference"`` or ``"auto"``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [out, in], got {tuple(weight.shape)}")
+    n_out, n_in = weight.shape
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if x.dim() < 1 or x.shape[-1] != n_in:
+        raise ValueError(f"x must have shape [..., {n_in}], got {tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but weight is on {weight.device}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"bias must have the weight's dtype {weight.dtype}, got {bias.dtype}")
+        if bias.shape != (n_out,):
+            raise ValueError(f"bias must have shape [{n_out}], got {tuple(bias.shape)}")
+        if bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device} but weight is on {weight.device}")
+    in_degrees = _check_degrees("in_degrees", in_degrees, n_in)
+    out_degrees = _check_degrees("out_degrees", out_degrees, n_out)
+    check_bool("strict", strict)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    backend = dispatch.resolve_backend(backend, "masked_linear", x.device)
+    if backend == "reference":
+        mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
+        return _REF_ACT[activation](F.linear(x, weight * mask, bias))
+    lead = x.shape[:-1]
+    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                          fresh=fresh_weights(x, weight))
+    return y.reshape(*lead, n_out)
+

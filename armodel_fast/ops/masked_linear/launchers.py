@@ -1,0 +1,190 @@
+"""The masked-linear kernels of every backend, registered in :mod:`armodel_fast.dispatch`.
+
+Each backend prepares degree-sorted weights once per weight version (``cache.py``):
+the C++ kernels masked staircase blocks (:func:`prepare`), Triton and CUDA the
+unmasked sorted weights they mask per tile (:func:`prepare_triton`,
+:func:`prepare_sorted`). All use the same stable degree sort, so ``x_sorted`` /
+``y_sorted`` mean the same order everywhere. Launchers:
+
+* ``forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use) -> y``
+* ``backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+  need_dx, need_dw, need_db) -> (dx, dw, db)``
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ... import _ext
+from ...dispatch import BackendUnavailableError, register
+from .cache import _cached
+
+ACTIVATIONS = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}
+MAX_BLOCKS = 8  # row blocks of the staircase (more: less masked area, smaller matmuls)
+
+
+def _cpp():
+    ext = _ext.get_ext()
+    if ext is None or not hasattr(ext, "masked_linear_forward"):
+        raise BackendUnavailableError(f"masked_linear backend 'cpp' is unavailable: {_ext.ext_error() or 'the extension has no masked_linear kernels; rebuild it'}")
+    return ext
+
+
+class Prepared(NamedTuple):
+    """Degree-sorted masked weights: sorted row i is unit ``perm_out[i]``, sorted
+    column j is input ``perm_in[j]``; row i reaches the sorted inputs
+    ``[0, row_reach[i])``; ``blocks[b] = (row_begin, row_end, cols)``."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    row_reach: Tensor
+    blocks: Tensor
+
+
+class TritonPrepared(NamedTuple):
+    """Degree-sorted operands of the Triton kernels: ``w_sorted = weight[perm_out][:, perm_in]``
+    (unmasked: the kernels mask in the tile), the sorted degrees (int32), their staircase
+    (``reach``, ``col_start``: see ``kernels.masked_linear_triton.staircase``) and the
+    inverse permutations that put results back in the caller's order."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    inv_in: Tensor
+    inv_out: Tensor
+    in_sorted: Tensor
+    out_sorted: Tensor
+    reach: Tensor
+    col_start: Tensor
+
+
+def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+            max_blocks: int = None, use: str = "eval") -> Prepared:
+    """The prepared weights of ``(weight, degrees)`` for the C++ kernels, from the cache when
+    still valid (``use``: see :func:`_cached`)."""
+    max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
+    return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda: Prepared(
+        *_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks)), use)
+
+
+def _triton():
+    from ...kernels import masked_linear_triton  # imports triton: only when the backend is used
+    return masked_linear_triton
+
+
+def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+                   use: str = "eval") -> TritonPrepared:
+    """The degree-sorted operands of ``(weight, degrees)`` for the Triton kernels (cached like :func:`prepare`).
+
+    The same stable sort as the C++ ``masked_linear_prepare``, so both backends order units alike."""
+    def build():
+        dev = weight.device
+        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        w_sorted = weight.detach().index_select(0, perm_out).index_select(1, perm_in).contiguous()
+        return TritonPrepared(w_sorted, perm_in, perm_out, torch.argsort(perm_in), torch.argsort(perm_out),
+                              *_triton().staircase(in_sorted, out_sorted, strict))
+    return _cached("triton", weight, in_degrees, out_degrees, strict, 0, build, use)
+
+
+def _triton_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
+    p = prepare_triton(weight, in_degrees, out_degrees, strict, use)
+    xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
+    bs = None if bias is None else bias.detach().index_select(0, p.perm_out)
+    ys = _triton().masked_linear_forward(xs, p.w_sorted, bs, p.in_sorted, p.out_sorted, strict, activation,
+                                         reach=p.reach, col_start=p.col_start)
+    return ys if y_sorted else ys.index_select(1, p.inv_out)
+
+
+def _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                     need_dx, need_dw, need_db):
+    p = prepare_triton(weight, in_degrees, out_degrees, strict, "backward")
+    to_sorted = (lambda t: t.contiguous()) if y_sorted else (lambda t: t.index_select(1, p.perm_out))
+    xs = (x if x_sorted else x.index_select(1, p.perm_in)).contiguous()
+    dx, dw, db = _triton().masked_linear_backward(
+        to_sorted(grad_y), xs, p.w_sorted, None if y is None else to_sorted(y), p.in_sorted, p.out_sorted,
+        strict, activation, need_dx=need_dx, need_dw=need_dw, need_db=need_db, reach=p.reach,
+        col_start=p.col_start)
+    if need_dx and not x_sorted:
+        dx = dx.index_select(1, p.inv_in)
+    if need_dw:
+        dw = dw.index_select(0, p.inv_out).index_select(1, p.inv_in)
+    if need_db:
+        db = db.index_select(0, p.inv_out)
+    return dx, dw, db
+
+
+# ---- CUDA backend (csrc/masked_linear_cuda.cu) --------------------------------------
+
+class SortedWeights(NamedTuple):
+    """Degree-sorted operands of the CUDA kernels (and of their CPU tile-reference):
+    ``w_sorted = weight[perm_out][:, perm_in]``, unmasked (the kernels compute the mask
+    per tile from ``in_sorted`` / ``out_sorted``), in the compute dtype (fp32 for
+    fp16/bf16 weights, else the weight's)."""
+    w_sorted: Tensor
+    perm_in: Tensor
+    perm_out: Tensor
+    in_sorted: Tensor
+    out_sorted: Tensor
+
+
+def _cuda():
+    ext = _ext.get_cuda_ext()
+    if ext is None or not hasattr(ext, "masked_linear_forward"):
+        raise RuntimeError("masked_linear backend 'cuda' is unavailable: "
+                           f"{_ext.cuda_ext_error() or 'the CUDA extension has no masked_linear kernels; rebuild it'}")
+    return ext
+
+
+def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use: str = "eval") -> SortedWeights:
+    """The degree-sorted operands of ``(weight, degrees)`` on the weight's device (cached like
+    :func:`prepare`; independent of ``strict``). The same stable sort as the C++
+    ``masked_linear_prepare``, so ``x_sorted``/``y_sorted`` mean the same order in every backend."""
+    def build():
+        dev = weight.device
+        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        w = weight.detach()
+        w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        w_sorted = w.index_select(0, perm_out).index_select(1, perm_in).contiguous()
+        return SortedWeights(w_sorted, perm_in.contiguous(), perm_out.contiguous(), in_sorted.contiguous(),
+                             out_sorted.contiguous())
+    return _cached("sorted", weight, in_degrees, out_degrees, False, 0, build, use)
+
+
+# ---- launchers -------------------------------------------------------------------------
+
+@register("masked_linear", "forward", "cpp", requires="masked_linear_forward")
+def _cpp_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
+    p = prepare(weight, in_degrees, out_degrees, strict, use=use)
+    return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
+                                        ACTIVATIONS[activation], x_sorted, y_sorted)
+
+
+@register("masked_linear", "backward", "cpp", requires="masked_linear_backward")
+def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                  need_dx, need_dw, need_db):
+    p = prepare(weight, in_degrees, out_degrees, strict, use="backward")
+    return _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach, p.blocks,
+                                         ACTIVATIONS[activation], x_sorted, y_sorted, need_dx, need_dw, need_db)
+
+
+@register("masked_linear", "forward", "cuda", requires="masked_linear_forward")
+def _cuda_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
+    p = prepare_sorted(weight, in_degrees, out_degrees, use)
+    return _cuda().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.in_sorted, p.out_sorted,
+                                         strict, ACTIVATIONS[activation], x_sorted, y_sorted)
+
+
+@register("masked_linear", "backward", "cuda", requires="masked_linear_backward")
+def _cuda_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                   need_dx, need_dw, need_db):
+    p = prepare_sorted(weight, in_degrees, out_degrees, "backward")
+    return _cuda().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.in_sorted,
+                                          p.out_sorted, strict, ACTIVATIONS[activation], x_sorted, y_sorted,
+                                          need_dx, need_dw, need_db)
+
+
+register("masked_linear", "forward", "triton")(_triton_forward)
+register("masked_linear", "backward", "triton")(_triton_backward)

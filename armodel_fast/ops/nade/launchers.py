@@ -1,0 +1,73 @@
+"""The NADE kernels of every backend, registered in :mod:`armodel_fast.dispatch`.
+
+A launcher takes the spec and the custom op's tensor arguments:
+
+* ``forward(spec, x, W, c, V, b, order) -> (log_prob [B], outputs [B, D, ...])``
+* ``backward(spec, grad, grad_outputs or None, x, W, c, V, b, order, outputs)
+  -> (dW, dc, dV, db)`` plus ``dx`` when ``spec.x_has_grad``: the gradient of
+  ``sum(grad * log_prob) + sum(grad_outputs * outputs)``
+* ``sample(spec, W, c, V, b, order, u) -> (x [n, D], log_prob [n])``
+
+cpp and cuda share one launcher: ``ext.nade_<stage>(spec.kind, ...)``. Triton
+modules are imported at the first call: ``TRITON_INTERPRET`` is read when triton
+is imported, so importing armodel_fast must not import it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from ... import _ext
+from ...dispatch import BackendUnavailableError, register
+from .spec import SPECS
+
+STAGES = ("forward", "backward", "sample")
+CPP_DTYPES = (torch.float32, torch.float64)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # kernels/triton_common.py PARAM_DTYPES
+
+
+def _cpp_nade(stage: str) -> Callable:
+    """``armodel_fast._C.nade_<stage>(kind, ...)``, the CUDA module's signature."""
+    ext = _ext.get_ext()
+    if ext is None:
+        raise BackendUnavailableError(f"backend 'cpp' cannot run nade_{stage}: {_ext.ext_error()}")
+    # COMPAT until the csrc merge (then: return getattr(ext, f"nade_{stage}")): the old per-model functions.
+    def call(kind, *args):
+        out = getattr(ext, f"{('nade', 'categorical_nade', 'rnade')[kind]}_{stage}")(*args)
+        return list(out) + [None] if stage == "backward" and kind != 2 else out
+    return call
+
+
+def _cuda_nade(stage: str) -> Callable:
+    ext = _ext.get_cuda_ext()
+    if ext is None:
+        raise BackendUnavailableError(f"backend 'cuda' cannot run nade_{stage}: {_ext.cuda_ext_error()}")
+    return getattr(ext, f"nade_{stage}")
+
+
+def _native(entry: Callable, stage: str) -> Callable:
+    """The one launcher of both native modules (``entry``: stage -> ``ext.nade_<stage>``)."""
+    def launch(spec, *args):
+        out = tuple(entry(stage)(spec.kind, *args))
+        return out[:5 if spec.x_has_grad else 4] if stage == "backward" else out
+    return launch
+
+
+def _triton(stage: str) -> Callable:
+    def launch(spec, *args):
+        mod = importlib.import_module(f"armodel_fast.kernels.{spec.triton_module}")
+        fn = getattr(mod, f"{spec.op}_{stage}")
+        if stage == "backward":  # the Triton kernels take grad_outputs last, as a keyword-able argument
+            grad, grad_outputs, *rest = args
+            return tuple(fn(grad, *rest, grad_outputs))
+        return tuple(fn(*args))
+    return launch
+
+
+for _spec in SPECS.values():
+    for _stage in STAGES:
+        register(_spec.op, _stage, "cpp", dtypes=CPP_DTYPES, requires="nade_forward")(_native(_cpp_nade, _stage))
+        register(_spec.op, _stage, "cuda", requires="nade_forward")(_native(_cuda_nade, _stage))
+        register(_spec.op, _stage, "triton", dtypes=TRITON_DTYPES)(_triton(_stage))

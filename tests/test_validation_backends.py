@@ -1,0 +1,100 @@
+"""One validation path (issue 11, parts 2 and 3): the reference checks exactly what the
+kernels check, and every bad argument gets the same clear error on every backend."""
+import pytest
+import torch
+
+import armodel_fast as af
+from armodel_fast import dispatch
+from armodel_fast.ops import made as made_ops
+
+BACKENDS = ["reference"] + [b for b in ("cpp", "triton", "cuda")
+                            if dispatch._why_not(b, "made", torch.device("cpu")) is None]
+BAD_ORDERS = [torch.tensor([0, 1, 1, 3]), torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 1, 2, 4])]
+
+
+def _nade_models(backend):
+    return [(af.NADE(4, 3, backend=backend), torch.ones(2, 4)),
+            (af.CategoricalNADE(4, 3, 3, backend=backend), torch.ones(2, 4, dtype=torch.long)),
+            (af.RNADE(4, 3, 2, backend=backend), torch.zeros(2, 4)),
+            (af.FVSBN(4, backend=backend), torch.ones(2, 4))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", BAD_ORDERS, ids=["duplicate", "negative", "out_of_range"])
+def test_bad_order_buffer_from_state_dict_raises_everywhere(backend, bad):
+    """An invalid ``order`` loaded through load_state_dict: a ValueError naming ``order``
+    on every backend (the reference read uninitialised memory or sampled silently)."""
+    for model, x in _nade_models(backend):
+        state = model.state_dict()
+        state["order"] = bad.clone()
+        model.load_state_dict(state)
+        with pytest.raises(ValueError, match="order"):
+            model.sample(3)
+        if not isinstance(model, af.FVSBN):  # FVSBN's forward does not read the order (degrees do)
+            with pytest.raises(ValueError, match="order"):
+                model.log_prob(x)
+
+
+def _made_args(out="bernoulli", K=None, **kw):
+    made = af.MADE(4, [6, 5], out=out, K=K, **kw)
+    hidden, output, direct, ctx_w = made._layer_args()
+    return made, hidden, output, direct, ctx_w
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_made_sample_checks_order_and_degrees_everywhere(backend):
+    made, hidden, output, direct, _ = _made_args(direct=True)
+    u = torch.rand(3, 4, dtype=torch.float32)
+    for bad in BAD_ORDERS:
+        with pytest.raises(ValueError, match="order"):
+            made_ops.made_sample(hidden, output, bad, u, backend=backend)
+    other = made.order.flip(0)  # a permutation, but not the one the layers' degrees encode
+    with pytest.raises(ValueError, match="in_degrees must be MADE's input degrees"):
+        made_ops.made_sample(hidden, output, other, u, direct_layer=direct, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_made_sample_head_must_fit_the_layers(backend):
+    made, hidden, output, _, _ = _made_args()
+    with pytest.raises(ValueError, match="head='categorical'"):
+        made_ops.made_sample(hidden, output, made.order, torch.rand(3, 4, dtype=torch.float32), "categorical", K=3,
+                             backend=backend)
+    with pytest.raises(ValueError, match="head='gaussian'"):
+        made_ops.made_sample(hidden, output, made.order, torch.rand(3, 4, 2, dtype=torch.float32), "gaussian", K=1,
+                             backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_made_sample_context_needs_context_weights(backend):
+    made, hidden, output, _, ctx_w = _made_args(context_dim=2)
+    ctx = torch.randn(3, 2, dtype=torch.float32)
+    u = torch.rand(3, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="context_weights"):
+        made_ops.made_sample(hidden, output, made.order, u, context=ctx, context_weights=None, backend=backend)
+    with pytest.raises(ValueError, match="context_weights Wc_out"):
+        made_ops.made_sample(hidden, output, made.order, u, context=ctx, context_weights=(ctx_w[0], ctx_w[0]),
+                             backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_masked_linear_input_dtype_is_checked_everywhere(backend, dtype):
+    layer = af.MaskedLinear(4, 3, torch.arange(4), torch.arange(3), backend=backend)  # float32
+    with pytest.raises(TypeError, match="same dtype"):
+        layer(torch.zeros(2, 4, dtype=dtype))
+
+
+def test_boolean_flags_must_be_bools():
+    with pytest.raises(TypeError, match="direct must be a bool"):
+        af.MADE(4, [5], direct="no")
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        af.MaskedLinear(4, 3, torch.arange(4), torch.arange(3), bias="no")
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        af.MaskedLinear(4, 3, torch.arange(4), torch.arange(3), strict=1)
+
+
+@pytest.mark.parametrize("seed", ["abc", None, 1.5, True])
+def test_made_seed_must_be_an_int(seed):
+    """``seed`` is an int; None is refused (masks must be reproducible from the arguments)."""
+    with pytest.raises(TypeError, match="seed must be an int"):
+        af.MADE(4, [5], seed=seed)
