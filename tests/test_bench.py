@@ -1,20 +1,29 @@
-"""``armodel-fast bench``: outputs (JSON, markdown, PNG), --filter, sizes, the memory subprocess.
+"""``armodel-fast bench``: outputs (JSON, markdown, PNG), --filter, sizes, the memory subprocess;
+the harness's layout (one registry of cases, shared with ``benchmarks/``; no import cycle).
 
 Nothing here is a speed assertion: tiny sizes, one timed call per row.
 """
+import ast
+import graphlib
 import json
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from armodel_fast import bench
+from armodel_fast.bench import rows as registry
 from armodel_fast.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_PACKAGE = REPO / "armodel_fast" / "bench"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OPS = {"nade log_prob fwd", "nade log_prob fwd+bwd", "nade sample", "masked_linear fwd", "masked_linear fwd+bwd",
-       "made fwd", "made sample"} | {f"{m} {op}" for m in ("categorical_nade", "rnade")
+       "made fwd", "made fwd+bwd", "made sample"} | {f"{m} {op}" for m in ("categorical_nade", "rnade")
                                      for op in ("log_prob fwd", "log_prob fwd+bwd", "sample")}
 QUICK = ["bench", "--quick", "--repeats", "1", "--no-compile"]
 
@@ -139,3 +148,84 @@ def test_kernel_rows_follow_explain():
     assert kernel == reasons
     assert all(isinstance(why, str) and why for why in reasons.values() if why is not None)
     assert len({r.key for r in rows}) == len(rows)  # the subprocess finds its row by key
+
+
+# ---------------------------------------------------------------------------- layout of the harness
+def _bench_imports(path: Path) -> set:
+    """Modules of armodel_fast.bench that ``path`` imports (relative imports inside the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_bench_package_has_no_import_cycle():
+    graph = {p.stem: _bench_imports(p) for p in BENCH_PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert set().union(*graph.values()) <= set(graph), "an import of a module that does not exist"
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert graph["core"] == set() and order.index("core") < order.index("rows") < order.index("measure")
+    assert all(graph[m] == {"core"} for m in graph if m.startswith("cases_")), graph
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_benchmarks_import_no_private_name():
+    files = sorted((REPO / "benchmarks").glob("*.py"))
+    assert {f.name for f in files} >= {"conftest.py", "bench_nade.py", "bench_masked_linear.py", "bench_made.py"}
+    for f in files:
+        text = f.read_text()
+        for node in ast.walk(ast.parse(text)):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = (node.module or "").split(".") + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [part for a in node.names for part in a.name.split(".")]
+            assert not [n for n in names if _private(n)], f"{f.name}:{node.lineno} imports a private name"
+        assert not re.search(r"\b(af|armodel_fast)(\.\w+)*\._(?!_)", text), f"{f.name} uses a private name"
+
+
+def test_benchmarks_collect_the_same_rows_as_the_cli():
+    """``pytest benchmarks/`` parametrises over exactly the rows of ``armodel-fast bench`` (--quick)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "--bench-quick", "--bench-device", "cpu", "benchmarks/"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    ids = {line.split("[", 1)[1].rsplit("]", 1)[0] for line in collected}
+    rows = bench.all_rows(bench.BenchConfig(device="cpu", quick=True))
+    assert len(collected) == len(rows) and ids == {r.key for r in rows}
+    by_file = {f: {line.split("::")[0] for line in collected if f in line} for f in ("bench_nade", "bench_made")}
+    assert all(by_file.values())
+
+
+def test_a_new_family_is_one_registry_entry(monkeypatch, tmp_path):
+    """What a new cases file provides (``Family(sizes, rows)``) is all --family, all_rows and the run need."""
+    tiny = {"B": 3, "D": 5}
+    sizes = {"headline": [tiny], "sweep": [tiny], "quick": [tiny], "quick_sweep": [tiny]}
+
+    def toy_rows(cfg, s):
+        x = torch.ones(s["B"], s["D"])
+        return [bench.Row("toy sum", "reference", lambda cfg: lambda: x.sum()),
+                bench.Row("toy sum", "kernel x2", lambda cfg: lambda: (x * 2).sum(), kind="kernel")]
+    monkeypatch.setitem(registry.FAMILIES, "toy", bench.Family(sizes, toy_rows))
+    cfg = bench.BenchConfig(device="cpu", families=("toy",), repeats=1, memory=False)
+    results = bench.run_bench(cfg)
+    assert [(r["op"], r["provider"], r["size_label"]) for r in results] == [
+        ("toy sum", "reference", "B=3 D=5"), ("toy sum", "kernel x2", "B=3 D=5")]
+    assert all(r["median_ms"] > 0 and r["speedup_vs_best_reference"] > 0 for r in results)
+    with pytest.raises(ValueError, match="sizes must have the keys"):
+        bench.Family({"headline": [tiny]}, toy_rows)
+    with pytest.raises(ValueError, match="families must be among"):
+        bench.all_rows(bench.BenchConfig(device="cpu", families=("no such family",)))
+
+
+def test_every_cli_family_has_a_benchmark_file():
+    declared = set()
+    for f in (REPO / "benchmarks").glob("bench_*.py"):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["FAMILIES"]:
+                declared |= set(ast.literal_eval(node.value))
+    assert declared == set(bench.FAMILIES) == set(bench.ROW_BUILDERS)  # ROW_BUILDERS: cli.py's --family choices

@@ -1,20 +1,31 @@
 """Benchmarks behind ``python -m armodel_fast bench``.
 
 For each op (NADE log-prob forward / forward+backward / sampling,
-masked_linear forward / forward+backward, MADE forward, MADE sampling) and
-each size, the eager reference forms, ``torch.compile`` of the reference and
+masked_linear forward / forward+backward, MADE forward / forward+backward,
+MADE sampling) and each size, the eager reference forms, ``torch.compile`` of the reference and
 every kernel backend (those that cannot run here are listed with the reason
 from :func:`armodel_fast.explain`), as time, ratio and peak memory.
 
-Layout: :mod:`.core` (config, rows, measuring, the run loop), :mod:`.rows`
-(the row builders and their sizes), :mod:`.report` (rich tables, JSON,
-markdown, PNG).
+One set of cases, two front ends: ``armodel-fast bench`` (this package's run
+loop: one table, JSON, markdown and PNG with machine, torch version and commit)
+and pytest-benchmark (``pytest benchmarks/``, whose ``bench_<op>.py`` files
+parametrise over the same rows).
+
+Layout (each module imports only those before it): :mod:`.core` (config,
+:class:`Row`, :class:`Family` and the helpers cases use), ``cases_<op>.py`` (one
+per op: sizes and row builders), :mod:`.rows` (the registry: which cases files
+exist, the sizes a config selects, :func:`all_rows`), :mod:`.measure` (timing,
+peak memory, the per-row subprocess, the run loop), :mod:`.report` (rich
+tables, JSON, markdown, PNG).
 
 Rows are data: a :class:`Row` is ``(op, provider, make)`` where ``make(cfg)``
 sets up inputs and returns the zero-argument callable to time, or a ``skip``
-reason instead. ``rows.ROW_BUILDERS`` maps an op family to a function
-``(cfg, size) -> [Row, ...]`` and ``rows.SIZES`` gives each family's headline
-sizes, its ``--sweep`` and its ``--quick`` sizes; to add an op, add both.
+reason instead. Each cases file defines ``FAMILIES = {name: Family(sizes,
+rows)}``: ``sizes`` holds the headline sizes, the ``--sweep`` and the
+``--quick`` sizes, ``rows(cfg, size) -> [Row, ...]``. To add an op family,
+write ``cases_<op>.py`` and add it to ``rows.CASE_MODULES`` (one line); then
+``--family <name>`` selects it, and a five-line ``benchmarks/bench_<op>.py``
+(``FAMILIES = ("<name>",)`` and one test) times it under pytest-benchmark.
 Rows of ``kind="reference"`` are the eager reference forms; every row's ratio
 is taken against the fastest of them for the same op and size. Rows of
 ``kind="baseline"`` (an unmasked layer, say) are shown for scale only.
@@ -38,13 +49,13 @@ the weight does not change). tracemalloc cannot be used: it does not see
 torch's CPU allocations. On CUDA it is ``torch.cuda.max_memory_allocated``
 minus the allocation before the call.
 """
-from .core import (COMPILE_AUTO_MAX_D, MEMORY_METHOD, BenchConfig, Row, add_ratios, child_main, measure,
-                   run_bench)
+from .core import COMPILE_AUTO_MAX_D, BenchConfig, Family, Row, kernel_skip_reasons
+from .measure import MEMORY_METHOD, add_ratios, child_main, measure, run_bench, synchronized_call
 from .report import (machine_info, machine_line, markdown_table, print_tables, write_json, write_markdown,
                      write_outputs, write_plot)
-from .rows import ROW_BUILDERS, SIZES, all_rows, kernel_skip_reasons, sizes
+from .rows import FAMILIES, ROW_BUILDERS, SIZES, all_rows, find_row, sizes
 
-__all__ = ["BenchConfig", "COMPILE_AUTO_MAX_D", "MEMORY_METHOD", "ROW_BUILDERS", "Row", "SIZES", "add_ratios",
-           "all_rows", "child_main", "kernel_skip_reasons", "machine_info", "machine_line", "markdown_table",
-           "measure", "print_tables", "run_bench", "sizes", "write_json", "write_markdown", "write_outputs",
-           "write_plot"]
+__all__ = ["BenchConfig", "COMPILE_AUTO_MAX_D", "FAMILIES", "Family", "MEMORY_METHOD", "ROW_BUILDERS", "Row",
+           "SIZES", "add_ratios", "all_rows", "child_main", "find_row", "kernel_skip_reasons", "machine_info",
+           "machine_line", "markdown_table", "measure", "print_tables", "run_bench", "sizes", "synchronized_call",
+           "write_json", "write_markdown", "write_outputs", "write_plot"]

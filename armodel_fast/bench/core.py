@@ -1,27 +1,20 @@
-"""Configuration, rows, measuring (time and peak memory) and the run loop.
+"""What a benchmark case is: the run's config, a :class:`Row`, an op :class:`Family`, and
+the helpers every ``cases_<op>.py`` builds its rows with.
 
-See the package docstring (:mod:`armodel_fast.bench`) for the method.
+This module imports nothing else from :mod:`armodel_fast.bench` (the cases files,
+the registry :mod:`.rows`, the run loop :mod:`.measure` and :mod:`.report` import it).
 """
 from __future__ import annotations
 
-import ctypes
-import gc
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
 COMPILE_AUTO_MAX_D = 32  # torch.compile unrolls a D-step loop: minutes beyond small D
-MEMORY_METHOD = ("peak RSS rise during one call after warm-up (VmHWM reset via /proc/self/clear_refs, "
-                 "glibc mmap threshold 64 KiB), fresh subprocess per row; CUDA: max_memory_allocated rise")
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 KINDS = ("reference", "baseline", "compiled", "kernel")
+SIZE_SETS = ("headline", "sweep", "quick", "quick_sweep")
 
 
 @dataclass
@@ -41,7 +34,7 @@ class BenchConfig:
     filter: Optional[str] = None
     sweep: bool = False
     quick: bool = False
-    families: tuple = ()  # op families to run (keys of rows.ROW_BUILDERS); empty: all
+    families: tuple = ()  # op families to run (keys of rows.FAMILIES); empty: all
 
     def __post_init__(self):
         if self.device is None:
@@ -87,146 +80,76 @@ class Row:
         return not text or text in f"{self.op} {self.provider}"
 
 
-# ---------------------------------------------------------------------------- measuring
-def _proc_status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise KeyError(name)
+@dataclass(frozen=True)
+class Family:
+    """An op family (a ``--family`` name): its sizes and its row builder.
+
+    ``sizes``: ``{"headline": [size, ...], "sweep": [...], "quick": [...],
+    "quick_sweep": [...]}``, a size being a dict of dimensions (``B``, ``D``, ``H``,
+    ``hidden``, ...); ``rows(cfg, size) -> [Row, ...]``: every provider of every
+    op of the family at that size.
+    """
+    sizes: dict
+    rows: Callable
+
+    def __post_init__(self):
+        missing = [k for k in SIZE_SETS if k not in self.sizes]
+        if missing:
+            raise ValueError(f"sizes must have the keys {SIZE_SETS}, missing {missing}")
 
 
-def _release_freed_memory() -> bool:
-    """glibc only: mmap allocations >= 64 KiB (munmapped when freed) and trim the heap."""
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 65536)) and libc.malloc_trim(0) >= 0
-    except (OSError, AttributeError):
-        return False
+# ---------------------------------------------------------------------------- helpers for cases files
+def kernel_skip_reasons(op: str, device) -> dict:
+    """``{backend: None or why it cannot run op}`` for the non-reference backends,
+    read from :func:`armodel_fast.explain` (lines ``name: yes`` / ``name: no - why``)."""
+    import armodel_fast
+
+    reasons = {}
+    for line in armodel_fast.explain(op, device).splitlines():
+        name, _, verdict = line.partition(": ")
+        if name != "reference":
+            reasons[name] = None if verdict == "yes" else verdict.removeprefix("no - ")
+    return reasons
 
 
-def _peak_memory_mib(fn, device: str) -> Optional[float]:
-    """Extra memory one call of ``fn`` needs (see the package docstring), or None."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    if not _release_freed_memory():
-        return None
-    fn()  # once more, so that the new allocator setting is warmed up too
-    gc.collect()
-    _release_freed_memory()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        before = _proc_status_kib("VmRSS")
-        fn()
-        return max(0, _proc_status_kib("VmHWM") - before) / 1024
-    except OSError:  # not Linux, or /proc not writable
-        return None
+def compile_skip(cfg: BenchConfig, loop_steps: int = 0) -> Optional[str]:
+    """Why compiled rows are skipped (None: run them). ``loop_steps``: the Python loop
+    torch.compile would unroll (0: none), only compiled in auto mode when short."""
+    if cfg.compile == "off":
+        return "--no-compile"
+    if cfg.compile == "auto" and loop_steps > COMPILE_AUTO_MAX_D:
+        return (f"compiling the {loop_steps}-step loop takes minutes; auto mode compiles it only "
+                f"at D <= {COMPILE_AUTO_MAX_D} (pass --compile)")
+    return None
 
 
-def repeats_of(row: Row, cfg: BenchConfig) -> int:
-    return cfg.repeats if row.repeats is None else min(cfg.repeats, row.repeats)
+def no_grad_call(fn):
+    """The callable to time for a forward: ``fn()`` without autograd."""
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
 
 
-def measure(row: Row, cfg: BenchConfig, memory: bool) -> dict:
-    """Time ``row`` here: {"median_ms", "times_ms", "peak_mib"}."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    fn = row.make(cfg)
-    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
-    for _ in range(row.warmup):
-        fn()
-    times = []
-    for _ in range(repeats_of(row, cfg)):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "times_ms": times,
-            "peak_mib": _peak_memory_mib(fn, cfg.device) if memory else None}
+def forward_backward(fn, zero):
+    """One call: ``fn()`` (a tensor), ``.sum().backward()``, then ``zero()`` drops the gradients."""
+    def run():
+        fn().sum().backward()
+        zero()
+    return run
 
 
-def short_error(e: BaseException, limit: int = 240) -> str:
-    """``Type: first line of the message``, cut to ``limit`` characters (pybind errors
-    otherwise print every argument tensor)."""
-    lines = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def zero_grads(*tensors):
+    """A ``zero`` for :func:`forward_backward`: sets each tensor's ``.grad`` to None."""
+    def zero():
+        for t in tensors:
+            t.grad = None
+    return zero
 
 
-def _measure_in_subprocess(row: Row, cfg: BenchConfig) -> dict:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this very package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    spec = json.dumps({"cfg": asdict(cfg), "key": row.key})
-    code = "from armodel_fast.bench import child_main; child_main()"
-    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"]
-        raise RuntimeError(f"subprocess exit status {proc.returncode}: {lines[-1][:200]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return result
-
-
-def child_main(argv=None) -> None:
-    """Entry point of the per-row subprocess: measure one row, print JSON."""
-    from .rows import all_rows
-
-    spec = json.loads((argv or sys.argv[1:])[0])
-    cfg = BenchConfig(**spec["cfg"])
-    row = next(r for r in all_rows(cfg) if r.key == spec["key"])
-    try:
-        result = measure(row, cfg, memory=True)
-    except Exception as e:  # noqa: BLE001 - reported by the parent as the row's note
-        result = {"error": short_error(e)}
-    print(json.dumps(result))
-
-
-def _result_of(row: Row) -> dict:
-    return {"op": row.op, "size": row.size, "size_label": row.size_label, "provider": row.provider,
-            "kind": row.kind, "reference": row.reference, "baseline": row.kind == "baseline",
-            "median_ms": None, "times_ms": [], "peak_mib": None, "note": row.skip, "info": row.info}
-
-
-def add_ratios(results: list) -> list:
-    """``speedup_vs_best_reference``: fastest eager reference time of the same op and
-    size over this row's time (None where either is missing)."""
-    best = {}
-    for r in results:
-        if r["reference"] and r["median_ms"] is not None:
-            group = (r["op"], r["size_label"])
-            best[group] = min(best.get(group, float("inf")), r["median_ms"])
-    for r in results:
-        group = (r["op"], r["size_label"])
-        ok = r["median_ms"] is not None and group in best
-        r["speedup_vs_best_reference"] = best[group] / r["median_ms"] if ok else None
-    return results
-
-
-def run_bench(cfg: BenchConfig, rows=None, console=None) -> list:
-    """Measure every row; returns one dict per row (skipped and failed rows have a note)."""
-    from .rows import all_rows
-
-    rows = all_rows(cfg) if rows is None else rows
-    results = []
-    for i, row in enumerate(rows):
-        result = _result_of(row)
-        if row.skip is None:
-            if console is not None:
-                console.print(f"  [{i + 1}/{len(rows)}] {row.op} [{row.size_label}] {row.provider} ...")
-            try:
-                result.update(_measure_in_subprocess(row, cfg) if cfg.memory
-                              else measure(row, cfg, memory=False))
-            except Exception as e:  # noqa: BLE001 - a failing row is reported, not fatal
-                result["note"] = "failed: " + (str(e) if cfg.memory else short_error(e))
-        results.append(result)
-    return add_ratios(results)
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Inside: the global CPU RNG seeded with ``seed``; after: restored as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .core import MEMORY_METHOD, BenchConfig
+from .core import BenchConfig
+from .measure import MEMORY_METHOD
 
 RATIO_NOTE = ("vs best ref: time of the fastest eager reference form of the op at that size / this row's time "
               "(>1 = faster)")

@@ -1,0 +1,177 @@
+"""Measuring rows (time and peak memory), the per-row subprocess and the run loop.
+
+See the package docstring (:mod:`armodel_fast.bench`) for the method.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+
+from .core import BenchConfig, Row
+from .rows import all_rows, find_row
+
+MEMORY_METHOD = ("peak RSS rise during one call after warm-up (VmHWM reset via /proc/self/clear_refs, "
+                 "glibc mmap threshold 64 KiB), fresh subprocess per row; CUDA: max_memory_allocated rise")
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _proc_status_kib(name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise KeyError(name)
+
+
+def _release_freed_memory() -> bool:
+    """glibc only: mmap allocations >= 64 KiB (munmapped when freed) and trim the heap."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 65536)) and libc.malloc_trim(0) >= 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _peak_memory_mib(fn, device: str) -> Optional[float]:
+    """Extra memory one call of ``fn`` needs (see the package docstring), or None."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    if not _release_freed_memory():
+        return None
+    fn()  # once more, so that the new allocator setting is warmed up too
+    gc.collect()
+    _release_freed_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _proc_status_kib("VmRSS")
+        fn()
+        return max(0, _proc_status_kib("VmHWM") - before) / 1024
+    except OSError:  # not Linux, or /proc not writable
+        return None
+
+
+def repeats_of(row: Row, cfg: BenchConfig) -> int:
+    return cfg.repeats if row.repeats is None else min(cfg.repeats, row.repeats)
+
+
+def synchronized_call(row: Row, cfg: BenchConfig):
+    """``row.make(cfg)`` with ``cfg.threads`` applied, followed by a CUDA synchronise on
+    a CUDA device: the callable a timer may time (pytest-benchmark times this one)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    fn = row.make(cfg)
+    if not cfg.device.startswith("cuda"):
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run
+
+
+def measure(row: Row, cfg: BenchConfig, memory: bool) -> dict:
+    """Time ``row`` here: {"median_ms", "times_ms", "peak_mib"}."""
+    fn = synchronized_call(row, cfg)
+    if cfg.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    for _ in range(row.warmup):
+        fn()
+    times = []
+    for _ in range(repeats_of(row, cfg)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "times_ms": times,
+            "peak_mib": _peak_memory_mib(fn, cfg.device) if memory else None}
+
+
+def short_error(e: BaseException, limit: int = 240) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters (pybind errors
+    otherwise print every argument tensor)."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _measure_in_subprocess(row: Row, cfg: BenchConfig) -> dict:
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this very package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    spec = json.dumps({"cfg": asdict(cfg), "key": row.key})
+    code = "from armodel_fast.bench.measure import child_main; child_main()"
+    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise RuntimeError(f"subprocess exit status {proc.returncode}: {lines[-1][:200]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+def child_main(argv=None) -> None:
+    """Entry point of the per-row subprocess: measure one row, print JSON."""
+    spec = json.loads((argv or sys.argv[1:])[0])
+    cfg = BenchConfig(**spec["cfg"])
+    row = find_row(cfg, spec["key"])
+    try:
+        result = measure(row, cfg, memory=True)
+    except Exception as e:  # noqa: BLE001 - reported by the parent as the row's note
+        result = {"error": short_error(e)}
+    print(json.dumps(result))
+
+
+def _result_of(row: Row) -> dict:
+    return {"op": row.op, "size": row.size, "size_label": row.size_label, "provider": row.provider,
+            "kind": row.kind, "reference": row.reference, "baseline": row.kind == "baseline",
+            "median_ms": None, "times_ms": [], "peak_mib": None, "note": row.skip, "info": row.info}
+
+
+def add_ratios(results: list) -> list:
+    """``speedup_vs_best_reference``: fastest eager reference time of the same op and
+    size over this row's time (None where either is missing)."""
+    best = {}
+    for r in results:
+        if r["reference"] and r["median_ms"] is not None:
+            group = (r["op"], r["size_label"])
+            best[group] = min(best.get(group, float("inf")), r["median_ms"])
+    for r in results:
+        group = (r["op"], r["size_label"])
+        ok = r["median_ms"] is not None and group in best
+        r["speedup_vs_best_reference"] = best[group] / r["median_ms"] if ok else None
+    return results
+
+
+def run_bench(cfg: BenchConfig, rows=None, console=None) -> list:
+    """Measure every row; returns one dict per row (skipped and failed rows have a note)."""
+    rows = all_rows(cfg) if rows is None else rows
+    results = []
+    for i, row in enumerate(rows):
+        result = _result_of(row)
+        if row.skip is None:
+            if console is not None:
+                console.print(f"  [{i + 1}/{len(rows)}] {row.op} [{row.size_label}] {row.provider} ...")
+            try:
+                result.update(_measure_in_subprocess(row, cfg) if cfg.memory
+                              else measure(row, cfg, memory=False))
+            except Exception as e:  # noqa: BLE001 - a failing row is reported, not fatal
+                result["note"] = "failed: " + (str(e) if cfg.memory else short_error(e))
+        results.append(result)
+    return add_ratios(results)
