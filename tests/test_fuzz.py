@@ -67,6 +67,7 @@ class Case(NamedTuple):
     context_dim: int = 0
     activation: str = "relu"
     strict: bool = False
+    strided: bool = False  # x, u, context as non-contiguous views
 
 
 @st.composite
@@ -89,7 +90,12 @@ def cases(draw, backend: str, kind: str):
         extra = dict(strict=draw(st.booleans()), activation=draw(st.sampled_from(["none", "relu", "elu", "tanh"])))
     return Case(kind, D, draw(st.integers(1, 5)), K, order, draw(st.sampled_from([torch.float32, torch.float64])),
                 draw(st.sampled_from([1, 2, 3, 4, 1, 2, 3, 0])), draw(st.integers(1, 3)), draw(st.integers(0, 2**16)),
-                **extra)
+                strided=draw(st.booleans()), **extra)
+
+
+def strided(case: Case, t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or (``case.strided``) an equal non-contiguous view (every other column)."""
+    return torch.stack([t, torch.zeros_like(t)], -1)[..., 0] if case.strided and t.dim() > 1 else t
 
 
 def build(case: Case, backend: str):
@@ -124,10 +130,10 @@ def build(case: Case, backend: str):
 def inputs(case: Case, rows: int, gen: torch.Generator) -> torch.Tensor:
     shape = (rows, case.D)
     if X_KIND[case.kind] == "binary":
-        return torch.randint(0, 2, shape, generator=gen).to(case.dtype)
+        return strided(case, torch.randint(0, 2, shape, generator=gen).to(case.dtype))
     if X_KIND[case.kind] == "classes":
-        return torch.randint(0, case.K, shape, generator=gen)
-    return torch.randn(shape, generator=gen, dtype=case.dtype)
+        return strided(case, torch.randint(0, case.K, shape, generator=gen))
+    return strided(case, torch.randn(shape, generator=gen, dtype=case.dtype))
 
 
 def pair(case: Case, backend: str):
@@ -199,7 +205,8 @@ def check_case(case: Case, backend: str) -> None:
     fast, ref = pair(case, backend)
     gen = torch.Generator().manual_seed(case.seed + 1)
     x = inputs(case, case.B, gen)
-    ctx = torch.randn(case.B, case.context_dim, generator=gen, dtype=case.dtype) if case.context_dim else None
+    ctx = strided(case, torch.randn(case.B, case.context_dim, generator=gen, dtype=case.dtype)) \
+        if case.context_dim else None
     why = _unsupported(case, backend)
     if why is not None:
         with pytest.raises(TypeError):
@@ -221,8 +228,9 @@ def check_case(case: Case, backend: str) -> None:
             ens = case.num_masks
             assert_same(_call(fast, case, x, ctx, ensemble=ens), _call(ref, case, x, ctx, ensemble=ens), case,
                         "ensemble log_prob")
-    u = torch.rand(fast.uniforms_shape(case.n), generator=gen, dtype=case.dtype)
-    ctx_n = torch.randn(case.n, case.context_dim, generator=gen, dtype=case.dtype) if case.context_dim else None
+    u = strided(case, torch.rand(fast.uniforms_shape(case.n), generator=gen, dtype=case.dtype))
+    ctx_n = strided(case, torch.randn(case.n, case.context_dim, generator=gen, dtype=case.dtype)) \
+        if case.context_dim else None
     kw = dict(context=ctx_n) if case.context_dim else {}
     xs, lps = fast.sample(case.n, u=u, return_log_prob=True, **kw)
     xr, lpr = ref.sample(case.n, u=u, return_log_prob=True, **kw)
@@ -231,7 +239,7 @@ def check_case(case: Case, backend: str) -> None:
     assert_same(xs, xr, case, "samples")
     assert_same(lps, lpr, case, "sample log_prob")
     if case.kind == "made_gaussian" and case.K == 1:
-        z = torch.randn(case.n, case.D, generator=gen, dtype=case.dtype)
+        z = strided(case, torch.randn(case.n, case.D, generator=gen, dtype=case.dtype))
         with torch.no_grad():
             assert_same(fast.inverse(z, **kw), ref.inverse(z, **kw), case, "inverse")
 
