@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import weakref
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 
 
 class _Entry:
+    """One cached build: ``key`` and spot values recorded BEFORE the build read the weight."""
     __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_rows", "spot_cols", "spot_live", "spot_values",
                  "prepared", "training")
 
@@ -24,7 +26,11 @@ _SPOTS = 64  # weight entries compared at every cache hit (see the module docstr
 
 
 _CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
-_stats = {"hits": 0, "builds": 0, "stale": 0}
+_stats = {"hits": 0, "builds": 0, "stale": 0, "discarded": 0}
+# Guards _CACHE and _stats, never a build (builds of different threads run in parallel).
+# Re-entrant: the weak-reference callback _forget can run from the garbage collector
+# inside a section that already holds it.
+_LOCK = threading.RLock()
 _enabled = [True]
 
 
@@ -40,13 +46,17 @@ def caching(enabled: bool):
 
 def clear_cache() -> None:
     """Drop every cached prepared weight (needed only after writes through ``.data``)."""
-    _CACHE.clear()
+    with _LOCK:
+        _CACHE.clear()
 
 
 def cache_info() -> dict:
-    """``{"entries", "hits", "builds", "stale"}`` of the prepared-weight cache (``stale``: entries
-    rebuilt because spot-checked weight values had changed behind the version counter)."""
-    return {"entries": len(_CACHE), **_stats}
+    """``{"entries", "hits", "builds", "stale", "discarded"}`` of the prepared-weight cache
+    (``stale``: entries rebuilt because spot-checked weight values had changed behind the
+    version counter; ``discarded``: builds not stored because the weight's version changed
+    while they ran, i.e. another thread updated it)."""
+    with _LOCK:
+        return {"entries": len(_CACHE), **_stats}
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,15 +79,16 @@ def _spot_positions(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, str
     return rows.to(dev), cols.to(dev), live.to(dev)
 
 
-def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> bool:
-    """Same degrees and same spot-checked weight values (one device sync for both)."""
+def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> tuple:
+    """``(valid, spots_moved)``: same degrees and same spot-checked weight values (one device
+    sync for both; a NaN spot that is still NaN has not moved)."""
     if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
-        return False
+        return False, False
     same_degrees = ((entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all())
-    moved = (weight.detach()[entry.spot_rows, entry.spot_cols] != entry.spot_values) & entry.spot_live
+    now, then = weight.detach()[entry.spot_rows, entry.spot_cols], entry.spot_values
+    moved = (now != then) & ~(now.isnan() & then.isnan()) & entry.spot_live
     same_degrees, same_spots = torch.stack([same_degrees.to(weight.device), ~moved.any()]).tolist()
-    _stats["stale"] += not same_spots
-    return same_degrees and same_spots
+    return same_degrees and same_spots, not same_spots
 
 
 def _key(weight: Tensor, strict: bool, max_blocks: int):
@@ -85,11 +96,39 @@ def _key(weight: Tensor, strict: bool, max_blocks: int):
             strict, max_blocks)
 
 
+def _snapshot(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int) -> _Entry:
+    """An entry recording, BEFORE a build reads the weight, its version (read first), copies
+    of the degrees (the build uses these) and the spot values. An update landing during the
+    build then leaves the entry invalid: a tracked in-place write (``add_``, ``copy_``,
+    ``optimizer.step()``) bumps the version only after it has written, and an untracked one
+    (``.data``, fused optimizers) changes the recorded spot values."""
+    entry = _Entry()
+    entry.key = _key(weight, strict, max_blocks)
+    entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
+    entry.spot_rows, entry.spot_cols, entry.spot_live = _spot_positions(weight, entry.in_degrees,
+                                                                        entry.out_degrees, strict)
+    entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
+    return entry
+
+
+def _store(ck, entry: _Entry, weight: Tensor) -> None:
+    """Publish ``entry`` unless the table holds one of a newer version of the same weight
+    (a slower thread's build must not replace a faster one's newer result)."""
+    with _LOCK:
+        old = _CACHE.get(ck)
+        if (old is not None and old.ref() is weight and old.key[1:] == entry.key[1:]
+                and old.key[0] > entry.key[0]):
+            return
+        entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
+        _CACHE[ck] = entry
+
+
 def _forget(ck, ref) -> None:
     """Weak-reference callback: the weight died, drop its entry (unless already replaced)."""
-    entry = _CACHE.get(ck)
-    if entry is not None and entry.ref is ref:
-        del _CACHE[ck]
+    with _LOCK:
+        entry = _CACHE.get(ck)
+        if entry is not None and entry.ref is ref:
+            del _CACHE[ck]
 
 
 _USES = ("eval", "train", "backward")
@@ -97,13 +136,19 @@ _USES = ("eval", "train", "backward")
 
 def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,
             build, use: str = "eval"):
-    """``build()``, or its cached result for this weight, its version and these degrees.
+    """``build(in_degrees, out_degrees)``, or its cached result for this weight, its version
+    and these degrees.
 
     ``use``: ``"train"``, a forward that records a graph: always builds (and stores the
     result for its backward); ``"backward"``: takes any valid entry; ``"eval"`` (no graph:
     evaluation, sampling): takes only entries that no training forward or backward has
     built or used, so the first evaluation after training steps rebuilds even when a fused
     optimizer (``Adam(fused=True)``) left the version counter unchanged.
+
+    Thread safety: the version and spot values are recorded before the build (see
+    :func:`_snapshot`) and a build during which the version changed is not stored, so an
+    update from another thread can make that one call see either version (or, as for any
+    op reading a tensor being written, a mix) but never leaves a stale entry behind.
     """
     if use not in _USES:
         raise ValueError(f"use must be one of {_USES}, got {use!r}")
@@ -112,22 +157,26 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
     if cacheable and use != "train":
         entry = _CACHE.get(ck)
         if (entry is not None and entry.ref() is weight and (use == "backward" or not entry.training)
-                and entry.key == _key(weight, strict, max_blocks)
-                and _still_valid(entry, weight, in_degrees, out_degrees)):
-            _stats["hits"] += 1
-            entry.training |= use == "backward"  # an optimizer step may follow (fused: unseen)
-            return entry.prepared
-    prepared = build()
-    _stats["builds"] += 1
-    if cacheable:
-        entry = _Entry()
-        entry.ref = weakref.ref(weight, lambda r, ck=ck: _forget(ck, r))
-        entry.key = _key(weight, strict, max_blocks)
-        entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
-        entry.spot_rows, entry.spot_cols, entry.spot_live = _spot_positions(weight, in_degrees, out_degrees, strict)
-        entry.spot_values = weight.detach()[entry.spot_rows, entry.spot_cols].clone()
-        entry.prepared = prepared
-        entry.training = use != "eval"
-        _CACHE[ck] = entry
-    return prepared
-
+                and entry.key == _key(weight, strict, max_blocks)):
+            valid, moved = _still_valid(entry, weight, in_degrees, out_degrees)
+            with _LOCK:
+                _stats["stale"] += moved
+                _stats["hits"] += valid
+            if valid:
+                entry.training |= use == "backward"  # an optimizer step may follow (fused: unseen)
+                return entry.prepared
+    if not cacheable:
+        prepared = build(in_degrees, out_degrees)
+        with _LOCK:
+            _stats["builds"] += 1
+        return prepared
+    entry = _snapshot(weight, in_degrees, out_degrees, strict, max_blocks)
+    entry.prepared = build(entry.in_degrees, entry.out_degrees)
+    entry.training = use != "eval"
+    unchanged = entry.key == _key(weight, strict, max_blocks)
+    with _LOCK:
+        _stats["builds"] += 1
+        _stats["discarded"] += not unchanged
+    if unchanged:
+        _store(ck, entry, weight)
+    return entry.prepared

@@ -64,8 +64,8 @@ def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: boo
     """The prepared weights of ``(weight, degrees)`` for the C++ kernels, from the cache when
     still valid (``use``: see :func:`_cached`)."""
     max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
-    return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda: Prepared(
-        *_cpp().masked_linear_prepare(weight.detach(), in_degrees, out_degrees, strict, max_blocks)), use)
+    return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda din, dout: Prepared(
+        *_cpp().masked_linear_prepare(weight.detach(), din, dout, strict, max_blocks)), use)
 
 
 def _triton():
@@ -78,10 +78,10 @@ def prepare_triton(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, stri
     """The degree-sorted operands of ``(weight, degrees)`` for the Triton kernels (cached like :func:`prepare`).
 
     The same stable sort as the C++ ``masked_linear_prepare``, so both backends order units alike."""
-    def build():
+    def build(din, dout):
         dev = weight.device
-        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
-        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        in_sorted, perm_in = torch.sort(din.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(dout.to(dev), stable=True)
         w_sorted = weight.detach().index_select(0, perm_out).index_select(1, perm_in).contiguous()
         return TritonPrepared(w_sorted, perm_in, perm_out, torch.argsort(perm_in), torch.argsort(perm_out),
                               *_triton().staircase(in_sorted, out_sorted, strict))
@@ -141,10 +141,10 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use:
     """The degree-sorted operands of ``(weight, degrees)`` on the weight's device (cached like
     :func:`prepare`; independent of ``strict``). The same stable sort as the C++
     ``masked_linear_prepare``, so ``x_sorted``/``y_sorted`` mean the same order in every backend."""
-    def build():
+    def build(din, dout):
         dev = weight.device
-        in_sorted, perm_in = torch.sort(in_degrees.to(dev), stable=True)
-        out_sorted, perm_out = torch.sort(out_degrees.to(dev), stable=True)
+        in_sorted, perm_in = torch.sort(din.to(dev), stable=True)
+        out_sorted, perm_out = torch.sort(dout.to(dev), stable=True)
         w = weight.detach()
         w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
         w_sorted = w.index_select(0, perm_out).index_select(1, perm_in).contiguous()
