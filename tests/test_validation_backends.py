@@ -16,7 +16,8 @@ def _nade_models(backend):
     return [(af.NADE(4, 3, backend=backend), torch.ones(2, 4)),
             (af.CategoricalNADE(4, 3, 3, backend=backend), torch.ones(2, 4, dtype=torch.long)),
             (af.RNADE(4, 3, 2, backend=backend), torch.zeros(2, 4)),
-            (af.FVSBN(4, backend=backend), torch.ones(2, 4))]
+            (af.FVSBN(4, backend=backend), torch.ones(2, 4))] + (
+        [(af.ARRNN(4, 3), torch.ones(2, 4))] if backend == "reference" else [])  # ARRNN: reference only
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
