@@ -7,7 +7,7 @@ import armodel_fast as af
 from armodel_fast import dispatch
 from armodel_fast.ops import made as made_ops
 
-BACKENDS = ["reference"] + [b for b in ("cpp", "triton", "cuda")
+BACKENDS = ["reference"] + [b for b in dispatch.BACKENDS[1:]
                             if dispatch._why_not(b, "made", torch.device("cpu")) is None]
 BAD_ORDERS = [torch.tensor([0, 1, 1, 3]), torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 1, 2, 4])]
 
