@@ -11,7 +11,7 @@ from armodel_fast.ops import masked_linear as ml_ops
 from armodel_fast.ops.masked_linear import cache as ml_cache
 from armodel_fast.reference import heads
 
-FAST = [b for b in ("cpp", "triton", "cuda") if dispatch._why_not(b, "made", torch.device("cpu")) is None]
+FAST = [b for b in dispatch.BACKENDS[1:] if dispatch._why_not(b, "made", torch.device("cpu")) is None]
 pytestmark = pytest.mark.skipif(not FAST, reason=f"no fast MADE backend here:\n{af.explain('made')}")
 backends = pytest.mark.parametrize("backend", FAST)
 

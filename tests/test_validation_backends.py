@@ -7,7 +7,7 @@ import armodel_fast as af
 from armodel_fast import dispatch
 from armodel_fast.ops import made as made_ops
 
-BACKENDS = ["reference"] + [b for b in ("cpp", "triton", "cuda")
+BACKENDS = ["reference"] + [b for b in dispatch.BACKENDS[1:]
                             if dispatch._why_not(b, "made", torch.device("cpu")) is None]
 BAD_ORDERS = [torch.tensor([0, 1, 1, 3]), torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 1, 2, 4])]
 
@@ -16,7 +16,8 @@ def _nade_models(backend):
     return [(af.NADE(4, 3, backend=backend), torch.ones(2, 4)),
             (af.CategoricalNADE(4, 3, 3, backend=backend), torch.ones(2, 4, dtype=torch.long)),
             (af.RNADE(4, 3, 2, backend=backend), torch.zeros(2, 4)),
-            (af.FVSBN(4, backend=backend), torch.ones(2, 4))]
+            (af.FVSBN(4, backend=backend), torch.ones(2, 4))] + (
+        [(af.ARRNN(4, 3), torch.ones(2, 4))] if backend == "reference" else [])  # ARRNN: reference only
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

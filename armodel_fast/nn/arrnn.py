@@ -41,7 +41,7 @@ class ARRNN(AutoregressiveModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_binary_x(x, self.D, self.device, self.dtype)
         self._resolve()
-        return ref.arrnn_logits(x, self.rnn, self.head, self._state0(), self.order)
+        return ref.arrnn_logits(x, self.rnn, self.head, self._state0(), check_order(self.order, self.D))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, [B]."""
@@ -51,7 +51,7 @@ class ARRNN(AutoregressiveModel):
         u = self._uniforms(n, u, generator)
         self._resolve()
         with torch.no_grad():
-            x, lp = ref.arrnn_sample(self.rnn, self.head, self._state0(), self.order, u)
+            x, lp = ref.arrnn_sample(self.rnn, self.head, self._state0(), check_order(self.order, self.D), u)
         return (x, lp) if return_log_prob else x
 
     def extra_repr(self) -> str:

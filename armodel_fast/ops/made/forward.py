@@ -18,6 +18,7 @@ from ..._validate import check_tensor
 from ...reference import made as _ref
 from ...reference.made import ACTIVATIONS as _REF_ACT
 from ..masked_linear import _masked_linear_op, fresh_weights, masked_linear
+from .launchers import FAST_BACKENDS
 
 
 def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
@@ -33,9 +34,6 @@ def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu
                                                          context, context_weights, backend)
 
 
-@dispatch.register("made", "forward", "cuda", requires="masked_linear_forward")
-@dispatch.register("made", "forward", "triton")
-@dispatch.register("made", "forward", "cpp", requires="masked_linear_forward")
 def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend):
     """Every layer by the masked-linear custom op of ``backend``. Between layers the hidden
     units stay in degree-sorted order (one layer's out_degrees are the next one's
@@ -73,9 +71,11 @@ def _chains(out_degrees: Tensor, next_in_degrees: Tensor) -> bool:
     return out_degrees.shape == next_in_degrees.shape and torch.equal(out_degrees, next_in_degrees)
 
 
-@dispatch.register("fvsbn", "forward", "cuda", requires="masked_linear_forward")
-@dispatch.register("fvsbn", "forward", "triton")
-@dispatch.register("fvsbn", "forward", "cpp", requires="masked_linear_forward")
 def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backend: str = "cpp") -> Tensor:
     """FVSBN logits [B, D]: one strictly masked linear layer (DESIGN.md section 1)."""
     return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)
+
+
+for _backend, _needs in FAST_BACKENDS.items():
+    dispatch.register("made", "forward", _backend, requires=_needs)(_chained_forward)
+    dispatch.register("fvsbn", "forward", _backend, requires=_needs)(fvsbn_logits)

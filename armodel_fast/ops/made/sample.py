@@ -19,7 +19,7 @@ from ... import dispatch
 from ..._validate import check_order, check_real_x, check_tensor, check_uniforms
 from ...reference import made as _ref
 from ..masked_linear import ACTIVATIONS
-from .launchers import HEADS
+from .launchers import FAST_BACKENDS, HEADS
 
 
 def _outputs_per_dim(head: str, K) -> int:
@@ -156,9 +156,6 @@ def _d_passes(hidden_layers, output_layer, order, noise, head, K, activation, di
                             context, context_weights)
 
 
-@dispatch.register("made_sample", "run", "cuda")
-@dispatch.register("made_sample", "run", "triton")
-@dispatch.register("made_sample", "run", "cpp")
 def _one_pass(hidden_layers, output_layer, order, noise, head, K, activation, direct_layer, context,
               context_weights, backend):
     """The fast backends: ``backend``'s prepared weights, then its sampler in one call."""
@@ -185,6 +182,10 @@ def _one_pass(hidden_layers, output_layer, order, noise, head, K, activation, di
         weights, biases, degrees, direct, order.to(dev, torch.long).contiguous(), ctx_h, ctx_o, noise.contiguous(),
         head, 1 if K is None else K, activation)
     return (x if x.dtype == torch.long else x.to(weight.dtype)), lp.to(weight.dtype)
+
+
+for _backend in FAST_BACKENDS:
+    dispatch.register("made_sample", "run", _backend)(_one_pass)
 
 
 def fvsbn_sample(weight: Tensor, bias: Tensor, degrees: Tensor, order: Tensor, u: Tensor, backend: str = "cpp"):

@@ -66,8 +66,10 @@ def _triton(stage: str) -> Callable:
     return launch
 
 
-for _spec in SPECS.values():
+for _spec in SPECS.values():  # a spec without a native kind or a Triton module runs on the reference only
     for _stage in STAGES:
-        register(_spec.op, _stage, "cpp", dtypes=CPP_DTYPES, requires="nade_forward")(_native(_cpp_nade, _stage))
-        register(_spec.op, _stage, "cuda", requires="nade_forward")(_native(_cuda_nade, _stage))
-        register(_spec.op, _stage, "triton", dtypes=TRITON_DTYPES)(_triton(_stage))
+        if _spec.kind is not None:
+            register(_spec.op, _stage, "cpp", dtypes=CPP_DTYPES, requires="nade_forward")(_native(_cpp_nade, _stage))
+            register(_spec.op, _stage, "cuda", requires="nade_forward")(_native(_cuda_nade, _stage))
+        if _spec.triton_module is not None:
+            register(_spec.op, _stage, "triton", dtypes=TRITON_DTYPES)(_triton(_stage))

@@ -9,7 +9,7 @@ per-step head and its outputs. Adding a model of this family = adding a spec her
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -24,12 +24,12 @@ Dim = Union[str, int]  # a size symbol ("H", "D", "K") or a literal size
 @dataclass(frozen=True)
 class NadeSpec:
     op: str                        # registry / custom-op stem: armodel_fast::<op>_forward ...
-    kind: int                      # the native `kind` (csrc: 0 binary, 1 categorical, 2 RNADE)
+    kind: Optional[int]            # the native `kind` (csrc: 0 binary, 1 categorical, 2 RNADE); None: no native kernel
     shapes: Dict[str, Tuple[Dim, ...]]  # W, c, V, b in size symbols
     x_kind: str                    # "binary" (0/1, W.dtype), "categorical" (int64 in [0, K)), "real"
     output_dims: Tuple[Dim, ...]   # per-step outputs after [B, D]
     uniform_trailing: Tuple[int, ...]  # uniforms per sample: [n, D, *uniform_trailing]
-    triton_module: str             # armodel_fast.kernels.<module>, with <op>_forward/_backward/_sample
+    triton_module: Optional[str]   # armodel_fast.kernels.<module> with <op>_forward/_backward/_sample; None: none
     ref_outputs: Callable          # (x, W, c, V, b, order) -> outputs [B, D, *output_dims]
     head_log_prob: Callable        # (outputs, x) -> log p(x_d | x_<d) [B, D]
     ref_sample: Callable           # (W, c, V, b, order, u) -> (x [n, D], log_prob [n])

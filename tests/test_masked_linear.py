@@ -14,7 +14,7 @@ from armodel_fast.reference import made as ref_made
 from armodel_fast.reference.masked_linear import degree_mask
 
 ACTS = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
-FAST = [b for b in ("cpp", "triton", "cuda") if dispatch._why_not(b, "masked_linear", torch.device("cpu")) is None]
+FAST = [b for b in dispatch.BACKENDS[1:] if dispatch._why_not(b, "masked_linear", torch.device("cpu")) is None]
 pytestmark = pytest.mark.skipif(not FAST, reason=f"no fast masked_linear backend here:\n{af.explain('masked_linear')}")
 backends = pytest.mark.parametrize("backend", FAST)
 
