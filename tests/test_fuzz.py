@@ -294,10 +294,12 @@ def bad_calls(case: Case) -> dict:
     n = case.n
     calls = {
         "x extra column": lambda m, x, c, u: m(torch.cat([x, x[:, :1]], 1)),
-        "x 1-D": lambda m, x, c, u: m(x[0]),
+        "x 0-D": lambda m, x, c, u: m(x[0, 0]),
         "x a list": lambda m, x, c, u: m(x.tolist()),
         "x complex": lambda m, x, c, u: m(x.to(torch.complex64)),
     }
+    if case.kind != "masked_linear":  # MaskedLinear takes x [..., in]: 1-D is fine
+        calls["x 1-D"] = lambda m, x, c, u: m(x[0])
     if case.kind == "masked_linear":
         # Not drawn: x of another float dtype than the layer's (issue 11 part 2: the reference
         # raises torch's raw RuntimeError, the fast backends a TypeError naming x).
