@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 import armodel_fast as af
 from armodel_fast import dispatch as _backend
+from armodel_fast.ops import masked_linear as ml_ops
 
 CPP = _backend._why_not("cpp", "masked_linear", torch.device("cpu")) is None
-pytestmark = pytest.mark.skipif(not CPP, reason=f"no cpp masked_linear here:\n{af.explain('masked_linear')}")
+needs_cpp = pytest.mark.skipif(not CPP, reason=f"no cpp masked_linear here:\n{af.explain('masked_linear')}")
 
 READERS = 2
 CALLS_PER_READER = 2
@@ -104,12 +105,14 @@ def _masked_linear_race(rounds: int, n: int, seed: int = 0) -> tuple:
     return stale, time.perf_counter() - t0
 
 
+@needs_cpp
 def test_no_stale_weights_after_concurrent_updates():
     """1,000 rounds at 1024 x 1024 (the size that showed the race on every run before the fix)."""
     stale, seconds = _masked_linear_race(1000, 1024)
     assert stale == 0, f"{stale} of 1000 rounds left stale prepared weights in the cache ({seconds:.1f} s)"
 
 
+@needs_cpp
 @pytest.mark.slow
 @pytest.mark.parametrize("n, rounds", [(256, 5000), (1024, 5000)])
 def test_no_stale_weights_after_concurrent_updates_long(n, rounds):
@@ -117,6 +120,7 @@ def test_no_stale_weights_after_concurrent_updates_long(n, rounds):
     assert stale == 0, f"{stale} of {rounds} rounds left stale prepared weights in the cache ({seconds:.1f} s)"
 
 
+@needs_cpp
 def test_fvsbn_no_stale_weights_after_concurrent_updates():
     """The same race through a model: FVSBN's log_prob against the reference backend's."""
     D = 512
@@ -139,3 +143,26 @@ def test_fvsbn_no_stale_weights_after_concurrent_updates():
 
     af.clear_cache()
     assert _race(200, lambda: fast.log_prob(x), update, check) == 0
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_update_landing_during_a_build_is_not_kept(tracked):
+    """The race made deterministic: another thread's update lands while a build reads the
+    weight (here: inside the build). ``tracked``: ``add_`` under no_grad (bumps the version
+    once written); else a write through ``.data`` whose version bump comes later (as when a
+    tracked write is still running when the build ends). The next lookup must rebuild."""
+    weight = torch.randn(16, 16)
+    din, dout = torch.randint(0, 4, (16,)), torch.randint(0, 4, (16,))
+    before = weight.clone()
+
+    def racing_build(*degrees):
+        seen = weight.clone()
+        with torch.no_grad():
+            (weight if tracked else weight.data).add_(1.0)
+        return seen
+
+    af.clear_cache()
+    first = ml_ops._cached("cpp", weight, din, dout, False, 8, racing_build)
+    assert torch.equal(first, before)  # that call saw the old weights: allowed
+    again = ml_ops._cached("cpp", weight, din, dout, False, 8, lambda *degrees: weight.clone())
+    assert torch.equal(again, weight), "the cache kept a build from before the update"

@@ -151,7 +151,8 @@ def assert_same(got, want, case: Case, what: str) -> None:
         for i, (a, b) in enumerate(zip(got, want)):
             assert_same(a, b, case, f"{what}[{i}]")
         return
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape}/{got.dtype} vs {want.shape}/{want.dtype}"
+    assert (got.shape, got.dtype) == (want.shape, want.dtype), \
+        f"{what}: {got.shape}/{got.dtype} vs {want.shape}/{want.dtype}"
     if not want.dtype.is_floating_point:
         assert torch.equal(got, want), f"{what}: {got} != {want}"
         return
@@ -172,8 +173,7 @@ def _forward(model, case: Case, x, ctx):
 def _outputs_and_grads(model, case: Case, x, ctx, proj_seed: int):
     """forward outputs, log-probs, and the gradients of log-probs + a fixed projection of the
     outputs w.r.t. every parameter (and x when real)."""
-    x = x.clone().requires_grad_(X_KIND[case.kind] == "real" and case.kind != "masked_linear" or
-                                 case.kind == "masked_linear")
+    x = strided(case, x.detach().contiguous()).requires_grad_(X_KIND[case.kind] == "real")  # a fresh leaf
     out = _forward(model, case, x, ctx)
     outs = out if isinstance(out, tuple) else (out,)
     lp = None if case.kind == "masked_linear" else _call(model, case, x, ctx)
@@ -247,7 +247,7 @@ def check_case(case: Case, backend: str) -> None:
 def check_masked_linear_op(case: Case, backend: str, layer, x) -> None:
     """``af.ops.masked_linear.masked_linear`` with the case's activation, against its reference."""
     args = (layer.weight, layer.bias, layer.in_degrees, layer.out_degrees, case.strict, case.activation)
-    xg, xr = x.detach().clone().requires_grad_(True), x.detach().clone().requires_grad_(True)
+    xg, xr = (strided(case, x.detach().contiguous()).requires_grad_(True) for _ in range(2))
     y = ml_ops.masked_linear(xg, *args, backend=backend)
     yr = ml_ops.masked_linear(xr, *args, backend="reference")
     assert_same(y.detach(), yr.detach(), case, f"masked_linear({case.activation})")
@@ -294,10 +294,12 @@ def bad_calls(case: Case) -> dict:
     n = case.n
     calls = {
         "x extra column": lambda m, x, c, u: m(torch.cat([x, x[:, :1]], 1)),
-        "x 1-D": lambda m, x, c, u: m(x[0]),
+        "x 0-D": lambda m, x, c, u: m(x[0, 0]),
         "x a list": lambda m, x, c, u: m(x.tolist()),
         "x complex": lambda m, x, c, u: m(x.to(torch.complex64)),
     }
+    if case.kind != "masked_linear":  # MaskedLinear takes x [..., in]: 1-D is fine
+        calls["x 1-D"] = lambda m, x, c, u: m(x[0])
     if case.kind == "masked_linear":
         # Not drawn: x of another float dtype than the layer's (issue 11 part 2: the reference
         # raises torch's raw RuntimeError, the fast backends a TypeError naming x).
