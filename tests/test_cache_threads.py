@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import armodel_fast as af
 from armodel_fast import dispatch as _backend
-from armodel_fast.ops import masked_linear as ml_ops
+from armodel_fast.ops.masked_linear import cache as ml_ops
 
 CPP = _backend._why_not("cpp", "masked_linear", torch.device("cpu")) is None
 needs_cpp = pytest.mark.skipif(not CPP, reason=f"no cpp masked_linear here:\n{af.explain('masked_linear')}")
