@@ -30,6 +30,10 @@ export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
 TORCH_PIN = torch==2.13.0
+# The ends of the tested torch range (setup.py's TORCH_RANGE): CI builds from source
+# and runs the CPU tests with each (make test-torch; the CUDA wheel is on the newest).
+TORCH_OLDEST = 2.11.0
+TORCH_NEWEST = 2.14.1
 DEPS = triton==3.8.0 numpy pybind11 ninja setuptools wheel \
        pytest pytest-benchmark hypothesis scikit-learn matplotlib rich
 
@@ -46,7 +50,7 @@ CUDA_CHECK_FLAGS = -std=c++17 -O3 -Icsrc \
     -Werror all-warnings
 
 .PHONY: install test test-all demo bench cuda-check clean wheel wheel-cuda test-wheel test-wheel-cuda test-wheels \
-        test-torch gpu-check-wheels
+        test-torch print-torch-range gpu-check-wheels
 
 install: $(BUILD_STAMP)
 
@@ -94,7 +98,7 @@ cuda-check:
 # Each wheel pins the torch it was built against (setup.py install_requires).
 CUDA_VENV ?= .venv-cuda
 CUDA_PY = $(CUDA_VENV)/bin/python
-CUDA_TORCH_PIN = torch==2.14.1
+CUDA_TORCH_PIN = torch==$(TORCH_NEWEST)
 CUDA_HOME ?= /usr/local/cuda
 CUDA_ARCHS ?= 8.0;9.0;10.0
 BUILD_DEPS = numpy pybind11 ninja setuptools wheel
@@ -161,13 +165,14 @@ test-wheels: test-wheel test-wheel-cuda
 # build is reused) and installed, and the CPU tests run against the installed copy.
 # With nvcc here the CUDA extension is built too (for TORCH_ARCHS only), as
 # benchmarks/gpu_check.sh builds it on a GPU machine with that torch.
-TORCH_OLDEST = 2.11.0
-TORCH_NEWEST = 2.14.1
 TORCH ?= $(TORCH_OLDEST)
 TORCH_ARCHS ?= 9.0
 TORCH_DIR = build/torch-$(TORCH)
 TORCH_VENV_GIB = 6
 TORCH_WITH_CUDA := $(shell [ -x "$(NVCC)" ] && echo 1 || echo 0)
+
+print-torch-range:
+	@echo $(TORCH_OLDEST) $(TORCH_NEWEST)
 
 test-torch:
 	rm -rf $(TORCH_DIR)
