@@ -13,20 +13,23 @@
 #   --wheels DIR   pip wheels to install missing test/bench packages from, offline
 #                  (default gpu-check-wheels/ if present, '' for none; `make gpu-check-wheels`)
 #   --quick        only the `gpu`-marked tests, tiny bench sizes (a smoke test)
+#   --bench-args   extra bench options (default "--no-memory": every row in one process,
+#                  no per-row subprocess; "" measures peak memory, ~3 s more per row)
 #   --rehearse     no GPU needed: the CPU-side steps, timed (build without CUDA,
 #                  test collection, bench --quick on the CPU)
 #   --dry-run      print the steps, run nothing
 #
 # Time budget on 16 cores + one H100/H200 (total under 8 min; steps.tsv records the
-# real ones): preflight 20 s, build 150 s (sm_90 only, all cores), tests 180 s
-# (pytest-xdist, one worker per 2 cores), bench 120 s (headline sizes).
+# real ones; estimates until a first GPU run): preflight 15 s, build 120 s (sm_90
+# only, all cores), tests 180 s (pytest-xdist, one worker per 2 cores), bench 150 s
+# (headline sizes, torch.compile rows included).
 # Exit codes: 0 all passed; 1 a step failed; 2 bad arguments; 3 no CUDA GPU here.
 set -uo pipefail
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
-BENCH_ARGS=""
+BENCH_ARGS="--no-memory"
 need_value() { [ "$2" -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -100,10 +103,15 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torc
 'triton', triton.__version__); print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
       echo "arch $ARCH, $JOBS jobs, nvcc: $(command -v nvcc || echo none)"; } > "$OUT/device.txt" 2>&1
     cat "$OUT/device.txt"
-    local missing=() pair dist
-    for pair in $PACKAGES; do
-        "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
-    done
+    local missing=() dist
+    # shellcheck disable=SC2207  # distribution names have no spaces
+    missing=($("$PY" -c "import importlib, sys
+for pair in sys.argv[1:]:
+    module, dist = pair.split(':')
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        print(dist)" $PACKAGES))
     if [ "${#missing[@]}" -gt 0 ] && [ -n "$WHEELS" ]; then
         echo "installing from $WHEELS, offline: ${missing[*]}"
         for dist in "${missing[@]}"; do  # one at a time: an absent optional one must not block the rest
@@ -151,6 +159,7 @@ fi
 
 if [ "$DRY" = 1 ]; then echo "gpu_check: dry run, nothing executed"; exit 0; fi
 echo "gpu_check: $(( SECONDS - START ))s in all; per step in $OUT/steps.tsv"
+[ $(( SECONDS - START )) -le 480 ] || echo "gpu_check: over the 8-minute budget (see --quick, --bench-args)" >&2
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "gpu_check: FAILED: ${FAILED[*]} (logs in $OUT/)" >&2
     exit 1
