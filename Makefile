@@ -165,6 +165,9 @@ test-wheels: test-wheel test-wheel-cuda
 # build is reused) and installed, and the CPU tests run against the installed copy.
 # With nvcc here the CUDA extension is built too (for TORCH_ARCHS only), as
 # benchmarks/gpu_check.sh builds it on a GPU machine with that torch.
+# Triton < 3.8's interpreter (how the CPU tests run Triton kernels) calls int() on
+# 1-element arrays, an error since numpy 2.4 (Triton 3.8 squeezes them first), so
+# with an older Triton the venv gets numpy < 2.4.
 TORCH ?= $(TORCH_OLDEST)
 TORCH_ARCHS ?= 9.0
 TORCH_DIR = build/torch-$(TORCH)
@@ -179,6 +182,9 @@ test-torch:
 	$(call need_disk,$(TORCH_VENV_GIB),$(TORCH_DIR))
 	python3 -m venv $(TORCH_DIR)/venv
 	$(TORCH_DIR)/venv/bin/pip install torch==$(TORCH) $(BUILD_DEPS) $(TEST_DEPS)
+	$(TORCH_DIR)/venv/bin/python -c "import sys, triton; \
+	    sys.exit(tuple(int(p) for p in triton.__version__.split('.')[:2]) < (3, 8))" \
+	    || $(TORCH_DIR)/venv/bin/pip install "numpy<2.4"
 	mkdir -p $(TORCH_DIR)/src
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(TORCH_DIR)/src
 	cd $(TORCH_DIR)/src && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=$(TORCH_WITH_CUDA) TORCH_CUDA_ARCH_LIST="$(TORCH_ARCHS)" \
