@@ -141,7 +141,7 @@ if [ "$TESTS" = 1 ]; then
     if [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n "$WORKERS"); fi
     selection=(-m "not slow"); [ "$QUICK" = 1 ] && selection=(-m gpu)
     if [ "$REHEARSE" = 1 ]; then
-        run tests "$PY" -m pytest -q -p no:cacheprovider "${selection[@]}" --collect-only tests
+        run tests "$PY" -m pytest -qq -p no:cacheprovider "${selection[@]}" --collect-only tests
     else  # the Triton tests run their kernels on CUDA tensors whenever a GPU is visible.
         # Left out: the no-GPU stand-ins that compile every kernel for sm_90 (minutes of
         # CPU; the build and the Triton tests compile the same code for this very GPU).
