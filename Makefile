@@ -12,6 +12,9 @@
 #   make test-wheels  install each wheel into a fresh venv of its torch and run the CPU tests
 #                     (FREE_BUILD_VENV=1 drops .venv-cuda once the CUDA wheel is built, so
 #                     that only one ~5.5 GB torch+cu130 venv is on disk at a time)
+#   make test-torch   TORCH=2.11.0: fresh venv of that torch, build from source, CPU tests
+#                     (the tested range is setup.py's TORCH_RANGE; the venv is ~5 GiB, deleted after)
+#   make gpu-check-wheels  wheels (Python 3.12) of what benchmarks/gpu_check.sh needs on an offline GPU machine
 #   make clean        remove build outputs (keeps the venv and pip cache)
 
 VENV ?= .venv
@@ -27,6 +30,10 @@ export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
 TORCH_PIN = torch==2.13.0
+# The ends of the tested torch range (setup.py's TORCH_RANGE): CI builds from source
+# and runs the CPU tests with each (make test-torch; the CUDA wheel is on the newest).
+TORCH_OLDEST = 2.11.0
+TORCH_NEWEST = 2.14.1
 DEPS = triton==3.8.0 numpy pybind11 ninja setuptools wheel \
        pytest pytest-benchmark hypothesis scikit-learn matplotlib rich
 
@@ -42,7 +49,8 @@ CUDA_CHECK_FLAGS = -std=c++17 -O3 -Icsrc \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
     -Werror all-warnings
 
-.PHONY: install test test-all demo bench cuda-check clean wheel wheel-cuda test-wheel test-wheel-cuda test-wheels
+.PHONY: install test test-all demo bench cuda-check clean wheel wheel-cuda test-wheel test-wheel-cuda test-wheels \
+        test-torch print-torch-range gpu-check-wheels
 
 install: $(BUILD_STAMP)
 
@@ -90,7 +98,7 @@ cuda-check:
 # Each wheel pins the torch it was built against (setup.py install_requires).
 CUDA_VENV ?= .venv-cuda
 CUDA_PY = $(CUDA_VENV)/bin/python
-CUDA_TORCH_PIN = torch==2.14.1
+CUDA_TORCH_PIN = torch==$(TORCH_NEWEST)
 CUDA_HOME ?= /usr/local/cuda
 CUDA_ARCHS ?= 8.0;9.0;10.0
 BUILD_DEPS = numpy pybind11 ninja setuptools wheel
@@ -147,6 +155,64 @@ test-wheel-cuda: wheel-cuda
 	$(call test_wheel,cuda,$(CUDA_TORCH_PIN),1,$(CUDA_VENV_GIB))
 
 test-wheels: test-wheel test-wheel-cuda
+
+# ---- a range of torch versions (issue 15) --------------------------------
+# A source build takes any torch in setup.py's TORCH_RANGE (>=2.11,<2.15); CI runs
+# this at its oldest end (the newest, 2.14.1, is the CUDA wheel's torch above).
+# Fresh venv with torch==$(TORCH) from PyPI (a CUDA build: its nvidia-* wheels make
+# the venv ~5 GiB) and the Triton that torch pins (3.6.0 for 2.11.0); the package is
+# built from a copy of the tree (its own build/ dir, so no object of another torch's
+# build is reused) and installed, and the CPU tests run against the installed copy.
+# With nvcc here the CUDA extension is built too (for TORCH_ARCHS only), as
+# benchmarks/gpu_check.sh builds it on a GPU machine with that torch.
+# Triton < 3.8's interpreter (how the CPU tests run Triton kernels) calls int() on
+# 1-element arrays, an error since numpy 2.4 (Triton 3.8 squeezes them first), so
+# with an older Triton the venv gets numpy < 2.4.
+TORCH ?= $(TORCH_OLDEST)
+TORCH_ARCHS ?= 9.0
+TORCH_DIR = build/torch-$(TORCH)
+TORCH_VENV_GIB = 6
+TORCH_WITH_CUDA := $(shell [ -x "$(NVCC)" ] && echo 1 || echo 0)
+
+print-torch-range:
+	@echo $(TORCH_OLDEST) $(TORCH_NEWEST)
+
+test-torch:
+	rm -rf $(TORCH_DIR)
+	$(call need_disk,$(TORCH_VENV_GIB),$(TORCH_DIR))
+	python3 -m venv $(TORCH_DIR)/venv
+	$(TORCH_DIR)/venv/bin/pip install torch==$(TORCH) $(BUILD_DEPS) $(TEST_DEPS)
+	$(TORCH_DIR)/venv/bin/python -c "import sys, triton; \
+	    sys.exit(tuple(int(p) for p in triton.__version__.split('.')[:2]) < (3, 8))" \
+	    || $(TORCH_DIR)/venv/bin/pip install "numpy<2.4"
+	mkdir -p $(TORCH_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(TORCH_DIR)/src
+	cd $(TORCH_DIR)/src && CUDA_HOME=$(CUDA_HOME) FORCE_CUDA=$(TORCH_WITH_CUDA) TORCH_CUDA_ARCH_LIST="$(TORCH_ARCHS)" \
+	    MAX_JOBS=$(MAX_JOBS) ../venv/bin/pip install --no-build-isolation --no-deps .
+	$(TORCH_DIR)/venv/bin/pip check
+	cd $(TORCH_DIR) && ./venv/bin/python -c "import torch, triton, armodel_fast as af; \
+	    print('torch', torch.__version__, 'triton', triton.__version__, 'armodel_fast', af.__file__); \
+	    [print(' ', s) for s in af.backends().values()]"
+	cd $(TORCH_DIR) && ARMODEL_FAST_EXPECT_INSTALLED=1 ARMODEL_FAST_EXPECT_CUDA_EXT=$(TORCH_WITH_CUDA) \
+	    ./venv/bin/pytest -q -m "not slow" -p no:cacheprovider \
+	    -c $(CURDIR)/pyproject.toml --rootdir $(CURDIR) $(PYTEST_ARGS) $(CURDIR)/tests
+	rm -rf $(TORCH_DIR)
+
+# ---- what benchmarks/gpu_check.sh needs on a GPU machine with no internet --
+# Wheels of the test/bench packages for that machine's Python (3.12 on the H200s),
+# for gpu_check.sh --wheels (it installs only those missing there). numpy is left
+# out (every torch machine has it; 16 MB of the 64 MiB that may travel with the tree).
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS_DIR = gpu-check-wheels
+GPU_WHEELS = pytest hypothesis rich matplotlib pytest-xdist
+GPU_PLATFORMS = manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+
+gpu-check-wheels:
+	rm -rf $(GPU_WHEELS_DIR)
+	python3 -m pip download -q --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	    $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEELS_DIR) $(GPU_WHEELS)
+	rm -f $(GPU_WHEELS_DIR)/numpy-*.whl
+	@du -sh $(GPU_WHEELS_DIR); ls $(GPU_WHEELS_DIR)
 
 clean:
 	rm -rf build dist *.egg-info $(CUDA_VENV) armodel_fast/*.so armodel_fast/_build_info.py \

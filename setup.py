@@ -219,16 +219,39 @@ def build_ext_class(cpp_ext, torch_version, not_built):
     return BuildExt.with_options(use_ninja=True)
 
 
+# The torch releases this package is tested with: CI builds it from source and runs
+# the CPU tests against both ends (`make test-torch TORCH=2.11.0`, the CUDA wheel on
+# 2.14.1). A source build takes any torch in the range; a built wheel pins the one it
+# was compiled against, since the extensions link torch's C++ ABI, which changes
+# between releases (armodel_fast/_ext.py refuses a build for another torch).
+TORCH_OLDEST = (2, 11)  # inclusive
+TORCH_BELOW = (2, 15)   # exclusive: 2.14.x is the newest tested
+TORCH_RANGE = ">={},<{}".format(*(".".join(map(str, v)) for v in (TORCH_OLDEST, TORCH_BELOW)))
+TRITON_OLDEST = "3.6"   # what torch 2.11 pulls; the Triton kernels are tested with it
+
+
+def torch_pin(torch):
+    """``torch==X`` for the running torch; warns at build time when X is outside TORCH_RANGE."""
+    from torch.torch_version import TorchVersion
+
+    version = torch.__version__.split("+")[0]
+    building = bool(BUILD_COMMANDS.intersection(sys.argv[1:]))
+    if building and not TORCH_OLDEST <= TorchVersion(version) < TORCH_BELOW:
+        print(f"armodel-fast: WARNING: building against torch {version}, outside the tested "
+              f"range torch{TORCH_RANGE}", file=sys.stderr)
+    return "torch==" + version
+
+
 def install_requires():
     """Runtime dependencies. A build with native code pins the torch it was compiled
-    against (its C++ ABI); a pure-Python build (ARMODEL_FAST_NO_EXT=1) takes any torch >= 2.4."""
-    deps = ["numpy", "scikit-learn", "matplotlib", "rich", 'triton; platform_system == "Linux"']
-    torch_req = "torch>=2.4"
+    against (see TORCH_RANGE); a pure-Python build (ARMODEL_FAST_NO_EXT=1) takes the range."""
+    deps = ["numpy", "scikit-learn", "matplotlib", "rich", f'triton>={TRITON_OLDEST}; platform_system == "Linux"']
+    torch_req = "torch" + TORCH_RANGE
     if not env_flag("ARMODEL_FAST_NO_EXT"):
         try:
             import torch
 
-            torch_req = "torch==" + torch.__version__.split("+")[0]
+            torch_req = torch_pin(torch)
         except ImportError:
             pass
     return [torch_req] + deps

@@ -1,80 +1,170 @@
 #!/usr/bin/env bash
-# One-command GPU verification (issue 6): on a machine with an NVIDIA GPU and
-# torch+CUDA, Triton and nvcc, build the extension in place against that torch,
-# run the GPU tests (triton and cuda backends vs the reference: values,
-# gradients, samples from the same uniforms, fp32 and bf16/fp16), then the
-# benchmark table; everything lands in one folder (logs, junit XML, JSON,
-# markdown, PNG).
+# One-command GPU verification (issues 6, 15) for a short rental: one NVIDIA GPU
+# (H100/H200), 16 cores, its own python3 with torch+CUDA, Triton and nvcc, no internet.
+# Builds the extensions in place for this GPU's architecture only, runs the test
+# suite (every Triton and CUDA op against the reference on CUDA tensors: values,
+# gradients, samples from the same uniforms; fp32, bf16, fp16), then the benchmark
+# table. Everything lands in one folder: logs, junit XML, bench.json/.md/.png, steps.tsv.
 #
-#   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--skip-build] [--skip-tests]
-#                           [--skip-bench] [--quick] [--dry-run]
+#   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--wheels DIR] [--jobs N]
+#                           [--skip-build] [--skip-tests] [--skip-bench] [--quick]
+#                           [--bench-args "ARGS"] [--dry-run] [--rehearse]
 #
+#   --wheels DIR   pip wheels to install missing test/bench packages from, offline
+#                  (default gpu-check-wheels/ if present, '' for none; `make gpu-check-wheels`)
+#   --quick        only the `gpu`-marked tests, tiny bench sizes (a smoke test)
+#   --bench-args   extra bench options (default "--no-memory": every row in one process,
+#                  no per-row subprocess; "" measures peak memory, ~3 s more per row)
+#   --rehearse     no GPU needed: the CPU-side steps, timed (build without CUDA,
+#                  test collection, bench --quick on the CPU)
+#   --dry-run      print the steps, run nothing
+#
+# Time budget on 16 cores + one H100/H200 (total under 8 min; steps.tsv records the
+# real ones; estimates until a first GPU run): preflight 15 s, build 120 s (sm_90
+# only, all cores), tests 180 s (pytest-xdist, one worker per 2 cores), bench 150 s
+# (headline sizes, torch.compile rows included).
 # Exit codes: 0 all passed; 1 a step failed; 2 bad arguments; 3 no CUDA GPU here.
 set -uo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
-OUT="" PY="${PYTHON:-python3}" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0
+OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
+BENCH_ARGS="--no-memory"
+need_value() { [ "$2" -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) [ $# -ge 2 ] || { echo "gpu_check: --out needs a directory" >&2; exit 2; }; OUT=$2; shift 2 ;;
-        --python) [ $# -ge 2 ] || { echo "gpu_check: --python needs an interpreter" >&2; exit 2; }; PY=$2; shift 2 ;;
+        --out) need_value "$1" $#; OUT=$2; shift 2 ;;
+        --python) need_value "$1" $#; PY=$2; shift 2 ;;
+        --wheels) need_value "$1" $#; WHEELS=$2; shift 2 ;;
+        --jobs) need_value "$1" $#; JOBS=$2; shift 2 ;;
+        --bench-args) need_value "$1" $#; BENCH_ARGS=$2; shift 2 ;;
         --skip-build) BUILD=0; shift ;;
         --skip-tests) TESTS=0; shift ;;
         --skip-bench) BENCH=0; shift ;;
         --quick) QUICK=1; shift ;;
         --dry-run) DRY=1; shift ;;
+        --rehearse) REHEARSE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu_check: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+case "$JOBS" in ""|*[!0-9]*|0) [ -z "$JOBS" ] || { echo "gpu_check: --jobs needs a positive integer" >&2; exit 2; } ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 OUT=${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}
+if [ "$WHEELS" = - ]; then WHEELS=""; [ -d gpu-check-wheels ] && WHEELS=gpu-check-wheels; fi
+JOBS=${JOBS:-$(nproc)}
+WORKERS=$(( JOBS / 2 > 0 ? JOBS / 2 : 1 ))
 FAILED=()
+START=$SECONDS
 
-run() {  # run NAME CMD... : log to $OUT/NAME.log, remember failures
+run() {  # run NAME CMD... : log to $OUT/NAME.log, time it, remember failures
     local name=$1; shift
     echo "==> [$name] $*"
     [ "$DRY" = 1 ] && return 0
     local t0=$SECONDS
     "$@" > >(tee "$OUT/$name.log") 2>&1
     local rc=$?
-    echo "==> [$name] rc=$rc in $(( SECONDS - t0 ))s"
+    echo "==> [$name] rc=$rc in $(( SECONDS - t0 ))s (total $(( SECONDS - START ))s)"
+    printf '%s\t%s\t%s\n' "$name" "$(( SECONDS - t0 ))" "$rc" >> "$OUT/steps.tsv"
     [ "$rc" -eq 0 ] || FAILED+=("$name")
 }
 
-if [ "$DRY" = 0 ]; then
+if [ "$DRY" = 0 ] && [ "$REHEARSE" = 0 ]; then
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
         echo "gpu_check: no CUDA GPU is visible to torch ($PY); nothing to verify here." >&2
-        echo "gpu_check: run it on a machine with an NVIDIA GPU, torch with CUDA, Triton and nvcc." >&2
+        echo "gpu_check: run it on a machine with an NVIDIA GPU, torch with CUDA, Triton and nvcc" \
+             "(or --rehearse to time the CPU-side steps)." >&2
         exit 3
     fi
+fi
+if [ "$DRY" = 0 ]; then
     mkdir -p "$OUT"
-    { nvidia-smi || true; "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'triton', triton.__version__, 'device', torch.cuda.get_device_name())"; } > "$OUT/device.txt" 2>&1
-    cat "$OUT/device.txt"
+    printf 'step\tseconds\trc\n' > "$OUT/steps.tsv"
 fi
 
+# ---- preflight: the device, and the Python packages the tests and the bench need ----
 export TRITON_CACHE_DIR="$PWD/.cache/triton" TORCH_EXTENSIONS_DIR="$PWD/.cache/torch_extensions"
-unset TRITON_INTERPRET  # real GPU kernels, not the interpreter
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, not an installed copy
+if [ "$REHEARSE" = 0 ]; then
+    unset TRITON_INTERPRET  # real GPU kernels, not the interpreter
+    ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo 9.0)
+    DEVICE=cuda
+else
+    ARCH=none DEVICE=cpu
+fi
+# module:distribution. Needed: the first five (tests, bench table and plot); optional:
+# xdist (else the tests run serially) and sklearn (the digits data set's tests).
+PACKAGES="pytest:pytest hypothesis:hypothesis numpy:numpy rich:rich matplotlib:matplotlib
+          xdist:pytest-xdist sklearn:scikit-learn"
+preflight() {
+    { nvidia-smi 2>/dev/null || echo "nvidia-smi: not available"; "$PY" -c "import sys, torch, triton; \
+print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__); print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+      echo "arch $ARCH, $JOBS jobs, nvcc: $(command -v nvcc || echo none)"; } > "$OUT/device.txt" 2>&1
+    cat "$OUT/device.txt"
+    local missing=() dist
+    # shellcheck disable=SC2207  # distribution names have no spaces
+    missing=($("$PY" -c "import importlib, sys
+for pair in sys.argv[1:]:
+    module, dist = pair.split(':')
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        print(dist)" $PACKAGES))
+    if [ "${#missing[@]}" -gt 0 ] && [ -n "$WHEELS" ]; then
+        echo "installing from $WHEELS, offline: ${missing[*]}"
+        for dist in "${missing[@]}"; do  # one at a time: an absent optional one must not block the rest
+            "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$dist" || echo "not installed: $dist" >&2
+        done
+    elif [ "${#missing[@]}" -gt 0 ]; then
+        echo "missing: ${missing[*]} (no --wheels folder)" >&2
+    fi
+    "$PY" -c "import pytest, hypothesis, numpy, rich, matplotlib" || {
+        echo "gpu_check: a needed package is missing: run 'make gpu-check-wheels' on a machine with" \
+             "internet and carry gpu-check-wheels/ here (--wheels DIR)" >&2; return 1; }
+}
+run preflight preflight
 
 if [ "$BUILD" = 1 ]; then
-    run build env FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-8}" "$PY" -m pip install --no-build-isolation --no-deps -e .
-fi
-if [ "$TESTS" = 1 ]; then
-    # GPU tests first (triton + cuda vs the reference), then the rest of the suite on this machine.
-    run tests-gpu "$PY" -m pytest -q -m gpu --junitxml="$OUT/tests-gpu.xml" tests
-    [ "$QUICK" = 1 ] || run tests-all "$PY" -m pytest -q -m "not slow" --junitxml="$OUT/tests-all.xml" tests
-fi
-if [ "$BENCH" = 1 ]; then
-    sweep=(--sweep); [ "$QUICK" = 1 ] && sweep=()
-    run bench "$PY" -m armodel_fast bench --device cuda "${sweep[@]}" --json "$OUT/bench.json" \
-        --markdown "$OUT/bench.md" --plot "$OUT/bench.png"
+    if [ "$REHEARSE" = 0 ]; then  # this GPU's architecture only, every core
+        run build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace
+    else  # the CPU extension as on the GPU machine (a CPU torch cannot build the CUDA one)
+        run build env MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace
+    fi
+    [ "$DRY" = 1 ] || "$PY" -c "import armodel_fast as af; [print(' ', s) for s in af.backends().values()]" \
+        | tee "$OUT/backends.txt"
 fi
 
+if [ "$TESTS" = 1 ]; then
+    xdist=()
+    if [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n "$WORKERS"); fi
+    selection=(-m "not slow"); [ "$QUICK" = 1 ] && selection=(-m gpu)
+    if [ "$REHEARSE" = 1 ]; then
+        run tests "$PY" -m pytest -qq -p no:cacheprovider "${selection[@]}" --collect-only tests
+    else  # the Triton tests run their kernels on CUDA tensors whenever a GPU is visible.
+        # Left out: the no-GPU stand-ins that compile every kernel for sm_90 (minutes of
+        # CPU; the build and the Triton tests compile the same code for this very GPU).
+        run tests "$PY" -m pytest -q -p no:cacheprovider -rs "${selection[@]}" "${xdist[@]}" \
+            --ignore=tests/test_triton_aot.py --ignore=tests/test_cuda_sources.py \
+            --junitxml="$OUT/tests.xml" tests
+        # A GPU test skipped for want of a GPU, on a GPU machine, is a failure too.
+        [ "$DRY" = 1 ] || ! grep -E "SKIPPED.*(needs a CUDA GPU|no CUDA GPU)" "$OUT/tests.log" \
+            || { echo "gpu_check: GPU tests were skipped on a GPU machine" >&2; FAILED+=(tests-skipped); }
+    fi
+fi
+
+if [ "$BENCH" = 1 ]; then
+    sizes=(); [ "$QUICK" = 1 ] || [ "$REHEARSE" = 1 ] && sizes=(--quick)
+    # shellcheck disable=SC2086  # BENCH_ARGS is split into options on purpose
+    run bench "$PY" -m armodel_fast bench --device "$DEVICE" "${sizes[@]}" $BENCH_ARGS --out "$OUT"
+fi
+
+if [ "$DRY" = 1 ]; then echo "gpu_check: dry run, nothing executed"; exit 0; fi
+echo "gpu_check: $(( SECONDS - START ))s in all; per step in $OUT/steps.tsv"
+[ $(( SECONDS - START )) -le 480 ] || echo "gpu_check: over the 8-minute budget (see --quick, --bench-args)" >&2
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "gpu_check: FAILED: ${FAILED[*]} (logs in $OUT/)" >&2
     exit 1
 fi
-if [ "$DRY" = 1 ]; then echo "gpu_check: dry run, nothing executed"; else echo "gpu_check: all steps passed; results in $OUT/"; fi
+echo "gpu_check: all steps passed; results in $OUT/"

@@ -1,4 +1,7 @@
-"""benchmarks/gpu_check.sh: argument handling and its CPU-only path (the GPU path runs on a GPU)."""
+"""benchmarks/gpu_check.sh: argument handling, the plan it prints, its offline package
+install and its CPU-only paths (the GPU path itself runs on a GPU)."""
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -6,32 +9,67 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+BUDGET_S = 8 * 60  # the whole check, on 16 cores and one H100/H200
+STEPS = ["preflight", "build", "tests", "bench"]
 
 
-def run(*args):
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+def run(*args, env=None):
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_help_lists_the_options():
     r = run("--help")
     assert r.returncode == 0
-    for opt in ("--out", "--skip-build", "--quick", "--dry-run"):
-        assert opt in r.stdout
+    for opt in ("--out", "--python", "--wheels", "--jobs", "--skip-build", "--skip-tests", "--skip-bench",
+                "--quick", "--bench-args", "--dry-run", "--rehearse"):
+        assert opt in r.stdout, opt
 
 
-def test_bad_argument_exits_2():
-    r = run("--frobnicate")
-    assert r.returncode == 2 and "unknown argument" in r.stderr
-    assert run("--out").returncode == 2
+@pytest.mark.parametrize("args, message", [(["--frobnicate"], "unknown argument"), (["--out"], "--out needs"),
+                                           (["--jobs", "0"], "--jobs needs"), (["--jobs", "x2"], "--jobs needs"),
+                                           (["--wheels"], "--wheels needs")])
+def test_bad_argument_exits_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_dry_run_lists_every_step(tmp_path):
-    r = run("--dry-run", "--python", sys.executable, "--out", str(tmp_path / "o"))
+    r = run("--dry-run", "--python", sys.executable, "--jobs", "16", "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
-    for step in ("[build]", "[tests-gpu]", "[tests-all]", "[bench]", "-m gpu", "--plot"):
-        assert step in r.stdout
+    steps = re.findall(r"^==> \[(\w[\w-]*)\]", r.stdout, flags=re.M)
+    assert steps == STEPS
+    build = next(line for line in r.stdout.splitlines() if "[build]" in line)
+    assert "FORCE_CUDA=1" in build and "MAX_JOBS=16" in build and "build_ext --inplace" in build
+    assert re.search(r"TORCH_CUDA_ARCH_LIST=\d+\.\d", build)  # one architecture, this GPU's
+    tests = next(line for line in r.stdout.splitlines() if "[tests]" in line)
+    assert "-m not slow" in tests and "--junitxml" in tests
+    assert "--ignore=tests/test_triton_aot.py" in tests  # compiles for sm_90 without a GPU: redundant here
+    bench = next(line for line in r.stdout.splitlines() if "[bench]" in line)
+    assert "--device cuda" in bench and f"--out {tmp_path / 'o'}" in bench and "--quick" not in bench
     assert not (tmp_path / "o").exists()
+
+
+def test_quick_dry_run_runs_the_gpu_tests_and_tiny_bench(tmp_path):
+    r = run("--dry-run", "--quick", "--skip-build", "--bench-args", "--no-compile --repeats 3",
+            "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "[build]" not in r.stdout
+    assert re.search(r"\[tests\].* -m gpu ", r.stdout)
+    assert re.search(r"\[bench\].* --quick --no-compile --repeats 3 ", r.stdout)
+
+
+def test_header_budget_fits_in_8_minutes():
+    header = SCRIPT.read_text().split("set -uo pipefail")[0]
+    budget = re.search(r"preflight (\d+) s, build (\d+) s.*?tests (\d+) s.*?bench (\d+) s", header, flags=re.S)
+    assert budget, "the header must give each step's time budget"
+    assert sum(int(s) for s in budget.groups()) < BUDGET_S
+    readme = (REPO / "README.md").read_text()
+    table = [re.search(rf"^\| {step} \| (\d+) s \|", readme, flags=re.M) for step in STEPS]
+    assert all(table), "README's GPU check section must give each step's budget"
+    assert [m.group(1) for m in table] == list(budget.groups()), "README and script header disagree"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path needs a machine without a CUDA GPU")
@@ -39,3 +77,49 @@ def test_without_a_gpu_it_says_so_and_exits_3(tmp_path):
     r = run("--python", sys.executable, "--out", str(tmp_path / "o"))
     assert r.returncode == 3
     assert "no CUDA GPU" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_rehearsal_preflight_writes_the_device_and_step_files(tmp_path):
+    out = tmp_path / "o"
+    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python", sys.executable,
+            "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"torch {torch.__version__}" in (out / "device.txt").read_text()
+    rows = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
+    assert rows[0] == ["step", "seconds", "rc"] and rows[1][0] == "preflight" and rows[1][2] == "0"
+
+
+def _fake_python(tmp_path, missing):
+    """A python in which ``import <missing>`` fails and whose pip calls are logged, not run."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / f"{missing}.py").write_text(f"raise ImportError('{missing} is missing in this test')\n")
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = -m ] && [ "$2" = pip ]; then echo "$@" >> {tmp_path}/pip.log; exit 0; fi
+PYTHONPATH={shadow}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "$@"
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_missing_packages_are_installed_offline_from_the_wheels_folder(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    fake = _fake_python(tmp_path, "xdist")
+    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python", str(fake),
+            "--wheels", str(wheels), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = (tmp_path / "pip.log").read_text().splitlines()
+    assert calls == [f"-m pip install -q --no-index --find-links {wheels} pytest-xdist"]
+
+
+def test_a_missing_needed_package_without_wheels_fails_the_preflight(tmp_path):
+    fake = _fake_python(tmp_path, "rich")
+    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python", str(fake),
+            "--wheels", "", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1
+    assert "missing: rich" in r.stdout and "make gpu-check-wheels" in r.stdout
+    assert "FAILED: preflight" in r.stderr
+    assert not (tmp_path / "pip.log").exists()
