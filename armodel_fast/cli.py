@@ -163,6 +163,8 @@ def cmd_bench(args, out) -> int:
     from . import bench
 
     compile_mode = {True: "on", False: "off", None: "auto"}[args.compile]
+    if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
+        raise CLIError(f"--device {args.device}: unknown device; use cpu, cuda or cuda:N")
     try:
         cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
@@ -176,8 +178,12 @@ def cmd_bench(args, out) -> int:
             raise CLIError(f"--device {cfg.device}: no CUDA GPU is usable here (torch {torch.__version__})")
     paths = {"json": args.json, "markdown": args.markdown, "plot": args.plot}
     if args.out:
+        _writable_dir(args.out, "--out")
         defaults = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
         paths = {k: v or os.path.join(args.out, defaults[k]) for k, v in paths.items()}
+    for flag, path in paths.items():  # every output path is checked before the benchmark runs
+        if path:
+            _writable_file(path, f"--{flag}")
     rows = bench.all_rows(cfg)
     if not rows:
         raise CLIError(f"--filter {args.filter!r} selects no rows (it matches 'op provider', "
@@ -201,7 +207,16 @@ def _writable_dir(path: str, flag: str) -> None:
     except OSError as e:
         raise CLIError(f"{flag}: cannot create directory {path}: {e.strerror or e}") from e
     if not os.access(path, os.W_OK):
-        raise CLIError(f"{flag}: directory {path} is not writable")
+        raise CLIError(f"{flag}: directory {path} is not writable; choose another path")
+
+
+def _writable_file(path: str, flag: str) -> None:
+    """``path`` can be written as a file: not a directory, its folder writable."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path} is a directory; give a file name inside it")
+    _writable_dir(os.path.dirname(path) or ".", flag)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag}: file {path} is not writable; choose another path")
 
 
 # ---------------------------------------------------------------------------- parser
@@ -225,14 +240,22 @@ def _positive_float(s: str) -> float:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``error: ...`` (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bench.core import COMPILE_AUTO_MAX_D
     from .bench.rows import ROW_BUILDERS
     from .train import MODELS
 
-    p = argparse.ArgumentParser(prog="armodel-fast", description="Train, sample and benchmark "
+    p = _Parser(prog="armodel-fast", description="Train, sample and benchmark "
                                 "autoregressive density models (NADE, FVSBN, MADE, ARRNN).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,bench}",
+                           parser_class=_Parser)
     backends = ("auto",) + BACKENDS
 
     t = sub.add_parser("train", help="train a model, report NLL and speed against the reference")

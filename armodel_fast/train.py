@@ -133,7 +133,7 @@ def train(model, data: DataSplits, epochs: int, lr: float, batch_size: int, seed
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     switch_masks = isinstance(model, MADE) and model.num_masks > 1
     n_batches = math.ceil(data.train.shape[0] / batch_size)
-    history = []
+    history, first = [], None
     model.train()
     with _progress(console, progress) as bar:
         task = bar.add_task("training", total=epochs * n_batches)
@@ -147,9 +147,8 @@ def train(model, data: DataSplits, epochs: int, lr: float, batch_size: int, seed
                 loss.backward()
                 opt.step()
                 value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} in epoch {epoch}; "
-                                             f"try a smaller learning rate than {lr}")
+                first = value if first is None else first
+                check_divergence(value, first, model.D, f"epoch {epoch}", lr)
                 total += value * x.shape[0]
                 count += x.shape[0]
                 bar.update(task, advance=1,
@@ -162,6 +161,18 @@ def train(model, data: DataSplits, epochs: int, lr: float, batch_size: int, seed
                 on_epoch(record)
     model.eval()
     return history
+
+
+DIVERGENCE_FACTOR = 10.0
+
+
+def check_divergence(value: float, first: float, D: int, where: str, lr) -> None:
+    """Raise FloatingPointError when a training NLL is NaN/inf or has risen beyond
+    ``first + DIVERGENCE_FACTOR * max(|first|, D)`` nats (``first``: the run's first minibatch)."""
+    bound = first + DIVERGENCE_FACTOR * max(abs(first), D)
+    if not math.isfinite(value) or value > bound:
+        raise FloatingPointError(f"training diverged at {where}: NLL {value:.4g} nats (first minibatch "
+                                 f"{first:.4g}, bound {bound:.4g}); try a smaller learning rate than {lr:g}")
 
 
 def fwd_bwd_examples_per_s(model, batches) -> float:
@@ -228,6 +239,9 @@ def load_checkpoint(path, backend=None):
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path!r} is not an armodel-fast checkpoint "
                               f"(expected a dict with keys {CHECKPOINT_KEYS})")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"checkpoint {path!r}: 'config' is a {type(ckpt['config']).__name__}, "
+                              "expected a dict of build_model arguments; retrain to get a new checkpoint")
     config = dict(ckpt["config"])
     if backend is not None:
         config["backend"] = backend
@@ -238,7 +252,24 @@ def load_checkpoint(path, backend=None):
         raise
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path!r} does not match its config: {e}") from e
+    check_orders(model, path)
+    shape = ckpt["image_shape"]
+    if shape is not None and (not isinstance(shape, (tuple, list)) or math.prod(int(s) for s in shape) != model.D):
+        raise CheckpointError(f"checkpoint {path!r}: image_shape {shape} does not match D={model.D}; "
+                              "retrain, or fix image_shape to (h, w) with h * w == D")
     if isinstance(model, MADE):
         model.set_mask(int(model.mask_index))  # re-apply the saved mask set's degrees
     model.eval()
     return model, ckpt
+
+
+def check_orders(model, path) -> None:
+    """Every ordering a loaded model holds is a permutation of 0..D-1 (load_state_dict does not check)."""
+    orders = model.orders if isinstance(model, MADE) else getattr(model, "order", None)
+    if orders is None:
+        return
+    natural = torch.arange(model.D)
+    for o in orders.reshape(-1, model.D) if orders.numel() else []:
+        if not torch.equal(torch.sort(o.long().cpu()).values, natural):
+            raise CheckpointError(f"checkpoint {path!r}: its order {o.tolist()[:8]}... is not a permutation "
+                                  f"of 0..{model.D - 1}; the file is damaged: retrain")
