@@ -3,9 +3,9 @@ and output paths are checked before any work starts."""
 import os
 
 import pytest
-import torch
 
 from armodel_fast.cli import main
+from armodel_fast.training import checkpoint as C
 
 
 def _one_error_line(err: str) -> str:
@@ -23,10 +23,10 @@ def checkpoint(tmp_path_factory):
 
 
 def _damaged(checkpoint, tmp_path, edit):
-    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt = C.load(checkpoint)
     edit(ckpt)
     path = tmp_path / "damaged.pt"
-    torch.save(ckpt, path)
+    C.save(path, ckpt)
     return path
 
 
