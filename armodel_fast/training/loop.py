@@ -111,8 +111,8 @@ class Trainer:
         self.sched = make_schedule(self.opt, settings, settings.epochs * self.steps_per_epoch)
         self.switch_masks = getattr(model, "num_masks", 1) > 1
         self.state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best_valid": math.inf, "best_step": None,
-                      "bad_evals": 0, "first_loss": None, "seconds": 0.0, "stopped": None}
-        self._acc = [0.0, 0]  # train NLL sum and count since the last record
+                      "bad_evals": 0, "first_loss": None, "seconds": 0.0, "stopped": None,
+                      "acc": [0.0, 0]}  # train NLL sum and count since the last record
 
     # ---- files ---------------------------------------------------------------
     def path(self, name: str) -> str:
@@ -148,8 +148,8 @@ class Trainer:
                 "state_dict": self.model.state_dict()}
 
     def _record(self, valid_nll=None) -> dict:
-        total, count = self.ctx.sum(self._acc)
-        self._acc = [0.0, 0]
+        total, count = self.ctx.sum(self.state["acc"])
+        self.state["acc"] = [0.0, 0]
         rec = {"epoch": self.state["epoch"], "step": self.state["step"],
                "train_nll": total / count if count else None, "valid_nll": valid_nll,
                "lr": self.opt.param_groups[0]["lr"], "seconds": round(self.state["seconds"], 3)}
@@ -221,8 +221,7 @@ class Trainer:
                     if st["first_loss"] is None:
                         st["first_loss"] = value
                     check_divergence(value, st["first_loss"], self.model.D, st["step"] + 1, s.lr)
-                    self._acc[0] += value * len(batches[k])
-                    self._acc[1] += len(batches[k])
+                    st["acc"] = [st["acc"][0] + value * len(batches[k]), st["acc"][1] + len(batches[k])]
                     st["step"] += 1
                     st["batch_in_epoch"] = k + 1
                     st["seconds"] += time.perf_counter() - t0
