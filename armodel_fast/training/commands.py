@@ -174,7 +174,7 @@ def cmd_train(args, out, note_backend=None) -> int:
             json.dump(summary, f, indent=2, default=str)
         out.print(f"{state['stopped'] or 'finished'}: {state['step']} steps in {state['seconds']:.1f} s; "
                   f"validation NLL {summary['valid_nll']:.3f} nats ({summary['valid_bits_per_dim']:.4f} bits/dim) "
-                  f"with the model of step {state['best_step']}; backend {model.last_backend}")
+                  f"with the model of step {state['best_step'] or state['step']}; backend {model.last_backend}")
         out.print(f"run folder {run_dir}: model.pt, best.pt, last.pt, metrics.jsonl, learning_curve.png")
     ctx.close()
     return 0

@@ -8,6 +8,7 @@ parameter of the model's ``log_prob``, the custom ops included.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -46,7 +47,10 @@ class Context:
             return loss
         # Buffers (orders, MADE degrees and mask index) change identically on every
         # rank, so they are not broadcast; every parameter is used in every step.
-        return nn.parallel.DistributedDataParallel(loss, broadcast_buffers=False)
+        ddp = nn.parallel.DistributedDataParallel
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else {"broadcast_buffers": False}
+        return ddp(loss, **no_sync)
 
     def sum(self, values: list) -> list:
         """Element-wise sum of a list of floats over the ranks."""
