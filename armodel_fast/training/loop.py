@@ -188,6 +188,11 @@ class Trainer:
             st["stopped"] = f"early stopping: no better validation NLL in {self.s.patience} evaluations"
         return rec
 
+    def _validate_and_report(self, on_record) -> None:
+        rec = self.validate()
+        if on_record is not None:
+            on_record(rec)
+
     # ---- the loop -------------------------------------------------------------------
     def _step(self, x) -> float:
         loss = self.loss_module(x)
@@ -227,7 +232,7 @@ class Trainer:
                     st["seconds"] += time.perf_counter() - t0
                     bar.update(task, advance=1, nll=value, description=f"epoch {st['epoch'] + 1}/{s.epochs}")
                     if s.eval_every and st["step"] % s.eval_every == 0:
-                        on_record and on_record(self.validate())
+                        self._validate_and_report(on_record)
                     if s.max_steps and st["step"] >= s.max_steps:
                         st["stopped"] = f"--max-steps {s.max_steps} reached"
                     if deadline is not None and self.ctx.any(time.monotonic() > deadline):
@@ -240,7 +245,7 @@ class Trainer:
                     st["epoch"] += 1
                     st["batch_in_epoch"] = 0
                     if not s.eval_every:
-                        on_record and on_record(self.validate())
+                        self._validate_and_report(on_record)
                     self.save_last()
                     if self.ctx.is_main:
                         self.plot()
