@@ -50,8 +50,10 @@ def test_recipe_options_and_command_line_override(tmp_path):
     assert (opts["model"], opts["optimizer"], opts["lr"], opts["max_steps"]) == ("fvsbn", "sgd", 0.1, 2)
 
 
-def test_shipped_recipes_use_train_options_only():
+def test_shipped_recipes_use_train_options_only(monkeypatch):
     from armodel_fast.training.commands import DEFAULTS
+    from train_helpers import REPO
+    monkeypatch.setenv("ARMODEL_FAST_RECIPES", str(REPO / "recipes"))  # also when the package is installed
     from armodel_fast.training.recipes import available, load_recipe
     names = available()
     assert {"fvsbn-mnist", "nade-mnist", "made-mnist", "made-mnist-fig2"} <= set(names)

@@ -12,9 +12,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def env() -> dict:
-    """Subprocess environment: this checkout first on the path, one thread (bitwise runs)."""
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    """Subprocess environment: this checkout first on the path (unless the installed package is
+    under test), one thread (bitwise runs)."""
+    path = os.environ.get("PYTHONPATH", "")
+    if not os.environ.get("ARMODEL_FAST_EXPECT_INSTALLED"):
+        path = str(REPO) + os.pathsep + path
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
 def cli(*args, check=True, timeout=300, prefix=("-m", "armodel_fast")):
