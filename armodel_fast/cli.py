@@ -284,6 +284,7 @@ def _train_parser(sub, backends) -> None:
     g.add_argument("--checkpoint-every", type=_positive_int, help="also checkpoint every N steps")
     g.add_argument("--backend", choices=backends)
     g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu (default), cuda, cuda:N; under torchrun cuda is each rank's GPU")
     g.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-validation lines")
     t.set_defaults(func=cmd_train)

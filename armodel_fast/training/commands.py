@@ -109,6 +109,16 @@ def model_config(opts: dict, data) -> dict:
             "seed": opts["seed"], "backend": opts["backend"], "cell": opts["cell"], "direct": bool(opts["direct"])}
 
 
+def _device(ctx, requested):
+    import torch
+    requested = requested or "cpu"
+    if requested.split(":")[0] not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested}: use cpu, cuda or cuda:N")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA GPU is usable here; use --device cpu")
+    return ctx.device(requested)
+
+
 def cmd_train(args, out, note_backend=None) -> int:
     import torch
 
@@ -125,7 +135,7 @@ def cmd_train(args, out, note_backend=None) -> int:
                             seed=opts["seed"])
         check_compatible(data, opts["model"], data_kind(opts["model"], opts["head"]), opts["data"])
         config = model_config(opts, data)
-        model = build_model(**config)
+        model = build_model(**config).to(_device(ctx, args.device))
     except (DataError, ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     settings = Settings(**{k: opts[k] for k in Settings.__dataclass_fields__})
@@ -158,7 +168,7 @@ def cmd_train(args, out, note_backend=None) -> int:
         raise UserError(str(e)) from None
     best = os.path.join(run_dir, "best.pt")
     if os.path.exists(best):
-        model.load_state_dict(ckpt.load(best)["state_dict"])
+        model.load_state_dict(ckpt.load(best)["state_dict"])  # (copied onto the model's device)
         if hasattr(model, "set_mask"):
             model.set_mask(int(model.mask_index))
     valid = split_nll(model, data, "valid")

@@ -32,6 +32,7 @@ class LossModule(nn.Module):
 class Context:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +51,14 @@ class Context:
         ddp = nn.parallel.DistributedDataParallel
         no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters \
             else {"broadcast_buffers": False}
-        return ddp(loss, **no_sync)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        return ddp(loss, device_ids=[self.local_rank] if on_gpu else None, **no_sync)
+
+    def device(self, requested: str):
+        """``requested`` ("cpu", "cuda", "cuda:N"); under torchrun "cuda" is this rank's GPU."""
+        if requested == "cuda" and self.active:
+            return torch.device("cuda", self.local_rank)
+        return torch.device(requested)
 
     def sum(self, values: list) -> list:
         """Element-wise sum of a list of floats over the ranks."""
@@ -81,4 +89,7 @@ def setup() -> Context:
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("ARMODEL_FAST_DDP_BACKEND") != "gloo" \
             else "gloo"
         dist.init_process_group(backend=backend)
-    return Context(rank=dist.get_rank(), world=dist.get_world_size())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        torch.cuda.set_device(local)
+    return Context(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)

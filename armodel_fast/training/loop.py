@@ -84,8 +84,9 @@ def split_nll(model, data, split: str, batch_size: int = 1000, ensemble: int = 1
     model.eval()
     out = []
     for x in data.ordered_batches(split, batch_size):
+        x = x.to(model.device)
         lp = model.log_prob(x, ensemble=ensemble) if ensemble != 1 else model.log_prob(x)
-        out.append(-lp.double())
+        out.append(-lp.double().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0)
 
@@ -195,7 +196,7 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------
     def _step(self, x) -> float:
-        loss = self.loss_module(x)
+        loss = self.loss_module(x.to(self.model.device, non_blocking=True))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.s.clip is not None:
