@@ -281,6 +281,7 @@ def _train_parser(sub, backends) -> None:
     g.add_argument("--recipe", help="a recipes/NAME.toml (or a .toml path) of these options")
     g.add_argument("--out", help="run folder (default runs/<model>)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     g.add_argument("--checkpoint-every", type=_positive_int, help="also checkpoint every N steps")
     g.add_argument("--backend", choices=backends)
     g.add_argument("--seed", type=int)
@@ -293,7 +294,8 @@ def _train_parser(sub, backends) -> None:
 def _eval_parser(sub, backends) -> None:
     e = sub.add_parser("eval", help="NLL of a checkpoint on a data split, with a confidence interval (JSON)")
     e.add_argument("--checkpoint", required=True, help="model.pt / best.pt / last.pt, or a run folder")
-    e.add_argument("--split-name", choices=("train", "valid", "test"), default="valid")
+    e.add_argument("--split", dest="split_name", choices=("train", "valid", "test"), default="valid",
+                   help="which split of the data (default valid)")
     e.add_argument("--data", help="default: the data the model was trained on")
     e.add_argument("--data-path")
     e.add_argument("--ensemble", type=_positive_int, default=1,

@@ -98,3 +98,12 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(C.load(path)["v"], torch.ones(3))
     assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fvsbn", "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    assert main(["train", "--model", "fvsbn", "--max-steps", "2", "--eval-every", "2", "--out", str(run),
+                 "--overwrite", "--quiet"]) == 0
+    steps = [__import__("json").loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2] and C.load(run / "last.pt")["trainer"]["step"] == 2

@@ -71,9 +71,9 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
         opts["lr"] = DEFAULT_LR.get(opts["data"], 1e-3)
     if run_dir is None:
         run_dir = os.path.join("runs", opts["model"])
-    if saved is None and os.path.exists(os.path.join(run_dir, "last.pt")):
-        raise UserError(f"--out {run_dir} already holds a run (last.pt); continue it with --resume {run_dir} "
-                        "or choose another --out")
+    if saved is None and not args.overwrite and os.path.exists(os.path.join(run_dir, "last.pt")):
+        raise UserError(f"--out {run_dir} already holds a run (last.pt); continue it with --resume {run_dir}, "
+                        "choose another --out, or add --overwrite")
     return opts, saved, run_dir
 
 
@@ -147,6 +147,11 @@ def cmd_train(args, out, note_backend=None) -> int:
         raise UserError(str(e)) from None
     if saved is not None:
         trainer.resume(saved)
+    elif args.overwrite and ctx.is_main:  # only now that the options and data were accepted
+        for name in ("last.pt", "best.pt", "model.pt", "metrics.jsonl", "metrics.json", "learning_curve.png"):
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.unlink(os.path.join(run_dir, name))
+    ctx.barrier()
     n_params = sum(p.numel() for p in model.parameters())
     if ctx.is_main:
         out.print(f"train {opts['model']} on {opts['data']} ({data.kind}, D={data.dim}; {len(data.train)}/"
@@ -222,7 +227,7 @@ def load_model(path: str, backend=None):
 def evaluate(model, data, split: str, ensemble: int = 1, batch_size: int = 1000) -> dict:
     """Mean NLL (nats, bits/dim) of ``split`` with a normal 95% confidence interval."""
     if len(data.split(split)) == 0:
-        raise UserError(f"--split-name {split}: that split of the data is empty; choose train or valid")
+        raise UserError(f"--split {split}: that split of the data is empty; choose train or valid")
     nll = split_nll(model, data, split, batch_size, ensemble)
     n, mean = len(nll), float(nll.mean())
     half = 1.96 * float(nll.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan

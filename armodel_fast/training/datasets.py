@@ -69,7 +69,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in ("train", "valid", "test"):
-            raise DataError(f"--split-name must be train, valid or test, got {name!r}")
+            raise DataError(f"--split must be train, valid or test, got {name!r}")
         return getattr(self, name)
 
     def batch(self, split: str, idx, generator: torch.Generator | None = None) -> torch.Tensor:
