@@ -176,6 +176,7 @@ class Trainer:
         valid = float(split_nll(self.model, self.data, "valid").mean())
         rec = self._record(valid)
         st = self.state
+        st["last_eval_step"] = st["step"]
         if valid < st["best_valid"]:
             st.update(best_valid=valid, best_step=st["step"], bad_evals=0)
             if self.ctx.is_main:
@@ -250,6 +251,10 @@ class Trainer:
                     self.save_last()
                     if self.ctx.is_main:
                         self.plot()
+        limited = st["stopped"] is not None and st["stopped"].startswith("--max")
+        if limited and st.get("last_eval_step") != st["step"]:  # the steps since the last validation count too
+            self._validate_and_report(on_record)
+            self.save_last()
         if self.ctx.is_main:
             self.plot()
         self.model.eval()
