@@ -74,7 +74,7 @@ test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install
-	$(PY) -m armodel_fast train --model nade --data digits --epochs 5 --backend auto --out runs/demo && \
+	$(PY) -m armodel_fast train --model nade --data digits --epochs 5 --backend auto --out runs/demo --overwrite && \
 	$(PY) -m armodel_fast sample --checkpoint runs/demo/model.pt --out samples.png
 
 bench: install

@@ -1,20 +1,16 @@
-"""Command line: ``python -m armodel_fast {train,sample,bench}`` (also ``armodel-fast``).
+"""Command line: ``python -m armodel_fast {train,eval,sample,bench}`` (also ``armodel-fast``).
 
-The work is done in :mod:`armodel_fast.train` and :mod:`armodel_fast.bench`;
+The work is done in :mod:`armodel_fast.training` and :mod:`armodel_fast.bench`;
 this module only parses arguments and prints.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from ._backend import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, resolve_backend
 
-# Adam step sizes that train well in a few epochs: the 1197 digits give only
-# 12 minibatches of 100 per epoch, MNIST gives 500.
-DEFAULT_LR = {"digits": 1e-2, "mnist": 1e-3}
 
 
 class CLIError(Exception):
@@ -40,99 +36,27 @@ def _backend_note(op: str, ran: str, requested: str, device="cpu") -> str:
     return "reference (plain PyTorch; " + "; ".join(reasons) + ")"
 
 
-# ---------------------------------------------------------------------------- train
+# ---------------------------------------------------------------------------- train / eval
 def cmd_train(args, out) -> int:
-    import torch
+    from .training.commands import UserError
+    from .training.commands import cmd_train as run
 
-    from . import train as T
-    from .data import load_data
-
-    torch.manual_seed(args.seed)
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.data]
+    def note(model, requested):
+        planned = resolve_backend(requested, model.op, model.device)
+        return f"backend: {requested} -> " + _backend_note(model.op, planned, requested)
     try:
-        data = load_data(args.data, args.data_path, args.binarize, seed=args.seed)
-    except (OSError, ValueError) as e:
-        raise CLIError(str(e)) from e
-    D = data.dim
-    hidden = args.hidden if args.hidden is not None else [128]
-    config = {"name": args.model, "D": D, "hidden": hidden if args.model == "made" else hidden[0],
-              "num_masks": args.num_masks, "order": args.order, "seed": args.seed,
-              "backend": args.backend}
-    if args.model != "made" and len(hidden) != 1:
-        raise CLIError(f"--hidden takes one size for {args.model}, got {hidden} (lists are for MADE)")
+        return run(args, out, note)
+    except (UserError, BackendUnavailableError) as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_eval(args, out) -> int:
+    from .training.commands import UserError
+    from .training.commands import cmd_eval as run
     try:
-        model = T.build_model(**config)
-    except (TypeError, ValueError, BackendUnavailableError) as e:
-        raise CLIError(str(e)) from e
-    out_dir = args.out or os.path.join("runs", args.model)
-    _writable_dir(out_dir, "--out")  # before training, not after
-    if len(data.train) == 0:
-        raise CLIError(f"the {args.data} training split is empty")
-    n_params = sum(p.numel() for p in model.parameters())
-    out.print(f"train {args.model} on {args.data} (D={D}; {len(data.train)}/{len(data.valid)}/"
-              f"{len(data.test)} train/valid/test; {args.binarize} binarization): "
-              f"{n_params:,} parameters, lr {lr:g}, batch {args.batch_size}, {args.epochs} epochs")
-    planned = resolve_backend(args.backend, model.op, model.device)
-    out.print(f"backend: {args.backend} -> " + _backend_note(model.op, planned, args.backend))
-
-    def on_epoch(r):
-        if not args.quiet:
-            out.print(f"epoch {r['epoch']:3d}/{args.epochs}  train NLL {r['train_nll']:8.3f} nats  "
-                      f"({r['examples_per_s']:,.0f} examples/s)")
-
-    progress = not args.quiet and out.is_terminal
-    try:
-        history = T.train(model, data, args.epochs, lr, args.batch_size, args.seed,
-                          progress=progress, console=out, on_epoch=on_epoch)
-    except FloatingPointError as e:
-        raise CLIError(str(e)) from e
-    ran = model.last_backend
-    train_time = sum(r["seconds"] for r in history)
-    train_speed = len(data.train) * len(history) / train_time
-
-    nll = {split: T.evaluate_nll(model, T.binary_split(data, split, args.seed), args.batch_size)
-           for split in ("train", "valid", "test")}
-    ensemble = None
-    if args.model == "made" and args.num_masks > 1:
-        ensemble = T.evaluate_nll(model, data.test, args.batch_size, ensemble=args.num_masks)
-    speed = T.speed_vs_reference(model, config, data, args.batch_size, seed=args.seed)
-
-    out.print("backend that ran: " + _backend_note(model.op, ran, args.backend))
-    _print_nll_table(out, nll, ensemble, args.num_masks, D)
-    out.print(f"speed: training {train_speed:,.0f} examples/s (incl. optimizer, {train_time:.1f} s); "
-              f"forward+backward {speed['examples_per_s']:,.0f} examples/s vs reference "
-              f"{speed['reference_examples_per_s']:,.0f} examples/s -> {speed['speedup']:.2f}x "
-              f"({speed['batches']} minibatches of {speed['batch_size']})"
-              + (" [the reference itself ran]" if ran == "reference" else ""))
-
-    metrics = {
-        "model": args.model, "data": args.data, "D": D, "epochs": args.epochs, "lr": lr,
-        "batch_size": args.batch_size, "backend_requested": args.backend, "backend_ran": ran,
-        **{f"{s}_nll": v for s, v in nll.items()},
-        **{f"{s}_bits_per_dim": T.bits_per_dim(v, D) for s, v in nll.items()},
-        "test_nll_ensemble": ensemble, "num_masks": args.num_masks,
-        "train_examples_per_s": train_speed, "speed_vs_reference": speed, "history": history,
-    }
-    T.save_checkpoint(os.path.join(out_dir, "model.pt"), model, config, data.image_shape, metrics)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    out.print(f"saved {os.path.join(out_dir, 'model.pt')} and {os.path.join(out_dir, 'metrics.json')}")
-    return 0
-
-
-def _print_nll_table(out, nll: dict, ensemble, num_masks: int, D: int) -> None:
-    from rich.table import Table
-
-    from .train import bits_per_dim
-    table = Table(title=f"negative log-likelihood (uniform baseline: {D * 0.6931471805599453:.2f} nats, 1 bit/dim)")
-    for col in ("split", "NLL (nats)", "bits/dim"):
-        table.add_column(col, justify="left" if col == "split" else "right")
-    for split, v in nll.items():
-        table.add_row(split, f"{v:.3f}", f"{bits_per_dim(v, D):.4f}")
-    if ensemble is not None:
-        table.add_row(f"test, ensemble of {num_masks} masks", f"{ensemble:.3f}",
-                      f"{bits_per_dim(ensemble, D):.4f}")
-    out.print(table)
+        return run(args, out)
+    except (UserError, BackendUnavailableError) as e:
+        raise CLIError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------- sample
@@ -140,10 +64,11 @@ def cmd_sample(args, out) -> int:
     import torch
 
     from .plotting import save_sample_grid
-    from .train import CheckpointError, load_checkpoint
+    from .training.checkpoint import CheckpointError
+    from .training.commands import load_model
 
     try:
-        model, ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+        model, ckpt = load_model(args.checkpoint, backend=args.backend)
     except (CheckpointError, BackendUnavailableError) as e:
         raise CLIError(str(e)) from e
     if os.path.isdir(args.out):
@@ -152,7 +77,13 @@ def cmd_sample(args, out) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     x, log_prob = model.sample(args.n, generator=gen, return_log_prob=True)
     name = ckpt["config"].get("name", "model")
-    path = save_sample_grid(x, ckpt["image_shape"], args.out, title=f"{name}: {args.n} samples")
+    shape = ckpt.get("image_shape")
+    if shape is None:
+        raise CLIError(f"--checkpoint {args.checkpoint}: the data had no image shape (D={model.D} is not "
+                       "a square), so there is no image grid to draw")
+    if x.dtype == torch.long:  # categorical levels -> intensities
+        x = x.float() / max(1, (model.K or 2) - 1)
+    path = save_sample_grid(x, shape, args.out, title=f"{name}: {args.n} samples")
     out.print(f"{args.n} samples from {args.checkpoint} (backend {model.last_backend}, "
               f"mean log p {log_prob.mean().item():.2f} nats) written to {path}")
     return 0
@@ -163,6 +94,8 @@ def cmd_bench(args, out) -> int:
     from . import bench
 
     compile_mode = {True: "on", False: "off", None: "auto"}[args.compile]
+    if args.device is not None and args.device.split(":")[0] not in ("cpu", "cuda"):
+        raise CLIError(f"--device {args.device}: unknown device; use cpu, cuda or cuda:N")
     try:
         cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
@@ -176,8 +109,12 @@ def cmd_bench(args, out) -> int:
             raise CLIError(f"--device {cfg.device}: no CUDA GPU is usable here (torch {torch.__version__})")
     paths = {"json": args.json, "markdown": args.markdown, "plot": args.plot}
     if args.out:
+        _writable_dir(args.out, "--out")
         defaults = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
         paths = {k: v or os.path.join(args.out, defaults[k]) for k, v in paths.items()}
+    for flag, path in paths.items():  # every output path is checked before the benchmark runs
+        if path:
+            _writable_file(path, f"--{flag}")
     rows = bench.all_rows(cfg)
     if not rows:
         raise CLIError(f"--filter {args.filter!r} selects no rows (it matches 'op provider', "
@@ -201,7 +138,16 @@ def _writable_dir(path: str, flag: str) -> None:
     except OSError as e:
         raise CLIError(f"{flag}: cannot create directory {path}: {e.strerror or e}") from e
     if not os.access(path, os.W_OK):
-        raise CLIError(f"{flag}: directory {path} is not writable")
+        raise CLIError(f"{flag}: directory {path} is not writable; choose another path")
+
+
+def _writable_file(path: str, flag: str) -> None:
+    """``path`` can be written as a file: not a directory, its folder writable."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path} is a directory; give a file name inside it")
+    _writable_dir(os.path.dirname(path) or ".", flag)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag}: file {path} is not writable; choose another path")
 
 
 # ---------------------------------------------------------------------------- parser
@@ -225,35 +171,25 @@ def _positive_float(s: str) -> float:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``error: ...`` (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .bench.core import COMPILE_AUTO_MAX_D
     from .bench.rows import ROW_BUILDERS
-    from .train import MODELS
 
-    p = argparse.ArgumentParser(prog="armodel-fast", description="Train, sample and benchmark "
+    p = _Parser(prog="armodel-fast", description="Train, sample and benchmark "
                                 "autoregressive density models (NADE, FVSBN, MADE, ARRNN).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,bench}",
+                           parser_class=_Parser)
     backends = ("auto",) + BACKENDS
 
-    t = sub.add_parser("train", help="train a model, report NLL and speed against the reference")
-    t.add_argument("--model", choices=MODELS, default="nade")
-    t.add_argument("--data", choices=("digits", "mnist"), default="digits")
-    t.add_argument("--data-path", help="MNIST .npz file or directory of .amat / IDX files")
-    t.add_argument("--binarize", choices=("fixed", "dynamic"), default="fixed")
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--lr", type=_positive_float, default=None,
-                   help="Adam learning rate (default: 1e-2 for digits, 1e-3 for mnist)")
-    t.add_argument("--batch-size", type=_positive_int, default=100)
-    t.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
-                   help="hidden units (default 128); MADE takes one size per layer: --hidden 500 500")
-    t.add_argument("--num-masks", type=_positive_int, default=1,
-                   help="MADE mask sets, switched every minibatch")
-    t.add_argument("--order", choices=("natural", "random"), default="natural")
-    t.add_argument("--backend", choices=backends, default="auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", help="output directory (default runs/<model>)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    t.set_defaults(func=cmd_train)
+    _train_parser(sub, backends)
+    _eval_parser(sub, backends)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
     s.add_argument("--checkpoint", required=True, help="model.pt written by train")
@@ -297,6 +233,76 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--json/--markdown/--plot still override each path)")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _train_parser(sub, backends) -> None:
+    from .training.loop import OPTIMIZERS, SCHEDULES
+    from .training.models import HEADS, MODELS
+
+    t = sub.add_parser("train", help="train a model (resumable; torchrun for several processes)",
+                       description="Train any model on built-in or your own data. Options left out come from "
+                       "--recipe, then from the run being resumed, then the defaults.")
+    g = t.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS + ("categorical_nade",), help="default nade")
+    g.add_argument("--head", choices=HEADS, help="MADE's output: bernoulli (default), categorical, gaussian")
+    g.add_argument("--K", type=_positive_int, help="classes (categorical) or mixture components (rnade, "
+                   "gaussian MADE); categorical default: read from the data")
+    g.add_argument("--hidden", type=_positive_int, nargs="+", help="hidden units (default 128); MADE takes "
+                   "one size per layer: --hidden 500 500")
+    g.add_argument("--num-masks", type=_positive_int, help="MADE mask sets, switched every minibatch")
+    g.add_argument("--direct", action="store_true", default=None, help="MADE direct input-output connections")
+    g.add_argument("--order", help="natural (default), random, or a file of D integers (.npy or text)")
+    g.add_argument("--cell", choices=("gru", "lstm", "rnn"), help="ARRNN cell (default gru)")
+    g = t.add_argument_group("data")
+    g.add_argument("--data", help="digits (default), mnist, or a file: .npy (memory-mapped), .npz "
+                   "(train/valid/test keys or one array), .pt, .csv")
+    g.add_argument("--data-path", help="for --data mnist: the train-images IDX file (.gz; first 50,000 "
+                   "train, last 10,000 valid), an .npz, or a directory of .amat / IDX files")
+    g.add_argument("--data-type", choices=("binary", "categorical", "real"),
+                   help="default: read from the values (0/1, integers in [0, K), reals)")
+    g.add_argument("--binarize", help="reals to 0/1: fixed (> 0.5), dynamic (resampled every minibatch), "
+                   "stochastic (sampled once) or a threshold number")
+    g.add_argument("--split", help="train,valid,test fractions for a file holding one array (default "
+                   "0.8,0.1,0.1), drawn with --seed")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_positive_int, help="default 10")
+    g.add_argument("--batch-size", type=_positive_int, help="global batch (all processes), default 100")
+    g.add_argument("--lr", type=_positive_float, help="default 1e-2 for digits, else 1e-3")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default none)")
+    g.add_argument("--clip", type=_positive_float, help="clip the gradient norm to this")
+    g.add_argument("--eval-every", type=_positive_int, help="validate every N steps (default: every epoch)")
+    g.add_argument("--patience", type=_positive_int, help="stop after N validations without improvement")
+    g.add_argument("--max-steps", type=_positive_int)
+    g.add_argument("--max-minutes", type=_positive_float, help="stop (and checkpoint) after this long")
+    g = t.add_argument_group("run")
+    g.add_argument("--recipe", help="a recipes/NAME.toml (or a .toml path) of these options")
+    g.add_argument("--out", help="run folder (default runs/<model>)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    g.add_argument("--checkpoint-every", type=_positive_int, help="also checkpoint every N steps")
+    g.add_argument("--backend", choices=backends)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu (default), cuda, cuda:N; under torchrun cuda is each rank's GPU")
+    g.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-validation lines")
+    t.set_defaults(func=cmd_train)
+
+
+def _eval_parser(sub, backends) -> None:
+    e = sub.add_parser("eval", help="NLL of a checkpoint on a data split, with a confidence interval (JSON)")
+    e.add_argument("--checkpoint", required=True, help="model.pt / best.pt / last.pt, or a run folder")
+    e.add_argument("--split", dest="split_name", choices=("train", "valid", "test"), default="valid",
+                   help="which split of the data (default valid)")
+    e.add_argument("--data", help="default: the data the model was trained on")
+    e.add_argument("--data-path")
+    e.add_argument("--ensemble", type=_positive_int, default=1,
+                   help="MADE: average the probabilities of K mask sets (log-mean-exp)")
+    e.add_argument("--backend", choices=backends)
+    e.add_argument("--json", help="also write the JSON to this file")
+    e.set_defaults(func=cmd_eval)
 
 
 def main(argv=None) -> int:

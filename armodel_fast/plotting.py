@@ -80,3 +80,27 @@ def save_sample_grid(x, image_shape, path, nrow=None, title=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+def save_learning_curve(records, path, D=None) -> Path:
+    """PNG of train and validation NLL (nats) against the step, from metrics.jsonl records."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for key, label in (("train_nll", "train (running mean)"), ("valid_nll", "validation")):
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("NLL (nats" + (f", D={D})" if D else ")"))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,109 @@
+"""Crash safety: SIGKILL at a random step, --resume, and the same parameters bit for bit;
+damaged checkpoints are refused with their path named."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import armodel_fast as af
+from armodel_fast.cli import main
+from armodel_fast.training import checkpoint as C
+from train_helpers import REPO, assert_bitwise_equal, cli, env, one_error_line, params
+
+STEPS = 16
+RUN = ["train", "--epochs", "2", "--max-steps", str(STEPS), "--batch-size", "100", "--checkpoint-every", "1",
+       "--binarize", "dynamic", "--quiet", "--seed", "5", "--eval-every", "5"]
+MODELS = {"made": ["--model", "made", "--hidden", "16", "16", "--num-masks", "3", "--order", "random"],
+          "nade": ["--model", "nade", "--hidden", "16", "--optimizer", "sgd", "--momentum", "0.9",
+                   "--schedule", "cosine"]}
+
+
+def _step_of(run_dir) -> int:
+    try:
+        return C.load(run_dir / "last.pt")["trainer"]["step"]
+    except C.CheckpointError:
+        return -1
+
+
+@pytest.mark.parametrize("backend,model", [("cpp", "made"), ("reference", "nade")])
+def test_sigkill_then_resume_gives_bitwise_the_same_parameters(tmp_path, backend, model):
+    if backend != "reference" and not af.backends()[backend].available:
+        pytest.fail(f"{backend} unavailable: {af.backends()[backend].reason}")
+    args = RUN + MODELS[model] + ["--backend", backend]
+    cli(*args, "--out", tmp_path / "whole")
+    kill_at = random.Random().randint(2, STEPS - 3)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "armodel_fast", *args, "--out", str(killed)], cwd=REPO,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and _step_of(killed) < kill_at and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended on its own before step {kill_at}"
+    assert not (killed / "model.pt").exists()
+    resumed = cli("train", "--resume", killed)
+    assert "resumed at step" in resumed.stdout
+    assert_bitwise_equal(params(tmp_path / "whole"), params(killed))
+    whole = [line for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    again = [line for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    strip = (lambda lines: [{k: v for k, v in __import__("json").loads(x).items() if k != "seconds"} for x in lines])
+    assert strip(whole) == strip(again)  # no record lost or written twice
+
+
+def test_resume_with_another_model_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fvsbn", "--max-steps", "2", "--out", str(run), "--quiet"]) == 0
+    before = (run / "last.pt").read_bytes()
+    rc = main(["train", "--resume", str(run), "--model", "nade"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "--model fvsbn" in line and "--resume" in line
+    assert (run / "last.pt").read_bytes() == before
+    rc = main(["train", "--model", "fvsbn", "--max-steps", "2", "--out", str(run), "--quiet"])
+    assert rc == 2 and "--resume" in one_error_line(capsys.readouterr().err)  # no silent overwrite
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_truncated_or_corrupt_checkpoints_name_the_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fvsbn", "--max-steps", "2", "--out", str(run), "--quiet"]) == 0
+    good = (run / "last.pt").read_bytes()
+    for cut in (10, len(good) // 3, len(good) - 1):  # every truncation is refused
+        (run / "last.pt").write_bytes(good[:cut])
+        with pytest.raises(C.CheckpointError, match="last.pt"):
+            C.load(run / "last.pt")
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    (run / "last.pt").write_bytes(bytes(flipped))
+    rc = main(["train", "--resume", str(run)])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and str(run / "last.pt") in line
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    C.save(path, {"v": torch.ones(3)})
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        C.save(path, {"v": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(C.load(path)["v"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fvsbn", "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    assert main(["train", "--model", "fvsbn", "--max-steps", "2", "--eval-every", "2", "--out", str(run),
+                 "--overwrite", "--quiet"]) == 0
+    steps = [__import__("json").loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2] and C.load(run / "last.pt")["trainer"]["step"] == 2
