@@ -55,6 +55,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+# Looked up once: torch.compile (torch 2.11) refuses to trace importlib.util.find_spec,
+# which would break the graph of every forward that resolves its backend.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _platform_status(name: str) -> tuple:
     """(available, reason) of a backend on this machine, independent of any op."""
     if name == "reference":
@@ -65,7 +70,7 @@ def _platform_status(name: str) -> tuple:
             return False, _ext.ext_error()
         return True, "C++ CPU extension armodel_fast._C loaded"
     if name == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _TRITON_INSTALLED:
             return False, "triton is not installed: pip install triton==3.8.0"
         if torch.cuda.is_available():
             return True, "triton with a CUDA GPU"
