@@ -86,9 +86,14 @@ def launcher(op: str, stage: str, backend: str) -> Callable:
 
 # ---- the platform: is a backend usable on this machine at all? ---------------------
 
+# Looked up once: torch.compile (torch 2.11) refuses to trace importlib.util.find_spec,
+# which would break the graph of every forward that resolves its backend.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_status() -> tuple:
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed: pip install triton==3.8.0"
+    if not _TRITON_INSTALLED:
+        return False, "triton is not installed: pip install 'triton>=3.6'"
     if torch.cuda.is_available():
         return True, "triton with a CUDA GPU"
     if os.environ.get("TRITON_INTERPRET") == "1":
