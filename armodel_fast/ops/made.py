@@ -33,7 +33,7 @@ from . import _nade_common
 from . import masked_linear as _ml
 from .masked_linear import ACTIVATIONS, masked_linear, prepare
 
-HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
+HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3, "affine_raw": 4}
 CPP_SAMPLE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -110,7 +110,7 @@ def _check_sample_args(output_layer, order, noise, head: str, K, context) -> Non
     weight = output_layer[0]
     if noise.device != weight.device:
         raise ValueError(f"noise is on {noise.device} but the weights are on {weight.device}")
-    if head == "affine":
+    if head in _ref.AFFINE_HEADS:
         check_real_x(noise, D, weight.device, noise.dtype, name="noise")  # z: finite
     else:
         check_uniforms(noise, noise.shape[0], D, trailing, weight.device, noise.dtype, name="noise")
@@ -118,8 +118,8 @@ def _check_sample_args(output_layer, order, noise, head: str, K, context) -> Non
         raise ValueError(f"K must be an int >= 2 for head='categorical', got {K!r}")
     if head == "gaussian" and (K is None or int(K) < 1):
         raise ValueError(f"K must be an int >= 1 for head='gaussian', got {K!r}")
-    if head == "affine" and K not in (None, 1):
-        raise ValueError(f"K must be None or 1 for head='affine' (one Gaussian per dimension), got {K!r}")
+    if head in _ref.AFFINE_HEADS and K not in (None, 1):
+        raise ValueError(f"K must be None or 1 for head={head!r} (one Gaussian per dimension), got {K!r}")
     if context is not None and (not isinstance(context, Tensor) or context.dim() != 2
                                 or context.shape[0] != noise.shape[0] or context.device != weight.device):
         raise ValueError(f"context must be a [n={noise.shape[0]}, context_dim] tensor on {weight.device}, "
@@ -157,8 +157,9 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
 
     ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
     (gaussian mixture of K), or ``z [n, D]`` for ``head="affine"`` (the Gaussian
-    K=1 inverse ``x_d = mu_d + exp(log_sigma_d) z_d``; the second result is then
-    ``log|det dx/dz|``). Categorical x is int64. The degrees must be MADE's
+    K=1 inverse ``x_d = mu_d + exp(s_d) z_d``, ``s`` the soft-clipped log sigma
+    ``reference.made.bounded_log_sigma``; ``"affine_raw"``: the raw log sigma; the
+    second result is then ``log|det dx/dz| = sum s``). Categorical x is int64. The degrees must be MADE's
     (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``
     (csrc/made_cpu.cpp, CPU tensors), ``"triton"`` (one launch,
     kernels/made_sample_triton.py), ``"cuda"`` (one launch, csrc/made_cuda.cu),
