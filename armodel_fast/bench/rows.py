@@ -12,7 +12,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import rows_variants
+from . import rows_flows, rows_variants
 from .core import COMPILE_AUTO_MAX_D, BenchConfig, Row
 
 _nade = lambda B, D, H: {"B": B, "D": D, "H": H}  # noqa: E731
@@ -36,6 +36,7 @@ SIZES = {
                     "sweep": [_made_n(16, 196, 500), _made_n(16, 784, 500), _made_n(16, 784, 2000)],
                     "quick": [_made_n(4, 8, 16)], "quick_sweep": [_made_n(4, 8, 16), _made_n(4, 12, 16)]},
     **rows_variants.SIZES,
+    **rows_flows.SIZES,
 }
 
 
@@ -326,7 +327,8 @@ def made_sample_rows(cfg: BenchConfig, s: dict) -> list:
 
 ROW_BUILDERS = {"nade": nade_rows, "categorical_nade": rows_variants.variant_rows("categorical_nade"),
                 "rnade": rows_variants.variant_rows("rnade"), "masked_linear": masked_linear_rows,
-                "made": made_rows, "made sample": made_sample_rows}
+                "made": made_rows, "made sample": made_sample_rows, "flows": rows_flows.flows_rows}
+OPT_IN_FAMILIES = {"flows"}  # run only when asked for (--family flows): the peers' D-pass rows take minutes
 
 
 def all_rows(cfg: BenchConfig) -> list:
@@ -335,7 +337,7 @@ def all_rows(cfg: BenchConfig) -> list:
     same op and size (the ratio needs them)."""
     rows = []
     for family, build in ROW_BUILDERS.items():
-        if cfg.families and family not in cfg.families:
+        if family not in cfg.families and (cfg.families or family in OPT_IN_FAMILIES):
             continue
         for s in sizes(family, cfg):
             group = build(cfg, s)
