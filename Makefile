@@ -36,6 +36,9 @@ TORCH_OLDEST = 2.11.0
 TORCH_NEWEST = 2.14.1
 DEPS = triton==3.8.0 numpy pybind11 ninja setuptools wheel \
        pytest pytest-benchmark hypothesis scikit-learn matplotlib rich
+# The flow libraries armodel_fast.flows plugs into (tests/test_flows_*.py). --no-deps:
+# each declares torch (already pinned) and nflows also tensorboard, which it does not need.
+FLOW_DEPS = zuko==1.6.0 nflows==0.14 pyro-ppl==1.9.2 pyro-api==0.1.2 opt_einsum==3.4.0 tqdm==4.70.1
 
 # Stamps live in the venv: deleting the venv resets them.
 DEPS_STAMP = $(VENV)/.armodel-fast-deps
@@ -61,6 +64,7 @@ $(PY):
 $(DEPS_STAMP): | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_PIN)
 	$(PIP) install $(DEPS)
+	$(PIP) install --no-deps $(FLOW_DEPS)
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(BUILD_INPUTS)

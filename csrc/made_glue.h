@@ -42,7 +42,7 @@ inline Checked check_operands(const std::vector<at::Tensor>& weights, const std:
   TORCH_CHECK_VALUE(L < kMaxLayers, "at most ", kMaxLayers - 1, " hidden layers, got ", L);
   TORCH_CHECK_VALUE(static_cast<int64_t>(biases.size()) == L + 1, "biases must have one entry per layer");
   TORCH_CHECK_VALUE(static_cast<int64_t>(degrees.size()) == L, "degrees must have one entry per hidden layer");
-  TORCH_CHECK_VALUE(head >= kBernoulli && head <= kAffine, "head must be 0..3, got ", head);
+  TORCH_CHECK_VALUE(head >= kBernoulli && head <= kAffineRaw, "head must be 0..4, got ", head);
   TORCH_CHECK_VALUE(activation >= ml::kNone && activation <= ml::kTanh, "activation must be 0..3, got ", activation);
   check_float_tensor(noise, "noise");
   const auto dtype = noise.scalar_type();
@@ -58,7 +58,7 @@ inline Checked check_operands(const std::vector<at::Tensor>& weights, const std:
   Checked c{};
   Operands& op = c.op;
   op.n = n, op.D = D, op.L = L, op.head = head, op.activation = activation;
-  op.K = head == kBernoulli || head == kAffine ? 1 : K;
+  op.K = head == kBernoulli || is_affine(head) ? 1 : K;
   op.P = params_per_dim(head, op.K);
   op.Kin = inputs_per_dim(head, op.K);
   int64_t in_units = D * op.Kin;

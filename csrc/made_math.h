@@ -14,7 +14,20 @@
 namespace af {
 namespace made {
 
-enum Head : int64_t { kBernoulli = 0, kCategorical = 1, kGaussian = 2, kAffine = 3 };
+// kAffine / kAffineRaw: the K=1 Gaussian flow's inverse with a soft-clipped / raw log sigma.
+enum Head : int64_t { kBernoulli = 0, kCategorical = 1, kGaussian = 2, kAffine = 3, kAffineRaw = 4 };
+
+// Bound on the affine head's |log sigma| (reference/made.py LOG_SCALE_BOUND = log(1e3)).
+constexpr double kLogScaleBound = 6.907755278982137;
+
+AF_HD inline bool is_affine(int64_t head) { return head == kAffine || head == kAffineRaw; }
+
+// log sigma of the affine heads: raw / (1 + |raw| / bound) (kAffine), raw (kAffineRaw);
+// reference/made.py bounded_log_sigma.
+template <typename T>
+AF_HD inline T affine_log_sigma(int64_t head, T raw) {
+  return head == kAffine ? raw / (T(1) + T(std::fabs(raw)) / T(kLogScaleBound)) : raw;
+}
 
 constexpr int kMaxLayers = 16;  // hidden layers + the output layer
 
@@ -41,7 +54,7 @@ struct Operands {
 
 // Parameters per output dimension (P) and inputs per dimension (Kin: one-hot for categorical).
 AF_HD inline int64_t params_per_dim(int64_t head, int64_t K) {
-  return head == kBernoulli ? 1 : (head == kCategorical ? K : 3 * (head == kAffine ? 1 : K));
+  return head == kBernoulli ? 1 : (head == kCategorical ? K : 3 * (is_affine(head) ? 1 : K));
 }
 AF_HD inline int64_t inputs_per_dim(int64_t head, int64_t K) { return head == kCategorical ? K : 1; }
 
@@ -56,9 +69,9 @@ AF_HD inline int64_t run_end(const int64_t* sorted_degrees, int64_t units, int64
 
 // The head's draw for one sample from its P output parameters p[0], p[stride], ...
 // (the rules of reference/heads.py). noise points at this sample's u (or z for
-// kAffine; u[0], u[1] for kGaussian), z at Phi^-1(clamped u[1]) (kGaussian only).
+// the affine heads; u[0], u[1] for kGaussian), z at Phi^-1(clamped u[1]) (kGaussian only).
 // Writes the drawn value (*x, or the class *xi) and returns the log-likelihood
-// term (log p(x_d | x_<d), or log sigma_d for kAffine: its log|dx/dz|).
+// term (log p(x_d | x_<d), or the affine heads' log sigma_d: its log|dx/dz|).
 template <typename T>
 AF_HD inline T draw(int64_t head, const T* p, int64_t stride, int64_t K, const T* noise, T z, T* x, int64_t* xi) {
   if (head == kBernoulli) {
@@ -73,9 +86,10 @@ AF_HD inline T draw(int64_t head, const T* p, int64_t stride, int64_t K, const T
     *x = ml::gaussian_mixture_draw(p, stride, K, noise[0], z);
     return ml::gaussian_mixture_log_prob(p, stride, K, *x);
   }
-  // affine inverse of a K=1 Gaussian: x = mu + exp(log_sigma) z
-  *x = p[stride] + T(std::exp(p[2 * stride])) * noise[0];
-  return p[2 * stride];
+  // affine inverse of a K=1 Gaussian: x = mu + exp(s) z, s the (bounded) log sigma
+  const T s = affine_log_sigma(head, p[2 * stride]);
+  *x = p[stride] + T(std::exp(s)) * noise[0];
+  return s;
 }
 
 }  // namespace made

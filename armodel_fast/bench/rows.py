@@ -8,15 +8,17 @@ the module to :data:`CASE_MODULES` below.
 """
 from __future__ import annotations
 
-from . import cases_made, cases_masked_linear, cases_nade, cases_nade_variants
+from . import cases_flows, cases_made, cases_masked_linear, cases_nade, cases_nade_variants
 from .core import BenchConfig
 
 # One entry per cases file, in the order the families are run and reported.
-CASE_MODULES = (cases_nade, cases_nade_variants, cases_masked_linear, cases_made)
+CASE_MODULES = (cases_nade, cases_nade_variants, cases_masked_linear, cases_made, cases_flows)
 
 FAMILIES = {name: family for module in CASE_MODULES for name, family in module.FAMILIES.items()}
 ROW_BUILDERS = {name: family.rows for name, family in FAMILIES.items()}  # the --family choices (cli.py)
 SIZES = {name: family.sizes for name, family in FAMILIES.items()}
+# Run only when asked for (--family flows): the peers' D-pass sampling rows take minutes.
+OPT_IN_FAMILIES = {"flows"}
 
 
 def sizes(family: str, cfg: BenchConfig) -> list:
@@ -57,7 +59,7 @@ def all_rows(cfg: BenchConfig) -> list:
         raise ValueError(f"families must be among {tuple(FAMILIES)}, got {unknown}")
     rows = []
     for family, spec in FAMILIES.items():
-        if cfg.families and family not in cfg.families:
+        if family not in cfg.families and (cfg.families or family in OPT_IN_FAMILIES):
             continue
         for s in sizes(family, cfg):
             group = spec.rows(cfg, s)

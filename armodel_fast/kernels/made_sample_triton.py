@@ -35,7 +35,8 @@ import triton.language as tl
 from .masked_linear_math import ACT_CODES, activate
 from .triton_common import interpreting, next_pow2, softplus
 
-HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3}
+HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3, "affine_raw": 4}
+LOG_SCALE_BOUND = tl.constexpr(math.log(1e3))  # reference/made.py LOG_SCALE_BOUND
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
 
 
@@ -160,9 +161,11 @@ def _head_step(t, d, a_rows, rows, smask, in_off, cnt, w_ptr, ld_out, b_ptr, noi
             comp = tl.where(kmask[None, :], p0 - lse_w[:, None] - 0.5 * zz * zz - ls - LOG_SQRT_2PI, float("-inf"))
             m = tl.max(comp, axis=1)
             term = m + tl.log(tl.sum(tl.exp(comp - m[:, None]), axis=1))
-        else:                                        # affine inverse: x = mu + exp(log_sigma) z
+        else:                                        # affine inverse: x = mu + exp(s) z
             z = tl.load(noise_ptr + nd, mask=smask, other=0.0).to(ACC)
             term = _pick(ls, cols, first)
+            if HEAD == 3:                            # s = bounded log sigma (reference bounded_log_sigma)
+                term = term / (1.0 + tl.abs(term) / LOG_SCALE_BOUND)
             xv = _pick(mu, cols, first) + tl.exp(term) * z
     if HEAD != 1:
         tl.store(x_ptr + nd, xv.to(x_ptr.dtype.element_ty), mask=smask)
@@ -238,8 +241,8 @@ def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, 
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
     if activation not in ACT_CODES.values():
         raise ValueError(f"activation must be a code 0..3, got {activation!r}")
-    if head == "affine" and K != 1:
-        raise ValueError(f"K must be 1 for head='affine' (a single Gaussian per dimension), got {K!r}")
+    if head in ("affine", "affine_raw") and K != 1:
+        raise ValueError(f"K must be 1 for head={head!r} (a single Gaussian per dimension), got {K!r}")
     if (ctx_hidden is None) != (ctx_out is None) and len(weights) > 1:
         raise ValueError("ctx_hidden and ctx_out go together (both context terms, or neither)")
     if not weights or len(biases) != len(weights) or len(degrees) != len(weights) - 1:
@@ -250,7 +253,7 @@ def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, 
         raise ValueError("Triton kernels need CUDA tensors; CPU tensors run only under TRITON_INTERPRET=1")
     n, D = noise.shape[0], noise.shape[1]
     kin = K if head == "categorical" else 1
-    P = {"bernoulli": 1, "categorical": K, "gaussian": 3 * K, "affine": 3}[head]
+    P = {"bernoulli": 1, "categorical": K, "gaussian": 3 * K, "affine": 3, "affine_raw": 3}[head]
     rows_in = D * kin
     for l, (w, b) in enumerate(zip(weights, biases)):
         rows = w.shape[0]
@@ -288,7 +291,7 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
     ``biases`` sorted, ``degrees`` the L hidden layers' sorted degrees, ``direct``
     the sorted direct weight or None, ``order`` [D], ``ctx_hidden [n, U0]`` /
     ``ctx_out [n, D*P]`` the sorted context terms or None; ``noise`` u [n, D] /
-    [n, D, 2] or z [n, D] (``head="affine"``), ``z`` = Phi^-1(clamped u[..., 1])
+    [n, D, 2] or z [n, D] (``head="affine"``, ``"affine_raw"``), ``z`` = Phi^-1(clamped u[..., 1])
     for the mixture head. ``head`` a name of :data:`HEADS`, ``activation`` a code
     0..3 (none, relu, elu, tanh). Computes in fp64 for fp64 weights, else fp32;
     x has the weights' dtype (int64 for a categorical head), log p is fp32/fp64.

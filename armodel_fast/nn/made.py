@@ -1,6 +1,8 @@
 """MADE: masked autoencoder for distribution estimation (DESIGN.md section 4)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,11 +10,16 @@ from torch import nn
 from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_seed, check_tensor)
 from ..ops import made as fast
+from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
+from .made_shapes import activation_name, check_hidden, flatten_batch
 from .masked_linear import MaskedLinear
 
 OUTPUTS = ("bernoulli", "categorical", "gaussian")
+# scale= of the affine flow (out="gaussian", K=1) -> the sampler head that computes it
+SCALES = {"soft_clip": "affine", "raw": "affine_raw"}
+FLOW_HEAD_INIT = 1e-2
 
 
 class MADE(AutoregressiveModel):
@@ -23,6 +30,15 @@ class MADE(AutoregressiveModel):
       ``forward -> logits [B, D, K]``; ``u [n, D]``.
     * ``out="gaussian"`` (K components, default 1): x real [B, D];
       ``forward -> (logits, mu, log_sigma)``, each [B, D, K]; ``u [n, D, 2]``.
+      With K=1 it is an affine (MAF) layer: :meth:`transform` / :meth:`inverse`,
+      with ``log sigma = raw / (1 + |raw| / log(1e3))`` (``scale="soft_clip"``,
+      zuko's bound: sigma within about [1e-3, 1e3]; ``forward``, ``log_prob``,
+      ``sample`` use the same) or the raw output (``scale="raw"``).
+
+    Inputs may have any leading batch shape (``x [..., D]``, unbatched ``x [D]``),
+    and a context ``[..., C]`` broadcasts against it (``c [C]`` with ``x [B, D]``).
+    ``hidden``: an int or a list of ints; ``activation``: a name, an ``nn`` module
+    class/instance or function of relu / elu / tanh / identity.
 
     ``order``: None (natural), a permutation, or ``"random"`` (each mask set
     draws its own ordering: order-agnostic training). Degrees of all mask sets
@@ -36,14 +52,10 @@ class MADE(AutoregressiveModel):
     op = "made"
 
     def __init__(self, D: int, hidden, num_masks: int = 1, order=None, direct: bool = False,
-                 out: str = "bernoulli", K=None, context_dim: int = 0, activation: str = "relu",
-                 seed: int = 0, backend: str = "reference", device=None, dtype=None):
+                 out: str = "bernoulli", K=None, context_dim: int = 0, activation="relu",
+                 seed: int = 0, backend: str = "reference", device=None, dtype=None, scale: str = "soft_clip"):
         super().__init__(D, backend)
-        if isinstance(hidden, int) or not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
-            raise TypeError("hidden must be a list of ints, e.g. hidden=[500, 500]")
-        if len(hidden) == 0 or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {list(hidden)}")
-        self.hidden = list(hidden)
+        self.hidden = check_hidden(hidden)
         self.num_masks = check_positive_int("num_masks", num_masks)
         if out not in OUTPUTS:
             raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
@@ -56,9 +68,10 @@ class MADE(AutoregressiveModel):
                                                                     2 if out == "categorical" else 1)
         self.P = {"bernoulli": 1, "categorical": self.K, "gaussian": 3 * (self.K or 1)}[out]
         self.context_dim = check_positive_int("context_dim", context_dim, minimum=0)
-        if activation not in ref.ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ref.ACTIVATIONS)}, got {activation!r}")
-        self.activation = activation
+        self.activation = activation_name(activation)
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+        self.scale = scale
         check_bool("direct", direct)
         self.seed = check_seed(seed)
         self.in_units = D * self.K if out == "categorical" else D
@@ -68,6 +81,8 @@ class MADE(AutoregressiveModel):
         for l, deg in enumerate(degrees):
             self.register_buffer(f"degrees_{l}", deg.to(device))
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long, device=device))
+        self._sync_mask_mirror()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_mirror())
 
         fk = {"device": device, "dtype": dtype}
         sizes = [self.in_units] + self.hidden
@@ -84,7 +99,19 @@ class MADE(AutoregressiveModel):
             self.context_hidden = nn.Linear(self.context_dim, self.hidden[0], bias=False, **fk)
             self.context_out = nn.Linear(self.context_dim, n_out, bias=False, **fk)
         self._apply_mask()
+        if out == "gaussian" and self.K == 1:
+            self._init_flow_head()
         self.set_backend(self.backend)  # the masked layers show the model's backend
+
+    @torch.no_grad()
+    def _init_flow_head(self) -> None:
+        """Affine flow: the weights into mu and log sigma start at FLOW_HEAD_INIT times their
+        default, so a fresh layer is close to x = b_mu + exp(s(b_ls)) z and samples stay
+        finite even at D=784 (the chain x_d = mu(x_<d) + ... does not amplify); the hidden
+        layers still get gradients at the first step."""
+        for layer in (self.output, self.direct, self.context_out):
+            if layer is not None:
+                layer.weight.mul_(FLOW_HEAD_INIT)
 
     # ---- masks ------------------------------------------------------------
     def _draw_masks(self, order, seed):
@@ -100,14 +127,20 @@ class MADE(AutoregressiveModel):
                 per_layer[l].append(m)
         return torch.stack(orders), [torch.stack(m) for m in per_layer]
 
+    def _sync_mask_mirror(self) -> None:
+        """Python copies of the mask index and orderings: torch.compile reads these instead of
+        the buffers' values (which would break the graph)."""
+        self._mask = int(self.mask_index)
+        self._order_lists = self.orders.tolist()
+
     @property
     def order(self) -> torch.Tensor:
         """The current mask set's ordering, [D]."""
-        return self.orders[int(self.mask_index)]
+        return self.orders[self._mask]
 
     def degrees(self) -> list:
         """Current degrees ``[m0, m1, ..., mL]`` (m0 per input dimension)."""
-        i = int(self.mask_index)
+        i = self._mask
         return [ref.input_degrees(self.order)] + [getattr(self, f"degrees_{l}")[i] for l in range(len(self.hidden))]
 
     def _apply_mask(self) -> None:
@@ -125,6 +158,7 @@ class MADE(AutoregressiveModel):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_masks:
             raise ValueError(f"index must be an int in [0, {self.num_masks}), got {index!r}")
         self.mask_index.fill_(index)
+        self._sync_mask_mirror()
         self._apply_mask()
 
     def next_mask(self) -> int:
@@ -157,7 +191,18 @@ class MADE(AutoregressiveModel):
         hidden, output, direct, ctx_w = self._layer_args()
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
                                 backend=self._resolve())
-        return ref.made_params_split(raw, self.out, self.D, self.K)
+        return self._bound_scale(ref.made_params_split(raw, self.out, self.D, self.K))
+
+    @property
+    def _bounded(self) -> bool:
+        """Whether the log sigma is soft-clipped: the affine layer (gaussian, K=1) with scale='soft_clip'."""
+        return self.out == "gaussian" and self.K == 1 and self.scale == "soft_clip"
+
+    def _bound_scale(self, p):
+        """The affine layer's (logits, mu, log sigma) with log sigma soft-clipped (``scale``)."""
+        if not self._bounded:
+            return p
+        return p[0], p[1], ref.bounded_log_sigma(p[2])
 
     def _sample_with(self, backend, noise, context, head):
         """``ops.made.made_sample`` of ``backend``: one pass over the weights, or D passes
@@ -166,9 +211,19 @@ class MADE(AutoregressiveModel):
         return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
                                 context, ctx_w, backend=backend)
 
+    def _flat(self, x, context, name="x"):
+        """x [..., D], context [..., C] or [C] -> validated (x [B, D], context [B, C] or None, batch shape)."""
+        x, context, lead = flatten_batch(x, context, self.D, self.context_dim, name)
+        x = check_real_x(x, self.D, self.device, self.dtype, name=name) if name == "z" else self._check_x(x)
+        return x, check_context(context, x.shape[0], self.context_dim, self.device, self.dtype), lead
+
     def forward(self, x: torch.Tensor, context=None):
-        x = self._check_x(x)
-        return self._params(x, check_context(context, x.shape[0], self.context_dim, self.device, self.dtype))
+        """Per-dimension parameters with x's leading batch shape (see the class docstring)."""
+        x, context, lead = self._flat(x, context)
+        p = self._params(x, context)
+        if isinstance(p, tuple):
+            return tuple(t.reshape(*lead, *t.shape[1:]) for t in p)
+        return p.reshape(*lead, *p.shape[1:])
 
     def _head_log_prob(self, p, x):
         return ref.HEAD_LOG_LIK[self.out](p, x)
@@ -176,13 +231,12 @@ class MADE(AutoregressiveModel):
     def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
         """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets
         (the current one and the next k-1), leaving the current mask unchanged."""
-        x = self._check_x(x)
-        context = check_context(context, x.shape[0], self.context_dim, self.device, self.dtype)
+        x, context, lead = self._flat(x, context)
         check_positive_int("ensemble", ensemble)
         if ensemble > self.num_masks:
             raise ValueError(f"ensemble must be <= num_masks={self.num_masks}, got {ensemble}")
         if ensemble == 1:  # the current mask: no switching (keeps torch.compile's graph whole)
-            return self._head_log_prob(self._params(x, context), x).sum(-1)
+            return self._head_log_prob(self._params(x, context), x).sum(-1).reshape(lead)
         start, lps = int(self.mask_index), []
         try:
             for k in range(ensemble):
@@ -190,16 +244,29 @@ class MADE(AutoregressiveModel):
                 lps.append(self._head_log_prob(self._params(x, context), x).sum(-1))
         finally:
             self.set_mask(start)
-        return ref.made_ensemble_log_prob(lps)
+        return ref.made_ensemble_log_prob(lps).reshape(lead)
 
     # ---- sampling and flows -------------------------------------------------
     def sample(self, n: int, u=None, generator=None, context=None, return_log_prob: bool = False):
         """Draw n samples; ``u [n, D]`` or ``[n, D, 2]``. The reference runs D forward passes,
         the fast backends one pass over the weights (every hidden unit computed once)."""
         u = self._uniforms(n, u, generator)
+        if isinstance(context, torch.Tensor) and context.dim() == 1:  # one context for all n samples
+            context = context.expand(n, -1)
         context = check_context(context, n, self.context_dim, self.device, self.dtype)
-        x, lp = self._sample_with(self._resolve("made_sample"), u, context, self.out)
+        if self._bounded:  # the affine layer's bounded scale: its inverse at z = Phi^-1(u[..., 1])
+            x, lp = self._sample_affine(u, context)
+        else:
+            x, lp = self._sample_with(self._resolve("made_sample"), u, context, self.out)
         return (x, lp) if return_log_prob else x
+
+    @torch.no_grad()
+    def _sample_affine(self, u, context):
+        """(x, log p(x)) of the K=1 layer from uniforms [n, D, 2]: z = Phi^-1(clamped u[..., 1])
+        as the mixture head draws it, x = inverse(z), log p(x) = log N(z) - log|dx/dz|."""
+        z = torch.special.ndtri(u[..., 1].float().clamp(heads.U_EPS, 1 - heads.U_EPS)).to(self.dtype)
+        x, logdet = self._inverse_flat(z, context)
+        return x, (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).sum(-1) - logdet
 
     @property
     def uniform_trailing(self) -> tuple:
@@ -209,35 +276,57 @@ class MADE(AutoregressiveModel):
         if self.out != "gaussian" or self.K != 1:
             raise ValueError("transform/inverse need out='gaussian' with K=1 (an affine MAF layer)")
 
+    @property
+    def affine_head(self) -> str:
+        """The sampler head of the affine flow: ``"affine"`` (soft-clipped log sigma) or ``"affine_raw"``."""
+        return SCALES[self.scale]
+
     def transform(self, x: torch.Tensor, context=None):
-        """x [B, D] -> (z [B, D], log|det dz/dx| [B]) with z = (x - mu(x)) / sigma(x)."""
+        """x [..., D] -> (z [..., D], log|det dz/dx| [...]) with z = (x - mu(x)) / sigma(x)."""
         self._check_flow()
-        _, mu, ls = self(x, context)
-        return ref.gaussian_transform(x, mu[..., 0], ls[..., 0])
+        x, context, lead = self._flat(x, context)
+        _, mu, ls = self._params(x, context)
+        z, logdet = ref.gaussian_transform(x, mu[..., 0], ls[..., 0])  # ls: already bounded
+        return z.reshape(*lead, self.D), logdet.reshape(lead)
 
     def inverse(self, z: torch.Tensor, context=None):
-        """z [B, D] -> (x [B, D], log|det dx/dz| [B]): x_d = mu_d + sigma_d z_d, step by step
+        """z [..., D] -> (x [..., D], log|det dx/dz| [...]): x_d = mu_d + sigma_d z_d, step by step
         (D forward passes in the reference, one pass over the weights with a fast backend).
         Differentiable w.r.t. z, context and the parameters with every backend (fast
         backends: by implicit differentiation, see ``_FastInverse``)."""
         self._check_flow()
-        check_tensor("z", z)
-        z = check_real_x(z, self.D, self.device, self.dtype, name="z")
-        context = check_context(context, z.shape[0], self.context_dim, self.device, self.dtype)
+        z, context, lead = self._flat(z, context, name="z")
+        x, logdet = self._inverse_flat(z, context)
+        return x.reshape(*lead, self.D), logdet.reshape(lead)
+
+    def _inverse_flat(self, z, context):
         backend = self._resolve("made_sample")
+        params = [p for p in self.parameters() if p.requires_grad]
+        wants_grad = torch.is_grad_enabled() and (z.requires_grad or bool(params)
+                                                  or (context is not None and context.requires_grad))
+        if torch.compiler.is_compiling() and not wants_grad:  # one custom op: no graph breaks
+            return self._compiled_sample(backend, z, context)
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
-            return ref.made_sample(hidden, output, self.order, z, "affine", None, self.activation, direct, context,
-                                   ctx_w)
-        params = [p for p in self.parameters() if p.requires_grad]
-        if torch.is_grad_enabled() and (z.requires_grad or params or (context is not None and context.requires_grad)):
+            return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
+                                   self.activation, direct, context, ctx_w)
+        if wants_grad:
             return _FastInverse.apply(self, backend, z, context, *params)
-        return self._sample_with(backend, z, context, "affine")
+        return self._sample_with(backend, z, context, self.affine_head)
+
+    def _compiled_sample(self, backend, z, context):
+        from ..ops.made.affine_op import made_affine_sample
+        hidden, output, direct, ctx_w = self._layer_args()
+        layers = list(hidden) + [output]
+        return made_affine_sample([t[0] for t in layers], [t[1] for t in layers], [t[2] for t in layers],
+                                  [t[3] for t in layers], [] if direct is None else list(direct), self.order, z,
+                                  context, [] if ctx_w is None else list(ctx_w), self.affine_head,
+                                  self.activation, backend)
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, hidden={self.hidden}, num_masks={self.num_masks}, out={self.out!r}, "
                 f"K={self.K}, direct={self.direct is not None}, context_dim={self.context_dim}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + (f", scale={self.scale!r}" if self.out == "gaussian" else ""))
 
 
 class _FastInverse(torch.autograd.Function):
@@ -255,7 +344,7 @@ class _FastInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, model, backend, z, context, *params):
         ctx.model, ctx.mask_index = model, int(model.mask_index)
-        x, logdet = model._sample_with(backend, z, context, "affine")
+        x, logdet = model._sample_with(backend, z, context, model.affine_head)
         ctx.save_for_backward(z, context, x, *params)
         return x, logdet
 
@@ -283,8 +372,9 @@ class _FastInverse(torch.autograd.Function):
             zz = z.detach().requires_grad_()
             cc = None if context is None else context.detach().requires_grad_()
             _, mu, ls = model._params(xs, cc)
-            G = mu[..., 0] + torch.exp(ls[..., 0]) * zz
-            logdet = ls[..., 0].sum(-1)
+            s = ls[..., 0]  # bounded by _params when scale="soft_clip"
+            G = mu[..., 0] + torch.exp(s) * zz
+            logdet = s.sum(-1)
             gx = torch.zeros_like(x) if gx is None else gx
             gl = torch.zeros_like(logdet) if gl is None else gl
             v = gx + torch.autograd.grad(logdet, xs, gl, retain_graph=True)[0]

@@ -7,6 +7,7 @@ Output unit ``d * P + j`` belongs to dimension d (P parameters per dimension).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -96,8 +97,21 @@ def made_ensemble_log_prob(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(stacked, dim=0) - torch.log(torch.tensor(float(len(log_probs)), dtype=stacked.dtype))
 
 
+# The affine flow head's bound on |log sigma|: log(1e3), zuko's default (slope 1e-3), so that
+# sigma stays in about [1e-3, 1e3] (smooth: no zero gradient at the bound, unlike a clamp).
+LOG_SCALE_BOUND = math.log(1e3)
+# head name -> whether the raw log_sigma is soft-clipped (see bounded_log_sigma)
+AFFINE_HEADS = {"affine": True, "affine_raw": False}
+
+
+def bounded_log_sigma(raw: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """The affine head's log sigma: ``raw / (1 + |raw| / LOG_SCALE_BOUND)`` (|.| < the bound,
+    ~raw near 0), or ``raw`` itself when ``clip`` is False (head ``"affine_raw"``)."""
+    return raw / (1 + raw.abs() / LOG_SCALE_BOUND) if clip else raw
+
+
 def gaussian_transform(x, mu, log_sigma):
-    """MAF direction: z = (x - mu) / sigma, log|dz/dx| = -sum log_sigma."""
+    """MAF direction: z = (x - mu) / sigma, log|dz/dx| = -sum log_sigma (log_sigma already bounded)."""
     return (x - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)
 
 
@@ -129,28 +143,34 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
     """D-pass sampler of the functional MADE (the oracle of ``ops.made.made_sample``).
 
     ``noise``: uniforms [n, D] (bernoulli, categorical) or [n, D, 2] (gaussian
-    mixture of K); for ``head="affine"``, z [n, D] of the K=1 Gaussian flow,
-    inverted step by step: ``x_d = mu_d + exp(log_sigma_d) z_d`` (differentiable).
-    Returns (x [n, D], log p(x) [n]), or (x, log|det dx/dz|) for "affine".
+    mixture of K); for ``head="affine"`` / ``"affine_raw"``, z [n, D] of the K=1
+    Gaussian flow, inverted step by step: ``x_d = mu_d + exp(s_d) z_d`` with
+    ``s = bounded_log_sigma(log_sigma)`` (``affine``) or the raw log_sigma
+    (``affine_raw``); differentiable. Returns (x [n, D], log p(x) [n]), or
+    (x, log|det dx/dz| = sum s) for the affine heads.
     """
-    n, D = noise.shape[0], order.numel()
+    steps = order.tolist() if isinstance(order, torch.Tensor) else list(order)  # a list traces under compile
+    n, D = noise.shape[0], len(steps)
     dtype = output_layer[0].dtype
-    out = "gaussian" if head == "affine" else head
-    k = 1 if head == "affine" else K
+    affine = head in AFFINE_HEADS
+    out = "gaussian" if affine else head
+    k = 1 if affine else K
 
     def params(x):
         inp = F.one_hot(x, K).to(dtype).reshape(n, D * K) if head == "categorical" else x
         raw = made_forward(inp, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
         return made_params_split(raw, out, D, k)
 
-    if head != "affine":
+    if not affine:
         x0 = torch.zeros(n, D, dtype=torch.long if head == "categorical" else dtype, device=noise.device)
-        return sample_by_passes(params, HEAD_DRAW[head], HEAD_LOG_LIK[head], order, x0, noise.to(dtype))
+        return sample_by_passes(params, HEAD_DRAW[head], HEAD_LOG_LIK[head], torch.as_tensor(steps), x0,
+                                noise.to(dtype))
     z = noise.to(dtype)
     x, logdet = torch.zeros_like(z), z.new_zeros(n)
-    for d in order.tolist():
+    for d in steps:
         _, mu, ls = params(x)
+        s_d = bounded_log_sigma(ls[:, d, 0], AFFINE_HEADS[head])
         x = x.clone()
-        x[:, d] = gaussian_inverse_step(mu[:, d, 0], ls[:, d, 0], z[:, d])
-        logdet = logdet + ls[:, d, 0]
+        x[:, d] = gaussian_inverse_step(mu[:, d, 0], s_d, z[:, d])
+        logdet = logdet + s_d
     return x, logdet

@@ -23,7 +23,7 @@ from .launchers import FAST_BACKENDS, HEADS
 
 
 def _outputs_per_dim(head: str, K) -> int:
-    return {"bernoulli": 1, "categorical": K, "gaussian": 3 * (K or 1), "affine": 3}[head]
+    return {"bernoulli": 1, "categorical": K, "gaussian": 3 * (K or 1), "affine": 3, "affine_raw": 3}[head]
 
 
 def _check_noise_and_head(output_layer, D: int, noise, head: str, K) -> None:
@@ -37,7 +37,7 @@ def _check_noise_and_head(output_layer, D: int, noise, head: str, K) -> None:
     weight = output_layer[0]
     if noise.device != weight.device:
         raise ValueError(f"noise is on {noise.device} but the weights are on {weight.device}")
-    if head == "affine":
+    if head in _ref.AFFINE_HEADS:
         check_real_x(noise, D, weight.device, noise.dtype, name="noise")  # z: finite
     else:
         check_uniforms(noise, noise.shape[0], D, trailing, weight.device, noise.dtype, name="noise")
@@ -45,8 +45,8 @@ def _check_noise_and_head(output_layer, D: int, noise, head: str, K) -> None:
         raise ValueError(f"K must be an int >= 2 for head='categorical', got {K!r}")
     if head == "gaussian" and (K is None or int(K) < 1):
         raise ValueError(f"K must be an int >= 1 for head='gaussian', got {K!r}")
-    if head == "affine" and K not in (None, 1):
-        raise ValueError(f"K must be None or 1 for head='affine' (one Gaussian per dimension), got {K!r}")
+    if head in _ref.AFFINE_HEADS and K not in (None, 1):
+        raise ValueError(f"K must be None or 1 for head={head!r} (one Gaussian per dimension), got {K!r}")
 
 
 def _check_layers(hidden_layers, output_layer, direct_layer, order: Tensor, head: str, K) -> None:
@@ -125,8 +125,9 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
 
     ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
     (gaussian mixture of K), or ``z [n, D]`` for ``head="affine"`` (the Gaussian
-    K=1 inverse ``x_d = mu_d + exp(log_sigma_d) z_d``; the second result is then
-    ``log|det dx/dz|``). Categorical x is int64. The degrees must be MADE's
+    K=1 inverse ``x_d = mu_d + exp(s_d) z_d``, ``s`` the soft-clipped log sigma
+    ``reference.made.bounded_log_sigma``; ``"affine_raw"``: the raw log sigma; the second
+    result is then ``log|det dx/dz| = sum s``). Categorical x is int64. The degrees must be MADE's
     (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``,
     ``"triton"``, ``"cuda"``, ``"reference"`` (D forward passes) or ``"auto"``.
     """

@@ -1,0 +1,138 @@
+"""Rows of the ``flows`` family: a 5-layer MAF in zuko, nflows and pyro against the same
+flow built from ``armodel_fast.flows`` (one changed import line), in one run.
+
+Ops: ``train step`` (-log_prob of B points, backward, Adam step), ``sample n`` (no
+gradients: the peers run D passes of each layer's network, ours the one-pass sampler),
+``rsample n`` (differentiable sampling: sample, ``.square().sum().backward()``).
+Each peer row is a ratio reference; our rows name the library whose API they use.
+Peer rows whose cost is far out of reach on a CPU are skipped with the estimate.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .core import BenchConfig, Family, Row
+
+LIBRARIES = ("zuko", "nflows", "pyro")
+LAYERS = 5
+_flow = lambda D, H, n, B=256: {"D": D, "hidden": (H, H), "n": n, "B": B}  # noqa: E731
+
+SIZES = {"flows": {"headline": [_flow(64, 256, 16), _flow(64, 256, 1024), _flow(784, 256, 16),
+                                _flow(784, 256, 1024)],
+                   "sweep": [_flow(64, 256, 16), _flow(64, 256, 1024), _flow(784, 512, 16), _flow(784, 512, 1024),
+                             _flow(784, 1024, 16)],
+                   "quick": [_flow(6, 8, 4, 8)], "quick_sweep": [_flow(6, 8, 4, 8), _flow(8, 8, 16, 8)]}}
+
+# Peer D-pass sampling estimated beyond this many flops is skipped (tens of minutes on a CPU).
+PEER_SAMPLE_FLOP_LIMIT = 250e9
+
+
+def peer_sample_flops(s: dict) -> float:
+    """n rows x D passes x LAYERS networks x 2 flops per weight (hidden layers and the 2D outputs)."""
+    D, (h1, h2) = s["D"], s["hidden"]
+    return s["n"] * D * LAYERS * 2.0 * (D * h1 + h1 * h2 + h2 * 2 * D)
+
+
+def _module_name(lib: str) -> str:
+    return "pyro" if lib == "pyro" else lib
+
+
+def build(lib: str, fast: bool, s: dict, backend: str = "auto"):
+    """(flow object, log_prob(x), sample(n), parameters) of a 5-layer MAF in ``lib``'s API."""
+    D, hidden = s["D"], list(s["hidden"])
+    kw = {"backend": backend} if fast else {}
+    if lib == "zuko":
+        mod = importlib.import_module("armodel_fast.flows.zuko") if fast else importlib.import_module("zuko.flows")
+        flow = mod.MAF(D, 0, transforms=LAYERS, hidden_features=hidden, **kw)
+        return flow, lambda x: flow().log_prob(x), lambda n: flow().rsample((n,))
+    if lib == "nflows":
+        if fast:
+            mod = importlib.import_module("armodel_fast.flows.nflows")
+            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden), **kw)
+        else:
+            mod = importlib.import_module("nflows.flows.autoregressive")
+            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden), use_residual_blocks=False)
+        return flow, flow.log_prob, flow.sample
+    dist = importlib.import_module("pyro.distributions")
+    if fast:
+        helper = importlib.import_module("armodel_fast.flows.pyro").affine_autoregressive
+        layers = [helper(D, hidden_dims=hidden, **kw) for _ in range(LAYERS)]
+    else:
+        helper = importlib.import_module("pyro.distributions.transforms").affine_autoregressive
+        layers = [helper(D, hidden_dims=hidden) for _ in range(LAYERS)]
+    base = dist.Normal(torch.zeros(D), torch.ones(D)).to_event(1)
+    flow = dist.TransformedDistribution(base, [t.inv for t in layers])  # MAF: density one pass, sampling D
+    module = torch.nn.ModuleList(layers)
+
+    def fresh(fn):  # pyro's transforms cache the last (x, y): each timed call starts without it
+        def run(arg):
+            for t in layers:
+                t.clear_cache()
+            return fn(arg)
+        return run
+    return module, fresh(flow.log_prob), fresh(lambda n: flow.rsample((n,)))
+
+
+def _maker(lib: str, fast: bool, s: dict, what: str):
+    def make(cfg: BenchConfig):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            module, log_prob, sample = build(lib, fast, s)
+            x = torch.randn(s["B"], s["D"])
+        params = [p for p in module.parameters()]
+        if what == "train step":
+            opt = torch.optim.Adam(params, lr=1e-4)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                (-log_prob(x).mean()).backward()
+                opt.step()
+            return step
+        if what == "sample":
+            def draw():
+                with torch.no_grad():
+                    return sample(s["n"])
+            return draw
+
+        def rsample():
+            sample(s["n"]).square().sum().backward()
+            for p in params:
+                p.grad = None
+        return rsample
+    return make
+
+
+def _peer_skip(lib: str, s: dict, what: str):
+    if importlib.util.find_spec(_module_name(lib)) is None:
+        return f"{lib} is not installed (pip install 'armodel-fast[{lib}]')"
+    if what != "train step" and peer_sample_flops(s) > PEER_SAMPLE_FLOP_LIMIT:
+        return (f"{LAYERS} x {s['D']} passes of the network on {s['n']} rows: ~{peer_sample_flops(s) / 1e12:.1f} "
+                "TFLOP, too long for the bench on a CPU (run a smaller n)")
+    return None
+
+
+def flows_rows(cfg: BenchConfig, s: dict) -> list:
+    from .rows import kernel_skip_reasons
+    fast_ok = any(why is None for why in kernel_skip_reasons("made_sample", cfg.device).values())
+    rows = []
+    for what in ("train step", "sample", "rsample"):
+        if what == "train step" and s["n"] > 16:
+            continue  # the training step does not depend on n: once per D (with the small n)
+        op = f"MAF x{LAYERS} {what}" + ("" if what == "train step" else f" n={s['n']}")
+        for lib in LIBRARIES:
+            peer_skip = _peer_skip(lib, s, what)
+            slow = what != "train step"  # D passes per layer: seconds to minutes per call, one timed call
+            rows.append(Row(op, lib, _maker(lib, False, s, what), skip=peer_skip, repeats=1 if slow else None,
+                            warmup=0 if slow and s["D"] > 100 else 1))
+            ours_skip = None if fast_ok else "no fast made_sample backend here"
+            if importlib.util.find_spec(_module_name(lib)) is None or (what == "rsample" and peer_skip):
+                ours_skip = peer_skip  # differentiable sampling costs D backward passes here too
+            rows.append(Row(op, f"armodel_fast.flows.{lib}", _maker(lib, True, s, what), skip=ours_skip,
+                            kind="kernel", info="backend='auto'", repeats=1 if what == "rsample" else None,
+                            warmup=0 if what == "rsample" and s["D"] > 100 else 1))
+    return rows
+
+
+FAMILIES = {"flows": Family(SIZES["flows"], flows_rows)}

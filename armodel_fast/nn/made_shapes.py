@@ -1,0 +1,77 @@
+"""What MADE accepts from the flow libraries: hidden sizes, activations, batch shapes.
+
+* ``hidden``: an int (one layer) or a sequence of ints.
+* ``activation``: a name (``"relu"``, ``"elu"``, ``"tanh"``, ``"none"``), a
+  ``torch.nn`` module class or instance (``nn.ReLU``, ``nn.ELU()``, ...) or the
+  function (``F.relu``, ``torch.tanh``): the fast kernels fuse these four only.
+* Inputs ``x [..., D]`` with any leading batch shape (``x [D]`` unbatched) and a
+  context ``[..., C]`` broadcast against it (``c [C]`` with ``x [B, D]``): the
+  model flattens both to ``[B, D]`` / ``[B, C]`` and restores the shape after.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..reference.made import ACTIVATIONS
+
+_BY_OBJECT = {nn.ReLU: "relu", nn.ELU: "elu", nn.Tanh: "tanh", nn.Identity: "none",
+              F.relu: "relu", F.elu: "elu", torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu"}
+
+
+def check_hidden(hidden) -> list:
+    """``hidden`` as a list of positive ints (an int is one hidden layer)."""
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = [hidden]
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"hidden must be an int or a list of ints, e.g. hidden=[500, 500], got {hidden!r}")
+    hidden = list(hidden)
+    if not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+        raise TypeError(f"hidden must be an int or a list of ints, e.g. hidden=[500, 500], got {hidden!r}")
+    if len(hidden) == 0 or min(hidden) < 1:
+        raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+    return hidden
+
+
+def activation_name(activation) -> str:
+    """The kernel name of ``activation`` (a name, an nn.Module class or instance, or a function)."""
+    if isinstance(activation, str):
+        if activation in ACTIVATIONS:
+            return activation
+    else:
+        key = type(activation) if isinstance(activation, nn.Module) else activation
+        try:
+            if key in _BY_OBJECT:
+                return _BY_OBJECT[key]
+        except TypeError:  # unhashable
+            pass
+    raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, nn.ReLU/nn.ELU/nn.Tanh/nn.Identity "
+                     f"(class or instance) or F.relu/F.elu/torch.tanh, got {activation!r}")
+
+
+def flatten_batch(x, context, D: int, context_dim: int, name: str = "x"):
+    """``x [..., D]`` and ``context [..., C]`` (or None) -> (x [B, D], context [B, C], batch shape).
+
+    The batch shape is the broadcast of both leading shapes; shapes are checked here
+    (each error names the argument), values by the model's checks on the flat tensors.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != D:
+        raise ValueError(f"{name} must have shape [B, {D}] (or any leading batch shape [..., {D}]), "
+                         f"got {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    if context is not None and context_dim and isinstance(context, torch.Tensor):
+        if context.dim() == 0 or context.shape[-1] != context_dim:
+            batch = ", ".join(map(str, lead)) or "B"
+            raise ValueError(f"context must have shape [{batch}, {context_dim}] (or [{context_dim}], or any batch "
+                             f"shape broadcasting with {name}'s), got {tuple(context.shape)}")
+        try:
+            lead = torch.broadcast_shapes(lead, context.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"context's batch shape {tuple(context.shape[:-1])} does not broadcast with "
+                             f"{name}'s {tuple(x.shape[:-1])}") from None
+        context = context.expand(*lead, context_dim).reshape(-1, context_dim)
+    x = x.expand(*lead, D).reshape(-1, D)
+    return x, context, lead

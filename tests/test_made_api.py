@@ -1,0 +1,176 @@
+"""af.MADE takes what the flow libraries pass (batch shapes, broadcast context, hidden as an
+int, activation classes) and its affine head bounds the scale the same way on every backend."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import armodel_fast as af
+from armodel_fast import _backend
+from armodel_fast.ops import made as made_ops
+from armodel_fast.reference import made as ref_made
+
+FAST = [b for b in ("cpp", "triton") if _backend._why_not(b, "made_sample", torch.device("cpu")) is None]
+BACKENDS = ["reference"] + [b for b in FAST if b == "cpp"]
+
+
+def flow(backend="reference", D=6, context_dim=3, scale="soft_clip", seed=0, spread=0.6):
+    model = af.MADE(D, [11, 9], out="gaussian", direct=True, context_dim=context_dim, order="random",
+                    seed=seed, dtype=torch.float64, scale=scale, backend=backend)
+    with torch.no_grad():  # large raw scales, so the soft clip matters
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.normal_(0, spread, generator=g)
+    return model
+
+
+@pytest.mark.parametrize("hidden, want", [(7, [7]), ((5, 4), [5, 4]), ([3], [3])])
+def test_hidden_int_or_sequence(hidden, want):
+    assert af.MADE(4, hidden).hidden == want
+
+
+@pytest.mark.parametrize("hidden", [[], [0], "12", 2.5, True, [3, None]])
+def test_bad_hidden_is_named(hidden):
+    with pytest.raises((TypeError, ValueError), match="hidden"):
+        af.MADE(4, hidden)
+
+
+@pytest.mark.parametrize("activation, name", [(nn.ELU, "elu"), (nn.Tanh(), "tanh"), (F.relu, "relu"),
+                                              (nn.Identity, "none"), ("tanh", "tanh"), (torch.tanh, "tanh")])
+def test_activation_class_instance_or_function(activation, name):
+    assert af.MADE(4, 5, activation=activation).activation == name
+
+
+@pytest.mark.parametrize("activation", [nn.GELU, "gelu", F.silu, 3])
+def test_unsupported_activation_is_named(activation):
+    with pytest.raises(ValueError, match="activation"):
+        af.MADE(4, 5, activation=activation)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leading_batch_dims_and_unbatched(backend):
+    model = flow(backend)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(3, 4, 3, generator=g, dtype=torch.float64)
+    flat_z, flat_ld = model.transform(x.reshape(12, 6), c.reshape(12, 3))
+    z, ld = model.transform(x, c)
+    assert z.shape == (3, 4, 6) and ld.shape == (3, 4)
+    torch.testing.assert_close(z.reshape(12, 6), flat_z)
+    torch.testing.assert_close(ld.reshape(12), flat_ld)
+    x_back, ld_inv = model.inverse(z, c)
+    torch.testing.assert_close(x_back, x)
+    torch.testing.assert_close(ld_inv, -ld)
+    assert model.log_prob(x, c).shape == (3, 4)
+    assert [t.shape for t in model(x, c)] == [(3, 4, 6, 1)] * 3
+    z1, ld1 = model.transform(x[1, 2], c[1, 2])  # unbatched
+    assert z1.shape == (6,) and ld1.shape == ()
+    torch.testing.assert_close(z1, z[1, 2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_context_broadcasts_over_the_batch(backend):
+    model = flow(backend)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(3, generator=g, dtype=torch.float64)
+    x, ld = model.inverse(z, c)
+    x_full, ld_full = model.inverse(z, c.expand(5, 3))
+    torch.testing.assert_close(x, x_full)
+    torch.testing.assert_close(ld, ld_full)
+    assert model.sample(4, context=c).shape == (4, 6)
+    with pytest.raises(ValueError, match="context"):
+        model.inverse(z, torch.randn(4, 3, dtype=torch.float64))  # batch 4 does not broadcast with 5
+    with pytest.raises(ValueError, match="context"):
+        model.inverse(z, torch.randn(5, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="z"):
+        model.inverse(torch.randn(5, 7, dtype=torch.float64), c)
+
+
+def test_soft_clip_bounds_log_sigma_and_keeps_small_values():
+    raw = torch.tensor([-1e6, -50.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 50.0, 1e6], dtype=torch.float64)
+    s = ref_made.bounded_log_sigma(raw)
+    bound = math.log(1e3)
+    assert bool((s.abs() < bound).all()) and bool((torch.sign(s) == torch.sign(raw)).all())
+    torch.testing.assert_close(s[3:6], raw[3:6], rtol=1e-3, atol=0)  # ~identity near 0
+    torch.testing.assert_close(s, raw / (1 + raw.abs() / bound))
+    assert torch.equal(ref_made.bounded_log_sigma(raw, clip=False), raw)
+
+
+@pytest.mark.parametrize("scale", ["soft_clip", "raw"])
+def test_transform_uses_the_chosen_scale(scale):
+    model = flow(scale=scale, spread=2.0)
+    raw_model = flow(scale="raw", spread=2.0)  # same parameters, unbounded outputs
+    x = torch.randn(4, 6, dtype=torch.float64)
+    c = torch.randn(4, 3, dtype=torch.float64)
+    _, mu, raw = raw_model(x, c)
+    s = raw[..., 0] / (1 + raw[..., 0].abs() / math.log(1e3)) if scale == "soft_clip" else raw[..., 0]
+    torch.testing.assert_close(model(x, c)[2][..., 0], s)  # forward gives the log sigma in use
+    z, ld = model.transform(x, c)
+    torch.testing.assert_close(z, (x - mu[..., 0]) * torch.exp(-s))
+    torch.testing.assert_close(ld, -s.sum(-1))
+    std_normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(model.log_prob(x, c), std_normal + ld)  # density = change of variables
+    small = flow(scale=scale, spread=0.3)  # samples of the large-weight model overflow: they compound over steps
+    x_s, lp_s = small.sample(5, context=c[0], return_log_prob=True)
+    torch.testing.assert_close(lp_s, small.log_prob(x_s, c[0]))
+    if scale == "soft_clip":
+        assert float(raw.detach().abs().max()) > math.log(1e3) / 2  # the clip is not a no-op here
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("head", ["affine", "affine_raw"])
+def test_fast_affine_heads_match_reference(backend, head):
+    model = flow(spread=1.5)
+    hidden, output, direct, ctx_w = model._layer_args()
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    args = (hidden, output, model.order, z, head, None, model.activation, direct, c, ctx_w)
+    want_x, want_ld = ref_made.made_sample(*args)
+    got_x, got_ld = made_ops.made_sample(*args, backend=backend)
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_ld, want_ld)
+    assert (head == "affine") == bool(want_ld.abs().max() < 6 * math.log(1e3))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", marks=pytest.mark.slow)] + BACKENDS[1:])
+def test_fresh_flow_samples_are_finite_at_784(backend):
+    """10,000 samples of a fresh D=784 flow with direct connections and a context are all finite."""
+    torch.manual_seed(0)
+    model = af.MADE(784, [256, 256], out="gaussian", direct=True, context_dim=10, backend=backend)
+    n = 10_000 if backend != "reference" else 16  # the reference runs 784 passes
+    with torch.no_grad():
+        x, ld = model.inverse(torch.randn(n, 784), torch.randn(n, 10) * 3)
+    assert bool(torch.isfinite(x).all()) and bool(torch.isfinite(ld).all())
+    assert float(x.abs().max()) < 1e3
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FAST)
+def test_inverse_compiles_whole(backend):
+    """torch.compile(fullgraph=True) of inverse (sampling, no gradients) on every backend:
+    the fast samplers are one custom op in the graph; results equal eager ones."""
+    torch._dynamo.reset()
+    model = flow(backend, spread=0.3)
+    z = torch.randn(5, 6, dtype=torch.float64)
+    c = torch.randn(3, dtype=torch.float64)  # broadcast over the batch, also under compile
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model.inverse)(z, c)
+        assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+        got = torch.compile(model.inverse, fullgraph=True)(z, c)
+        want = model.inverse(z, c)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_reference_inverse_with_gradients_compiles_whole():
+    torch._dynamo.reset()
+    model = flow("reference", spread=0.3)
+    z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 3, dtype=torch.float64)
+    x, ld = torch.compile(model.inverse, fullgraph=True)(z, c)
+    (x.sum() + ld.sum()).backward()
+    want = torch.autograd.grad(sum(t.sum() for t in model.inverse(z, c)), z)[0]
+    torch.testing.assert_close(z.grad, want)
