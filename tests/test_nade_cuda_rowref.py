@@ -1,4 +1,4 @@
-"""The CUDA NADE kernels' row math (csrc/nade_row.h), run on the CPU, vs the reference.
+"""The CUDA NADE kernels' row math (csrc/nade/nade_row.h), run on the CPU, vs the reference.
 
 The CUDA kernels run the same header functions with 32 lanes per row (one
 warp); here they run with one lane per row, so every index, head and the

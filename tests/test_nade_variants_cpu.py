@@ -1,4 +1,4 @@
-"""C++ CPU categorical NADE and RNADE kernels (csrc/nade_variants_cpu.cpp) against
+"""C++ CPU categorical NADE and RNADE kernels (csrc/nade/nade_variants_cpu.cpp) against
 the reference: log-probabilities and per-step outputs, every gradient (dx too for
 RNADE), samples from the same uniforms (rows with ties excluded), fp64 gradcheck,
 extreme weights, bad input, custom ops under torch.compile, determinism across

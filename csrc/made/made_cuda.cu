@@ -12,7 +12,7 @@
 // segments summed in a fixed order (deterministic). The P output rows of
 // dimension order[t] go to shared memory and one thread per sample applies the
 // head rule (made::draw, shared with the CPU sampler).
-#include "made_cuda.h"
+#include "made/made_cuda.h"
 
 #include <algorithm>
 

@@ -10,8 +10,8 @@
 #include <optional>
 #include <vector>
 
-#include "checks.h"
-#include "made_math.h"
+#include "common/checks.h"
+#include "made/made_math.h"
 
 namespace af {
 namespace made {
@@ -31,7 +31,7 @@ inline void check_matrix(const at::Tensor& t, const char* name, at::ScalarType d
                     rows, ", ", cols, "], got ", t.sizes());
 }
 
-// Checks the operands of made_sample (see ops.h) on `device` and points an Operands at them.
+// Checks the operands of made_sample (see common/ops.h) on `device` and points an Operands at them.
 inline Checked check_operands(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                               const std::vector<at::Tensor>& degrees, const std::optional<at::Tensor>& direct,
                               const at::Tensor& order, const std::optional<at::Tensor>& ctx_hidden,

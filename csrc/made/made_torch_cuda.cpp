@@ -8,8 +8,8 @@
 #include <tuple>
 #include <vector>
 
-#include "made_cuda.h"
-#include "made_glue.h"
+#include "made/made_cuda.h"
+#include "made/made_glue.h"
 
 namespace af {
 

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "masked_linear_math.h"
+#include "masked_linear/masked_linear_math.h"
 
 namespace af {
 namespace made {

@@ -10,27 +10,27 @@
 // kRows batch rows; backward runs slices of hidden units (each owns its columns
 // of dW, dV, dc: deterministic, no reduction), from per-step head gradients
 // computed once up front.
-#include "nade_dense_head.h"
-#include "ops.h"
+#include "nade/nade_dense_head.h"
+#include "common/ops.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
 
 #ifdef AF_HAVE_ISA_VARIANTS
 AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
-#include "nade_simd.inc"
-#include "nade_variants.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_variants.inc"
 AF_NADE_ISA_END
 AF_NADE_ISA_BEGIN(avx2, AF_TARGET_AVX2, kAvx2)
-#include "nade_simd.inc"
-#include "nade_variants.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_variants.inc"
 AF_NADE_ISA_END
 #endif
 namespace af {
 namespace nade_cpu {
 namespace base {
 constexpr Isa kIsa = Isa::kBase;
-#include "nade_simd.inc"
-#include "nade_variants.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_variants.inc"
 }  // namespace base
 }  // namespace nade_cpu
 }  // namespace af

@@ -11,8 +11,8 @@
 // the kind of each C tile (dW: a zero tile is written as zeros with no k loop),
 // and the epilogue (bias + activation, or the dW mask). Tile kinds are the same
 // for every thread of a block, so the skips never split a __syncthreads.
-#include "masked_linear_cuda.h"
-#include "masked_linear_math.h"
+#include "masked_linear/masked_linear_cuda.h"
+#include "masked_linear/masked_linear_math.h"
 
 namespace af {
 namespace cuda {

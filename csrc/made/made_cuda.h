@@ -7,7 +7,7 @@
 
 #include <cuda_runtime.h>
 
-#include "made_math.h"
+#include "made/made_math.h"
 
 namespace af {
 namespace cuda {

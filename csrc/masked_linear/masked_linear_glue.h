@@ -24,8 +24,8 @@
 #include <optional>
 #include <tuple>
 
-#include "checks.h"
-#include "masked_linear_math.h"
+#include "common/checks.h"
+#include "masked_linear/masked_linear_math.h"
 
 namespace af {
 namespace ml_glue {

@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "checks.h"
+#include "common/checks.h"
 
 namespace af {
 namespace nade_glue {

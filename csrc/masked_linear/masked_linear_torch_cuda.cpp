@@ -5,8 +5,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "masked_linear_cuda.h"
-#include "masked_linear_glue.h"
+#include "masked_linear/masked_linear_cuda.h"
+#include "masked_linear/masked_linear_glue.h"
 
 namespace af {
 namespace {

@@ -1,8 +1,8 @@
 // CPU row-reference of the CUDA NADE kernels: the same nade_row.h functions the
 // GPU runs, one serial lane per row, rows in sequence. Not a fast path: it
 // exists so that the CPU test suite checks the math the CUDA kernels run.
-#include "nade_row.h"
-#include "nade_row_glue.h"
+#include "nade/nade_row.h"
+#include "nade/nade_row_glue.h"
 
 namespace af {
 namespace {

@@ -16,8 +16,8 @@
 // the work is split into slices of hidden units, each owning its columns of
 // dW, dV and dc: no partial buffers, no reduction, the same bits for any
 // number of threads.
-#include "nade_cpu_common.h"
-#include "ops.h"
+#include "nade/nade_cpu_common.h"
+#include "common/ops.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
 
@@ -49,20 +49,20 @@ template <typename T> struct BinGrads {
 
 #ifdef AF_HAVE_ISA_VARIANTS
 AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
-#include "nade_simd.inc"
-#include "nade_binary.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_binary.inc"
 AF_NADE_ISA_END
 AF_NADE_ISA_BEGIN(avx2, AF_TARGET_AVX2, kAvx2)
-#include "nade_simd.inc"
-#include "nade_binary.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_binary.inc"
 AF_NADE_ISA_END
 #endif
 namespace af {
 namespace nade_cpu {
 namespace base {
 constexpr Isa kIsa = Isa::kBase;
-#include "nade_simd.inc"
-#include "nade_binary.inc"
+#include "nade/nade_simd.inc"
+#include "nade/nade_binary.inc"
 }  // namespace base
 }  // namespace nade_cpu
 }  // namespace af

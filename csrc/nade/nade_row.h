@@ -15,7 +15,7 @@
 //   c  [H], order [D] (int64 permutation)
 #pragma once
 
-#include "nade_math.h"
+#include "nade/nade_math.h"
 
 namespace af {
 namespace nade_row {

@@ -29,8 +29,8 @@
 #include <string>
 #include <type_traits>
 
-#include "checks.h"
-#include "nade_math.h"
+#include "common/checks.h"
+#include "nade/nade_math.h"
 
 namespace af {
 namespace nade_cpu {

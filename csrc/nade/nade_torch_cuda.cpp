@@ -4,8 +4,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "nade_cuda.h"
-#include "nade_row_glue.h"
+#include "nade/nade_cuda.h"
+#include "nade/nade_row_glue.h"
 
 namespace af {
 namespace {

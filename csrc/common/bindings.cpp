@@ -4,8 +4,8 @@
 
 #include <ATen/Parallel.h>
 
-#include "checks.h"
-#include "ops.h"
+#include "common/checks.h"
+#include "common/ops.h"
 
 namespace py = pybind11;
 

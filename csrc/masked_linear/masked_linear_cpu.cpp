@@ -23,9 +23,9 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
-#include "masked_linear_math.h"
-#include "ops.h"
+#include "common/checks.h"
+#include "masked_linear/masked_linear_math.h"
+#include "common/ops.h"
 
 namespace af {
 namespace {

@@ -12,7 +12,7 @@
 // reads a prefix of the previous layer's sorted units. Activations are kept
 // unit-major, `NS` samples side by side ([units][NS]), so each weight is
 // loaded once per chunk of NS samples and feeds NS multiply-adds; chunks run
-// in parallel. The head rules (masked_linear_math.h) match reference/heads.py,
+// in parallel. The head rules (masked_linear/masked_linear_math.h) match reference/heads.py,
 // so given the same uniforms the samples equal the D-pass reference sampler's.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,10 +21,10 @@
 #include <tuple>
 #include <vector>
 
-#include "made_glue.h"
-#include "made_math.h"
-#include "masked_linear_math.h"
-#include "ops.h"
+#include "made/made_glue.h"
+#include "made/made_math.h"
+#include "masked_linear/masked_linear_math.h"
+#include "common/ops.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define AF_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))

@@ -1,7 +1,7 @@
 // CUDA NADE kernels: one warp per batch row, the row math of nade_row.h
 // (shared with the CPU row-reference, so the CPU tests exercise it).
-#include "nade_cuda.h"
-#include "nade_row.h"
+#include "nade/nade_cuda.h"
+#include "nade/nade_row.h"
 
 namespace af {
 namespace cuda {

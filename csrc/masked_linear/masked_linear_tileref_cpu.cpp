@@ -5,8 +5,8 @@
 // fast path: it exists so that the CPU test suite checks what the GPU runs.
 #include <vector>
 
-#include "masked_linear_glue.h"
-#include "ops.h"
+#include "masked_linear/masked_linear_glue.h"
+#include "common/ops.h"
 
 namespace af {
 namespace {

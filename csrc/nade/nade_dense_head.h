@@ -5,7 +5,7 @@
 // nade_variants_cpu.cpp only.
 #pragma once
 
-#include "nade_cpu_common.h"
+#include "nade/nade_cpu_common.h"
 
 namespace af {
 namespace nade_cpu {
