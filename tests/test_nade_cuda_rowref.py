@@ -94,6 +94,6 @@ def test_bad_arguments_are_named():
         C.nade_rowref_forward(0, torch.zeros(2, 4), W, c, V, b, torch.tensor([0, 0, 1, 2]))
     with pytest.raises(ValueError, match="x must have shape"):
         C.nade_rowref_forward(0, torch.zeros(2, 5), W, c, V, b, order)
-    with pytest.raises(TypeError, match="x must be int64"):
+    with pytest.raises(TypeError, match="x must be an int64"):
         C.nade_rowref_forward(1, torch.zeros(2, 4), W[:, :, None].expand(3, 4, 2).contiguous(), c,
                               V[:, None].expand(4, 2, 3).contiguous(), b[:, None].expand(4, 2).contiguous(), order)

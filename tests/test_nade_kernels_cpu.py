@@ -147,14 +147,14 @@ def test_binary_extreme_weights(dtype):
 def test_binary_backward_deterministic_across_threads():
     W, c, V, b, order = binary_params(70, 30, torch.float32, seed=4)
     x = binary_x(23, 30, torch.float32)
-    lp, logits = EXT.nade_forward(x, W, c, V, b, order)
+    lp, logits = EXT.nade_forward(0, x, W, c, V, b, order)
     g = torch.randn(23)
     old = torch.get_num_threads()
     try:
         outs = []
         for n in (1, 2, 1):
             torch.set_num_threads(n)
-            outs.append(EXT.nade_backward(g, None, x, W, c, V, b, order, logits))
+            outs.append(EXT.nade_backward(0, g, None, x, W, c, V, b, order, logits)[:4])
     finally:
         torch.set_num_threads(old)
     for o in outs[1:]:
@@ -201,19 +201,23 @@ def test_binary_cpp_launchers_validate_too():
     W, c, V, b, order = binary_params(6, 5, torch.float32)
     x = binary_x(3, 5, torch.float32)
     with pytest.raises(ValueError, match="x must be binary"):
-        EXT.nade_forward(x * 2, W, c, V, b, order)
+        EXT.nade_forward(0, x * 2, W, c, V, b, order)
     with pytest.raises(ValueError, match="order"):
-        EXT.nade_forward(x, W, c, V, b, torch.tensor([0, 1, 2, 3, 3]))
+        EXT.nade_forward(0, x, W, c, V, b, torch.tensor([0, 1, 2, 3, 3]))
     with pytest.raises(TypeError, match="V must have the same dtype"):
-        EXT.nade_forward(x, W, c, V.double(), b, order)
+        EXT.nade_forward(0, x, W, c, V.double(), b, order)
     with pytest.raises(ValueError, match="W must be contiguous"):
-        EXT.nade_forward(x, W.t().contiguous().t(), c, V, b, order)
+        EXT.nade_forward(0, x, W.t().contiguous().t(), c, V, b, order)
     with pytest.raises(TypeError, match="W must be float32 or float64"):
-        EXT.nade_forward(x.half(), W.half(), c.half(), V.half(), b.half(), order)
+        EXT.nade_forward(0, x.half(), W.half(), c.half(), V.half(), b.half(), order)
     with pytest.raises(ValueError, match="u must hold uniforms"):
-        EXT.nade_sample(W, c, V, b, order, -torch.rand(2, 5))
-    with pytest.raises(ValueError, match="grad_log_prob must have shape"):
-        EXT.nade_backward(torch.ones(2), None, x, W, c, V, b, order, torch.zeros(3, 5))
+        EXT.nade_sample(0, W, c, V, b, order, -torch.rand(2, 5))
+    with pytest.raises(ValueError, match="grad must have shape"):
+        EXT.nade_backward(0, torch.ones(2), None, x, W, c, V, b, order, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="outputs must have shape"):
+        EXT.nade_backward(0, torch.ones(3), None, x, W, c, V, b, order, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="kind must be one of 0 \\(binary\\)"):
+        EXT.nade_forward(3, x, W, c, V, b, order)
 
 
 def test_backend_reference_and_unknown():
@@ -233,7 +237,7 @@ def test_binary_custom_ops_opcheck():
     x = binary_x(3, 5, torch.float64)
     params = [t.clone().requires_grad_() for t in (W, c, V, b)]
     torch.library.opcheck(nops._forward_op, (x, *params, order, "cpp"))
-    lp, logits = EXT.nade_forward(x, W, c, V, b, order)
+    lp, logits = EXT.nade_forward(0, x, W, c, V, b, order)
     torch.library.opcheck(nops._backward_op, (torch.ones(3, dtype=torch.float64), None, x, W, c, V, b, order,
                                               logits, "cpp"))
     torch.library.opcheck(nops._sample_op, (W, c, V, b, order, torch.rand(4, 5, dtype=torch.float64), "cpp"))

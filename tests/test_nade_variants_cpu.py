@@ -106,9 +106,9 @@ def test_categorical_extreme_and_bad_inputs():
     with pytest.raises(ValueError, match="W must have shape"):
         cops.categorical_nade_log_prob(x, W[..., 0], c, V, b, order)
     with pytest.raises(ValueError, match="x values must lie in"):
-        EXT.categorical_nade_forward(x - 1, W, c, V, b, order)
+        EXT.nade_forward(1, x - 1, W, c, V, b, order)
     with pytest.raises(TypeError, match="x must be an int64"):
-        EXT.categorical_nade_forward(x.int(), W, c, V, b, order)
+        EXT.nade_forward(1, x.int(), W, c, V, b, order)
     with pytest.raises(ValueError, match="u must hold uniforms"):
         cops.categorical_nade_sample(W, c, V, b, order, torch.full((2, 10), -0.1))
 
@@ -192,7 +192,7 @@ def test_rnade_extreme_and_bad_inputs():
     with pytest.raises(ValueError, match="u must have shape"):
         rops.rnade_sample(W, c, V, b, order, torch.rand(5, 10))
     with pytest.raises(ValueError, match="x must be finite"):
-        EXT.rnade_forward(x / 0, W, c, V, b, order)
+        EXT.nade_forward(2, x / 0, W, c, V, b, order)
 
 
 def test_variants_custom_ops_and_compile():
@@ -221,14 +221,14 @@ def test_variants_custom_ops_and_compile():
 def test_variants_backward_deterministic_across_threads():
     W, c, V, b, order = rnade_params(300, 12, 2, torch.float32, seed=5)
     x = torch.randn(10, 12)
-    lp, p = EXT.rnade_forward(x, W, c, V, b, order)
+    lp, p = EXT.nade_forward(2, x, W, c, V, b, order)
     g = torch.randn(10)
     old = torch.get_num_threads()
     try:
         outs = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append(EXT.rnade_backward(g, None, x, W, c, V, b, order, p))
+            outs.append(EXT.nade_backward(2, g, None, x, W, c, V, b, order, p))
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(a, b_) for a, b_ in zip(outs[0], outs[1]))

@@ -5,9 +5,10 @@
   permutation, ``u`` in [0, 1]) only in eager mode, because under
   ``torch.compile`` they would break the graph - the C++ launchers check the
   same values again, so compiled code still gets the clear error;
-* the kernel table: ``kernel("nade", "forward", "cpp")`` is the C++ function
-  ``armodel_fast._C.nade_forward``. A later backend (Triton, CUDA) plugs into
-  the same custom ops by adding its launchers to ``_KERNELS``.
+* the kernel table: ``kernel("nade", "forward", "cpp")`` calls the C++ function
+  ``armodel_fast._C.nade_forward(kind, ...)`` (kind 0 binary, 1 categorical, 2 RNADE:
+  the entry points of ``armodel_fast._C_cuda`` too). A later backend (Triton, CUDA)
+  plugs into the same custom ops by adding its launchers to ``_KERNELS``.
 """
 from __future__ import annotations
 
@@ -25,19 +26,29 @@ STAGES = ("forward", "backward", "sample")
 CPP_DTYPES = (torch.float32, torch.float64)
 
 
-def _cpp_launcher(name: str) -> Callable:
+KINDS = {"nade": 0, "categorical_nade": 1, "rnade": 2}  # the native entry points' `kind`
+
+
+def _cpp_launcher(model: str, stage: str) -> Callable:
+    """``armodel_fast._C.nade_<stage>(kind, *args)``; the backward returns (dW, dc, dV, db),
+    plus dx for RNADE (the kernel's fifth result, None for the other kinds)."""
+    name, kind = f"nade_{stage}", KINDS[model]
+
     def launch(*args):
         ext = _ext.get_ext()
         if ext is None or not hasattr(ext, name):
             why = _ext.ext_error() or f"armodel_fast._C has no {name} (rebuild: pip install --no-build-isolation -e .)"
-            raise BackendUnavailableError(f"backend 'cpp' cannot run {name}: {why}")
-        return getattr(ext, name)(*args)
+            raise BackendUnavailableError(f"backend 'cpp' cannot run {model}_{stage}: {why}")
+        out = getattr(ext, name)(kind, *args)
+        if stage == "backward":
+            return tuple(out) if model == "rnade" else tuple(out[:4])
+        return tuple(out)
     return launch
 
 
 # (model, stage) -> {backend: launcher}; launchers take the custom op's tensor arguments.
 _KERNELS: Dict[Tuple[str, str], Dict[str, Callable]] = {
-    (m, s): {"cpp": _cpp_launcher(f"{m}_{s}")} for m in MODELS for s in STAGES
+    (m, s): {"cpp": _cpp_launcher(m, s)} for m in MODELS for s in STAGES
 }
 
 
@@ -52,7 +63,7 @@ def kernel(model: str, stage: str, backend: str) -> Callable:
 def register_cpp(model: str) -> None:
     """Declare the cpp backend of ``model`` if the loaded extension has its kernels."""
     ext = _ext.get_ext()
-    if ext is not None and all(hasattr(ext, f"{model}_{s}") for s in STAGES):
+    if ext is not None and all(hasattr(ext, f"nade_{s}") for s in STAGES):
         register_kernel(model, "cpp", CPP_DTYPES)
 
 

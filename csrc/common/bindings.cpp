@@ -1,5 +1,5 @@
 // The pybind11 module armodel_fast._C: the only PYBIND11_MODULE of the CPU
-// extension. Ops are declared in ops.h and bound in the "---- ops ----" section.
+// extension. Ops are declared in common/ops.h and bound in the "---- ops ----" section.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -60,7 +60,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("order"), py::arg("D"),
       "Raise ValueError/TypeError unless `order` is an int64 1-D permutation of 0..D-1.");
 
-  // ---- ops ----
+  // ---- ops (declared in common/ops.h) ----
+  // NADE family: the same three entry points as armodel_fast._C_cuda (bindings_cuda.cpp);
+  // kind: 0 binary, 1 categorical, 2 RNADE (nade/nade_kinds.h), layouts as the reference.
+  m.def("nade_forward", &af::nade_forward, py::arg("kind"), py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"),
+        py::arg("b"), py::arg("order"), "(log_prob [B], outputs [B, D, ...])");
+  m.def("nade_sample", &af::nade_sample, py::arg("kind"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
+        py::arg("order"), py::arg("u"), "(x [n, D], log_prob [n]) from uniforms u");
+  m.def("nade_backward", &af::nade_backward, py::arg("kind"), py::arg("grad"), py::arg("grad_outputs"),
+        py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("outputs"),
+        "[dW, dc, dV, db, dx or None] of sum(grad * log_prob) + sum(grad_outputs * outputs)");
+  m.def("nade_cpu_isa", &af::nade_cpu_isa, "SIMD variant the NADE CPU kernels run with: avx512, avx2 or base.");
   m.def("nade_rowref_forward", &af::nade_rowref_forward, py::arg("kind"), py::arg("x"), py::arg("W"), py::arg("c"),
         py::arg("V"), py::arg("b"), py::arg("order"),
         "CUDA NADE row math on the CPU (tests): (log_prob [B], outputs [B, D, ...]).");
@@ -71,32 +81,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_outputs") = py::none(),
         "CUDA NADE row math on the CPU (tests): [dW, dc, dV, db, dx or None] of sum(grad * log_prob) "
         "+ sum(grad_outputs * outputs).");
-  // One line per op declared in ops.h, e.g.
-  //   m.def("nade_log_prob", &af::nade_log_prob, py::arg("x"), ...);
-  m.def("nade_forward", &af::nade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
-        py::arg("order"), "Binary NADE log p(x) and logits: (log_prob [B], logits [B, D]).");
-  m.def("nade_backward", &af::nade_backward, py::arg("grad_log_prob"), py::arg("grad_logits"), py::arg("x"),
-        py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("logits"),
-        "Binary NADE gradients (dW, dc, dV, db) of sum(grad_log_prob * log_prob) + sum(grad_logits * logits).");
-  m.def("nade_sample", &af::nade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
-        py::arg("u"), "Binary NADE samples from uniforms u [n, D]: (x [n, D], log_prob [n]).");
-  m.def("nade_cpu_isa", &af::nade_cpu_isa, "SIMD variant the NADE CPU kernels run with: avx512, avx2 or base.");
-  m.def("categorical_nade_forward", &af::categorical_nade_forward, py::arg("x"), py::arg("W"), py::arg("c"),
-        py::arg("V"), py::arg("b"), py::arg("order"),
-        "Categorical NADE log p(x) and logits: (log_prob [B], logits [B, D, K]).");
-  m.def("categorical_nade_backward", &af::categorical_nade_backward, py::arg("grad_log_prob"),
-        py::arg("grad_logits"), py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
-        py::arg("order"), py::arg("logits"), "Categorical NADE gradients (dW, dc, dV, db).");
-  m.def("categorical_nade_sample", &af::categorical_nade_sample, py::arg("W"), py::arg("c"), py::arg("V"),
-        py::arg("b"), py::arg("order"), py::arg("u"),
-        "Categorical NADE samples from uniforms u [n, D]: (x int64 [n, D], log_prob [n]).");
-  m.def("rnade_forward", &af::rnade_forward, py::arg("x"), py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"),
-        py::arg("order"), "RNADE log-density and mixture parameters: (log_prob [B], params [B, D, 3, K]).");
-  m.def("rnade_backward", &af::rnade_backward, py::arg("grad_log_prob"), py::arg("grad_params"), py::arg("x"),
-        py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"), py::arg("params"),
-        "RNADE gradients (dW, dc, dV, db, dx).");
-  m.def("rnade_sample", &af::rnade_sample, py::arg("W"), py::arg("c"), py::arg("V"), py::arg("b"), py::arg("order"),
-        py::arg("u"), "RNADE samples from uniforms u [n, D, 2]: (x [n, D], log_prob [n]).");
   m.def("masked_linear_prepare", &af::masked_linear_prepare, py::arg("weight"), py::arg("in_degrees"),
         py::arg("out_degrees"), py::arg("strict"), py::arg("max_blocks"),
         "Sort by degree, cut the staircase into blocks, gather the masked weights: "

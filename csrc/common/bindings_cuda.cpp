@@ -1,44 +1,15 @@
 // The pybind11 module armodel_fast._C_cuda: CUDA kernels (built only with a
-// CUDA-enabled torch and nvcc; see setup.py).
+// CUDA-enabled torch and nvcc; see setup.py). Ops are declared in common/ops.h, with
+// the CPU module's (bindings.cpp): the NADE entry points have the same signatures.
 #include <torch/extension.h>
 
-#include <tuple>
-#include <vector>
-
-namespace af {
-std::tuple<at::Tensor, at::Tensor> nade_cuda_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
-                                                     const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
-                                                     const at::Tensor& order);
-std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
-                                                    const at::Tensor& V, const at::Tensor& b,
-                                                    const at::Tensor& order, const at::Tensor& u);
-std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
-                                           const std::optional<at::Tensor>& grad_outputs, const at::Tensor& x,
-                                           const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
-                                           const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
-at::Tensor masked_linear_cuda_forward(const at::Tensor& x, const at::Tensor& w_sorted,
-                                      const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
-                                      const at::Tensor& perm_out, const at::Tensor& in_sorted,
-                                      const at::Tensor& out_sorted, bool strict, int64_t activation, bool x_sorted,
-                                      bool y_sorted);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_cuda_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
-    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
-    bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
-std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor>& weights,
-                                                    const std::vector<at::Tensor>& biases,
-                                                    const std::vector<at::Tensor>& degrees,
-                                                    const std::optional<at::Tensor>& direct, const at::Tensor& order,
-                                                    const std::optional<at::Tensor>& ctx_hidden,
-                                                    const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
-                                                    int64_t head, int64_t K, int64_t activation);
-}  // namespace af
+#include "common/ops.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "armodel-fast CUDA kernels";
-  // NADE family; kind: 0 binary, 1 categorical, 2 RNADE (layouts as in the reference).
+  // NADE family; kind: 0 binary, 1 categorical, 2 RNADE (nade/nade_kinds.h; layouts as the reference).
   m.def("nade_forward", &af::nade_cuda_forward, py::arg("kind"), py::arg("x"), py::arg("W"), py::arg("c"),
         py::arg("V"), py::arg("b"), py::arg("order"), "(log_prob [B], outputs [B, D, ...])");
   m.def("nade_sample", &af::nade_cuda_sample, py::arg("kind"), py::arg("W"), py::arg("c"), py::arg("V"),

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/ops.h"
 #include "made/made_cuda.h"
 #include "made/made_glue.h"
 

@@ -49,8 +49,8 @@ enum Activation : int64_t { kNone = 0, kRelu = 1, kElu = 2, kTanh = 3 };
 template <typename T>
 AF_HD inline T activate(T v, int64_t act) {
   switch (act) {
-    case kRelu:
-      return v > T(0) ? v : T(0);
+    case kRelu:  // NaN passes through, as torch.relu
+      return v < T(0) ? T(0) : v;
     case kElu:
       return v > T(0) ? v : T(std::expm1(v));
     case kTanh:

@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "common/ops.h"
 #include "masked_linear/masked_linear_cuda.h"
 #include "masked_linear/masked_linear_glue.h"
 

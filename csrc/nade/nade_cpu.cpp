@@ -1,4 +1,5 @@
-// Binary NADE on the CPU (DESIGN.md section 2): forward, backward, sampling.
+// Binary NADE on the CPU (DESIGN.md section 2): forward, backward, sampling, called by the
+// entry points of nade_variants_cpu.cpp (kind 0) once they have checked the arguments.
 //
 // Forward and sampling run a block of kRows batch rows through all D steps
 // together, so every load of a W or V row serves kRows rows. Per row they keep
@@ -16,8 +17,8 @@
 // the work is split into slices of hidden units, each owning its columns of
 // dW, dV and dc: no partial buffers, no reduction, the same bits for any
 // number of threads.
-#include "nade/nade_cpu_common.h"
 #include "common/ops.h"
+#include "nade/nade_cpu_common.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
 
@@ -34,7 +35,7 @@ template <typename T> struct BinParams {
   const T* b;   // [D]      b[order[t]]
   const T* c;   // [Hp]
   const int64_t* order;
-  const uint8_t* big;  // [D]  some |WT[t, :]| > Limits<T>::kClamp
+  const uint8_t* big;  // [D]  column flags kColBig, kColNonFinite (nade_cpu_common.h)
 };
 
 // Gradient buffers in step order (see nade_binary.inc).
@@ -160,109 +161,39 @@ void step_gradients(const T* x, const T* G, const T* GL, const T* logits, const 
   });
 }
 
-// ---------------------------------------------------------------- checks
-
-void check_params(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
-                  const at::Tensor& order) {
-  check_defined(W, "W");
-  TORCH_CHECK_VALUE(W.dim() == 2, "W must have shape [H, D], got ", W.sizes());
-  const int64_t H = W.size(0), D = W.size(1);
-  check_param(W, "W", {H, D}, "[H, D]");
-  check_param(c, "c", {H}, "[H]");
-  check_param(V, "V", {D, H}, "[D, H]");
-  check_param(b, "b", {D}, "[D]");
-  check_dtype_as(c, "c", W, "W");
-  check_dtype_as(V, "V", W, "W");
-  check_dtype_as(b, "b", W, "W");
-  check_order(order, D, "order");
-  TORCH_CHECK_VALUE(order.device().is_cpu(), "order must be a CPU tensor, got ", order.device());
-}
-
-void check_rows(const at::Tensor& t, const char* name, const at::Tensor& W, int64_t B) {
-  check_defined(t, name);
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must have shape [B, D], got ", t.sizes());
-  check_param(t, name, {B < 0 ? t.size(0) : B, W.size(1)}, "[B, D]");
-  check_dtype_as(t, name, W, "W");
-}
-
-// Serial scans (cheap next to the kernels, and no extra parallel region).
-void check_binary(const at::Tensor& x) {
-  bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "check_binary", [&] {
-    const scalar_t* p = x.data_ptr<scalar_t>();
-    int bad = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) bad |= (p[i] != scalar_t(0)) & (p[i] != scalar_t(1));
-    ok = bad == 0;
-  });
-  TORCH_CHECK_VALUE(ok, "x must be binary (values 0 or 1) for a Bernoulli model");
-}
-
-void check_unit_interval(const at::Tensor& u) {
-  bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "check_uniforms", [&] {
-    const scalar_t* p = u.data_ptr<scalar_t>();
-    int bad = 0;
-    for (int64_t i = 0; i < u.numel(); ++i) bad |= !(p[i] >= scalar_t(0) && p[i] <= scalar_t(1));
-    ok = bad == 0;
-  });
-  TORCH_CHECK_VALUE(ok, "u must hold uniforms in [0, 1]");
-}
-
 template <typename T> T* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> nade_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
-                                                const at::Tensor& V, const at::Tensor& b, const at::Tensor& order) {
-  check_params(W, c, V, b, order);
-  check_rows(x, "x", W, -1);
-  check_binary(x);
-  const int64_t B = x.size(0), D = W.size(1);
-  at::Tensor logits = at::empty({B, D}, W.options());
-  at::Tensor lp = at::empty({B}, W.options());
+namespace nade_cpu {
+
+void binary_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                    const at::Tensor& b, const at::Tensor& order, at::Tensor& logits, at::Tensor& lp) {
+  const int64_t B = x.size(0);
   const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/false);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_forward", [&] {
     const BinParams<scalar_t> P = prep.params<scalar_t>(W.size(0));
     bin_forward<scalar_t, false>(P, x.data_ptr<scalar_t>(), nullptr, logits.data_ptr<scalar_t>(),
                                  lp.data_ptr<scalar_t>(), B);
   });
-  return {lp, logits};
 }
 
-std::tuple<at::Tensor, at::Tensor> nade_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
-                                               const at::Tensor& b, const at::Tensor& order, const at::Tensor& u) {
-  check_params(W, c, V, b, order);
-  check_rows(u, "u", W, -1);
-  check_unit_interval(u);
+void binary_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                   const at::Tensor& order, const at::Tensor& u, at::Tensor& x, at::Tensor& lp) {
   const int64_t n = u.size(0), D = W.size(1);
-  at::Tensor x = at::empty({n, D}, W.options());
   at::Tensor logits = at::empty({n, D}, W.options());
-  at::Tensor lp = at::empty({n}, W.options());
   const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/false);
   AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "nade_sample", [&] {
     const BinParams<scalar_t> P = prep.params<scalar_t>(W.size(0));
     bin_forward<scalar_t, true>(P, u.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(),
                                 lp.data_ptr<scalar_t>(), n);
   });
-  return {x, lp};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
-    const at::Tensor& grad_log_prob, const std::optional<at::Tensor>& grad_logits, const at::Tensor& x,
-    const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
-    const at::Tensor& logits) {
-  check_params(W, c, V, b, order);
-  check_rows(x, "x", W, -1);
-  check_binary(x);
+std::vector<at::Tensor> binary_backward(const at::Tensor& grad_log_prob, const at::Tensor& GL, const at::Tensor& x,
+                                        const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                        const at::Tensor& b, const at::Tensor& order, const at::Tensor& logits) {
   const int64_t B = x.size(0), H = W.size(0), D = W.size(1);
-  check_param(grad_log_prob, "grad_log_prob", {B}, "[B]");
-  check_dtype_as(grad_log_prob, "grad_log_prob", W, "W");
-  check_rows(logits, "logits", W, B);
-  at::Tensor GL;
-  if (grad_logits.has_value() && grad_logits->defined()) {
-    GL = *grad_logits;
-    check_rows(GL, "grad_logits", W, B);
-  }
   const BinPrep prep = prepare(W, c, V, b, order, /*backward=*/true);
   const int64_t Hp = prep.WT.size(1);
   const int64_t nck = (D + kCheckpointEvery - 1) / kCheckpointEvery;
@@ -316,6 +247,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nade_backward(
   });
   return {dW, dcp.narrow(0, 0, H).clone(), dV, db};
 }
+
+}  // namespace nade_cpu
 
 const char* nade_cpu_isa() { return nade_cpu::isa_name(nade_cpu::isa()); }
 

@@ -28,6 +28,7 @@
 #include <initializer_list>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "common/checks.h"
 #include "nade/nade_math.h"
@@ -118,6 +119,11 @@ constexpr int64_t kCheckpointEvery = 32;   // backward: exact copies of a every 
 
 template <typename T> constexpr int64_t kLanes = 64 / sizeof(T);  // one 64-byte vector
 
+// Flags of a parameter column (the `big` arrays): kColBig, some |w| > Limits::kClamp or
+// not finite (updates by it take the exact a-mode path); kColNonFinite, some w is inf or
+// NaN, so even x_d = 0 must update (0 * w is NaN there, as in the reference's a + x_d w).
+constexpr uint8_t kColBig = 1, kColNonFinite = 2;
+
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // ---------------------------------------------------------------- partitioning
@@ -189,6 +195,20 @@ inline void check_uniforms(const at::Tensor& u, const char* name) {
   TORCH_CHECK_VALUE(u.numel() == 0 || ((u >= 0) & (u <= 1)).all().item<bool>(), name,
                     " must hold uniforms in [0, 1]");
 }
+
+// ---------------------------------------------------------------- binary NADE (nade_cpu.cpp)
+
+// The binary kernels, on arguments the entry points (nade_variants_cpu.cpp) have checked:
+// contiguous CPU tensors of one dtype (float or double), x 0/1, u in [0, 1]. Outputs are
+// preallocated: logits / x [B, D], lp [B]. binary_backward returns [dW, dc, dV, db].
+void binary_forward(const at::Tensor& x, const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                    const at::Tensor& b, const at::Tensor& order, at::Tensor& logits, at::Tensor& lp);
+void binary_sample(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                   const at::Tensor& order, const at::Tensor& u, at::Tensor& x, at::Tensor& lp);
+std::vector<at::Tensor> binary_backward(const at::Tensor& grad_log_prob, const at::Tensor& grad_logits,
+                                        const at::Tensor& x, const at::Tensor& W, const at::Tensor& c,
+                                        const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+                                        const at::Tensor& logits);
 
 // ---------------------------------------------------------------- layout
 

@@ -1,6 +1,7 @@
 // CUDA NADE kernels: one warp per batch row, the row math of nade_row.h
 // (shared with the CPU row-reference, so the CPU tests exercise it).
 #include "nade/nade_cuda.h"
+#include "nade/nade_kinds.h"
 #include "nade/nade_row.h"
 
 namespace af {
@@ -34,7 +35,7 @@ template <typename T> __device__ __forceinline__ Scratch<T> row_scratch(void* ba
 
 template <typename T> nade_row::Params<T> params(const NadeLaunch& p) {
   return {static_cast<const T*>(p.WT), static_cast<const T*>(p.c), static_cast<const T*>(p.V),
-          static_cast<const T*>(p.b), p.order, p.D, p.H, p.K};
+          static_cast<const T*>(p.b), p.order, p.D, p.H, p.K, p.bad_col};
 }
 
 // Warp index = row; whole warps return together, so the full-mask shuffles are safe.
@@ -101,12 +102,11 @@ cudaError_t launch(const NadeLaunch& p, int which, const void* in, const void* l
 template <typename T>
 cudaError_t dispatch_kind(const NadeLaunch& p, int which, const void* in, const void* l, const void* grad,
                           void* out0, void* out1, const nade_row::Grads<T>* g) {
-  switch (p.kind) {
-    case kBinary: return launch<T, nade_row::BinaryHead>(p, which, in, l, grad, out0, out1, g);
-    case kCategorical: return launch<T, nade_row::CategoricalHead>(p, which, in, l, grad, out0, out1, g);
-    case kMixture: return launch<T, nade_row::MixtureHead>(p, which, in, l, grad, out0, out1, g);
-    default: return cudaErrorInvalidValue;
-  }
+  cudaError_t e = cudaErrorInvalidValue;
+  nade::visit_kind(p.kind, [&](auto tag) {
+    e = launch<T, decltype(tag)::template Head>(p, which, in, l, grad, out0, out1, g);
+  });
+  return e;
 }
 
 template <typename T>

@@ -1,5 +1,5 @@
 // Torch-free launchers of the CUDA NADE kernels (nade_cuda.cu), bound to torch
-// tensors by nade_torch_cuda.cpp. Pointers are device pointers to contiguous arrays
+// tensors by nade_torch_cuda.cpp; `kind` as nade_kinds.h. Pointers are device pointers to contiguous arrays
 // in the layouts of nade_row.h; `x` is float/double for binary and RNADE and
 // int64 for categorical; scratch is 3*B*H + B*32*P elements of the compute type.
 #pragma once
@@ -11,16 +11,15 @@
 namespace af {
 namespace cuda {
 
-enum NadeKind : int { kBinary = 0, kCategorical = 1, kMixture = 2 };
-
 struct NadeLaunch {
-  int kind;         // NadeKind
+  int kind;         // nade_kinds.h
   bool is_double;   // compute type: double if true, else float
   const void* WT;   // [D, Kin, H]
   const void* c;    // [H]
   const void* V;    // [D, P, H]
   const void* b;    // [D, P]
   const int64_t* order;
+  const uint8_t* bad_col;  // [D, Kin] nade_row.h
   int64_t B, D, H, K;
   void* scratch;    // see above
   cudaStream_t stream;

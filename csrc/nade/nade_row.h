@@ -13,9 +13,11 @@
 //   WT [D, Kin, H]  input columns: Kin = 1 (binary, RNADE) or K (categorical)
 //   V  [D, P, H], b [D, P]  with P outputs per dimension (1, K or 3K)
 //   c  [H], order [D] (int64 permutation)
+//   bad_col [D, Kin]: 1 if the input column has an inf or NaN (or nullptr: none has)
+// The heads (nade_heads.h) supply everything that differs between the variants.
 #pragma once
 
-#include "nade/nade_math.h"
+#include "nade/nade_heads.h"
 
 namespace af {
 namespace nade_row {
@@ -27,66 +29,17 @@ template <typename T> struct Params {
   const T* b;
   const int64_t* order;
   int64_t D, H, K;
+  const uint8_t* bad_col;
 };
 
-// Binary: x in {0, 1}; a <- a + W[:, d] x_d; one logit.
-template <typename T> struct BinaryHead {
-  using X = T;
-  static constexpr int kU = 1;  // uniforms per dimension
-  static AF_HD AF_FI int64_t P(int64_t) { return 1; }
-  static AF_HD AF_FI int64_t Kin(int64_t) { return 1; }
-  static AF_HD AF_FI int64_t column(X) { return 0; }
-  static AF_HD AF_FI T scale(X x) { return x; }
-  static AF_HD AF_FI T log_prob(const T* l, int64_t, X x) { return nade::bernoulli_log_prob(l[0], x); }
-  static AF_HD AF_FI X draw(const T* l, int64_t, const T* u) { return nade::bernoulli_draw(l[0], u[0]); }
-  // Adds G * d log p / d l to dl; returns G * d log p / d x (0: x is not a variable).
-  static AF_HD AF_FI T grad(const T* l, int64_t, X x, T G, T* dl) {
-    dl[0] += G * nade::bernoulli_dlogit(l[0], x);
-    return T(0);
-  }
-};
-
-// Categorical: x an int64 class; a <- a + W[:, d, x_d]; K logits.
-template <typename T> struct CategoricalHead {
-  using X = int64_t;
-  static constexpr int kU = 1;
-  static AF_HD AF_FI int64_t P(int64_t K) { return K; }
-  static AF_HD AF_FI int64_t Kin(int64_t K) { return K; }
-  static AF_HD AF_FI int64_t column(X x) { return x; }
-  static AF_HD AF_FI T scale(X) { return T(1); }
-  static AF_HD AF_FI T log_prob(const T* l, int64_t K, X x) { return nade::categorical_log_prob(l, K, x); }
-  static AF_HD AF_FI X draw(const T* l, int64_t K, const T* u) { return nade::categorical_draw(l, K, u[0]); }
-  static AF_HD AF_FI T grad(const T* l, int64_t K, X x, T G, T* dl) {
-    nade::categorical_grad(l, K, x, G, dl);
-    return T(0);
-  }
-};
-
-// Mixture of K Gaussians (RNADE): outputs [3, K] = logits, means, log-scales.
-template <typename T> struct MixtureHead {
-  using X = T;
-  static constexpr int kU = 2;
-  static AF_HD AF_FI int64_t P(int64_t K) { return 3 * K; }
-  static AF_HD AF_FI int64_t Kin(int64_t) { return 1; }
-  static AF_HD AF_FI int64_t column(X) { return 0; }
-  static AF_HD AF_FI T scale(X x) { return x; }
-  static AF_HD AF_FI T log_prob(const T* l, int64_t K, X x) {
-    return nade::mixture_log_prob(l, l + K, l + 2 * K, K, x);
-  }
-  static AF_HD AF_FI X draw(const T* l, int64_t K, const T* u) {
-    return nade::mixture_draw(l, l + K, l + 2 * K, K, u[0], u[1]);
-  }
-  static AF_HD AF_FI T grad(const T* l, int64_t K, X x, T G, T* dl) {
-    return nade::mixture_grad(l, l + K, l + 2 * K, K, x, G, dl, dl + K, dl + 2 * K);
-  }
-};
-
-// a += sign * WT[d, column(x_d)] * scale(x_d) over this lane's units.
+// a += sign * WT[d, column(x_d)] * scale(x_d) over this lane's units. A zero scale skips
+// the column unless it holds an inf or NaN (0 * w is NaN there, as in the reference).
 template <typename T, class Head, class Lanes>
 AF_HD AF_FI void add_input(const Params<T>& p, int64_t d, typename Head::X xd, T sign, T* a, const Lanes& L) {
   const T s = sign * Head::scale(xd);
-  if (s == T(0)) return;
-  const T* w = p.WT + (d * Head::Kin(p.K) + Head::column(xd)) * p.H;
+  const int64_t col = d * Head::Kin(p.K) + Head::column(xd);
+  if (s == T(0) && !(p.bad_col != nullptr && p.bad_col[col])) return;
+  const T* w = p.WT + col * p.H;
   for (int64_t j = L.lane(); j < p.H; j += L.count()) a[j] += s * w[j];
 }
 

@@ -1,6 +1,7 @@
 // CPU row-reference of the CUDA NADE kernels: the same nade_row.h functions the
 // GPU runs, one serial lane per row, rows in sequence. Not a fast path: it
 // exists so that the CPU test suite checks the math the CUDA kernels run.
+#include "common/ops.h"
 #include "nade/nade_row.h"
 #include "nade/nade_row_glue.h"
 
@@ -9,76 +10,79 @@ namespace {
 
 using nade_row::SerialLanes;
 
-template <typename T, template <typename> class Head>
-std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& WT, const at::Tensor& c,
-                                                const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
-                                                const nade_glue::Shapes& s) {
-  using X = typename Head<T>::X;
+// The operands of the row math, contiguous, in its layouts; bad_col as nade_row.h.
+struct RowPrep {
+  at::Tensor WT, c, V, b, order, bad_col;
+  template <typename T> nade_row::Params<T> params(const nade_glue::Shapes& s) const {
+    return {WT.data_ptr<T>(), c.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(), order.data_ptr<int64_t>(),
+            s.D, s.H, s.K, bad_col.data_ptr<uint8_t>()};
+  }
+};
+
+RowPrep prepare(const at::Tensor& W, const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                const at::Tensor& order, const nade_glue::Shapes& s) {
+  RowPrep p{nade_glue::to_WT(W, s), c.contiguous(), V.contiguous(), b.contiguous(), order.contiguous(), {}};
+  p.bad_col = nade_glue::bad_columns(p.WT);
+  return p;
+}
+
+template <typename T, class Head>
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const RowPrep& r, const nade_glue::Shapes& s) {
+  using X = typename Head::X;
   const int64_t B = x.size(0);
-  auto lp = at::empty({B}, WT.options());
-  auto l = at::empty(nade_glue::out_shape(B, s), WT.options());
+  auto lp = at::empty({B}, r.WT.options());
+  auto l = at::empty(nade_glue::out_shape(B, s), r.WT.options());
   std::vector<T> a(s.H), h(s.H);
-  const nade_row::Params<T> p{WT.data_ptr<T>(), c.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(),
-                              order.data_ptr<int64_t>(), s.D, s.H, s.K};
-  for (int64_t r = 0; r < B; ++r)
-    lp.data_ptr<T>()[r] = nade_row::row_forward<T, Head<T>>(p, x.data_ptr<X>() + r * s.D, a.data(), h.data(),
-                                                            l.data_ptr<T>() + r * s.D * s.P, SerialLanes{});
+  const nade_row::Params<T> p = r.params<T>(s);
+  for (int64_t i = 0; i < B; ++i)
+    lp.data_ptr<T>()[i] = nade_row::row_forward<T, Head>(p, x.data_ptr<X>() + i * s.D, a.data(), h.data(),
+                                                         l.data_ptr<T>() + i * s.D * s.P, SerialLanes{});
   return {lp, l};
 }
 
-template <typename T, template <typename> class Head>
-std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& u, const at::Tensor& WT, const at::Tensor& c,
-                                               const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
-                                               const nade_glue::Shapes& s) {
-  using X = typename Head<T>::X;
+template <typename T, class Head>
+std::tuple<at::Tensor, at::Tensor> sample_impl(const at::Tensor& u, const RowPrep& r, const nade_glue::Shapes& s) {
+  using X = typename Head::X;
   const int64_t n = u.size(0);
-  const bool int_x = std::is_same<X, int64_t>::value;
-  at::Tensor x = at::empty({n, s.D}, int_x ? WT.options().dtype(at::kLong) : WT.options());
-  auto lp = at::empty({n}, WT.options());
+  at::Tensor x = at::empty({n, s.D}, s.int_x ? r.WT.options().dtype(at::kLong) : r.WT.options());
+  auto lp = at::empty({n}, r.WT.options());
   std::vector<T> a(s.H), h(s.H), l(s.P);
-  const nade_row::Params<T> p{WT.data_ptr<T>(), c.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(),
-                              order.data_ptr<int64_t>(), s.D, s.H, s.K};
-  for (int64_t r = 0; r < n; ++r)
-    lp.data_ptr<T>()[r] = nade_row::row_sample<T, Head<T>>(p, u.data_ptr<T>() + r * s.D * s.U,
-                                                           x.data_ptr<X>() + r * s.D, a.data(), h.data(), l.data(),
-                                                           SerialLanes{});
+  const nade_row::Params<T> p = r.params<T>(s);
+  for (int64_t i = 0; i < n; ++i)
+    lp.data_ptr<T>()[i] = nade_row::row_sample<T, Head>(p, u.data_ptr<T>() + i * s.D * s.U,
+                                                        x.data_ptr<X>() + i * s.D, a.data(), h.data(), l.data(),
+                                                        SerialLanes{});
   return {x, lp};
 }
 
-template <typename T, template <typename> class Head>
-std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& WT,
-                                      const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
-                                      const at::Tensor& order, const at::Tensor& l, const at::Tensor& gout,
-                                      const nade_glue::Shapes& s, bool real_x) {
-  using X = typename Head<T>::X;
+template <typename T, class Head>
+std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& x, const RowPrep& r,
+                                      const at::Tensor& l, const at::Tensor& gout, const nade_glue::Shapes& s) {
+  using X = typename Head::X;
   const int64_t B = x.size(0);
-  auto dWT = at::zeros_like(WT), dc = at::zeros_like(c), dV = at::zeros_like(V), db = at::zeros_like(b);
-  auto dx = real_x ? at::zeros({B, s.D}, WT.options()) : at::Tensor();
+  auto dWT = at::zeros_like(r.WT), dc = at::zeros_like(r.c), dV = at::zeros_like(r.V), db = at::zeros_like(r.b);
+  auto dx = s.real_x ? at::zeros({B, s.D}, r.WT.options()) : at::Tensor();
   std::vector<T> a(s.H), h(s.H), acc(s.H), dl(s.P);
-  const nade_row::Params<T> p{WT.data_ptr<T>(), c.data_ptr<T>(), V.data_ptr<T>(), b.data_ptr<T>(),
-                              order.data_ptr<int64_t>(), s.D, s.H, s.K};
+  const nade_row::Params<T> p = r.params<T>(s);
   const nade_row::Grads<T> g{dWT.data_ptr<T>(), dc.data_ptr<T>(), dV.data_ptr<T>(), db.data_ptr<T>(),
-                             real_x ? dx.data_ptr<T>() : nullptr, gout.defined() ? gout.data_ptr<T>() : nullptr};
-  for (int64_t r = 0; r < B; ++r)
-    nade_row::row_backward<T, Head<T>>(p, x.data_ptr<X>() + r * s.D, l.data_ptr<T>() + r * s.D * s.P,
-                                       g.gout ? g.gout + r * s.D * s.P : nullptr, grad.data_ptr<T>()[r], g,
-                                       real_x ? g.dx + r * s.D : nullptr, a.data(),
-                                       h.data(), acc.data(), dl.data(), SerialLanes{});
-  return {dWT, dc, dV, db, dx};
+                             s.real_x ? dx.data_ptr<T>() : nullptr, gout.defined() ? gout.data_ptr<T>() : nullptr};
+  for (int64_t i = 0; i < B; ++i)
+    nade_row::row_backward<T, Head>(p, x.data_ptr<X>() + i * s.D, l.data_ptr<T>() + i * s.D * s.P,
+                                    g.gout ? g.gout + i * s.D * s.P : nullptr, grad.data_ptr<T>()[i], g,
+                                    s.real_x ? g.dx + i * s.D : nullptr, a.data(), h.data(), acc.data(), dl.data(),
+                                    SerialLanes{});
+  return {nade_glue::from_WT(dWT, s), dc, dV, db, dx};
 }
 
-// Calls F<T, Head> for the (dtype, kind) of the arguments.
-#define AF_DISPATCH_ROW(kind, dtype, F, ...)                                                        \
-  [&] {                                                                                             \
-    const bool dbl = (dtype) == at::kDouble;                                                        \
-    switch (kind) {                                                                                 \
-      case 0: return dbl ? F<double, nade_row::BinaryHead>(__VA_ARGS__) : F<float, nade_row::BinaryHead>(__VA_ARGS__); \
-      case 1: return dbl ? F<double, nade_row::CategoricalHead>(__VA_ARGS__)                        \
-                         : F<float, nade_row::CategoricalHead>(__VA_ARGS__);                        \
-      default: return dbl ? F<double, nade_row::MixtureHead>(__VA_ARGS__)                           \
-                          : F<float, nade_row::MixtureHead>(__VA_ARGS__);                           \
-    }                                                                                               \
-  }()
+// body with T (W's dtype) and Head (the head of `kind`).
+#define AF_ROWREF_DISPATCH(kind, W, ...)                               \
+  AT_DISPATCH_FLOATING_TYPES((W).scalar_type(), "nade_rowref", [&] {   \
+    using T = scalar_t;                                                \
+    nade::visit_kind((kind), [&](auto tag) {                           \
+      using Head = typename decltype(tag)::template Head<T>;           \
+      __VA_ARGS__                                                      \
+    });                                                                \
+  })
 
 }  // namespace
 
@@ -86,10 +90,11 @@ std::tuple<at::Tensor, at::Tensor> nade_rowref_forward(int64_t kind, const at::T
                                                        const at::Tensor& c, const at::Tensor& V,
                                                        const at::Tensor& b, const at::Tensor& order) {
   const auto s = nade_glue::check(kind, W, c, V, b, order);
-  nade_glue::check_x(x, kind, s, W);
-  const auto WT = nade_glue::to_WT(W, kind);
-  return AF_DISPATCH_ROW(kind, W.scalar_type(), forward_impl, x.contiguous(), WT, c.contiguous(), V.contiguous(),
-                         b.contiguous(), order.contiguous(), s);
+  nade_glue::check_x(x, s, W);
+  const RowPrep r = prepare(W, c, V, b, order, s);
+  std::tuple<at::Tensor, at::Tensor> out;
+  AF_ROWREF_DISPATCH(kind, W, { out = forward_impl<T, Head>(x.contiguous(), r, s); });
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
@@ -97,9 +102,10 @@ std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Te
                                                       const at::Tensor& order, const at::Tensor& u) {
   const auto s = nade_glue::check(kind, W, c, V, b, order);
   nade_glue::check_u(u, s, W);
-  const auto WT = nade_glue::to_WT(W, kind);
-  return AF_DISPATCH_ROW(kind, W.scalar_type(), sample_impl, u.contiguous(), WT, c.contiguous(), V.contiguous(),
-                         b.contiguous(), order.contiguous(), s);
+  const RowPrep r = prepare(W, c, V, b, order, s);
+  std::tuple<at::Tensor, at::Tensor> out;
+  AF_ROWREF_DISPATCH(kind, W, { out = sample_impl<T, Head>(u.contiguous(), r, s); });
+  return out;
 }
 
 std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
@@ -107,7 +113,7 @@ std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& gra
                                              const at::Tensor& b, const at::Tensor& order, const at::Tensor& l,
                                              const std::optional<at::Tensor>& grad_outputs) {
   const auto s = nade_glue::check(kind, W, c, V, b, order);
-  nade_glue::check_x(x, kind, s, W);
+  nade_glue::check_x(x, s, W);
   TORCH_CHECK_VALUE(l.numel() == x.size(0) * s.D * s.P, "l must hold the forward outputs [B, D, P]");
   at::Tensor gout;
   if (grad_outputs.has_value() && grad_outputs->defined()) {
@@ -115,11 +121,9 @@ std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& gra
                       "grad_outputs must have the outputs' shape [B, D, P] and dtype");
     gout = grad_outputs->contiguous();
   }
-  const auto WT = nade_glue::to_WT(W, kind);
-  auto out = AF_DISPATCH_ROW(kind, W.scalar_type(), backward_impl, grad.contiguous(), x.contiguous(), WT,
-                             c.contiguous(), V.contiguous(), b.contiguous(), order.contiguous(),
-                             l.contiguous(), gout, s, kind == 2);
-  out[0] = nade_glue::from_WT(out[0], kind);
+  const RowPrep r = prepare(W, c, V, b, order, s);
+  std::vector<at::Tensor> out;
+  AF_ROWREF_DISPATCH(kind, W, { out = backward_impl<T, Head>(grad.contiguous(), x.contiguous(), r, l.contiguous(), gout, s); });
   return out;
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "common/ops.h"
 #include "nade/nade_cuda.h"
 #include "nade/nade_row_glue.h"
 
@@ -23,7 +24,7 @@ at::Tensor prep(const at::Tensor& t, const char* name, const at::Tensor& W, at::
 }
 
 struct Prepared {
-  at::Tensor WT, c, V, b, order, scratch;
+  at::Tensor WT, c, V, b, order, bad_col, scratch;
   nade_glue::Shapes s;
   cuda::NadeLaunch launch;
 };
@@ -37,11 +38,13 @@ Prepared prepare(int64_t kind, const at::Tensor& W, const at::Tensor& c, const a
   p.b = prep(b, "b", W, ct);
   const at::Tensor Wc = prep(W, "W", W, ct);
   p.s = nade_glue::check(kind, Wc, p.c, p.V, p.b, order);
-  p.WT = nade_glue::to_WT(Wc, kind);
+  p.WT = nade_glue::to_WT(Wc, p.s);
+  p.bad_col = nade_glue::bad_columns(p.WT);
   p.order = order.to(W.device()).contiguous();
   p.scratch = at::empty({3 * B * p.s.H + B * kLanes * p.s.P}, Wc.options());
   p.launch = {static_cast<int>(kind), ct == at::kDouble, p.WT.data_ptr(), p.c.data_ptr(), p.V.data_ptr(),
-              p.b.data_ptr(), p.order.data_ptr<int64_t>(), B, p.s.D, p.s.H, p.s.K, p.scratch.data_ptr(),
+              p.b.data_ptr(), p.order.data_ptr<int64_t>(), p.bad_col.data_ptr<uint8_t>(), B, p.s.D, p.s.H, p.s.K,
+              p.scratch.data_ptr(),
               at::cuda::getCurrentCUDAStream().stream()};
   return p;
 }
@@ -56,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_forward(int64_t kind, const at::Ten
   const c10::cuda::CUDAGuard guard(W.device());
   auto p = prepare(kind, W, c, V, b, order, x.size(0));
   const at::Tensor xc = prep(x, "x", W, compute_type(W));
-  nade_glue::check_x(xc, kind, p.s, p.WT);
+  nade_glue::check_x(xc, p.s, p.WT);
   auto lp = at::empty({x.size(0)}, p.WT.options());
   auto l = at::empty(nade_glue::out_shape(x.size(0), p.s), p.WT.options());
   check_launch(cuda::nade_forward(p.launch, xc.data_ptr(), lp.data_ptr(), l.data_ptr()));
@@ -70,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tens
   auto p = prepare(kind, W, c, V, b, order, u.size(0));
   const at::Tensor uc = prep(u, "u", W, compute_type(W));
   nade_glue::check_u(uc, p.s, p.WT);
-  auto x = at::empty({u.size(0), p.s.D}, kind == 1 ? p.WT.options().dtype(at::kLong) : p.WT.options());
+  auto x = at::empty({u.size(0), p.s.D}, p.s.int_x ? p.WT.options().dtype(at::kLong) : p.WT.options());
   auto lp = at::empty({u.size(0)}, p.WT.options());
   check_launch(cuda::nade_sample(p.launch, uc.data_ptr(), x.data_ptr(), lp.data_ptr()));
   return {x, lp};
@@ -84,7 +87,7 @@ std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
   const auto ct = compute_type(W);
   auto p = prepare(kind, W, c, V, b, order, x.size(0));
   const at::Tensor xc = prep(x, "x", W, ct), gc = prep(grad, "grad", W, ct), lc = prep(l, "outputs", W, ct);
-  nade_glue::check_x(xc, kind, p.s, p.WT);
+  nade_glue::check_x(xc, p.s, p.WT);
   TORCH_CHECK_VALUE(gc.numel() == x.size(0), "grad must have shape [B]");
   TORCH_CHECK_VALUE(lc.numel() == x.size(0) * p.s.D * p.s.P, "outputs must hold the forward outputs [B, D, P]");
   at::Tensor go;
@@ -94,13 +97,13 @@ std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
                       go.sizes());
   }
   auto dWT = at::zeros_like(p.WT), dc = at::zeros_like(p.c), dV = at::zeros_like(p.V), db = at::zeros_like(p.b);
-  auto dx = kind == 2 ? at::zeros({x.size(0), p.s.D}, p.WT.options()) : at::Tensor();
+  auto dx = p.s.real_x ? at::zeros({x.size(0), p.s.D}, p.WT.options()) : at::Tensor();
   check_launch(cuda::nade_backward(p.launch, xc.data_ptr(), lc.data_ptr(), gc.data_ptr(),
                                    go.defined() ? go.data_ptr() : nullptr, dWT.data_ptr(),
-                                   dc.data_ptr(), dV.data_ptr(), db.data_ptr(), kind == 2 ? dx.data_ptr() : nullptr));
+                                   dc.data_ptr(), dV.data_ptr(), db.data_ptr(), p.s.real_x ? dx.data_ptr() : nullptr));
   const auto pt = W.scalar_type();
-  return {nade_glue::from_WT(dWT, kind).to(pt), dc.to(pt), dV.to(pt), db.to(pt),
-          kind == 2 ? dx.to(x.scalar_type()) : dx};
+  return {nade_glue::from_WT(dWT, p.s).to(pt), dc.to(pt), dV.to(pt), db.to(pt),
+          p.s.real_x ? dx.to(x.scalar_type()) : dx};
 }
 
 }  // namespace af
