@@ -163,7 +163,10 @@ template <typename T>
 AF_HD AF_FI T mixture_log_prob(const T* logit, const T* mu, const T* ls, int64_t K, T x) {
   const T lse_pi = logsumexp(logit, K);
   T m = -INFINITY;
-  for (int64_t k = 0; k < K; ++k) m = max2(m, mixture_term(logit[k], lse_pi, mu[k], ls[k], x, (T*)nullptr));
+  for (int64_t k = 0; k < K; ++k) {
+    const T t = mixture_term(logit[k], lse_pi, mu[k], ls[k], x, (T*)nullptr);
+    m = (t > m || t != t) ? t : m;  // a NaN term (e.g. x = inf, sigma = inf) stays NaN, as in torch.logsumexp
+  }
   if (!(m > -INFINITY)) return m;
   T s = 0;
   for (int64_t k = 0; k < K; ++k) s += exp(mixture_term(logit[k], lse_pi, mu[k], ls[k], x, (T*)nullptr) - m);
