@@ -6,7 +6,7 @@
 #   make test-all     all tests, slow ones included
 #   make demo         train a small NADE on digits and draw samples
 #   make bench        benchmarks
-#   make cuda-check   compile every csrc/*.cu with nvcc (no GPU needed)
+#   make cuda-check   compile every csrc/**/*.cu with nvcc (no GPU needed)
 #   make wheel        CPU wheel (torch 2.13.0+cpu) in dist/cpu/
 #   make wheel-cuda   wheel with the CUDA extension (torch 2.14.1+cu130 venv) in dist/cuda/
 #   make test-wheels  install each wheel into a fresh venv of its torch and run the CPU tests
@@ -43,10 +43,10 @@ FLOW_DEPS = zuko==1.6.0 nflows==0.14 pyro-ppl==1.9.2 pyro-api==0.1.2 opt_einsum=
 # Stamps live in the venv: deleting the venv resets them.
 DEPS_STAMP = $(VENV)/.armodel-fast-deps
 BUILD_STAMP = $(VENV)/.armodel-fast-build
-# `csrc` itself is listed so that deleting a source file also triggers a rebuild.
-BUILD_INPUTS = setup.py pyproject.toml csrc $(wildcard csrc/*)
+# csrc's folders are listed so that deleting a source file also triggers a rebuild.
+BUILD_INPUTS = setup.py pyproject.toml $(shell find csrc)
 
-CU_SRCS = $(wildcard csrc/*.cu)
+CU_SRCS = $(sort $(shell find csrc -name '*.cu'))
 CUDA_CHECK_DIR = build/cuda-check
 CUDA_CHECK_FLAGS = -std=c++17 -O3 -Icsrc \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \

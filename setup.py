@@ -2,8 +2,8 @@
 
 Metadata lives in pyproject.toml; this file only declares the extensions:
 
-* ``armodel_fast._C``      every ``csrc/*.cpp`` except ``*_cuda.cpp`` (C++ CPU, OpenMP)
-* ``armodel_fast._C_cuda`` every ``csrc/*.cu`` plus ``csrc/*_cuda.cpp``
+* ``armodel_fast._C``      every ``csrc/**/*.cpp`` except ``*_cuda.cpp`` (C++ CPU, OpenMP)
+* ``armodel_fast._C_cuda`` every ``csrc/**/*.cu`` plus ``csrc/**/*_cuda.cpp``
 
 Environment switches:
 
@@ -12,8 +12,9 @@ Environment switches:
 * ``TORCH_CUDA_ARCH_LIST``   CUDA architectures (default "8.0;9.0")
 * ``MAX_JOBS``               parallel compile jobs (ninja)
 
-Sources are globbed at build time, so a new file in csrc/ is picked up without
-editing this file. The torch version used for the build is recorded in
+Sources are globbed recursively at build time (csrc/common, csrc/<op>/), so a new
+file in csrc/ is picked up without editing this file; includes are relative to csrc/
+(``#include "nade/nade_math.h"``). The torch version used for the build is recorded in
 ``armodel_fast/_build_info.py`` so that ``armodel_fast._ext`` can refuse to load
 an extension built against another torch.
 """
@@ -48,8 +49,8 @@ def env_flag(name):
 
 
 def sources(pattern, exclude_suffix=None):
-    """Sorted paths relative to the project root (setuptools wants relative paths)."""
-    found = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / CSRC).glob(pattern))
+    """Sorted paths under csrc/ (any depth) relative to the project root (setuptools wants relative paths)."""
+    found = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / CSRC).rglob(pattern))
     if exclude_suffix:
         found = [p for p in found if not p.endswith(exclude_suffix)]
     return found
@@ -113,7 +114,7 @@ def cuda_extension(torch, cpp_ext):
     force = env_flag("FORCE_CUDA")
     cu_sources = sources("*.cu")
     if not cu_sources:
-        return None, "no csrc/*.cu files yet"
+        return None, "no csrc/**/*.cu files yet"
 
     problem = None
     if torch.version.cuda is None:

@@ -1,4 +1,4 @@
-"""Every csrc/*.cu compiles with nvcc for sm_90 (no GPU needed: the .cu files are torch-free)."""
+"""Every csrc/**/*.cu compiles with nvcc for sm_90 (no GPU needed: the .cu files are torch-free)."""
 
 import os
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-CU_FILES = sorted(CSRC.glob("*.cu"))
+CU_FILES = sorted(CSRC.rglob("*.cu"))
 
 
 def find_nvcc():
@@ -26,7 +26,7 @@ NVCC = find_nvcc()
 @pytest.mark.parametrize("cu", CU_FILES or [None], ids=lambda p: p.name if p else "none")
 def test_cu_file_compiles_for_sm90(cu, tmp_path):
     if cu is None:
-        pytest.skip("no csrc/*.cu files yet: no CUDA sources for nvcc to compile")
+        pytest.skip("no csrc/**/*.cu files yet: no CUDA sources for nvcc to compile")
     if NVCC is None:
         pytest.skip("nvcc not found (CUDA toolkit missing): cannot compile CUDA sources")
     cmd = [

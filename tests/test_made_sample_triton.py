@@ -1,4 +1,4 @@
-"""The one-launch MADE samplers (Triton: kernels/made_sample_triton.py, CUDA: csrc/made_cuda.cu)
+"""The one-launch MADE samplers (Triton: kernels/made_sample_triton.py, CUDA: csrc/made/made_cuda.cu)
 against the D-pass reference sampler.
 
 tests/test_made_fast.py runs every MADE/FVSBN configuration through each backend

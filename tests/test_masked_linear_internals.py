@@ -289,7 +289,7 @@ def test_launch_config_caps():
 
 
 # ==== Part 2: the CUDA tile code on the CPU (tile-reference) =========================================
-"""The CUDA masked_linear tile code (csrc/masked_linear_math.h + masked_linear_glue.h), run on the CPU by
+"""The CUDA masked_linear tile code (csrc/masked_linear/masked_linear_math.h + masked_linear_glue.h), run on the CPU by
 the tile-reference, against F.linear(x, W*M, b): y, dx, dW, db; and the real CUDA backend on a GPU.
 
 The CUDA kernels and the tile-reference make every mask decision through the same header code (k range
@@ -311,7 +311,7 @@ needs_tileref = pytest.mark.skipif(C is None or not hasattr(C, "masked_linear_ti
                                 reason=f"C++ extension without the masked_linear tile-reference: {_ext.ext_error()}")
 
 CODES = ml_ops.ACTIVATIONS
-TILE_M, TILE_N, TILE_K = 64, 64, 16  # csrc/masked_linear_math.h
+TILE_M, TILE_N, TILE_K = 64, 64, 16  # csrc/masked_linear/masked_linear_math.h
 
 
 def reference(x, w, b, din, dout, strict, act):

@@ -26,7 +26,7 @@ from armodel_fast import _ext  # noqa: E402
 EXT = _ext.get_ext()
 HAS_BINARY = EXT is not None and hasattr(EXT, "nade_forward")
 needs_binary = pytest.mark.skipif(not HAS_BINARY, reason=f"armodel_fast._C without NADE kernels: {_ext.ext_error()}")
-HAS_VARIANTS = HAS_BINARY and hasattr(EXT, "categorical_nade_forward") and hasattr(EXT, "rnade_forward")
+HAS_VARIANTS = HAS_BINARY  # nade_forward(kind, ...) runs every variant
 needs_variants = pytest.mark.skipif(not HAS_VARIANTS, reason="armodel_fast._C without categorical NADE / RNADE")
 
 TIE = 1e-5  # samples: rows where some u lies this close to the reference's probability are left out
@@ -201,14 +201,14 @@ def test_binary_extreme_weights(dtype):
 def test_binary_backward_deterministic_across_threads():
     W, c, V, b, order = binary_params(70, 30, torch.float32, seed=4)
     x = binary_x(23, 30, torch.float32)
-    lp, logits = EXT.nade_forward(x, W, c, V, b, order)
+    lp, logits = EXT.nade_forward(0, x, W, c, V, b, order)
     g = torch.randn(23)
     old = torch.get_num_threads()
     try:
         outs = []
         for n in (1, 2, 1):
             torch.set_num_threads(n)
-            outs.append(EXT.nade_backward(g, None, x, W, c, V, b, order, logits))
+            outs.append(EXT.nade_backward(0, g, None, x, W, c, V, b, order, logits)[:4])
     finally:
         torch.set_num_threads(old)
     for o in outs[1:]:
@@ -257,19 +257,23 @@ def test_binary_cpp_launchers_validate_too():
     W, c, V, b, order = binary_params(6, 5, torch.float32)
     x = binary_x(3, 5, torch.float32)
     with pytest.raises(ValueError, match="x must be binary"):
-        EXT.nade_forward(x * 2, W, c, V, b, order)
+        EXT.nade_forward(0, x * 2, W, c, V, b, order)
     with pytest.raises(ValueError, match="order"):
-        EXT.nade_forward(x, W, c, V, b, torch.tensor([0, 1, 2, 3, 3]))
+        EXT.nade_forward(0, x, W, c, V, b, torch.tensor([0, 1, 2, 3, 3]))
     with pytest.raises(TypeError, match="V must have the same dtype"):
-        EXT.nade_forward(x, W, c, V.double(), b, order)
+        EXT.nade_forward(0, x, W, c, V.double(), b, order)
     with pytest.raises(ValueError, match="W must be contiguous"):
-        EXT.nade_forward(x, W.t().contiguous().t(), c, V, b, order)
+        EXT.nade_forward(0, x, W.t().contiguous().t(), c, V, b, order)
     with pytest.raises(TypeError, match="W must be float32 or float64"):
-        EXT.nade_forward(x.half(), W.half(), c.half(), V.half(), b.half(), order)
+        EXT.nade_forward(0, x.half(), W.half(), c.half(), V.half(), b.half(), order)
     with pytest.raises(ValueError, match="u must hold uniforms"):
-        EXT.nade_sample(W, c, V, b, order, -torch.rand(2, 5))
-    with pytest.raises(ValueError, match="grad_log_prob must have shape"):
-        EXT.nade_backward(torch.ones(2), None, x, W, c, V, b, order, torch.zeros(3, 5))
+        EXT.nade_sample(0, W, c, V, b, order, -torch.rand(2, 5))
+    with pytest.raises(ValueError, match="grad must have shape"):
+        EXT.nade_backward(0, torch.ones(2), None, x, W, c, V, b, order, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="outputs must have shape"):
+        EXT.nade_backward(0, torch.ones(3), None, x, W, c, V, b, order, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="kind must be one of 0 \\(binary\\)"):
+        EXT.nade_forward(3, x, W, c, V, b, order)
 
 
 @needs_binary
@@ -291,7 +295,7 @@ def test_binary_custom_ops_opcheck():
     x = binary_x(3, 5, torch.float64)
     params = [t.clone().requires_grad_() for t in (W, c, V, b)]
     torch.library.opcheck(OPS["nade"].forward, (x, *params, order, "cpp"))
-    lp, logits = EXT.nade_forward(x, W, c, V, b, order)
+    lp, logits = EXT.nade_forward(0, x, W, c, V, b, order)
     torch.library.opcheck(OPS["nade"].backward, (torch.ones(3, dtype=torch.float64), None, x, W, c, V, b, order,
                                               logits, "cpp"))
     torch.library.opcheck(OPS["nade"].sample, (W, c, V, b, order, torch.rand(4, 5, dtype=torch.float64), "cpp"))
@@ -361,7 +365,7 @@ def test_binary_other_isa_variants(isa):
 
 
 # ==== categorical NADE and RNADE (C++) ================================================================
-# C++ CPU categorical NADE and RNADE kernels (csrc/nade_variants_cpu.cpp) against
+# C++ CPU categorical NADE and RNADE kernels (csrc/nade/nade_variants_cpu.cpp) against
 # the reference: log-probabilities and per-step outputs, every gradient (dx too for
 # RNADE), samples from the same uniforms (rows with ties excluded), fp64 gradcheck,
 # extreme weights, bad input, custom ops under torch.compile, determinism across
@@ -470,9 +474,9 @@ def test_categorical_extreme_and_bad_inputs():
     with pytest.raises(ValueError, match="W must have shape"):
         cops.categorical_nade_log_prob(x, W[..., 0], c, V, b, order)
     with pytest.raises(ValueError, match="x values must lie in"):
-        EXT.categorical_nade_forward(x - 1, W, c, V, b, order)
+        EXT.nade_forward(1, x - 1, W, c, V, b, order)
     with pytest.raises(TypeError, match="x must be an int64"):
-        EXT.categorical_nade_forward(x.int(), W, c, V, b, order)
+        EXT.nade_forward(1, x.int(), W, c, V, b, order)
     with pytest.raises(ValueError, match="u must hold uniforms"):
         cops.categorical_nade_sample(W, c, V, b, order, torch.full((2, 10), -0.1))
 
@@ -560,7 +564,7 @@ def test_rnade_extreme_and_bad_inputs():
     with pytest.raises(ValueError, match="u must have shape"):
         rops.rnade_sample(W, c, V, b, order, torch.rand(5, 10))
     with pytest.raises(ValueError, match="x must be finite"):
-        EXT.rnade_forward(x / 0, W, c, V, b, order)
+        EXT.nade_forward(2, x / 0, W, c, V, b, order)
 
 
 @needs_variants
@@ -591,14 +595,14 @@ def test_variants_custom_ops_and_compile():
 def test_variants_backward_deterministic_across_threads():
     W, c, V, b, order = rnade_params(300, 12, 2, torch.float32, seed=5)
     x = torch.randn(10, 12)
-    lp, p = EXT.rnade_forward(x, W, c, V, b, order)
+    lp, p = EXT.nade_forward(2, x, W, c, V, b, order)
     g = torch.randn(10)
     old = torch.get_num_threads()
     try:
         outs = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append(EXT.rnade_backward(g, None, x, W, c, V, b, order, p))
+            outs.append(EXT.nade_backward(2, g, None, x, W, c, V, b, order, p))
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(a, b_) for a, b_ in zip(outs[0], outs[1]))
@@ -1054,7 +1058,7 @@ def test_rnade_launcher_rejects_bad_input():
 
 
 # ==== Part 3: the CUDA row math on the CPU ============================================================
-# The CUDA NADE kernels' row math (csrc/nade_row.h), run on the CPU, vs the reference.
+# The CUDA NADE kernels' row math (csrc/nade/nade_row.h), run on the CPU, vs the reference.
 #
 # The CUDA kernels run the same header functions with 32 lanes per row (one
 # warp); here they run with one lane per row, so every index, head and the
@@ -1152,6 +1156,6 @@ def test_bad_arguments_are_named():
         C.nade_rowref_forward(0, torch.zeros(2, 4), W, c, V, b, torch.tensor([0, 0, 1, 2]))
     with pytest.raises(ValueError, match="x must have shape"):
         C.nade_rowref_forward(0, torch.zeros(2, 5), W, c, V, b, order)
-    with pytest.raises(TypeError, match="x must be int64"):
+    with pytest.raises(TypeError, match="x must be an int64"):
         C.nade_rowref_forward(1, torch.zeros(2, 4), W[:, :, None].expand(3, 4, 2).contiguous(), c,
                               V[:, None].expand(4, 2, 3).contiguous(), b[:, None].expand(4, 2).contiguous(), order)

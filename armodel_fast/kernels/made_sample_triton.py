@@ -18,7 +18,7 @@ between a layer's stores and the next layer's loads. Every product is a
 tile, in fp32 ("ieee", no TF32: the draws compare against u) or fp64.
 
 The heads' rules are those of ``reference/heads.py`` (and ``ml::*_draw`` in
-csrc/masked_linear_math.h), so given the same uniforms the samples equal the
+csrc/masked_linear/masked_linear_math.h), so given the same uniforms the samples equal the
 D-pass reference sampler's. ``z = Phi^-1(clamp(u[..., 1]))`` of the mixture
 head comes from the caller (the op layer computes it with torch, as the
 reference does).
@@ -285,7 +285,7 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
                 z=None, *, block_s=None, max_programs=None):
     """One launch for ``n = noise.shape[0]`` samples: (x [n, D], log p(x) [n]).
 
-    The operands of the C++ ``made_sample`` (csrc/made_cpu.cpp), on one CUDA device
+    The operands of the C++ ``made_sample`` (csrc/made/made_cpu.cpp), on one CUDA device
     (or the CPU under TRITON_INTERPRET=1): ``weights`` L hidden + 1 output
     degree-sorted weights (unmasked is fine: only the reachable prefix is read),
     ``biases`` sorted, ``degrees`` the L hidden layers' sorted degrees, ``direct``

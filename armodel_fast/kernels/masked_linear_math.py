@@ -1,5 +1,5 @@
 """Per-element math of the Triton masked linear layer, the counterpart of
-``csrc/masked_linear_math.h``: the mask test, the activations and their
+``csrc/masked_linear/masked_linear_math.h``: the mask test, the activations and their
 gradients from the output, and the dot / store helpers that work around the
 Triton interpreter's bf16 handling. Shared by ``masked_linear_triton`` and
 ``made_sample_triton``.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}  # as csrc/masked_linear_math.h
+ACT_CODES = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}  # as csrc/masked_linear/masked_linear_math.h
 
 
 @triton.jit
 def connected(dout, din, STRICT: tl.constexpr):
-    """The mask test of csrc/masked_linear_math.h (``ml::connected``)."""
+    """The mask test of csrc/masked_linear/masked_linear_math.h (``ml::connected``)."""
     if STRICT:
         return dout > din
     else:
@@ -32,10 +32,11 @@ def expm1(v):
 
 @triton.jit
 def activate(v, ACT: tl.constexpr):
+    # NaN passes through (as torch's relu / elu): tl.maximum / tl.minimum would drop it.
     if ACT == 1:
-        v = tl.maximum(v, 0.0)
+        v = tl.where(v < 0.0, 0.0, v)
     elif ACT == 2:
-        v = tl.where(v > 0.0, v, expm1(tl.minimum(v, 0.0)))
+        v = tl.where(v < 0.0, expm1(tl.where(v < 0.0, v, 0.0)), v)
     elif ACT == 3:  # tanh = -expm1(-2|v|) / (2 + expm1(-2|v|)), no overflow
         e = expm1(-2.0 * tl.abs(v))
         t = -e / (2.0 + e)

@@ -120,7 +120,8 @@ def _rnade_fwd_kernel(in_ptr, wt_ptr, c_ptr, v_ptr, b_ptr, order_ptr, logp_ptr, 
             lp += lse2 - lse1
         else:
             lp += (m2 + tl.log(s2)) - (m1 + tl.log(s1))
-        a += xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :]
+        # padded units stay 0: an inf x_d (drawn from non-finite parameters) times their 0 is NaN
+        a += tl.where(hmask[None, :], xd[:, None] * load_row(wt_ptr + d * H, hs, hmask)[None, :], 0.0)
         if SAMPLE:
             tl.debug_barrier()                           # reads done before the next step writes
     tl.store(logp_ptr + rows, lp, mask=rmask)

@@ -28,29 +28,20 @@ CPP_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # kernels/triton_common.py PARAM_DTYPES
 
 
-def _cpp_nade(stage: str) -> Callable:
-    """``armodel_fast._C.nade_<stage>(kind, ...)``, the CUDA module's signature."""
-    ext = _ext.get_ext()
-    if ext is None:
-        raise BackendUnavailableError(f"backend 'cpp' cannot run nade_{stage}: {_ext.ext_error()}")
-    # COMPAT until the csrc merge (then: return getattr(ext, f"nade_{stage}")): the old per-model functions.
-    def call(kind, *args):
-        out = getattr(ext, f"{('nade', 'categorical_nade', 'rnade')[kind]}_{stage}")(*args)
-        return list(out) + [None] if stage == "backward" and kind != 2 else out
-    return call
+# backend -> (the native module or None, why it is None); both expose the same
+# nade_<stage>(kind, ...) functions (csrc/common/ops.h).
+_MODULES = {"cpp": (_ext.get_ext, _ext.ext_error), "cuda": (_ext.get_cuda_ext, _ext.cuda_ext_error)}
 
 
-def _cuda_nade(stage: str) -> Callable:
-    ext = _ext.get_cuda_ext()
-    if ext is None:
-        raise BackendUnavailableError(f"backend 'cuda' cannot run nade_{stage}: {_ext.cuda_ext_error()}")
-    return getattr(ext, f"nade_{stage}")
+def _native(backend: str, stage: str) -> Callable:
+    """The one launcher of both native modules: ``ext.nade_<stage>(spec.kind, ...)``."""
+    get, why = _MODULES[backend]
 
-
-def _native(entry: Callable, stage: str) -> Callable:
-    """The one launcher of both native modules (``entry``: stage -> ``ext.nade_<stage>``)."""
     def launch(spec, *args):
-        out = tuple(entry(stage)(spec.kind, *args))
+        ext = get()
+        if ext is None:
+            raise BackendUnavailableError(f"backend {backend!r} cannot run nade_{stage}: {why()}")
+        out = tuple(getattr(ext, f"nade_{stage}")(spec.kind, *args))
         return out[:5 if spec.x_has_grad else 4] if stage == "backward" else out
     return launch
 
@@ -69,7 +60,7 @@ def _triton(stage: str) -> Callable:
 for _spec in SPECS.values():  # a spec without a native kind or a Triton module runs on the reference only
     for _stage in STAGES:
         if _spec.kind is not None:
-            register(_spec.op, _stage, "cpp", dtypes=CPP_DTYPES, requires="nade_forward")(_native(_cpp_nade, _stage))
-            register(_spec.op, _stage, "cuda", requires="nade_forward")(_native(_cuda_nade, _stage))
+            register(_spec.op, _stage, "cpp", dtypes=CPP_DTYPES, requires="nade_forward")(_native("cpp", _stage))
+            register(_spec.op, _stage, "cuda", requires="nade_forward")(_native("cuda", _stage))
         if _spec.triton_module is not None:
             register(_spec.op, _stage, "triton", dtypes=TRITON_DTYPES)(_triton(_stage))

@@ -1,0 +1,115 @@
+// Declarations of every native function of armodel-fast, for both modules: the C++ CPU
+// module armodel_fast._C (common/bindings.cpp) and the CUDA module armodel_fast._C_cuda
+// (common/bindings_cuda.cpp). Each op lives in csrc/<op>/ (nade/, masked_linear/, made/):
+// define its launcher in namespace af, declare it here, and add one m.def(...) line to
+// the binding of its module. Keep this header light: no <torch/extension.h>, no pybind11.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace af {
+
+// ---- NADE family (nade/; kinds in nade/nade_kinds.h, heads in nade/nade_heads.h) ----
+// The same three entry points on both modules; kind: 0 binary, 1 categorical, 2 RNADE.
+// Layouts as the reference: W [H, D] or [H, D, K], c [H], V [D, *tail, H], b [D, *tail],
+// outputs [B, D, *tail] with tail [] / [K] / [3, K]; x [B, D] (int64 for categorical);
+// u [n, D] (or [n, D, 2] for RNADE); order an int64 permutation [D].
+
+// (log_prob [B], outputs [B, D, *tail]).
+std::tuple<at::Tensor, at::Tensor> nade_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
+                                                const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                                                const at::Tensor& order);
+// [dW, dc, dV, db, dx or undefined (None)] of sum(grad * log_prob) + sum(grad_outputs * outputs);
+// dx only for a continuous x (RNADE).
+std::vector<at::Tensor> nade_backward(int64_t kind, const at::Tensor& grad,
+                                      const std::optional<at::Tensor>& grad_outputs, const at::Tensor& x,
+                                      const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                      const at::Tensor& b, const at::Tensor& order, const at::Tensor& outputs);
+// (x [n, D], log_prob [n]) from uniforms u.
+std::tuple<at::Tensor, at::Tensor> nade_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
+                                               const at::Tensor& V, const at::Tensor& b, const at::Tensor& order,
+                                               const at::Tensor& u);
+// CPU only: the SIMD variant the NADE kernels run with ("avx512", "avx2" or "base").
+const char* nade_cpu_isa();
+// CPU only, for tests: the CUDA kernels' row math (nade/nade_row.h), one lane per row.
+std::tuple<at::Tensor, at::Tensor> nade_rowref_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
+                                                       const at::Tensor& c, const at::Tensor& V,
+                                                       const at::Tensor& b, const at::Tensor& order);
+std::tuple<at::Tensor, at::Tensor> nade_rowref_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
+                                                      const at::Tensor& V, const at::Tensor& b,
+                                                      const at::Tensor& order, const at::Tensor& u);
+std::vector<at::Tensor> nade_rowref_backward(int64_t kind, const at::Tensor& grad, const at::Tensor& x,
+                                             const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                             const at::Tensor& b, const at::Tensor& order, const at::Tensor& l,
+                                             const std::optional<at::Tensor>& grad_outputs);
+// CUDA (nade/nade_torch_cuda.cpp): bound as nade_forward / nade_backward / nade_sample of _C_cuda.
+std::tuple<at::Tensor, at::Tensor> nade_cuda_forward(int64_t kind, const at::Tensor& x, const at::Tensor& W,
+                                                     const at::Tensor& c, const at::Tensor& V, const at::Tensor& b,
+                                                     const at::Tensor& order);
+std::vector<at::Tensor> nade_cuda_backward(int64_t kind, const at::Tensor& grad,
+                                           const std::optional<at::Tensor>& grad_outputs, const at::Tensor& x,
+                                           const at::Tensor& W, const at::Tensor& c, const at::Tensor& V,
+                                           const at::Tensor& b, const at::Tensor& order, const at::Tensor& l);
+std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tensor& W, const at::Tensor& c,
+                                                    const at::Tensor& V, const at::Tensor& b,
+                                                    const at::Tensor& order, const at::Tensor& u);
+
+// ---- masked linear layer (masked_linear/; DESIGN.md section 4) ----
+// CPU (masked_linear_cpu.cpp): staircase-blocked kernels on prepared weights.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(
+    const at::Tensor& weight, const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict,
+    int64_t max_blocks);
+at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                 const at::Tensor& perm_out, const at::Tensor& row_reach,
+                                 const at::Tensor& blocks, int64_t activation, bool x_sorted, bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
+    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+// CPU, for tests (masked_linear_tileref_cpu.cpp): the CUDA kernels' tile code
+// (masked_linear_math.h, masked_linear_glue.h) run serially.
+at::Tensor masked_linear_tileref_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                         const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                         const at::Tensor& perm_out, const at::Tensor& in_sorted,
+                                         const at::Tensor& out_sorted, bool strict, int64_t activation,
+                                         bool x_sorted, bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_tileref_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
+    bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+// CUDA (masked_linear_torch_cuda.cpp), on degree-sorted prepared weights
+// (armodel_fast.ops.masked_linear.prepare_sorted); the same arguments as the tile reference.
+at::Tensor masked_linear_cuda_forward(const at::Tensor& x, const at::Tensor& w_sorted,
+                                      const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
+                                      const at::Tensor& perm_out, const at::Tensor& in_sorted,
+                                      const at::Tensor& out_sorted, bool strict, int64_t activation, bool x_sorted,
+                                      bool y_sorted);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_cuda_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
+    const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& in_sorted, const at::Tensor& out_sorted,
+    bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+
+// ---- MADE / FVSBN sampling in O(parameters) (made/) ----
+// CPU (made_cpu.cpp) and CUDA (made_torch_cuda.cpp, one launch): the same operands.
+std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& weights,
+                                               const std::vector<at::Tensor>& biases,
+                                               const std::vector<at::Tensor>& degrees,
+                                               const std::optional<at::Tensor>& direct, const at::Tensor& order,
+                                               const std::optional<at::Tensor>& ctx_hidden,
+                                               const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
+                                               int64_t head, int64_t K, int64_t activation);
+std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor>& weights,
+                                                    const std::vector<at::Tensor>& biases,
+                                                    const std::vector<at::Tensor>& degrees,
+                                                    const std::optional<at::Tensor>& direct, const at::Tensor& order,
+                                                    const std::optional<at::Tensor>& ctx_hidden,
+                                                    const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
+                                                    int64_t head, int64_t K, int64_t activation);
+
+}  // namespace af
