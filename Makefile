@@ -98,7 +98,7 @@ cuda-check:
 	done; \
 	echo "cuda-check: $(words $(CU_SRCS)) file(s) compiled for sm_80 and sm_90"
 
-# ---- wheels (issue 6) ----------------------------------------------------
+# ---- wheels ----------------------------------------------------------------
 # Each wheel pins the torch it was built against (setup.py install_requires).
 CUDA_VENV ?= .venv-cuda
 CUDA_PY = $(CUDA_VENV)/bin/python

@@ -2,7 +2,7 @@
 
 Every public entry point validates its inputs here, before any kernel runs, so
 bad input gets a ``ValueError``/``TypeError`` that names the argument instead of
-a wrong answer or a crash inside a kernel (DESIGN.md section 6).
+a wrong answer or a crash inside a kernel (docs/DESIGN.md section 6).
 
 Under ``torch.compile`` the checks that read tensor *values* (binary, in
 range, finite, uniforms in [0, 1]) are skipped - they would break the graph -

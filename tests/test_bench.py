@@ -188,14 +188,15 @@ def test_benchmarks_import_no_private_name():
 
 
 def test_benchmarks_collect_the_same_rows_as_the_cli():
-    """``pytest benchmarks/`` parametrises over exactly the rows of ``armodel-fast bench`` (--quick)."""
+    """``pytest benchmarks/`` parametrises over exactly the rows of ``armodel-fast bench`` (--quick),
+    every family named (the opt-in ones, such as flows, run only when named)."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                            "--bench-quick", "--bench-device", "cpu", "benchmarks/"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     collected = [line for line in proc.stdout.splitlines() if "::" in line]
     ids = {line.split("[", 1)[1].rsplit("]", 1)[0] for line in collected}
-    rows = bench.all_rows(bench.BenchConfig(device="cpu", quick=True))
+    rows = bench.all_rows(bench.BenchConfig(device="cpu", quick=True, families=tuple(registry.FAMILIES)))
     assert len(collected) == len(rows) and ids == {r.key for r in rows}
     by_file = {f: {line.split("::")[0] for line in collected if f in line} for f in ("bench_nade", "bench_made")}
     assert all(by_file.values())

@@ -295,7 +295,7 @@ the tile-reference, against F.linear(x, W*M, b): y, dx, dW, db; and the real CUD
 The CUDA kernels and the tile-reference make every mask decision through the same header code (k range
 of an output tile, zero / all-one / mixed tile kinds, the per-element compare on load, the epilogue with
 bias and activation, the dW mask) and share the torch glue, so these CPU tests check the GPU's math
-(DESIGN.md section 5). Sizes are not multiples of the 64 x 64 x 16 tile.
+(docs/DESIGN.md section 5). Sizes are not multiples of the 64 x 64 x 16 tile.
 """
 import pytest  # noqa: E402
 import torch  # noqa: E402

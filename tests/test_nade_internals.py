@@ -1062,7 +1062,7 @@ def test_rnade_launcher_rejects_bad_input():
 #
 # The CUDA kernels run the same header functions with 32 lanes per row (one
 # warp); here they run with one lane per row, so every index, head and the
-# reverse recurrence are checked on machines without a GPU (DESIGN.md section 5).
+# reverse recurrence are checked on machines without a GPU (docs/DESIGN.md section 5).
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

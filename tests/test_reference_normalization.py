@@ -1,4 +1,4 @@
-"""Whole-model check: probabilities of every configuration sum to 1 (DESIGN.md section 6)."""
+"""Whole-model check: probabilities of every configuration sum to 1 (docs/DESIGN.md section 6)."""
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ import importlib.util
 
 import torch
 
-from .core import BenchConfig, Family, Row
+from .core import BenchConfig, Family, Row, kernel_skip_reasons
 
 LIBRARIES = ("zuko", "nflows", "pyro")
 LAYERS = 5
@@ -114,7 +114,6 @@ def _peer_skip(lib: str, s: dict, what: str):
 
 
 def flows_rows(cfg: BenchConfig, s: dict) -> list:
-    from .rows import kernel_skip_reasons
     fast_ok = any(why is None for why in kernel_skip_reasons("made_sample", cfg.device).values())
     rows = []
     for what in ("train step", "sample", "rsample"):

@@ -1,6 +1,6 @@
 """Triton MADE / FVSBN sampler: all D steps in one launch, every hidden unit computed once.
 
-DESIGN.md section 4. A hidden unit of degree m depends only on the inputs of
+docs/DESIGN.md section 4. A hidden unit of degree m depends only on the inputs of
 degree <= m, i.e. on the dimensions drawn at steps 0..m-1. With every layer's
 units sorted by degree (stable, as ``ops.masked_linear`` sorts them) the units
 of degree t are one contiguous run, and the mask of that run is a prefix of

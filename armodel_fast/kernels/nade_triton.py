@@ -1,4 +1,4 @@
-"""Triton kernels for binary NADE (DESIGN.md section 2): log-prob, backward, sampling.
+"""Triton kernels for binary NADE (docs/DESIGN.md section 2): log-prob, backward, sampling.
 
 Launcher contract (used by ``armodel_fast.ops`` for ``backend="triton"``;
 nothing here registers itself):

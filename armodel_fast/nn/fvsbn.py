@@ -13,7 +13,7 @@ from .masked_linear import MaskedLinear
 
 
 class FVSBN(AutoregressiveModel):
-    """``p(x_d = 1 | x_<d) = sigmoid(bias[d] + sum_{e before d} weight[d, e] x_e)`` (DESIGN.md section 1).
+    """``p(x_d = 1 | x_<d) = sigmoid(bias[d] + sum_{e before d} weight[d, e] x_e)`` (docs/DESIGN.md section 1).
 
     Parameters live in ``self.linear`` (a strict :class:`MaskedLinear`, D -> D,
     degrees = position in ``order`` + 1). ``forward(x [B, D]) -> logits [B, D]``;

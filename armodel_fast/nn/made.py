@@ -1,4 +1,4 @@
-"""MADE: masked autoencoder for distribution estimation (DESIGN.md section 4)."""
+"""MADE: masked autoencoder for distribution estimation (docs/DESIGN.md section 4)."""
 from __future__ import annotations
 
 import math

@@ -23,7 +23,7 @@ def _degrees(name: str, v, n: int) -> torch.Tensor:
 
 class MaskedLinear(nn.Module):
     """``y = x @ (W * M).T + bias`` with ``M[k, j] = 1{out_degrees[k] >= in_degrees[j]}``
-    (``>`` when ``strict``), DESIGN.md section 4.
+    (``>`` when ``strict``), docs/DESIGN.md section 4.
 
     x [..., in_features] -> [..., out_features]. ``weight``/``bias`` are laid out
     exactly as in ``nn.Linear``; the degrees are buffers and can be changed with

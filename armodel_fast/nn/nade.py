@@ -70,7 +70,7 @@ class NADEBase(AutoregressiveModel):
 
 
 class NADE(NADEBase):
-    """Binary NADE (DESIGN.md section 2): ``W [H, D]``, ``c [H]``, ``V [D, H]``, ``b [D]``.
+    """Binary NADE (docs/DESIGN.md section 2): ``W [H, D]``, ``c [H]``, ``V [D, H]``, ``b [D]``.
 
     ``forward(x [B, D]) -> logits [B, D]``; ``sample`` takes uniforms ``u [n, D]``
     and sets ``x_d = 1{u_d < sigmoid(logit_d)}``.

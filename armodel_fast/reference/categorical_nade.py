@@ -1,4 +1,4 @@
-"""Reference categorical NADE (DESIGN.md section 2, variants).
+"""Reference categorical NADE (docs/DESIGN.md section 2, variants).
 
 Parameters: ``W [H, D, K]``, ``c [H]``, ``V [D, K, H]``, ``b [D, K]``. The input
 update adds the column of the observed class, ``a <- a + W[:, d, x_d]``, and

@@ -1,4 +1,4 @@
-"""Reference FVSBN (DESIGN.md section 1): one strictly masked linear layer.
+"""Reference FVSBN (docs/DESIGN.md section 1): one strictly masked linear layer.
 
 Parameters: ``weight [D, D]``, ``bias [D]`` in dimension space; with degrees
 ``m[d] = position of d in the order + 1`` the strict mask keeps ``weight[d, e]``

@@ -1,7 +1,7 @@
 """Output heads shared by every model: log-likelihoods and inverse-CDF sampling.
 
 Sampling takes caller-supplied uniforms ``u`` so that a kernel and the
-reference draw the same samples from the same ``u`` (DESIGN.md section 2):
+reference draw the same samples from the same ``u`` (docs/DESIGN.md section 2):
 
 * Bernoulli: ``x = 1{u < sigmoid(logit)}``; ``u`` has shape ``[...]``.
 * Categorical: ``x = #{k < K-1 : cdf_k <= u}`` with ``cdf_k = p_0 + ... + p_k``

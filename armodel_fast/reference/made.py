@@ -1,4 +1,4 @@
-"""Reference MADE (DESIGN.md section 4): degrees, masks, forward, D-pass sampling.
+"""Reference MADE (docs/DESIGN.md section 4): degrees, masks, forward, D-pass sampling.
 
 Degrees: input ``m0[d] = position of d in the order + 1`` (1..D); hidden layer
 l draws ``m_l[k]`` uniformly in ``[min(m_{l-1}), D-1]``; hidden masks are

@@ -1,4 +1,4 @@
-"""Reference masked linear layer (DESIGN.md sections 1 and 4).
+"""Reference masked linear layer (docs/DESIGN.md sections 1 and 4).
 
 The mask is defined by two degree vectors: ``M[k, j] = 1{out[k] >= in[j]}``
 (hidden layers) or ``1{out[k] > in[j]}`` (strict: output layer, FVSBN, direct

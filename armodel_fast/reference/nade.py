@@ -1,4 +1,4 @@
-"""Reference NADE (binary), DESIGN.md section 2: the oracle for every kernel.
+"""Reference NADE (binary), docs/DESIGN.md section 2: the oracle for every kernel.
 
 Parameters: ``W [H, D]``, ``c [H]``, ``V [D, H]``, ``b [D]``; ``order [D]`` a
 permutation (step t models dimension ``order[t]``). Two plain forms of the same

@@ -2,7 +2,7 @@
 
 Parameters: ``W [H, D]``, ``c [H]``, ``V [D, 3, K, H]``, ``b [D, 3, K]``. Step t
 computes ``p = b[d] + V[d] h_t`` ([3, K]) = (mixture logits, means, log-scales);
-the input update is ``a <- a + W[:, d] x_d`` (DESIGN.md section 2, variants).
+the input update is ``a <- a + W[:, d] x_d`` (docs/DESIGN.md section 2, variants).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> nade_cuda_sample(int64_t kind, const at::Tens
                                                     const at::Tensor& V, const at::Tensor& b,
                                                     const at::Tensor& order, const at::Tensor& u);
 
-// ---- masked linear layer (masked_linear/; DESIGN.md section 4) ----
+// ---- masked linear layer (masked_linear/; docs/DESIGN.md section 4) ----
 // CPU (masked_linear_cpu.cpp): staircase-blocked kernels on prepared weights.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(
     const at::Tensor& weight, const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict,

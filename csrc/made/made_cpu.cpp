@@ -1,4 +1,4 @@
-// MADE / FVSBN sampling in O(parameters), one call for all D steps (DESIGN.md section 4).
+// MADE / FVSBN sampling in O(parameters), one call for all D steps (docs/DESIGN.md section 4).
 //
 // A hidden unit of degree m depends only on the inputs of degree <= m, i.e. on
 // the dimensions drawn at steps 0..m-1. At step t every layer computes only its

@@ -1,4 +1,4 @@
-// One-launch CUDA MADE / FVSBN sampler (DESIGN.md section 4): every hidden unit
+// One-launch CUDA MADE / FVSBN sampler (docs/DESIGN.md section 4): every hidden unit
 // is computed once, at the step its degree's inputs are drawn (made_math.h).
 //
 // A block owns kNS samples at a time (grid-stride over sample chunks) and

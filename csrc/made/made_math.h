@@ -1,4 +1,4 @@
-// Per-step pieces of the one-pass MADE / FVSBN sampler (DESIGN.md section 4),
+// Per-step pieces of the one-pass MADE / FVSBN sampler (docs/DESIGN.md section 4),
 // shared by the C++ CPU sampler (made_cpu.cpp) and the CUDA one (made_cuda.cu)
 // so that the CPU tests exercise the code the GPU runs: which units a layer
 // computes at step t, and the output head's draw for one sample.

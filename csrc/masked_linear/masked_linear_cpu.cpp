@@ -1,4 +1,4 @@
-// Masked linear layer on the CPU by staircase blocks (DESIGN.md section 4).
+// Masked linear layer on the CPU by staircase blocks (docs/DESIGN.md section 4).
 //
 // `masked_linear_prepare` sorts the inputs and the outputs by degree (stable
 // argsort): the mask of every output unit becomes a prefix [0, reach) of the

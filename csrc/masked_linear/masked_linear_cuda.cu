@@ -1,5 +1,5 @@
 // CUDA masked linear layer: one tiled GEMM kernel for the forward product and
-// the two backward products, on degree-sorted operands (DESIGN.md section 4).
+// the two backward products, on degree-sorted operands (docs/DESIGN.md section 4).
 //
 // A block computes a kTileM x kTileN tile of C with 256 threads (a 16 x 16 grid,
 // 4 x 4 outputs per thread, rows ty + 16 i, columns tx + 16 j), stepping over

@@ -1,7 +1,7 @@
 // Torch-free launchers of the CUDA masked linear kernels (masked_linear_cuda.cu),
 // bound to torch tensors by masked_linear_torch_cuda.cpp. All pointers are device
 // pointers to contiguous row-major arrays of the compute type (float or double)
-// in degree-sorted unit order (DESIGN.md section 4): x_s [B, I], W_s [O, I]
+// in degree-sorted unit order (docs/DESIGN.md section 4): x_s [B, I], W_s [O, I]
 // (unmasked: the kernels compute the mask per tile from the sorted degrees),
 // y_s / g [B, O]; in_sorted [I], out_sorted [O] ascending int64 degrees.
 #pragma once

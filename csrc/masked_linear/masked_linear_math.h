@@ -1,4 +1,4 @@
-// Per-element math of the masked linear layer and of MADE sampling (DESIGN.md
+// Per-element math of the masked linear layer and of MADE sampling (docs/DESIGN.md
 // sections 4 and 5): the mask test, degree reach, fused activations and the
 // output heads' draw / log-likelihood rules (the rules of reference/heads.py).
 //
@@ -77,7 +77,7 @@ AF_HD inline T activation_grad_from_output(T y, int64_t act) {
   }
 }
 
-// ---- tiled masked products (DESIGN.md section 4) -----------------------------
+// ---- tiled masked products (docs/DESIGN.md section 4) -----------------------------
 //
 // What the CUDA tile kernels (masked_linear_cuda.cu) and their CPU tile-reference
 // (masked_linear_tileref_cpu.cpp) share: the tile shape, the tile classification

@@ -1,4 +1,4 @@
-// Binary NADE on the CPU (DESIGN.md section 2): forward, backward, sampling, called by the
+// Binary NADE on the CPU (docs/DESIGN.md section 2): forward, backward, sampling, called by the
 // entry points of nade_variants_cpu.cpp (kind 0) once they have checked the arguments.
 //
 // Forward and sampling run a block of kRows batch rows through all D steps

@@ -1,4 +1,4 @@
-// The output heads of the NADE family (DESIGN.md section 2, variants), written once for
+// The output heads of the NADE family (docs/DESIGN.md section 2, variants), written once for
 // every kernel: the CPU dense kernel (nade_variants.inc), the CUDA kernels and their CPU
 // row-reference (nade_row.h). A head says how an input enters the hidden pre-activation
 // (a += scale(x_d) * W[:, d, column(x_d)]), how many outputs each dimension has, and gives

@@ -1,4 +1,4 @@
-// Per-row math of NADE and its output heads (DESIGN.md section 2), torch-free.
+// Per-row math of NADE and its output heads (docs/DESIGN.md section 2), torch-free.
 //
 // Everything here is a small inline function marked AF_HD so that the C++ CPU
 // kernels (nade_cpu.cpp, nade_variants_cpu.cpp) and a CUDA kernel include the

@@ -1,5 +1,5 @@
 // One NADE row, written once for the CUDA kernels (a warp per row) and for the
-// CPU row-reference that tests them (one "lane" per row): DESIGN.md sections 2, 5.
+// CPU row-reference that tests them (one "lane" per row): docs/DESIGN.md sections 2, 5.
 //
 // The hidden units of a row are split over L.count() lanes (unit j belongs to
 // lane j % count); each lane touches only its own units of the per-row scratch
@@ -97,7 +97,7 @@ template <typename T> struct Grads {
 };
 
 // Adds G * d log p(x) / d(params) of one row to g (the reverse recurrence of
-// DESIGN.md section 2), plus, when gout (this row's [D, P] slice) is given, the
+// docs/DESIGN.md section 2), plus, when gout (this row's [D, P] slice) is given, the
 // gradient of sum(gout * l): it joins the head's gradient of each step. l [D, P]
 // are the forward outputs; dl [P] is this lane's scratch; a, h, acc [H] are the
 // row's scratch vectors; dx points at this row's [D] slice (or is nullptr).

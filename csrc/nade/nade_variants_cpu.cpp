@@ -1,4 +1,4 @@
-// The NADE family on the CPU (DESIGN.md section 2): the entry points nade_forward /
+// The NADE family on the CPU (docs/DESIGN.md section 2): the entry points nade_forward /
 // nade_backward / nade_sample(kind, ...) of armodel_fast._C, and the dense-head kernel
 // that runs every variant but binary NADE (which has its own kernel, nade_cpu.cpp).
 //

@@ -1,4 +1,4 @@
-"""MADE and FVSBN forward passes through the fast masked linear layer (DESIGN.md sections 1 and 4).
+"""MADE and FVSBN forward passes through the fast masked linear layer (docs/DESIGN.md sections 1 and 4).
 
 The layer tuples are those of :func:`armodel_fast.reference.made.made_forward`:
 hidden ``(weight, bias, in_degrees, out_degrees)``, output the same (strict),
@@ -72,7 +72,7 @@ def _chains(out_degrees: Tensor, next_in_degrees: Tensor) -> bool:
 
 
 def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backend: str = "cpp") -> Tensor:
-    """FVSBN logits [B, D]: one strictly masked linear layer (DESIGN.md section 1)."""
+    """FVSBN logits [B, D]: one strictly masked linear layer (docs/DESIGN.md section 1)."""
     return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)
 
 

@@ -5,7 +5,7 @@ sampler reads (masked staircase blocks for cpp; unmasked sorted weights for trit
 and cuda, which read only the reachable prefix of each row).
 ``sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation)
 -> (x, log_prob)``: all D steps in one call, every hidden unit computed once
-(csrc/made_cpu.cpp, kernels/made_sample_triton.py, csrc/made_cuda.cu).
+(csrc/made/made_cpu.cpp, kernels/made_sample_triton.py, csrc/made/made_cuda.cu).
 """
 from __future__ import annotations
 

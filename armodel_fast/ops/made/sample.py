@@ -1,4 +1,4 @@
-"""One-pass MADE / FVSBN sampling (DESIGN.md sections 1 and 4): validate once, then dispatch.
+"""One-pass MADE / FVSBN sampling (docs/DESIGN.md sections 1 and 4): validate once, then dispatch.
 
 :func:`made_sample` / :func:`fvsbn_sample` run all D steps in one call that computes
 every hidden unit once (the launchers in ``launchers.py``), from caller-supplied

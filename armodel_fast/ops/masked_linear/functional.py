@@ -9,11 +9,11 @@ torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
 ``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
 degree (a permutation invisible to the caller), which turns the mask into a
 staircase, and runs one BLAS matmul per block of rows over only the inputs
-the block reaches (DESIGN.md section 4). The Triton backend
+the block reaches (docs/DESIGN.md section 4). The Triton backend
 (``kernels/masked_linear_triton.py``) gets the same stable degree sort from
 :func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
 computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
-backend (``csrc/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
+backend (``csrc/masked_linear/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
 weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
 degree values. A forward that records a graph (training) always prepares anew

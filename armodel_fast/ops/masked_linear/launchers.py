@@ -115,7 +115,7 @@ def _triton_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, acti
     return dx, dw, db
 
 
-# ---- CUDA backend (csrc/masked_linear_cuda.cu) --------------------------------------
+# ---- CUDA backend (csrc/masked_linear/masked_linear_cuda.cu) --------------------------------------
 
 class SortedWeights(NamedTuple):
     """Degree-sorted operands of the CUDA kernels (and of their CPU tile-reference):

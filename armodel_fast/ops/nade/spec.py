@@ -2,7 +2,7 @@
 
 All three models share the recurrence ``a_0 = c``, ``h_t = sigmoid(a_t)``, step t
 models dimension ``d = order[t]``, then ``a_{t+1} = a_t + <input update of x_d>``
-(DESIGN.md section 2); they differ in parameter shapes, the input update, the
+(docs/DESIGN.md section 2); they differ in parameter shapes, the input update, the
 per-step head and its outputs. Adding a model of this family = adding a spec here
 (plus its reference, its native/Triton head and its module).
 """
