@@ -7,10 +7,11 @@
 """
 from . import ops  # noqa: F401  (fills the dispatch table)
 from .dispatch import BACKENDS, BackendUnavailableError, backends, explain
-from .nn import ARRNN, FVSBN, MADE, NADE, RNADE, CategoricalNADE, MaskedLinear
+from . import nn as _nn
+from .nn import *  # noqa: F401,F403  (every module: nn.__all__)
 from .ops.masked_linear import cache_info, caching, clear_cache
 
 __version__ = "0.1.0"
 
-__all__ = ["ARRNN", "BACKENDS", "BackendUnavailableError", "CategoricalNADE", "FVSBN", "MADE",
-           "MaskedLinear", "NADE", "RNADE", "backends", "cache_info", "caching", "clear_cache", "explain"]
+__all__ = sorted({*_nn.__all__, "BACKENDS", "BackendUnavailableError", "backends", "cache_info", "caching",
+                  "clear_cache", "explain"})

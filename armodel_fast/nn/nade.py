@@ -11,6 +11,8 @@ from ..ops import nade as ops
 from ..ops.nade.spec import SPECS, NadeSpec
 from .base import AutoregressiveModel
 
+__all__ = ["NADE"]  # a new NADE-family module: its class below, its name here
+
 
 class NADEBase(AutoregressiveModel):
     """Parameters ``W, c, V, b`` of ``spec``'s shapes and an ``order`` buffer.

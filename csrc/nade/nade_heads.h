@@ -4,7 +4,8 @@
 // (a += scale(x_d) * W[:, d, column(x_d)]), how many outputs each dimension has, and gives
 // the log-likelihood, its gradient and the inverse-CDF draw (math in nade_math.h).
 //
-// To add a variant: write its head here and add one line to AF_NADE_KINDS (nade_kinds.h).
+// To add a variant: write its head here and add its line to AF_NADE_KINDS at the end of
+// this file (the kind number is the Python spec's ``kind``).
 //
 // Members:
 //   X               the type of x: T (real or 0/1) or int64_t (a class index)
@@ -93,3 +94,10 @@ template <typename T> struct MixtureHead {
 
 }  // namespace nade
 }  // namespace af
+
+// The `kind` argument of the native NADE entry points, one line per variant:
+// X(kind, head, name). Every kind switch goes through nade::visit_kind (nade_kinds.h).
+#define AF_NADE_KINDS(X)                  \
+  X(0, BinaryHead, "binary")              \
+  X(1, CategoricalHead, "categorical")    \
+  X(2, MixtureHead, "RNADE")

@@ -1,17 +1,12 @@
 // The `kind` argument of the native NADE entry points (nade_forward / nade_backward /
-// nade_sample of both armodel_fast._C and armodel_fast._C_cuda): one line per variant,
-// X(kind, head, name). Every kind switch (CPU launchers, CUDA kernels, CPU row-reference,
-// argument checks) goes through visit_kind. Torch-free.
+// nade_sample of both armodel_fast._C and armodel_fast._C_cuda): the table AF_NADE_KINDS at
+// the end of nade_heads.h, one line per variant. Every kind switch (CPU launchers, CUDA
+// kernels, CPU row-reference, argument checks) goes through visit_kind. Torch-free.
 #pragma once
 
 #include <cstdint>
 
 #include "nade/nade_heads.h"
-
-#define AF_NADE_KINDS(X)                  \
-  X(0, BinaryHead, "binary")              \
-  X(1, CategoricalHead, "categorical")    \
-  X(2, MixtureHead, "RNADE")
 
 namespace af {
 namespace nade {
