@@ -308,6 +308,8 @@ class MADE(AutoregressiveModel):
             return self._compiled_sample(backend, z, context)
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
+            if not torch.compiler.is_compiling():  # the check every backend's sampler makes
+                fast.check_finite_parameters(hidden, output, direct, ctx_w)
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w)
         if wants_grad:

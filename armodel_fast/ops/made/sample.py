@@ -117,6 +117,23 @@ def _sorted_bias(b: Optional[Tensor], p, like: Tensor) -> Tensor:
     return b.detach().index_select(0, p.perm_out).contiguous()
 
 
+def check_finite_parameters(hidden_layers, output_layer, direct_layer, context_weights) -> None:
+    """Sampling needs finite weights and biases, on every backend: a NaN/inf parameter makes the
+    reference's dense passes NaN wherever the mask multiplies it by 0, which the one-pass
+    samplers (they skip masked-out connections) cannot reproduce sample for sample."""
+    named = [(f"hidden layer {i} {what}", t) for i, layer in enumerate(hidden_layers)
+             for what, t in (("weight", layer[0]), ("bias", layer[1]))]
+    named += [("the output layer weight", output_layer[0]), ("the output layer bias", output_layer[1])]
+    if direct_layer is not None:
+        named.append(("the direct layer weight", direct_layer[0]))
+    if context_weights is not None:
+        named += [(f"context_weights[{i}]", t) for i, t in enumerate(context_weights)]
+    for name, t in named:
+        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf: MADE/FVSBN sampling needs finite parameters "
+                             "(log_prob and forward give the reference's NaN/inf pattern instead)")
+
+
 @torch.no_grad()
 def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Tensor, head: str = "bernoulli",
                 K: Optional[int] = None, activation: str = "relu", direct_layer=None,
@@ -142,6 +159,7 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
     _check_noise_and_head(output_layer, D, noise, head, K)
     _check_layers(hidden_layers, output_layer, direct_layer, order_cpu, head, K)
     _check_context(context, context_weights, noise.shape[0], hidden_layers, output_layer)
+    check_finite_parameters(hidden_layers, output_layer, direct_layer, context_weights)
     weight = output_layer[0]
     backend = dispatch.resolve_backend(backend, "made_sample", weight.device, weight.dtype)
     return dispatch.launcher("made_sample", "run", backend)(hidden_layers, output_layer, order, noise, head, K,

@@ -46,6 +46,7 @@ from ... import dispatch
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import forbid_double_backward
+from .cache import _cached
 from .launchers import ACTIVATIONS
 
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -61,8 +62,44 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     degree-sorted (stable) order, as between chained MADE layers (no gather/scatter).
     ``fresh``: prepare the weights anew instead of from the cache (training: see
     :func:`fresh_weights`); the backward finds them in the cache."""
-    return dispatch.launcher("masked_linear", "forward", backend)(
-        x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, "train" if fresh else "eval")
+    use = "train" if fresh else "eval"
+    y = dispatch.launcher("masked_linear", "forward", backend)(
+        x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use)
+    return _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted, use)
+
+
+def _masked_out_nonfinite_rows(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
+    """[out] bool, rows holding a NaN/inf weight where the mask is 0 (None: there are none)."""
+    w = weight.detach()
+    if bool(torch.isfinite(w).all()):
+        return None
+    masked_out = degree_mask(in_degrees.to(w.device), out_degrees.to(w.device), strict, torch.bool).logical_not()
+    return (~torch.isfinite(w) & masked_out).any(1)
+
+
+def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted, use):
+    """The reference's NaNs that the fast kernels, which skip masked-out connections, do not make:
+    its dense ``x @ (W * M).T`` gives NaN in output k when a masked-out ``W[k, j]`` is NaN/inf
+    (NaN/inf * 0) or when an input ``x[b, j]`` that k is not connected to is NaN/inf (for row b).
+    The weight check is cached with the prepared weights; the input check is one pass over x."""
+    rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
+                   lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
+                   "eval" if use == "backward" else use)
+    bad_x = ~torch.isfinite(x.detach())
+    x_bad = bool(bad_x.any())
+    if rows is None and not x_bad:
+        return y
+    din, dout = in_degrees.to(y.device), out_degrees.to(y.device)
+    perm_out = torch.sort(dout, stable=True).indices  # the kernels' stable degree sort (x_sorted / y_sorted)
+    poison = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
+    if rows is not None:
+        poison |= (rows.to(y.device)[perm_out] if y_sorted else rows.to(y.device))[None, :]
+    if x_bad:
+        din_x = torch.sort(din, stable=True).values if x_sorted else din
+        dout_y = dout[perm_out] if y_sorted else dout
+        unconnected = degree_mask(din_x, dout_y, strict, torch.bool).logical_not()
+        poison |= (bad_x.to(torch.float32) @ unconnected.T.to(torch.float32)) > 0
+    return y.masked_fill(poison, float("nan"))
 
 
 @_masked_linear_op.register_fake
