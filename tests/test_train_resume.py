@@ -13,7 +13,7 @@ import torch
 import armodel_fast as af
 from armodel_fast.cli import main
 from armodel_fast.training import checkpoint as C
-from train_helpers import REPO, assert_bitwise_equal, cli, env, one_error_line, params
+from train_helpers import REPO, RUN_DIR, assert_bitwise_equal, cli, env, one_error_line, params
 
 STEPS = 16
 RUN = ["train", "--epochs", "2", "--max-steps", str(STEPS), "--batch-size", "100", "--checkpoint-every", "1",
@@ -38,7 +38,7 @@ def test_sigkill_then_resume_gives_bitwise_the_same_parameters(tmp_path, backend
     cli(*args, "--out", tmp_path / "whole")
     kill_at = random.Random().randint(2, STEPS - 3)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "armodel_fast", *args, "--out", str(killed)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "armodel_fast", *args, "--out", str(killed)], cwd=RUN_DIR,
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while proc.poll() is None and _step_of(killed) < kill_at and time.monotonic() < deadline:

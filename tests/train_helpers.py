@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -9,6 +10,9 @@ import torch
 from armodel_fast.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
+# Where subprocesses start: `python -m` puts that folder first on sys.path, so with the installed
+# package under test it must not be the checkout (whose in-tree extension may be another torch's).
+RUN_DIR = Path(tempfile.gettempdir()) if os.environ.get("ARMODEL_FAST_EXPECT_INSTALLED") else REPO
 
 
 def env() -> dict:
@@ -21,7 +25,7 @@ def env() -> dict:
 
 
 def cli(*args, check=True, timeout=300, prefix=("-m", "armodel_fast")):
-    proc = subprocess.run([sys.executable, *prefix, *map(str, args)], cwd=REPO, env=env(),
+    proc = subprocess.run([sys.executable, *prefix, *map(str, args)], cwd=RUN_DIR, env=env(),
                           capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
