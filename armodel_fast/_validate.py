@@ -78,7 +78,8 @@ def _reading_values_ok() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def _check_common(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:
+def check_x_shape(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:
+    """A tensor [B, D, *trailing], real, on ``device`` (what every x / u check starts with)."""
     check_tensor(name, x)
     want = 2 + len(trailing)
     if x.dim() != want or x.shape[1] != D or tuple(x.shape[2:]) != tuple(trailing):
@@ -93,7 +94,7 @@ def _check_common(name: str, x, D: int, device: torch.device, trailing: tuple = 
 
 def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:
     """x: [B, D] with values in {0, 1} (any real or bool dtype) -> ``dtype``."""
-    _check_common(name, x, D, device)
+    check_x_shape(name, x, D, device)
     if x.dtype == torch.bool:
         return x.to(dtype)
     if _reading_values_ok() and not bool(((x == 0) | (x == 1)).all()):
@@ -103,7 +104,7 @@ def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: st
 
 def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x") -> torch.Tensor:
     """x: [B, D] integer class indices in ``[0, K)`` -> int64."""
-    _check_common(name, x, D, device)
+    check_x_shape(name, x, D, device)
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
     if _reading_values_ok() and x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
@@ -113,7 +114,7 @@ def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x"
 
 def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:
     """x: [B, D] finite real values -> ``dtype``."""
-    _check_common(name, x, D, device)
+    check_x_shape(name, x, D, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if _reading_values_ok() and not bool(torch.isfinite(x).all()):
@@ -124,7 +125,7 @@ def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str 
 def check_uniforms(u, n: int, D: int, trailing: tuple, device: torch.device, dtype: torch.dtype,
                    name: str = "u") -> torch.Tensor:
     """u: [n, D, *trailing] uniforms in [0, 1] on the model's device -> ``dtype``."""
-    _check_common(name, u, D, device, trailing)
+    check_x_shape(name, u, D, device, trailing)
     if not u.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor of uniforms, got dtype {u.dtype}")
     if u.shape[0] != n:

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from ... import dispatch
-from ..._validate import (check_binary_x, check_bool, check_categorical_x, check_order, check_real_x,
-                          check_tensor, check_uniforms)
+from ..._validate import check_bool, check_order, check_tensor, check_uniforms
 from .custom_ops import OPS
 from .spec import SPECS, NadeSpec
 
@@ -49,15 +48,6 @@ def check_params(spec: NadeSpec, W, c, V, b) -> dict:
     return sizes
 
 
-def _check_x(spec: NadeSpec, x, sizes: dict, W: Tensor) -> Tensor:
-    D = sizes["D"]
-    if spec.x_kind == "binary":
-        return check_binary_x(x, D, W.device, W.dtype).contiguous()
-    if spec.x_kind == "categorical":
-        return check_categorical_x(x, D, sizes["K"], W.device).contiguous()
-    return check_real_x(x, D, W.device, W.dtype).contiguous()
-
-
 def _prepare(spec: NadeSpec, W, c, V, b, backend):
     """Validated sizes and the backend that runs."""
     sizes = check_params(spec, W, c, V, b)
@@ -84,7 +74,7 @@ def log_prob(spec: NadeSpec, x, W, c, V, b, order, backend: str = "cpp", return_
     differentiable w.r.t. W, c, V, b (and x when it is real or needs a gradient)."""
     check_bool("return_logits", return_logits)
     sizes, backend = _prepare(spec, W, c, V, b, backend)
-    x = _check_x(spec, x, sizes, W)
+    x = spec.check_x(x, sizes, W)  # the spec's x kind (spec.X_KINDS)
     order = check_order(order, sizes["D"])  # CPU int64 permutation
     lp, outputs = _run(spec, "forward", backend, x, W, c, V, b, order)
     return (lp, outputs) if return_logits else lp

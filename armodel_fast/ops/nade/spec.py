@@ -4,7 +4,8 @@ All three models share the recurrence ``a_0 = c``, ``h_t = sigmoid(a_t)``, step 
 models dimension ``d = order[t]``, then ``a_{t+1} = a_t + <input update of x_d>``
 (docs/DESIGN.md section 2); they differ in parameter shapes, the input update, the
 per-step head and its outputs. Adding a model of this family = adding a spec here
-(plus its reference, its native/Triton head and its module).
+(plus its reference, its native/Triton head and its module). A new kind of x (its
+check, the dtype its samples have) is one entry of ``X_KINDS`` below.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from ..._validate import check_binary_x, check_categorical_x, check_real_x
 from ...reference import categorical_nade as _cat
 from ...reference import nade as _bin
 from ...reference import rnade as _rn
@@ -22,11 +24,27 @@ Dim = Union[str, int]  # a size symbol ("H", "D", "K") or a literal size
 
 
 @dataclass(frozen=True)
+class XKind:
+    """One kind of x: its check (the same for every backend; raises ValueError/TypeError naming
+    ``x``) and what the kernels take and return."""
+    check: Callable[[object, Dict[str, int], torch.Tensor], torch.Tensor]  # (x, sizes, W) -> x for the kernels
+    integer: bool = False  # x (and samples) are int64; else W.dtype
+    has_grad: bool = False  # the log-density is differentiable w.r.t. x: the backward kernels return dx
+
+
+X_KINDS: Dict[str, XKind] = {
+    "binary": XKind(lambda x, s, W: check_binary_x(x, s["D"], W.device, W.dtype)),  # 0/1, W.dtype
+    "categorical": XKind(lambda x, s, W: check_categorical_x(x, s["D"], s["K"], W.device), integer=True),
+    "real": XKind(lambda x, s, W: check_real_x(x, s["D"], W.device, W.dtype), has_grad=True),  # finite
+}
+
+
+@dataclass(frozen=True)
 class NadeSpec:
     op: str                        # registry / custom-op stem: armodel_fast::<op>_forward ...
     kind: Optional[int]            # the native `kind` (csrc: 0 binary, 1 categorical, 2 RNADE); None: no native kernel
     shapes: Dict[str, Tuple[Dim, ...]]  # W, c, V, b in size symbols
-    x_kind: str                    # "binary" (0/1, W.dtype), "categorical" (int64 in [0, K)), "real"
+    x_kind: str                    # a key of X_KINDS: "binary" (0/1), "categorical" (int64 in [0, K)), "real"
     output_dims: Tuple[Dim, ...]   # per-step outputs after [B, D]
     uniform_trailing: Tuple[int, ...]  # uniforms per sample: [n, D, *uniform_trailing]
     triton_module: Optional[str]   # armodel_fast.kernels.<module> with <op>_forward/_backward/_sample; None: none
@@ -36,8 +54,12 @@ class NadeSpec:
 
     @property
     def x_has_grad(self) -> bool:
-        """Real x: the log-density is differentiable w.r.t. x too (the backward returns dx)."""
-        return self.x_kind == "real"
+        """The log-density is differentiable w.r.t. x too (the backward returns dx): real x."""
+        return X_KINDS[self.x_kind].has_grad
+
+    def check_x(self, x, sizes: Dict[str, int], W: torch.Tensor) -> torch.Tensor:
+        """x checked for this model (every backend, before any kernel), contiguous, as the kernels take it."""
+        return X_KINDS[self.x_kind].check(x, sizes, W).contiguous()
 
     def shape_str(self, name: str) -> str:
         return "[" + ", ".join(map(str, self.shapes[name])) + "]"
@@ -58,7 +80,7 @@ class NadeSpec:
         return (B, sizes["D"]) + tuple(sizes[s] if isinstance(s, str) else s for s in self.output_dims)
 
     def sample_dtype(self, W: torch.Tensor) -> torch.dtype:
-        return torch.long if self.x_kind == "categorical" else W.dtype
+        return torch.long if X_KINDS[self.x_kind].integer else W.dtype
 
 
 def _mixture_log_prob(p, x):
