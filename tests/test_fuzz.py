@@ -25,6 +25,10 @@ from hypothesis import strategies as st
 import armodel_fast as af
 from armodel_fast import dispatch as _backend
 from armodel_fast.ops import masked_linear as ml_ops
+from nade_cases import FAST as NADE_SPECS
+from nade_cases import X_KINDS
+from nade_cases import build as build_nade
+from nade_cases import needs_K
 
 CPU = torch.device("cpu")
 FAST = [b for b in ("cpp", "triton", "cuda") if _backend._platform_status(b)[0]]
@@ -33,14 +37,14 @@ FAST = [b for b in ("cpp", "triton", "cuda") if _backend._platform_status(b)[0]]
 CASES = {"valid": {"cpp": 12, "triton": 2, "cuda": 12}, "bad": {"cpp": 20, "triton": 5, "cuda": 20}}
 ARRNN_CASES = 3
 MAX_D = {"cpp": 7, "triton": 4, "cuda": 7}
-KINDS = ("nade", "categorical_nade", "rnade", "fvsbn", "made_bernoulli", "made_categorical", "made_gaussian",
-         "masked_linear", "arrnn")
-OP = {"nade": "nade", "categorical_nade": "categorical_nade", "rnade": "rnade", "fvsbn": "fvsbn",
-      "made_bernoulli": "made", "made_categorical": "made", "made_gaussian": "made",
-      "masked_linear": "masked_linear", "arrnn": "arrnn"}
-X_KIND = {"nade": "binary", "fvsbn": "binary", "made_bernoulli": "binary", "arrnn": "binary",
-          "categorical_nade": "classes", "made_categorical": "classes",
-          "rnade": "real", "made_gaussian": "real", "masked_linear": "real"}
+# The NADE-family models come from SPECS (every spec with all fast kernels; nade_cases.py), then the others.
+KINDS = tuple(NADE_SPECS) + ("fvsbn", "made_bernoulli", "made_categorical", "made_gaussian", "masked_linear",
+                             "arrnn")
+OP = {**{op: op for op in NADE_SPECS}, "fvsbn": "fvsbn", "made_bernoulli": "made", "made_categorical": "made",
+      "made_gaussian": "made", "masked_linear": "masked_linear", "arrnn": "arrnn"}
+# the x kind of each model: a key of nade_cases.X_KINDS (valid and invalid inputs)
+X_KIND = {**{op: spec.x_kind for op, spec in NADE_SPECS.items()}, "fvsbn": "binary", "made_bernoulli": "binary",
+          "arrnn": "binary", "made_categorical": "categorical", "made_gaussian": "real", "masked_linear": "real"}
 
 
 def _settings(n: int):
@@ -76,10 +80,8 @@ def cases(draw, backend: str, kind: str):
     order = draw(st.one_of(st.none(), st.permutations(range(D)).map(list)))
     extra = {}
     K = None
-    if kind in ("categorical_nade", "made_categorical"):
-        K = draw(st.integers(2, 3))
-    elif kind in ("rnade", "made_gaussian"):
-        K = draw(st.integers(1, 3))
+    if kind in ("made_categorical", "made_gaussian") or (kind in NADE_SPECS and needs_K(NADE_SPECS[kind])):
+        K = draw(st.integers(X_KINDS[X_KIND[kind]].K_min, 3))
     if kind.startswith("made"):
         extra = dict(hidden=tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=2))),
                      num_masks=draw(st.integers(1, 3)), direct=draw(st.booleans()),
@@ -103,12 +105,8 @@ def build(case: Case, backend: str):
     torch.manual_seed(case.seed)
     fk = dict(backend=backend, dtype=case.dtype)
     D, H, K, order = case.D, case.H, case.K, case.order
-    if case.kind == "nade":
-        m = af.NADE(D, H, order=order, **fk)
-    elif case.kind == "categorical_nade":
-        m = af.CategoricalNADE(D, H, K, order=order, **fk)
-    elif case.kind == "rnade":
-        m = af.RNADE(D, H, K, order=order, **fk)
+    if case.kind in NADE_SPECS:
+        m = build_nade(NADE_SPECS[case.kind], D, H, K, order=order, **fk)
     elif case.kind == "fvsbn":
         m = af.FVSBN(D, order=order, **fk)
     elif case.kind == "arrnn":
@@ -128,12 +126,7 @@ def build(case: Case, backend: str):
 
 
 def inputs(case: Case, rows: int, gen: torch.Generator) -> torch.Tensor:
-    shape = (rows, case.D)
-    if X_KIND[case.kind] == "binary":
-        return strided(case, torch.randint(0, 2, shape, generator=gen).to(case.dtype))
-    if X_KIND[case.kind] == "classes":
-        return strided(case, torch.randint(0, case.K, shape, generator=gen))
-    return strided(case, torch.randn(shape, generator=gen, dtype=case.dtype))
+    return strided(case, X_KINDS[X_KIND[case.kind]].data((rows, case.D), case.K, case.dtype, gen))
 
 
 def pair(case: Case, backend: str):
@@ -173,7 +166,7 @@ def _forward(model, case: Case, x, ctx):
 def _outputs_and_grads(model, case: Case, x, ctx, proj_seed: int):
     """forward outputs, log-probs, and the gradients of log-probs + a fixed projection of the
     outputs w.r.t. every parameter (and x when real)."""
-    x = strided(case, x.detach().contiguous()).requires_grad_(X_KIND[case.kind] == "real")  # a fresh leaf
+    x = strided(case, x.detach().contiguous()).requires_grad_(X_KINDS[X_KIND[case.kind]].continuous)  # a fresh leaf
     out = _forward(model, case, x, ctx)
     outs = out if isinstance(out, tuple) else (out,)
     lp = None if case.kind == "masked_linear" else _call(model, case, x, ctx)
@@ -234,7 +227,7 @@ def check_case(case: Case, backend: str) -> None:
     kw = dict(context=ctx_n) if case.context_dim else {}
     xs, lps = fast.sample(case.n, u=u, return_log_prob=True, **kw)
     xr, lpr = ref.sample(case.n, u=u, return_log_prob=True, **kw)
-    if X_KIND[case.kind] == "real" and not (torch.isfinite(xr).all() and xr.abs().max() < 1e4):
+    if X_KINDS[X_KIND[case.kind]].continuous and not (torch.isfinite(xr).all() and xr.abs().max() < 1e4):
         return  # random flows can blow up step after step (x feeds log_sigma); rounding then decides
     assert_same(xs, xr, case, "samples")
     assert_same(lps, lpr, case, "sample log_prob")
@@ -328,18 +321,9 @@ def bad_calls(case: Case) -> dict:
         "u integer": lambda m, x, c, u: _sample(m, case, n, u.long()),
         "u trailing dim": lambda m, x, c, u: _sample(m, case, n, u[..., None]),
     })
-    kind = X_KIND[case.kind]
-    if kind == "binary":
-        calls["x value 2"] = lambda m, x, c, u: lp(m, _with(x, 0, 2.0), c)
-        calls["x value 0.5"] = lambda m, x, c, u: lp(m, _with(x, -1, 0.5), c)
-    elif kind == "classes":
-        calls["x class K"] = lambda m, x, c, u: lp(m, _with(x, 0, case.K), c)
-        calls["x class -1"] = lambda m, x, c, u: lp(m, _with(x, -1, -1), c)
-        calls["x float classes"] = lambda m, x, c, u: lp(m, x.to(case.dtype), c)
-    else:
-        calls["x nan"] = lambda m, x, c, u: lp(m, _with(x, 0, float("nan")), c)
-        calls["x inf"] = lambda m, x, c, u: lp(m, _with(x, -1, float("inf")), c)
-        calls["x integer"] = lambda m, x, c, u: lp(m, x.long(), c)
+    bad_x = X_KINDS[X_KIND[case.kind]].bad  # the x kind's invalid values (nade_cases.X_KINDS)
+    for name in bad_x(inputs(case, 1, torch.Generator().manual_seed(0)), case.K, case.dtype):
+        calls[name] = lambda m, x, c, u, name=name: lp(m, bad_x(x, case.K, case.dtype)[name], c)
     if case.kind.startswith("made"):
         calls["ensemble 0"] = lambda m, x, c, u: m.log_prob(x, context=c, ensemble=0)
         calls["ensemble > num_masks"] = lambda m, x, c, u: m.log_prob(x, context=c, ensemble=case.num_masks + 1)

@@ -3,13 +3,14 @@ backend here x dtype x shape, through the public functions, against the fp64 ref
 log p, the per-step outputs, every gradient (x too where it is real) and samples from
 the same uniforms; (2) the modules with every backend, against the reference module.
 Backend-internal cases (ISA variants, block sizes, launchers' own checks, the CUDA row
-math) live in test_nade_internals.py."""
+math) live in test_nade_internals_*.py; the test data by x kind in nade_cases.py."""
 import pytest
 import torch
 
 from armodel_fast import dispatch
 from armodel_fast.ops import nade as ops
 from conftest import tolerance
+from nade_cases import FAST, build, cases, x_for
 
 CASES = [(spec, backend, dtype) for spec in ops.SPECS.values() for backend in dispatch.BACKENDS[1:]
          if dispatch._why_not(backend, spec.op, torch.device("cpu")) is None
@@ -30,12 +31,7 @@ def _params(spec, D, H, K, dtype, seed):
 
 
 def _x(spec, B, D, K, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    if spec.x_kind == "binary":
-        return torch.randint(0, 2, (B, D), generator=g).to(dtype)
-    if spec.x_kind == "categorical":
-        return torch.randint(0, K, (B, D), generator=g)
-    return torch.randn(B, D, generator=g, dtype=torch.float64).to(dtype)
+    return x_for(spec, B, D, K, dtype, torch.Generator().manual_seed(seed))
 
 
 def _ref_grads(spec, x, params, order, g_lp, g_out):
@@ -75,12 +71,7 @@ def test_log_prob_outputs_and_gradients(case, B, D, H, K):
 
 def _near_tie(spec, out, u):
     """Rows where some uniform lies within TIE of a threshold the reference compared it with."""
-    if spec.x_kind == "binary":
-        return ((u - torch.sigmoid(out)).abs() < TIE).any(1)
-    logits = out if spec.x_kind == "categorical" else out[:, :, 0]
-    cdf = torch.cumsum(torch.softmax(logits, -1), -1)
-    uu = u if spec.x_kind == "categorical" else u[..., 0]
-    return ((cdf - uu[..., None]).abs() < TIE).flatten(1).any(1)
+    return cases(spec).near_tie(out, u, TIE)
 
 
 @pytest.mark.parametrize("B, D, H, K", SHAPES)
@@ -97,7 +88,7 @@ def test_samples_match_the_reference(case, B, D, H, K):
                           return_logits=True)
     keep = ~_near_tie(spec, out, u)
     assert keep.sum() >= n // 2, "too many near-ties for a meaningful check"
-    if spec.x_kind == "real":
+    if cases(spec).continuous:
         torch.testing.assert_close(x[keep].double(), want_x[keep], **tolerance(dtype, 10.0))
     else:
         assert torch.equal(x[keep].to(want_x.dtype), want_x[keep])
@@ -119,17 +110,17 @@ import armodel_fast as af  # noqa: E402
 from model_zoo import randomize  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
-MODELS = [("nade", lambda D, H: af.NADE(D, H, order=torch.randperm(D))),
-          ("categorical_nade", lambda D, H: af.CategoricalNADE(D, H, 3, order=torch.randperm(D))),
-          ("rnade", lambda D, H: af.RNADE(D, H, 2, order=torch.randperm(D)))]
+# every model with all fast kernels, from the specs (nade_cases.py)
+MODELS = [(op, lambda D, H, spec=spec: build(spec, D, H, order=torch.randperm(D))) for op, spec in FAST.items()]
 
 
 def _module_x(name, B, D, device, dtype):
-    if name == "nade":
-        return (torch.rand(B, D, device=device) < 0.5).to(dtype)
-    if name == "categorical_nade":
-        return torch.randint(0, 3, (B, D), device=device)
-    return torch.randn(B, D, device=device, dtype=dtype)
+    return x_for(FAST[name], B, D, None, dtype, device=device)
+
+
+def _x_grad(name):
+    """x requires grad in the module tests (every backend returns dx): binary and real x."""
+    return cases(FAST[name]).x_grad
 
 
 def _cases():
@@ -164,15 +155,15 @@ def test_module_backend_matches_reference(backend, device, dtype, name, build, B
     else:
         ref.to(dtype), fast.to(dtype)
     x = _module_x(name, B, D, device, dtype)
-    xr = x.float() if dtype == torch.bfloat16 and name != "categorical_nade" else x
-    xf = x.clone().requires_grad_() if name != "categorical_nade" else x
-    xrr = xr.clone().requires_grad_() if name != "categorical_nade" else xr
+    xr = x.float() if dtype == torch.bfloat16 and x.dtype.is_floating_point else x
+    xf = x.clone().requires_grad_() if _x_grad(name) else x
+    xrr = xr.clone().requires_grad_() if _x_grad(name) else xr
     lp, lr = fast.log_prob(xf), ref.log_prob(xrr)
     assert fast.last_backend == backend
     tol = TOL[dtype] * max(D, 1)
     torch.testing.assert_close(lp.float(), lr.float(), rtol=TOL[dtype], atol=tol)
-    inputs_f = list(fast.parameters()) + ([xf] if name != "categorical_nade" else [])
-    inputs_r = list(ref.parameters()) + ([xrr] if name != "categorical_nade" else [])
+    inputs_f = list(fast.parameters()) + ([xf] if _x_grad(name) else [])
+    inputs_r = list(ref.parameters()) + ([xrr] if _x_grad(name) else [])
     gf = torch.autograd.grad(lp.sum(), inputs_f, allow_unused=True)
     gr = torch.autograd.grad(lr.sum(), inputs_r, allow_unused=True)
     for (pname, _), a, b in zip(list(fast.named_parameters()) + [("x", None)], gf, gr):
@@ -185,7 +176,7 @@ def test_module_backend_matches_reference(backend, device, dtype, name, build, B
         u = torch.rand(fast.uniforms_shape(7), device=device, dtype=dtype)
         xs, lps = fast.sample(7, u=u, return_log_prob=True)
         xs_r, lps_r = ref.sample(7, u=u, return_log_prob=True)
-        if name == "rnade":   # continuous draws: equal up to the inverse-normal-CDF's rounding
+        if cases(FAST[name]).continuous:   # continuous draws: equal up to the inverse-CDF's rounding
             torch.testing.assert_close(xs, xs_r, rtol=1e-4, atol=1e-4)
         else:
             assert torch.equal(xs, xs_r)
@@ -207,8 +198,8 @@ def test_gradient_through_the_outputs(backend, device, dtype, name, build):
     fast.load_state_dict(ref.state_dict())
     fast.set_backend(backend)
     x = _module_x(name, B, D, device, dtype)
-    xf = x.clone().requires_grad_() if name != "categorical_nade" else x
-    xr = x.clone().requires_grad_() if name != "categorical_nade" else x
+    xf = x.clone().requires_grad_() if _x_grad(name) else x
+    xr = x.clone().requires_grad_() if _x_grad(name) else x
     w = torch.randn(B, device=device, dtype=dtype)
     for both in (False, True):
         grads = []
@@ -216,7 +207,7 @@ def test_gradient_through_the_outputs(backend, device, dtype, name, build):
             lp, out = model._log_prob_and_params(xx)
             gout = torch.linspace(-1, 1, out.numel(), device=device, dtype=dtype).reshape(out.shape)
             loss = (out * gout).sum() + ((lp * w).sum() if both else 0)
-            inputs = list(model.parameters()) + ([xx] if name != "categorical_nade" else [])
+            inputs = list(model.parameters()) + ([xx] if _x_grad(name) else [])
             grads.append(torch.autograd.grad(loss, inputs, allow_unused=True))
         assert fast.last_backend == backend
         for pname, a, b in zip([n for n, _ in fast.named_parameters()] + ["x"], *grads):

@@ -1,22 +1,30 @@
 """One validation path (issue 11, parts 2 and 3): the reference checks exactly what the
 kernels check, and every bad argument gets the same clear error on every backend."""
+import re
+
 import pytest
 import torch
 
 import armodel_fast as af
 from armodel_fast import dispatch
 from armodel_fast.ops import made as made_ops
+from armodel_fast.ops.nade import SPECS
+from nade_cases import build, cases, x_for
 
 BACKENDS = ["reference"] + [b for b in dispatch.BACKENDS[1:]
                             if dispatch._why_not(b, "made", torch.device("cpu")) is None]
 BAD_ORDERS = [torch.tensor([0, 1, 1, 3]), torch.tensor([-1, 0, 1, 2]), torch.tensor([0, 1, 2, 4])]
 
 
+def _runs(spec, backend):
+    return backend == "reference" or dispatch._why_not(backend, spec.op, torch.device("cpu")) is None
+
+
 def _nade_models(backend):
-    return [(af.NADE(4, 3, backend=backend), torch.ones(2, 4)),
-            (af.CategoricalNADE(4, 3, 3, backend=backend), torch.ones(2, 4, dtype=torch.long)),
-            (af.RNADE(4, 3, 2, backend=backend), torch.zeros(2, 4)),
-            (af.FVSBN(4, backend=backend), torch.ones(2, 4))] + (
+    """Every NADE-family model of SPECS that runs on ``backend`` (with a valid x), FVSBN and ARRNN."""
+    nade = [(build(spec, 4, 3, backend=backend), x_for(spec, 2, 4, None, torch.float32))
+            for spec in SPECS.values() if _runs(spec, backend)]
+    return nade + [(af.FVSBN(4, backend=backend), torch.ones(2, 4))] + (
         [(af.ARRNN(4, 3), torch.ones(2, 4))] if backend == "reference" else [])  # ARRNN: reference only
 
 
@@ -34,6 +42,26 @@ def test_bad_order_buffer_from_state_dict_raises_everywhere(backend, bad):
         if not isinstance(model, af.FVSBN):  # FVSBN's forward does not read the order (degrees do)
             with pytest.raises(ValueError, match="order"):
                 model.log_prob(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+@pytest.mark.parametrize("op", list(SPECS))
+def test_bad_x_raises_what_the_reference_raises(backend, op):
+    """Every invalid x of the model's x kind (nade_cases.X_KINDS): the same error type and
+    message on every backend as on the reference (the op layer checks x once, from the spec)."""
+    spec = SPECS[op]
+    if not _runs(spec, backend):
+        pytest.skip(f"{op} has no {backend} kernel")
+    K = cases(spec).module_K
+    ref, fast = build(spec, 4, 3, backend="reference"), build(spec, 4, 3, backend=backend)
+    fast.load_state_dict(ref.state_dict())
+    x = x_for(spec, 2, 4, K, torch.float32, torch.Generator().manual_seed(0))
+    for name, bad in cases(spec).bad(x, K, torch.float32).items():
+        with pytest.raises((ValueError, TypeError)) as want:
+            ref.log_prob(bad)
+        with pytest.raises(want.type, match=re.escape(str(want.value))) as got:
+            fast.log_prob(bad)
+        assert str(got.value).startswith("x "), name
 
 
 def _made_args(out="bernoulli", K=None, **kw):
