@@ -12,6 +12,9 @@ and on ones it drops: the reference's dense ``x @ (weight * mask).T`` turns a no
 masked-out weight, or a non-finite hidden unit times a masked-out 0, into NaN, which the fast
 masked layer reproduces (its kernels skip masked-out connections; the op marks those outputs).
 MADE/FVSBN sampling refuses non-finite parameters with the same ValueError on every backend.
+
+Gradients (``test_nonfinite_parameter_gradients``): ``log_prob(x).sum().backward()`` gives
+every parameter (and RNADE's x) the reference autograd's gradient, non-finite pattern included.
 """
 import pytest
 import torch
@@ -137,3 +140,39 @@ def test_nonfinite_parameter_cuda_row_math(model, pname, value):
         what = f"row math {model}.{pname}[{flat_index}] = {value}"
         _same_pattern(lp, lp_want, f"{what}: log_prob")
         _same_pattern(out, out_want, f"{what}: outputs")
+
+
+def _grads(model: str, state: dict, backend: str) -> dict:
+    """d/d(every parameter) of ``log_prob(x).sum()`` (and d/dx for RNADE's real x)."""
+    m = MODELS[model]()
+    m.load_state_dict(state)
+    m.set_backend(backend)
+    x = _data(model)
+    if model == "rnade":
+        x.requires_grad_(True)
+    m.log_prob(x).sum().backward()
+    out = {f"d{name}": p.grad for name, p in m.named_parameters()}
+    if model == "rnade":
+        out["dx"] = x.grad
+    return out
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("value", list(VALUES), ids=list(VALUES))
+@pytest.mark.parametrize("model,pname", PARAMS, ids=[f"{m}-{p}" for m, p in PARAMS])
+def test_nonfinite_parameter_gradients(model, pname, value, backend):
+    """The gradients' NaN/+inf/-inf pattern and finite values are the reference autograd's."""
+    failures = []
+    for flat_index in _entries(MODELS[model](), pname):
+        state = _poisoned(model, pname, flat_index, VALUES[value])
+        want, got = _grads(model, state, "reference"), _grads(model, state, backend)
+        for key in want:
+            what = f"{backend} {model}.{pname}[{flat_index}] = {value}: {key}"
+            try:
+                assert (got[key] is None) == (want[key] is None), f"{what}: None vs {want[key] is None}"
+                if want[key] is not None:
+                    _same_pattern(got[key], want[key], what)
+            except AssertionError as e:
+                failures.append(str(e).splitlines()[0])
+                break  # one message per poisoned entry
+    assert not failures, "\n".join(failures)
