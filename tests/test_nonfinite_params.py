@@ -14,13 +14,16 @@ masked layer reproduces (its kernels skip masked-out connections; the op marks t
 MADE/FVSBN sampling refuses non-finite parameters with the same ValueError on every backend.
 
 Gradients (``test_nonfinite_parameter_gradients``): ``log_prob(x).sum().backward()`` gives
-every parameter (and RNADE's x) the reference autograd's gradient, non-finite pattern included.
+every parameter and x (all but the categorical model's) the reference autograd's gradient,
+non-finite pattern included; the fast backends compute them through the reference there and
+say so (a RuntimeWarning, ``dispatch.reference_backwards()``). A backward compiled by
+``torch.compile`` refuses NaN/inf parameters with a ValueError.
 """
 import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import _ext
+from armodel_fast import _ext, dispatch
 from armodel_fast.nn.masked_linear import MaskedLinear
 from model_zoo import randomize
 
@@ -143,16 +146,22 @@ def test_nonfinite_parameter_cuda_row_math(model, pname, value):
 
 
 def _grads(model: str, state: dict, backend: str) -> dict:
-    """d/d(every parameter) of ``log_prob(x).sum()`` (and d/dx for RNADE's real x)."""
+    """d/d(every parameter) of ``log_prob(x).sum()`` and d/dx (x not categorical)."""
     m = MODELS[model]()
     m.load_state_dict(state)
     m.set_backend(backend)
     x = _data(model)
-    if model == "rnade":
+    if x.is_floating_point():
         x.requires_grad_(True)
-    m.log_prob(x).sum().backward()
+    if backend == "reference":
+        m.log_prob(x).sum().backward()
+    else:  # the fast backward meets a NaN/inf and runs the reference's, and says so
+        before = sum(dispatch.reference_backwards().values())
+        with pytest.warns(RuntimeWarning, match="computed by the reference"):
+            m.log_prob(x).sum().backward()
+        assert sum(dispatch.reference_backwards().values()) > before
     out = {f"d{name}": p.grad for name, p in m.named_parameters()}
-    if model == "rnade":
+    if x.is_floating_point():
         out["dx"] = x.grad
     return out
 
@@ -176,3 +185,18 @@ def test_nonfinite_parameter_gradients(model, pname, value, backend):
                 failures.append(str(e).splitlines()[0])
                 break  # one message per poisoned entry
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(not FAST, reason="no fast backend here")
+@pytest.mark.parametrize("model", ["nade", "made"])
+def test_nonfinite_parameter_compiled_backward_refuses(model):
+    """Under torch.compile the reference cannot run inside the backward: NaN/inf parameters get a
+    ValueError there (finite ones train as usual: tests/test_compile.py, test_made_fast.py)."""
+    pname = {"nade": "V", "made": "output.weight"}[model]
+    m = MODELS[model]()
+    m.load_state_dict(_poisoned(model, pname, 0, float("nan")))
+    m.set_backend(FAST[0])
+    torch._dynamo.reset()
+    lp = torch.compile(m.log_prob, fullgraph=True, backend="aot_eager")(_data(model))
+    with pytest.raises(ValueError, match="NaN or inf in a backward compiled by torch.compile"):
+        lp.sum().backward()
