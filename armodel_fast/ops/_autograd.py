@@ -11,19 +11,6 @@ def all_finite(*tensors) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def refuse_nonfinite_compiled(what: str, backend: str, *params) -> None:
-    """The NaN/inf rule of a backward traced by ``torch.compile`` (docs/DESIGN.md section 9):
-    eager backwards compute the gradients through the reference when a value is NaN/inf,
-    which cannot run inside a compiled graph, so a compiled backward refuses NaN/inf
-    parameters (checked at run time, one pass) instead of returning kernel gradients whose
-    NaN/inf pattern is not the reference's."""
-    if not all_finite(*params):
-        raise ValueError(f"{what}: a parameter holds NaN or inf in a backward compiled by torch.compile; the "
-                         f"{backend!r} kernels' gradients would not carry the reference's NaN/inf there. Run the "
-                         f"step without torch.compile (eager backwards compute them through the reference) or "
-                         f"with backend='reference'")
-
-
 def forbid_double_backward(backward_op, what: str) -> None:
     """A clear error instead of PyTorch's "no autograd formula" when a second derivative is
     taken through ``backward_op`` (``create_graph=True``, then backward again)."""

@@ -7,12 +7,12 @@ carries its autograd (the backward op refuses second derivatives).
 
 Non-finite values (docs/DESIGN.md section 9): the kernels' gradients do not carry the
 reference's NaN/inf (they skip terms such as ``x_d W[:, d]`` with x_d = 0, whose
-``0 * inf`` the reference keeps). An eager backward therefore first checks the
-parameters, x and the upstream gradients (one pass over each); if one holds NaN/inf it
-computes the gradients through the reference - the autograd of ``spec.ref_outputs`` and
-``spec.head_log_prob`` - and says so (:func:`armodel_fast.dispatch.note_reference_backward`:
-a ``RuntimeWarning`` and a count). A backward compiled by ``torch.compile`` cannot run the
-reference: its backward op refuses NaN/inf parameters with a ``ValueError``.
+``0 * inf`` the reference keeps). The backward ops therefore first check the
+parameters, x and the upstream gradients (one pass over each); if one holds NaN/inf
+they compute the gradients through the reference - the vector-Jacobian product
+(``torch.func.vjp``) of ``spec.ref_outputs`` and ``spec.head_log_prob`` - and say so
+(:func:`armodel_fast.dispatch.note_reference_backward`: a ``RuntimeWarning`` and a
+count). The check runs inside the op, so compiled graphs (``torch.compile``) get it too.
 """
 from __future__ import annotations
 
@@ -21,19 +21,18 @@ from typing import Dict, NamedTuple
 import torch
 
 from ...dispatch import launcher, note_reference_backward
-from .._autograd import all_finite, forbid_double_backward, refuse_nonfinite_compiled
+from .._autograd import all_finite, forbid_double_backward
 from .spec import SPECS, NadeSpec
 
 _PARAMS = "Tensor W, Tensor c, Tensor V, Tensor b, Tensor order"
 _FORWARD = f"(Tensor x, {_PARAMS}, str backend) -> (Tensor, Tensor)"
-_BACKWARD = (f"(Tensor grad_log_prob, Tensor? grad_outputs, Tensor x, {_PARAMS}, Tensor outputs, str backend, "
-             f"bool compiled=False) -> ({{}})")
+_BACKWARD = f"(Tensor grad_log_prob, Tensor? grad_outputs, Tensor x, {_PARAMS}, Tensor outputs, str backend) -> ({{}})"
 _SAMPLE = f"({_PARAMS}, Tensor u, str backend) -> (Tensor, Tensor)"
 
 
 class NadeOps(NamedTuple):
     forward: object   # (x, W, c, V, b, order, backend) -> (log_prob [B], outputs [B, D, ...])
-    backward: object  # (grad, grad_outputs, x, W, c, V, b, order, outputs, backend[, compiled]) -> (dW, dc, dV, db[, dx])
+    backward: object  # (grad, grad_outputs, x, W, c, V, b, order, outputs, backend) -> (dW, dc, dV, db[, dx])
     sample: object    # (W, c, V, b, order, u, backend) -> (x [n, D], log_prob [n])
 
 
@@ -44,9 +43,9 @@ def _build(spec: NadeSpec) -> NadeOps:
     def forward(x, W, c, V, b, order, backend):
         return tuple(launcher(spec.op, "forward", backend)(spec, x, W, c, V, b, order))
 
-    def backward(grad, grad_outputs, x, W, c, V, b, order, outputs, backend, compiled=False):
-        if compiled:  # traced by torch.compile: no reference to fall back on (see the module docstring)
-            refuse_nonfinite_compiled(spec.op, backend, W, c, V, b)
+    def backward(grad, grad_outputs, x, W, c, V, b, order, outputs, backend):
+        if not all_finite(W, c, V, b, x, grad, grad_outputs):  # see the module docstring
+            return _reference_backward(spec, backend, grad, grad_outputs, x, W, c, V, b, order, spec.x_has_grad)
         return tuple(launcher(spec.op, "backward", backend)(spec, grad, grad_outputs, x, W, c, V, b, order,
                                                             outputs))
 
@@ -63,7 +62,7 @@ def _build(spec: NadeSpec) -> NadeOps:
         return W.new_empty(x.shape[0]), W.new_empty(spec.output_shape(x.shape[0], spec.sizes(W, V)))
 
     @ops.backward.register_fake
-    def _(grad, grad_outputs, x, W, c, V, b, order, outputs, backend, compiled=False):
+    def _(grad, grad_outputs, x, W, c, V, b, order, outputs, backend):
         return tuple(torch.empty_like(t) for t in (W, c, V, b, x)[:n_grads])
 
     @ops.sample.register_fake
@@ -77,6 +76,8 @@ def _build(spec: NadeSpec) -> NadeOps:
 def _attach_autograd(spec: NadeSpec, ops: NadeOps) -> None:
     """Autograd of the forward op. A binary x that needs a gradient goes through
     :func:`_binary_backward_with_dx` (the other models: x is discrete, or dx is built in)."""
+    with_dx_op = _backward_with_dx_op(spec) if spec.x_kind == "binary" else None
+
     def setup_context(ctx, inputs, output):
         x, W, c, V, b, order, backend = inputs
         ctx.save_for_backward(x, W, c, V, b, order, output[1])
@@ -88,14 +89,9 @@ def _attach_autograd(spec: NadeSpec, ops: NadeOps) -> None:
             grad_log_prob = outputs.new_zeros(outputs.shape[0])
         need = ctx.needs_input_grad
         with_dx = spec.x_has_grad or (need[0] and spec.x_kind == "binary")
-        grad_outputs = None if grad_outputs is None else grad_outputs.contiguous()
-        compiled = torch.compiler.is_compiling()
-        if not compiled and not all_finite(W, c, V, b, x, grad_log_prob, grad_outputs):
-            grads = _reference_backward(spec, ctx.backend, grad_log_prob, grad_outputs, x, W, c, V, b, order, with_dx)
-        else:
-            run = ops.backward if spec.x_has_grad or not with_dx else _binary_backward_with_dx
-            grads = run(grad_log_prob.contiguous(), grad_outputs, x, W, c, V, b, order, outputs, ctx.backend,
-                        compiled)
+        run = ops.backward if spec.x_has_grad or not with_dx else with_dx_op
+        grads = run(grad_log_prob.contiguous(), None if grad_outputs is None else grad_outputs.contiguous(),
+                    x, W, c, V, b, order, outputs, ctx.backend)
         dx = grads[4] if with_dx else None
         return tuple(g if need[i] else None for i, g in enumerate((dx,) + tuple(grads[:4]))) + (None, None)
 
@@ -104,22 +100,45 @@ def _attach_autograd(spec: NadeSpec, ops: NadeOps) -> None:
 
 
 def _reference_backward(spec: NadeSpec, backend: str, grad, grad_outputs, x, W, c, V, b, order, with_dx: bool):
-    """(dW, dc, dV, db[, dx]) of ``sum(grad * log_prob) + sum(grad_outputs * outputs)`` by the
-    reference's autograd: the backward's NaN/inf path (see the module docstring)."""
+    """(dW, dc, dV, db[, dx]) of ``sum(grad * log_prob) + sum(grad_outputs * outputs)`` as the
+    reference's autograd computes them (``torch.func.vjp``, which runs inside a custom op):
+    the backward ops' NaN/inf path. An all-zero ``grad`` counts as none (the forward op's
+    autograd passes zeros when only the outputs are used), so that log_prob's own NaN/inf
+    partials do not enter through ``0 * NaN``."""
     note_reference_backward(spec.op, backend)
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in ((W, c, V, b, x) if with_dx else (W, c, V, b))]
-        xin = leaves[4] if with_dx else x
-        outputs = spec.ref_outputs(xin, *leaves[:4], order)
-        roots, seeds = [spec.head_log_prob(outputs, xin).sum(-1)], [grad]
-        if grad_outputs is not None:
-            roots.append(outputs)
-            seeds.append(grad_outputs)
-        grads = torch.autograd.grad(roots, leaves, seeds, allow_unused=True)
-    return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads))
+    with_lp = bool(grad.any()) or grad_outputs is None
+
+    def fn(W, c, V, b, *xs):
+        xin = xs[0] if with_dx else x
+        outputs = spec.ref_outputs(xin, W, c, V, b, order)
+        roots = (spec.head_log_prob(outputs, xin).sum(-1),) if with_lp else ()
+        return roots + ((outputs,) if grad_outputs is not None else ())
+
+    _, vjp = torch.func.vjp(fn, W, c, V, b, *((x,) if with_dx else ()))
+    seeds = ((grad,) if with_lp else ()) + ((grad_outputs,) if grad_outputs is not None else ())
+    return tuple(vjp(seeds))
 
 
-def _binary_backward_with_dx(grad_log_prob, grad_logits, x, W, c, V, b, order, logits, backend, compiled=False):
+def _backward_with_dx_op(spec: NadeSpec):
+    """``armodel_fast::<op>_backward_with_dx``: (dW, dc, dV, db, dx) for a binary x that needs a
+    gradient: :func:`_binary_backward_with_dx`, or the reference's with NaN/inf values."""
+    def impl(grad, grad_outputs, x, W, c, V, b, order, outputs, backend):
+        if not all_finite(W, c, V, b, x, grad, grad_outputs):
+            return _reference_backward(spec, backend, grad, grad_outputs, x, W, c, V, b, order, True)
+        return _binary_backward_with_dx(grad, grad_outputs, x, W, c, V, b, order, outputs, backend)
+
+    op = torch.library.custom_op(f"armodel_fast::{spec.op}_backward_with_dx", impl, mutates_args=(),
+                                 schema=_BACKWARD.format(", ".join(["Tensor"] * 5)))
+
+    @op.register_fake
+    def _(grad, grad_outputs, x, W, c, V, b, order, outputs, backend):
+        return tuple(torch.empty_like(t) for t in (W, c, V, b, x))
+
+    forbid_double_backward(op, "NADE")
+    return op
+
+
+def _binary_backward_with_dx(grad_log_prob, grad_logits, x, W, c, V, b, order, logits, backend):
     """(dW, dc, dV, db, dx), for a binary x that needs a gradient: through the RNADE backward
     kernels, whose recurrence ``a += x_d W[:, d]`` is NADE's, with K = 1 and the logit as the
     first mixture output (V, b padded with zeros). The Bernoulli head's gradient enters as the
@@ -132,8 +151,8 @@ def _binary_backward_with_dx(grad_log_prob, grad_logits, x, W, c, V, b, order, l
     Vr, br = V.new_zeros(D, 3, 1, H), b.new_zeros(D, 3, 1)
     gr, pr = g.new_zeros(B, D, 3, 1), logits.new_zeros(B, D, 3, 1)
     Vr[:, 0, 0], br[:, 0, 0], gr[..., 0, 0], pr[..., 0, 0] = V, b, g, logits
-    dW, dc, dV, db, dx = OPS["rnade"].backward(grad_log_prob.new_zeros(B), gr, x, W, c, Vr, br, order, pr, backend,
-                                               compiled)
+    dW, dc, dV, db, dx = launcher("rnade", "backward", backend)(SPECS["rnade"], grad_log_prob.new_zeros(B), gr, x,
+                                                                 W, c, Vr, br, order, pr)
     return dW, dc, dV[:, 0, 0], db[:, 0, 0], dx + grad_log_prob[:, None] * logits
 
 
