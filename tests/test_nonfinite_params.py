@@ -34,6 +34,7 @@ MODELS = {
     "rnade": lambda: af.RNADE(D, H, 2, order=ORDER),
     "fvsbn": lambda: af.FVSBN(D, order=ORDER),
     "made": lambda: af.MADE(D, [7], order=ORDER, seed=0),
+    "made_direct": lambda: af.MADE(D, [7, 4], order=ORDER, seed=0, direct=True, activation="tanh"),
 }
 PARAMS = [(m, p) for m, build in MODELS.items() for p, _ in build().named_parameters()]
 VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
@@ -96,7 +97,7 @@ def _run(model: str, state: dict, backend: str):
         try:
             xs, lps = m.sample(N, u=u, return_log_prob=True)
         except ValueError as e:  # MADE/FVSBN sampling refuses non-finite parameters
-            assert model in ("made", "fvsbn") and "NaN or inf" in str(e), e
+            assert model in ("made", "made_direct", "fvsbn") and "NaN or inf" in str(e), e
             return {**out, "sample": type(e).__name__}
     out["sample log_prob"] = lps
     out["samples"] = xs.double()

@@ -183,15 +183,15 @@ def _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict
         dout = dout[perm_out]
     mask = degree_mask(din, dout, strict, weight.dtype)
 
-    def layer(x, w, b):
+    def layer(x, w, *b):  # b: (bias,) or () (vjp takes tensors only)
         if x_sorted:  # x's column i is input perm_in[i]
             w = w.index_select(1, perm_in)
         if y_sorted:
-            w, b = w.index_select(0, perm_out), None if b is None else b.index_select(0, perm_out)
-        return _REF_ACT[activation](F.linear(x, w * mask, b))
+            w, b = w.index_select(0, perm_out), tuple(t.index_select(0, perm_out) for t in b)
+        return _REF_ACT[activation](F.linear(x, w * mask, *b))
 
-    _, vjp = torch.func.vjp(layer, x, weight, bias)
-    grads = vjp(grad_y)
+    _, vjp = torch.func.vjp(layer, x, weight, *(() if bias is None else (bias,)))
+    grads = vjp(grad_y) + ((None,) if bias is None else ())
     return tuple(g if n and g is not None else x.new_empty(0) for g, n in zip(grads, need))
 
 
