@@ -10,11 +10,12 @@ import os
 import sys
 
 from ._backend import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, resolve_backend
+from ._user_errors import UserError, writable_dir
 
 
-
-class CLIError(Exception):
-    """A user error: printed as ``error: ...`` with exit status 2."""
+class CLIError(UserError):
+    """A user error found here: like every :class:`UserError` (also those of
+    ``training.commands``), printed as one ``error: ...`` line with exit status 2."""
 
 
 def _console(stderr: bool = False):
@@ -38,7 +39,6 @@ def _backend_note(op: str, ran: str, requested: str, device="cpu") -> str:
 
 # ---------------------------------------------------------------------------- train / eval
 def cmd_train(args, out) -> int:
-    from .training.commands import UserError
     from .training.commands import cmd_train as run
 
     def note(model, requested):
@@ -46,16 +46,15 @@ def cmd_train(args, out) -> int:
         return f"backend: {requested} -> " + _backend_note(model.op, planned, requested)
     try:
         return run(args, out, note)
-    except (UserError, BackendUnavailableError) as e:
+    except BackendUnavailableError as e:
         raise CLIError(str(e)) from None
 
 
 def cmd_eval(args, out) -> int:
-    from .training.commands import UserError
     from .training.commands import cmd_eval as run
     try:
         return run(args, out)
-    except (UserError, BackendUnavailableError) as e:
+    except BackendUnavailableError as e:
         raise CLIError(str(e)) from None
 
 
@@ -73,7 +72,7 @@ def cmd_sample(args, out) -> int:
         raise CLIError(str(e)) from e
     if os.path.isdir(args.out):
         raise CLIError(f"--out {args.out} is a directory; give the image's file name (e.g. {args.out}/samples.png)")
-    _writable_dir(os.path.dirname(args.out) or ".", "--out")
+    writable_dir(os.path.dirname(args.out) or ".", "--out")
     gen = torch.Generator().manual_seed(args.seed)
     x, log_prob = model.sample(args.n, generator=gen, return_log_prob=True)
     name = ckpt["config"].get("name", "model")
@@ -109,7 +108,7 @@ def cmd_bench(args, out) -> int:
             raise CLIError(f"--device {cfg.device}: no CUDA GPU is usable here (torch {torch.__version__})")
     paths = {"json": args.json, "markdown": args.markdown, "plot": args.plot}
     if args.out:
-        _writable_dir(args.out, "--out")
+        writable_dir(args.out, "--out")
         defaults = {"json": "bench.json", "markdown": "bench.md", "plot": "bench.png"}
         paths = {k: v or os.path.join(args.out, defaults[k]) for k, v in paths.items()}
     for flag, path in paths.items():  # every output path is checked before the benchmark runs
@@ -131,21 +130,11 @@ def cmd_bench(args, out) -> int:
     return 0
 
 
-def _writable_dir(path: str, flag: str) -> None:
-    """Create ``path`` (a directory) now, or say why it cannot be."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"{flag}: cannot create directory {path}: {e.strerror or e}") from e
-    if not os.access(path, os.W_OK):
-        raise CLIError(f"{flag}: directory {path} is not writable; choose another path")
-
-
 def _writable_file(path: str, flag: str) -> None:
     """``path`` can be written as a file: not a directory, its folder writable."""
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path} is a directory; give a file name inside it")
-    _writable_dir(os.path.dirname(path) or ".", flag)
+    writable_dir(os.path.dirname(path) or ".", flag)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise CLIError(f"{flag}: file {path} is not writable; choose another path")
 
@@ -309,6 +298,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, _console())
-    except CLIError as e:
+    except UserError as e:  # CLIError and training.commands' UserError alike
         _console(stderr=True).print(f"error: {e}")
         return 2

@@ -13,12 +13,17 @@ every stage of ``op``. Modules resolve ``backend="auto"`` (or check an explicit
 name) once per call with :func:`resolve_backend` and pass the concrete name
 down; :func:`launcher` then finds the function. Nothing falls back silently: an
 explicit backend that cannot run raises :class:`BackendUnavailableError` with
-the reason and the fix.
+the reason and the fix. The one exception to "the backend you asked for runs" is
+stated, counted and warned about: a fast backward that meets a NaN/inf parameter,
+input or upstream gradient computes its gradients through the reference
+(:func:`note_reference_backward`, docs/DESIGN.md section 9).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
@@ -275,3 +280,28 @@ def explain(op: str, device="cpu", dtype=None) -> str:
         why = _why_not(name, op, device, dtype)
         lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
     return "\n".join(lines)
+
+
+# ---- gradients through the reference (non-finite values; docs/DESIGN.md section 9) ----------
+
+_REFERENCE_BACKWARDS: Dict[Tuple[str, str], int] = {}
+_REFERENCE_BACKWARDS_LOCK = threading.Lock()
+
+
+def note_reference_backward(op: str, backend: str) -> None:
+    """Record (and warn) that a backward of ``op`` asked of ``backend`` met a NaN/inf
+    parameter, input or upstream gradient and computed its gradients through the
+    reference's autograd instead (the kernels skip terms the reference's dense products
+    keep, such as ``NaN * 0``). Python shows the ``RuntimeWarning`` once per op and backend."""
+    with _REFERENCE_BACKWARDS_LOCK:
+        _REFERENCE_BACKWARDS[(op, backend)] = _REFERENCE_BACKWARDS.get((op, backend), 0) + 1
+    warnings.warn(f"{op}: NaN/inf among the parameters, inputs or upstream gradients of a {backend!r} backward; "
+                  f"its gradients were computed by the reference (autograd of the plain PyTorch math) so that "
+                  f"they carry the reference's NaN/inf (docs/DESIGN.md section 9)", RuntimeWarning, stacklevel=2)
+
+
+def reference_backwards() -> Dict[Tuple[str, str], int]:
+    """``{(op, backend): count}`` of the backwards that ran through the reference because of
+    NaN/inf values (see :func:`note_reference_backward`); empty while none has."""
+    with _REFERENCE_BACKWARDS_LOCK:
+        return dict(_REFERENCE_BACKWARDS)

@@ -83,3 +83,24 @@ def test_argparse_errors_are_one_line(capsys):
         main(["train", "--epochs", "abc"])
     assert e.value.code == 2
     assert "--epochs" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "bench"])
+def test_uncreatable_output_folder_is_one_line_from_every_command(checkpoint, tmp_path, capsys, command):
+    """One folder check (armodel_fast._user_errors.writable_dir) serves the CLI's own commands and
+    training.commands' train/eval; cli.main prints both error types as one line, exit status 2."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    bad = blocker / "sub"
+    flag, argv = {
+        "train": ("--out", ["train", "--model", "fvsbn", "--epochs", "1", "--backend", "reference", "--quiet",
+                            "--out", str(bad)]),
+        "eval": ("--json", ["eval", "--checkpoint", str(checkpoint), "--json", str(bad / "r.json")]),
+        "sample": ("--out", ["sample", "--checkpoint", str(checkpoint), "--n", "4", "--out", str(bad / "s.png")]),
+        "bench": ("--out", ["bench", "--quick", "--no-memory", "--out", str(bad)]),
+    }[command]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert rc == 2 and line.startswith(f"error: {flag}: cannot create directory ") and "choose another path" in line
+    assert "[1/" not in captured.out  # no benchmark row ran

@@ -12,12 +12,17 @@ and on ones it drops: the reference's dense ``x @ (weight * mask).T`` turns a no
 masked-out weight, or a non-finite hidden unit times a masked-out 0, into NaN, which the fast
 masked layer reproduces (its kernels skip masked-out connections; the op marks those outputs).
 MADE/FVSBN sampling refuses non-finite parameters with the same ValueError on every backend.
+
+Gradients (``test_nonfinite_parameter_gradients``): ``log_prob(x).sum().backward()`` gives
+every parameter and x (all but the categorical model's) the reference autograd's gradient,
+non-finite pattern included; the fast backends compute them through the reference there and
+say so (a RuntimeWarning, ``dispatch.reference_backwards()``), in eager and compiled backwards.
 """
 import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import _ext
+from armodel_fast import _ext, dispatch
 from armodel_fast.nn.masked_linear import MaskedLinear
 from model_zoo import randomize
 
@@ -29,6 +34,7 @@ MODELS = {
     "rnade": lambda: af.RNADE(D, H, 2, order=ORDER),
     "fvsbn": lambda: af.FVSBN(D, order=ORDER),
     "made": lambda: af.MADE(D, [7], order=ORDER, seed=0),
+    "made_direct": lambda: af.MADE(D, [7, 4], order=ORDER, seed=0, direct=True, activation="tanh"),
 }
 PARAMS = [(m, p) for m, build in MODELS.items() for p, _ in build().named_parameters()]
 VALUES = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
@@ -91,7 +97,7 @@ def _run(model: str, state: dict, backend: str):
         try:
             xs, lps = m.sample(N, u=u, return_log_prob=True)
         except ValueError as e:  # MADE/FVSBN sampling refuses non-finite parameters
-            assert model in ("made", "fvsbn") and "NaN or inf" in str(e), e
+            assert model in ("made", "made_direct", "fvsbn") and "NaN or inf" in str(e), e
             return {**out, "sample": type(e).__name__}
     out["sample log_prob"] = lps
     out["samples"] = xs.double()
@@ -137,3 +143,65 @@ def test_nonfinite_parameter_cuda_row_math(model, pname, value):
         what = f"row math {model}.{pname}[{flat_index}] = {value}"
         _same_pattern(lp, lp_want, f"{what}: log_prob")
         _same_pattern(out, out_want, f"{what}: outputs")
+
+
+def _grads(model: str, state: dict, backend: str) -> dict:
+    """d/d(every parameter) of ``log_prob(x).sum()`` and d/dx (x not categorical)."""
+    m = MODELS[model]()
+    m.load_state_dict(state)
+    m.set_backend(backend)
+    x = _data(model)
+    if x.is_floating_point():
+        x.requires_grad_(True)
+    if backend == "reference":
+        m.log_prob(x).sum().backward()
+    else:  # the fast backward meets a NaN/inf and runs the reference's, and says so
+        before = sum(dispatch.reference_backwards().values())
+        with pytest.warns(RuntimeWarning, match="computed by the reference"):
+            m.log_prob(x).sum().backward()
+        assert sum(dispatch.reference_backwards().values()) > before
+    out = {f"d{name}": p.grad for name, p in m.named_parameters()}
+    if x.is_floating_point():
+        out["dx"] = x.grad
+    return out
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("value", list(VALUES), ids=list(VALUES))
+@pytest.mark.parametrize("model,pname", PARAMS, ids=[f"{m}-{p}" for m, p in PARAMS])
+def test_nonfinite_parameter_gradients(model, pname, value, backend):
+    """The gradients' NaN/+inf/-inf pattern and finite values are the reference autograd's."""
+    failures = []
+    for flat_index in _entries(MODELS[model](), pname):
+        state = _poisoned(model, pname, flat_index, VALUES[value])
+        want, got = _grads(model, state, "reference"), _grads(model, state, backend)
+        for key in want:
+            what = f"{backend} {model}.{pname}[{flat_index}] = {value}: {key}"
+            try:
+                assert (got[key] is None) == (want[key] is None), f"{what}: None vs {want[key] is None}"
+                if want[key] is not None:
+                    _same_pattern(got[key], want[key], what)
+            except AssertionError as e:
+                failures.append(str(e).splitlines()[0])
+                break  # one message per poisoned entry
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(not FAST, reason="no fast backend here")
+@pytest.mark.parametrize("model", ["nade", "rnade", "made"])
+def test_nonfinite_parameter_gradients_compiled(model):
+    """The NaN/inf check and the reference's gradients run inside the backward ops, so a graph
+    compiled by torch.compile gets them too."""
+    pname = {"nade": "V", "rnade": "W", "made": "output.weight"}[model]
+    state = _poisoned(model, pname, 0, float("nan"))
+    want = _grads(model, state, "reference")
+    m = MODELS[model]()
+    m.load_state_dict(state)
+    m.set_backend(FAST[0])
+    x = _data(model).requires_grad_(True)
+    torch._dynamo.reset()
+    with pytest.warns(RuntimeWarning, match="computed by the reference"):
+        torch.compile(m.log_prob, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    got = {**{f"d{name}": p.grad for name, p in m.named_parameters()}, "dx": x.grad}
+    for key in want:
+        _same_pattern(got[key], want[key], f"compiled {FAST[0]} {model}.{pname}[0] = nan: {key}")

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from .._user_errors import UserError, writable_dir
 from . import checkpoint as ckpt
 from .datasets import DataError, check_compatible, load_dataset
 from .distributed import setup
@@ -30,10 +31,6 @@ DEFAULTS = {"model": "nade", "head": "bernoulli", "K": None, "hidden": None, "nu
             "eval_every": None, "patience": None, "checkpoint_every": None, "max_steps": None,
             "max_minutes": None, "backend": "auto", "seed": 0}
 DEFAULT_LR = {"digits": 1e-2}  # anything else: 1e-3
-
-
-class UserError(ValueError):
-    """Printed by the CLI as one ``error: ...`` line, exit status 2."""
 
 
 def _resolve(args) -> tuple[dict, dict | None, str]:
@@ -77,15 +74,6 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
     return opts, saved, run_dir
 
 
-def _writable_dir(path: str, flag: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag}: cannot create directory {path}: {e.strerror or e}; choose another path") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"{flag}: directory {path} is not writable; choose another path")
-
-
 def _read_order(order):
     if order in ("natural", "random") or isinstance(order, list):
         return order
@@ -127,7 +115,7 @@ def cmd_train(args, out, note_backend=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if ctx.is_main:
-        _writable_dir(run_dir, "--resume" if saved else "--out")  # before any work
+        writable_dir(run_dir, "--resume" if saved else "--out")  # before any work
     split = tuple(float(v) for v in str(opts["split"]).split(","))
     try:
         data = load_dataset(opts["data"], opts["data_path"], opts["data_type"], opts["binarize"], split,
@@ -245,7 +233,7 @@ def cmd_eval(args, out) -> int:
         raise UserError(f"--ensemble {args.ensemble}: the model has {getattr(model, 'num_masks', 1)} mask set(s)"
                         " (only MADE with --num-masks >= K ensembles); use a smaller --ensemble")
     if args.json:
-        _writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
+        writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     spec = dict(saved.get("data") or {})
     if args.data is not None:
         spec.update(source=args.data, data_path=args.data_path)

@@ -30,6 +30,16 @@ built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
 entries can still go unseen: call :func:`clear_cache` after those, or run
 inside ``with caching(False):``.
 
+Non-finite values (docs/DESIGN.md section 9): the forward marks NaN where the
+reference's dense product has one (:func:`_nan_where_reference_is`). The kernels'
+gradients would not carry the reference's NaN/inf either (``g @ (W * M)`` and
+``(g.T @ x) * M`` are NaN at masked-out positions where g, x or W is NaN/inf), so the
+backward op first checks x, the weight, the bias and the upstream gradient (one pass
+over each) and, if one holds NaN/inf, computes the gradients as the reference's autograd
+does (``torch.func.vjp`` of the dense ``act(x @ (W * M).T + bias)``) and says so
+(:func:`armodel_fast.dispatch.note_reference_backward`: a ``RuntimeWarning`` and a
+count). The check runs inside the op, so compiled graphs (``torch.compile``) get it too.
+
 Files: ``cache.py`` (the prepared-weight cache), ``launchers.py`` (each backend's
 prepare / forward / backward, in the dispatch table), ``functional.py`` (the
 custom ops and :func:`masked_linear`).
@@ -43,9 +53,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import dispatch
+from ...dispatch import note_reference_backward
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
-from .._autograd import forbid_double_backward
+from .._autograd import all_finite, forbid_double_backward
 from .cache import _cached
 from .launchers import ACTIVATIONS
 
@@ -121,7 +132,11 @@ def fresh_weights(x: Tensor, weight: Tensor) -> bool:
 def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Optional[Tensor],
                                in_degrees: Tensor, out_degrees: Tensor, strict: bool, activation: str,
                                backend: str, x_sorted: bool, y_sorted: bool, need_dx: bool, need_dw: bool,
-                               need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                               need_db: bool, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    if not all_finite(weight, bias, x, grad_y):  # NaN/inf: the reference's gradients (module docstring)
+        note_reference_backward("masked_linear", backend)
+        return _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted,
+                                   y_sorted, (need_dx, need_dw, need_db))
     dx, dw, db = dispatch.launcher("masked_linear", "backward", backend)(
         grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, need_dx, need_dw,
         need_db)
@@ -130,7 +145,7 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
 
 @_masked_linear_backward_op.register_fake
 def _(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
-      need_dx, need_dw, need_db):
+      need_dx, need_dw, need_db, bias=None):
     return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(weight.shape if need_dw else (0,)),
             x.new_empty((weight.shape[0],) if need_db else (0,)))
 
@@ -139,19 +154,45 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, _ = inputs
     # Degrees are cloned (a few KB): MADE rewrites its degree buffers in place when it
     # switches masks, and the backward must use the forward's mask.
-    ctx.save_for_backward(x, weight, in_degrees.clone(), out_degrees.clone(),
+    ctx.save_for_backward(x, weight, bias, in_degrees.clone(), out_degrees.clone(),
                           output if activation != "none" else None)
     ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
 
 
 def _backward(ctx, grad_y):
-    x, weight, in_degrees, out_degrees, y = ctx.saved_tensors
+    x, weight, bias, in_degrees, out_degrees, y = ctx.saved_tensors
     strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
     dx, dw, db = _masked_linear_backward_op(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
-                                            backend, x_sorted, y_sorted, need_dx, need_dw, need_db)
+                                            backend, x_sorted, y_sorted, need_dx, need_dw, need_db, bias)
     return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
             None, None, None, None, None, None, None, None)
+
+
+def _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
+                        need):
+    """(dx, dw, db) of ``act(x @ (W * M).T + bias)`` as the reference's autograd computes them
+    (``torch.func.vjp``, which runs inside a custom op), in the kernels' unit orders when
+    ``x_sorted`` / ``y_sorted``: the backward op's NaN/inf path. Not needed: empty tensors."""
+    din, dout = in_degrees.to(weight.device), out_degrees.to(weight.device)
+    perm_in = torch.sort(din, stable=True).indices if x_sorted else None  # the kernels' stable degree sort
+    perm_out = torch.sort(dout, stable=True).indices if y_sorted else None
+    if x_sorted:
+        din = din[perm_in]
+    if y_sorted:
+        dout = dout[perm_out]
+    mask = degree_mask(din, dout, strict, weight.dtype)
+
+    def layer(x, w, *b):  # b: (bias,) or () (vjp takes tensors only)
+        if x_sorted:  # x's column i is input perm_in[i]
+            w = w.index_select(1, perm_in)
+        if y_sorted:
+            w, b = w.index_select(0, perm_out), tuple(t.index_select(0, perm_out) for t in b)
+        return _REF_ACT[activation](F.linear(x, w * mask, *b))
+
+    _, vjp = torch.func.vjp(layer, x, weight, *(() if bias is None else (bias,)))
+    grads = vjp(grad_y) + ((None,) if bias is None else ())
+    return tuple(g if n and g is not None else x.new_empty(0) for g, n in zip(grads, need))
 
 
 _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
