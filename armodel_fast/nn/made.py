@@ -13,7 +13,6 @@ from ..ops import made as fast
 from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
-from .made_inverse import FastInverse
 from .made_shapes import activation_name, check_hidden, flatten_batch
 from .masked_linear import MaskedLinear
 
@@ -294,7 +293,7 @@ class MADE(AutoregressiveModel):
         """z [..., D] -> (x [..., D], log|det dx/dz| [...]): x_d = mu_d + sigma_d z_d, step by step
         (D forward passes in the reference, one pass over the weights with a fast backend).
         Differentiable w.r.t. z, context and the parameters with every backend (fast
-        backends: by implicit differentiation, see ``made_inverse.FastInverse``)."""
+        backends: by implicit differentiation in one reverse sweep, see ``ops/made/affine_op.py``)."""
         self._check_flow()
         z, context, lead = self._flat(z, context, name="z")
         x, logdet = self._inverse_flat(z, context)
@@ -302,22 +301,19 @@ class MADE(AutoregressiveModel):
 
     def _inverse_flat(self, z, context):
         backend = self._resolve("made_sample")
-        params = [p for p in self.parameters() if p.requires_grad]
-        wants_grad = torch.is_grad_enabled() and (z.requires_grad or bool(params)
-                                                  or (context is not None and context.requires_grad))
-        if torch.compiler.is_compiling() and not wants_grad:  # one custom op: no graph breaks
-            return self._compiled_sample(backend, z, context)
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
             if not torch.compiler.is_compiling():  # the check every backend's sampler makes
                 fast.check_finite_parameters(hidden, output, direct, ctx_w)
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w)
-        if wants_grad:
-            return FastInverse.apply(self, backend, z, context, *params)
+        wants_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
+                                                  or (context is not None and context.requires_grad))
+        if wants_grad or torch.compiler.is_compiling():  # one custom op, with its autograd
+            return self._sample_op(backend, z, context)
         return self._sample_with(backend, z, context, self.affine_head)
 
-    def _compiled_sample(self, backend, z, context):
+    def _sample_op(self, backend, z, context):
         from ..ops.made.affine_op import made_affine_sample
         hidden, output, direct, ctx_w = self._layer_args()
         layers = list(hidden) + [output]
