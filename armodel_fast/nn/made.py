@@ -293,7 +293,7 @@ class MADE(AutoregressiveModel):
         """z [..., D] -> (x [..., D], log|det dx/dz| [...]): x_d = mu_d + sigma_d z_d, step by step
         (D forward passes in the reference, one pass over the weights with a fast backend).
         Differentiable w.r.t. z, context and the parameters with every backend (fast
-        backends: by implicit differentiation, see ``_FastInverse``)."""
+        backends: by implicit differentiation in one reverse sweep, see ``ops/made/affine_op.py``)."""
         self._check_flow()
         z, context, lead = self._flat(z, context, name="z")
         x, logdet = self._inverse_flat(z, context)
@@ -301,22 +301,19 @@ class MADE(AutoregressiveModel):
 
     def _inverse_flat(self, z, context):
         backend = self._resolve("made_sample")
-        params = [p for p in self.parameters() if p.requires_grad]
-        wants_grad = torch.is_grad_enabled() and (z.requires_grad or bool(params)
-                                                  or (context is not None and context.requires_grad))
-        if torch.compiler.is_compiling() and not wants_grad:  # one custom op: no graph breaks
-            return self._compiled_sample(backend, z, context)
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
             if not torch.compiler.is_compiling():  # the check every backend's sampler makes
                 fast.check_finite_parameters(hidden, output, direct, ctx_w)
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w)
-        if wants_grad:
-            return _FastInverse.apply(self, backend, z, context, *params)
+        wants_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
+                                                  or (context is not None and context.requires_grad))
+        if wants_grad or torch.compiler.is_compiling():  # one custom op, with its autograd
+            return self._sample_op(backend, z, context)
         return self._sample_with(backend, z, context, self.affine_head)
 
-    def _compiled_sample(self, backend, z, context):
+    def _sample_op(self, backend, z, context):
         from ..ops.made.affine_op import made_affine_sample
         hidden, output, direct, ctx_w = self._layer_args()
         layers = list(hidden) + [output]
@@ -329,65 +326,3 @@ class MADE(AutoregressiveModel):
         return (f"D={self.D}, hidden={self.hidden}, num_masks={self.num_masks}, out={self.out!r}, "
                 f"K={self.K}, direct={self.direct is not None}, context_dim={self.context_dim}, "
                 f"backend={self.backend!r}" + (f", scale={self.scale!r}" if self.out == "gaussian" else ""))
-
-
-class _FastInverse(torch.autograd.Function):
-    """``MADE.inverse`` by a one-pass sampler, with gradients by implicit differentiation.
-
-    x* solves ``x = G(x) = mu(x) + exp(log_sigma(x)) * z`` and ``logdet = sum log_sigma(x*)``.
-    For upstream (gx, gl): ``v = gx + gl * d logdet/dx``, then ``w = v + (dG/dx)^T w`` (``w^T =
-    v^T (I - dG/dx)^{-1}``), solved by iterating from ``w = v``: exact after at most D rounds,
-    since dG/dx is strictly triangular in the order (each round one backward pass through
-    MADE; the loop stops when w no longer changes). Then ``d/d(z, context, params) =
-    w^T dG/d(.) + gl * d logdet/d(.)``. The forward costs one pass over the weights; the
-    backward about as much as the reference's D-pass graph.
-    """
-
-    @staticmethod
-    def forward(ctx, model, backend, z, context, *params):
-        ctx.model, ctx.mask_index = model, int(model.mask_index)
-        x, logdet = model._sample_with(backend, z, context, model.affine_head)
-        ctx.save_for_backward(z, context, x, *params)
-        return x, logdet
-
-    @staticmethod
-    def backward(ctx, gx, gl):
-        if torch.is_grad_enabled():  # create_graph=True: the gradients below would not be differentiable
-            raise NotImplementedError(
-                "second-order gradients (create_graph=True) through MADE.inverse on the fast backends are not "
-                "implemented; use backend='reference' for them")
-        model = ctx.model
-        z, context, x, *params = ctx.saved_tensors
-        current = int(model.mask_index)
-        if current != ctx.mask_index:  # the forward's mask set, even if next_mask() ran since
-            model.set_mask(ctx.mask_index)
-        try:
-            return _FastInverse._backward(model, z, context, x, params, gx, gl)
-        finally:
-            if current != ctx.mask_index:
-                model.set_mask(current)
-
-    @staticmethod
-    def _backward(model, z, context, x, params, gx, gl):
-        with torch.enable_grad():
-            xs = x.detach().requires_grad_()
-            zz = z.detach().requires_grad_()
-            cc = None if context is None else context.detach().requires_grad_()
-            _, mu, ls = model._params(xs, cc)
-            s = ls[..., 0]  # bounded by _params when scale="soft_clip"
-            G = mu[..., 0] + torch.exp(s) * zz
-            logdet = s.sum(-1)
-            gx = torch.zeros_like(x) if gx is None else gx
-            gl = torch.zeros_like(logdet) if gl is None else gl
-            v = gx + torch.autograd.grad(logdet, xs, gl, retain_graph=True)[0]
-            w = v
-            for _ in range(model.D):
-                w_next = v + torch.autograd.grad(G, xs, w, retain_graph=True)[0]
-                if torch.equal(w_next, w):
-                    break
-                w = w_next
-            inputs = [zz] + ([] if cc is None else [cc]) + list(params)
-            grads = list(torch.autograd.grad([G, logdet], inputs, [w, gl], allow_unused=True))
-        dz = grads.pop(0)
-        dctx = None if cc is None else grads.pop(0)
-        return (None, None, dz, dctx, *grads)

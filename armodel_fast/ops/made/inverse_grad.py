@@ -1,0 +1,179 @@
+"""The adjoint of MADE's affine inverse in one reverse sweep (docs/DESIGN.md section 4).
+
+The inverse ``x = G(x) = mu(x) + exp(s(x)) * z`` is solved in one pass over the weights
+(the one-pass samplers). Its gradient needs ``w`` with ``w = v + (dG/dx)^T w`` (implicit
+differentiation: ``w^T = v^T (I - dG/dx)^{-1}``). ``dG/dx`` is strictly triangular in the
+order, so ``w`` follows by back-substitution, and that back-substitution is the transpose of
+the one-pass sampler: walking the degrees from D down to 1, a hidden unit of degree k is
+complete once every output of degree > k is, and dimension ``order[k-1]`` once every unit
+of degree >= k is. Each unit pushes ``delta @ W`` into the units it reads, so the sweep
+does the work of one backward pass through the masked network (in slices), instead of
+the up to D backward passes of iterating ``w <- v + (dG/dx)^T w``.
+
+Plain torch (any device, any dtype); the activations are recomputed from x in
+degree-sorted coordinates, where each degree's units are one contiguous slice and the
+inputs each unit reads are a prefix.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...reference.made import LOG_SCALE_BOUND
+from ...reference.masked_linear import degree_mask
+
+_ACT = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "none": lambda t: t}
+
+
+def _act_derivative(activation: str, pre: Tensor, h: Tensor) -> Tensor:
+    """d act / d pre at ``pre`` (``h = act(pre)``)."""
+    if activation == "relu":
+        return (pre > 0).to(pre.dtype)
+    if activation == "elu":
+        return torch.where(pre > 0, torch.ones_like(pre), h + 1)
+    if activation == "tanh":
+        return 1 - h * h
+    return torch.ones_like(pre)
+
+
+def _sorted_layer(weight: Tensor, din: Tensor, dout: Tensor, strict: bool):
+    """(masked weight in degree-sorted rows and columns, sorted out degrees, perm_out, perm_in, sorted in
+    degrees), with the same stable sort as every backend."""
+    dev = weight.device
+    din_s, perm_in = torch.sort(din.to(dev), stable=True)
+    dout_s, perm_out = torch.sort(dout.to(dev), stable=True)
+    w = weight.detach().index_select(0, perm_out).index_select(1, perm_in)
+    w = w * degree_mask(din_s, dout_s, strict, w.dtype)
+    return w, dout_s, perm_out, perm_in, din_s
+
+
+def _slices(degrees_sorted: Tensor, top: int) -> List[Tuple[int, int]]:
+    """[k] -> (begin, end) of the units of degree k in sorted order, k = 0..top."""
+    ks = torch.arange(top + 2, device=degrees_sorted.device)
+    bounds = torch.searchsorted(degrees_sorted, ks).tolist()
+    return [(bounds[k], bounds[k + 1]) for k in range(top + 1)]
+
+
+def _reach(in_sorted: Tensor, top: int, strict: bool) -> List[int]:
+    """[k] -> how many sorted inputs a unit of degree k reads (a prefix), k = 0..top."""
+    ks = torch.arange(top + 1, device=in_sorted.device)
+    return torch.searchsorted(in_sorted, ks, right=not strict).tolist()
+
+
+def _unsort(t_sorted: Tensor, perm_rows: Optional[Tensor], perm_cols: Optional[Tensor]) -> Tensor:
+    """The caller's layout of a tensor in sorted rows / columns (None: that axis is not sorted)."""
+    out = t_sorted
+    if perm_cols is not None:
+        out = torch.empty_like(out).index_copy_(out.dim() - 1, perm_cols, out)
+    if perm_rows is not None:
+        out = torch.empty_like(out).index_copy_(0, perm_rows, out)
+    return out
+
+
+@torch.no_grad()
+def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer, x: Tensor, z: Tensor,
+                            gx: Tensor, gl: Tensor, activation: str, clip: bool,
+                            context: Optional[Tensor] = None, context_weights=None) -> dict:
+    """Gradients of ``(x, logdet) = inverse(z)`` for upstream ``gx`` [B, D], ``gl`` [B], at the
+    solution ``x`` [B, D]: ``{"z", "context", "weights", "biases", "direct", "context_weights"}``
+    (lists follow the layers: hidden then output; None where there is no such input).
+
+    Layers as :func:`armodel_fast.ops.made.made_sample` takes them (affine head: 3 outputs per
+    dimension, logit/mu/log sigma; context through ``context_weights = (Wc_hidden, Wc_out)``);
+    ``clip``: the soft-clipped log sigma (head ``"affine"``) or the raw one (``"affine_raw"``).
+    """
+    D = x.shape[1]
+    layers = [(*_sorted_layer(w, din, dout, False), b) for w, b, din, dout in hidden_layers]
+    w_out, dout_out, perm_o, perm_h, din_out = _sorted_layer(output_layer[0], output_layer[2], output_layer[3], True)
+    perm_x = layers[0][3] if layers else perm_h  # sorted input position t holds dimension order[t]
+    xs = x.detach().index_select(1, perm_x)
+    ctx = None if context is None else context.detach()
+    # Forward in sorted coordinates: each layer's input, each hidden unit's derivative, the head.
+    h, inputs, derivs = xs, [], []
+    for i, (w, _, p_out, _, _, b) in enumerate(layers):
+        inputs.append(h)
+        pre = h @ w.T
+        if b is not None:
+            pre = pre + b.detach().index_select(0, p_out)
+        if i == 0 and ctx is not None:
+            pre = pre + F.linear(ctx, context_weights[0].detach()).index_select(1, p_out)
+        h = _ACT[activation](pre)
+        derivs.append(_act_derivative(activation, pre, h))
+    inputs.append(h)
+    raw = h @ w_out.T
+    if output_layer[1] is not None:
+        raw = raw + output_layer[1].detach().index_select(0, perm_o)
+    w_dir = din_dir = None
+    if direct_layer is not None:
+        w_dir, _, _, _, din_dir = _sorted_layer(*direct_layer, True)
+        raw = raw + xs @ w_dir.T  # direct rows sort like the output's (same degrees)
+    if ctx is not None:
+        raw = raw + F.linear(ctx, context_weights[1].detach()).index_select(1, perm_o)
+    ls_raw = raw[:, 2::3]  # sorted rows of degree k: 3(k-1) + (logit, mu, log sigma)
+    if clip:  # s = r / (1 + |r| / c): ds/dr = 1 / (1 + |r| / c)^2
+        s = ls_raw / (1 + ls_raw.abs() / LOG_SCALE_BOUND)
+        ds = (1 + ls_raw.abs() / LOG_SCALE_BOUND).reciprocal().square()
+    else:
+        s, ds = ls_raw, torch.ones_like(ls_raw)
+    sigma = torch.exp(s)
+    head = sigma * z.detach().index_select(1, perm_x) * ds  # dG_k / d(raw log sigma)_k
+    gl_ds = gl[:, None] * ds  # d(gl * logdet) / d(raw log sigma)
+
+    # The reverse sweep: w = gx + d/dx <c_out, raw> with c_out the outputs' cotangent, which
+    # depends on w (mu rows: w_k; log sigma rows: w_k head_k + gl ds_k); deltas of every unit.
+    top = max([D] + [int(lay[1][-1]) for lay in layers if lay[1].numel()])
+    unit_slices = [_slices(lay[1], top) for lay in layers]
+    reaches = [_reach(lay[4], top, False) for lay in layers]
+    out_reach = _reach(din_out, top, True)
+    dir_reach = _reach(din_dir, top, True) if direct_layer is not None else None
+    acc = [torch.zeros_like(d) for d in derivs]  # d loss / d h, summed as units complete
+    deltas = [torch.zeros_like(d) for d in derivs]  # d loss / d pre-activation
+    acc_x = gx.index_select(1, perm_x).clone()
+    c_out = raw.new_zeros(raw.shape)
+    below_out = acc[-1] if layers else acc_x
+    for k in range(top, 0, -1):
+        for i in range(len(layers) - 1, -1, -1):  # hidden units of degree k, top layer first
+            b0, b1 = unit_slices[i][k]
+            if b0 == b1:
+                continue
+            delta = acc[i][:, b0:b1] * derivs[i][:, b0:b1]
+            deltas[i][:, b0:b1] = delta
+            r = reaches[i][k]
+            if r:
+                (acc[i - 1] if i else acc_x)[:, :r].addmm_(delta, layers[i][0][b0:b1, :r])
+        if k > D:
+            continue
+        wk = acc_x[:, k - 1]  # dimension order[k-1]: complete
+        coef = c_out[:, 3 * (k - 1) + 1:3 * k]
+        coef[:, 0] = wk
+        coef[:, 1] = wk * head[:, k - 1] + gl_ds[:, k - 1]
+        rows = slice(3 * (k - 1) + 1, 3 * k)
+        if out_reach[k]:
+            below_out[:, :out_reach[k]].addmm_(coef, w_out[rows, :out_reach[k]])
+        if dir_reach is not None and dir_reach[k]:
+            acc_x[:, :dir_reach[k]].addmm_(coef, w_dir[rows, :dir_reach[k]])
+    ws = acc_x
+
+    # Parameter gradients at fixed x: the masked products of each layer, back in the caller's layout.
+    grads = {"z": _unsort(ws * sigma, None, perm_x), "context": None, "direct": None, "context_weights": None}
+    masked_grad = lambda cot, inp, din_s, dout_s, strict: (cot.T @ inp) * degree_mask(din_s, dout_s, strict, inp.dtype)  # noqa: E731
+    grads["weights"] = [_unsort(masked_grad(d, inp, lay[4], lay[1], False), lay[2], lay[3])
+                        for d, inp, lay in zip(deltas, inputs, layers)]
+    grads["weights"].append(_unsort(masked_grad(c_out, inputs[-1], din_out, dout_out, True), perm_o, perm_h))
+    grads["biases"] = [_unsort(d.sum(0), lay[2], None) for d, lay in zip(deltas, layers)]
+    grads["biases"].append(_unsort(c_out.sum(0), perm_o, None))
+    if direct_layer is not None:
+        grads["direct"] = _unsort(masked_grad(c_out, xs, din_dir, dout_out, True), perm_o, perm_x)
+    if ctx is not None:
+        c_user = _unsort(c_out, None, perm_o)
+        grads["context"] = c_user @ context_weights[1].detach()
+        wc_h = None
+        if layers:
+            d1 = _unsort(deltas[0], None, layers[0][2])
+            grads["context"] = grads["context"] + d1 @ context_weights[0].detach()
+            wc_h = d1.T @ ctx
+        grads["context_weights"] = [wc_h, c_user.T @ ctx]
+    return grads
