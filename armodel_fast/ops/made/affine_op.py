@@ -87,6 +87,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, gx, gl):
+    if torch.is_grad_enabled():  # create_graph=True: the gradients below would not be differentiable
+        raise NotImplementedError(
+            "second-order gradients (create_graph=True) through MADE.inverse on the fast backends are not "
+            "implemented; use backend='reference' for them")
     n, n_direct, has_context, n_ctx_w = ctx.sizes
     saved = list(ctx.saved_tensors)
     take = lambda k: [saved.pop(0) for _ in range(k)]  # noqa: E731
