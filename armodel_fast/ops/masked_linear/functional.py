@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ... import dispatch
+from ... import _ext, dispatch
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import forbid_double_backward
@@ -68,10 +68,21 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     return _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted, use)
 
 
+def _any_nonfinite(t: Tensor) -> bool:
+    """Whether ``t`` holds a NaN or an infinity: one pass without temporaries on the CPU (the
+    C++ extension's bit test), ``isfinite`` elsewhere."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        ext = _ext.get_ext()
+        if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
+            return ext.masked_linear_any_nonfinite(t)
+    return not bool(torch.isfinite(t).all())
+
+
 def _masked_out_nonfinite_rows(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
     """[out] bool, rows holding a NaN/inf weight where the mask is 0 (None: there are none)."""
     w = weight.detach()
-    if bool(torch.isfinite(w).all()):
+    if not _any_nonfinite(w):
         return None
     masked_out = degree_mask(in_degrees.to(w.device), out_degrees.to(w.device), strict, torch.bool).logical_not()
     return (~torch.isfinite(w) & masked_out).any(1)
@@ -81,14 +92,19 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
     """The reference's NaNs that the fast kernels, which skip masked-out connections, do not make:
     its dense ``x @ (W * M).T`` gives NaN in output k when a masked-out ``W[k, j]`` is NaN/inf
     (NaN/inf * 0) or when an input ``x[b, j]`` that k is not connected to is NaN/inf (for row b).
-    The weight check is cached with the prepared weights; the input check is one pass over x."""
-    rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
-                   lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
-                   "eval" if use == "backward" else use)
-    bad_x = ~torch.isfinite(x.detach())
-    x_bad = bool(bad_x.any())
+    The weight check is one pass over W (the bit test of :func:`_any_nonfinite`; in
+    evaluation cached with the prepared weights), the input check one pass over x; the
+    exact masks are built only when either finds something."""
+    if use == "train":  # new weights every step: a cache entry would cost more than the check
+        rows = _masked_out_nonfinite_rows(weight, in_degrees, out_degrees, strict)
+    else:
+        rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
+                       lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
+                       "eval" if use == "backward" else use)
+    x_bad = _any_nonfinite(x)
     if rows is None and not x_bad:
         return y
+    bad_x = ~torch.isfinite(x.detach())
     din, dout = in_degrees.to(y.device), out_degrees.to(y.device)
     perm_out = torch.sort(dout, stable=True).indices  # the kernels' stable degree sort (x_sorted / y_sorted)
     poison = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
