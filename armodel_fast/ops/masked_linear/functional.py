@@ -46,7 +46,7 @@ from ... import _ext, dispatch
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import forbid_double_backward
-from .cache import _cached
+from .cache import _cached, mark_training
 from .launchers import ACTIVATIONS
 
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -62,6 +62,11 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     degree-sorted (stable) order, as between chained MADE layers (no gather/scatter).
     ``fresh``: prepare the weights anew instead of from the cache (training: see
     :func:`fresh_weights`); the backward finds them in the cache."""
+    return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                         fresh)
+
+
+def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
     use = "train" if fresh else "eval"
     y = dispatch.launcher("masked_linear", "forward", backend)(
         x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use)
@@ -96,6 +101,7 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
     evaluation cached with the prepared weights), the input check one pass over x; the
     exact masks are built only when either finds something."""
     if use == "train":  # new weights every step: a cache entry would cost more than the check
+        mark_training(weight)  # (and an evaluation after the step must not trust the older entries)
         rows = _masked_out_nonfinite_rows(weight, in_degrees, out_degrees, strict)
     else:
         rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
@@ -174,7 +180,71 @@ _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
 forbid_double_backward(_masked_linear_backward_op, "masked_linear (MADE, FVSBN)")
 
 
+class _EagerMaskedLinear(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the custom-op machinery
+    (a few hundred microseconds per training step in eager mode, a measurable share of
+    a small layer's time). Under ``torch.compile`` :func:`masked_linear_call` uses the
+    custom op; a backward that records a graph (``create_graph=True``) goes through the
+    custom backward op, so differentiating the gradients raises the same error."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                fresh):
+        y = _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                          y_sorted, fresh)
+        ctx.save_for_backward(x, weight, in_degrees.clone(), out_degrees.clone(),
+                              y if activation != "none" else None)
+        ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if torch.is_grad_enabled():  # create_graph=True: the custom backward op refuses a second derivative
+            return _backward(ctx, grad_y)
+        x, weight, in_degrees, out_degrees, y = ctx.saved_tensors
+        strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_db = has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = dispatch.launcher("masked_linear", "backward", backend)(
+            grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, need_dx, need_dw,
+            need_db)
+        return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
+                None, None, None, None, None, None, None, None)
+
+
+def masked_linear_call(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor, out_degrees: Tensor,
+                       strict: bool, activation: str, backend: str, x_sorted: bool = False, y_sorted: bool = False,
+                       fresh: bool = False) -> Tensor:
+    """``_masked_linear_op(...)`` (same arguments and result): the custom op under
+    ``torch.compile``; in eager mode the kernels directly (no graph) or through
+    :class:`_EagerMaskedLinear` (a graph)."""
+    if torch.compiler.is_compiling():
+        return _masked_linear_op(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                                 y_sorted, fresh)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _EagerMaskedLinear.apply(x, weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                                        x_sorted, y_sorted, fresh)
+    with torch.no_grad():
+        return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                             y_sorted, fresh)
+
+
 # ---- public function ---------------------------------------------------------------
+
+def degrees_sorted(d: Tensor) -> bool:
+    """Whether a degree vector is already in (non-decreasing) order: the kernels' stable sort is the identity."""
+    return d.numel() < 2 or bool((d[1:] >= d[:-1]).all())
+
+
+def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: Tensor) -> "dispatch.Work":
+    """What ``backend="auto"``'s size rule looks at for one masked layer call (:class:`dispatch.Work`)."""
+    n_out, n_in = weight.shape
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad))
+    return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, training,
+                         degrees_sorted(in_degrees) and degrees_sorted(out_degrees))
+
 
 def _check_degrees(name: str, d, n: int) -> Tensor:
     if not isinstance(d, Tensor):
@@ -226,12 +296,13 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     check_bool("strict", strict)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    backend = dispatch.resolve_backend(backend, "masked_linear", x.device)
+    backend = dispatch.resolve_backend(backend, "masked_linear", x.device,
+                                       work=lambda: auto_work(x, weight, bias, in_degrees, out_degrees))
     if backend == "reference":
         mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
-    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
-                          fresh=fresh_weights(x, weight))
+    y = masked_linear_call(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                           fresh=fresh_weights(x, weight))
     return y.reshape(*lead, n_out)
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ... import _ext
 from ...dispatch import BackendUnavailableError, register
-from .cache import _cached
+from .cache import _cached, mark_training
 
 ACTIVATIONS = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}
 MAX_BLOCKS = 8  # row blocks of the staircase (more: less masked area, smaller matmuls)
@@ -220,6 +220,7 @@ def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activat
                   need_dx, need_dw, need_db):
     ip = _in_place_plan(weight, in_degrees, out_degrees, strict)
     if ip is not None:
+        mark_training(weight)  # an (unseen, fused) optimizer step may follow: evaluation rebuilds
         w = weight.detach()
         ext = _cpp()
         slabs = ext.masked_linear_slabs(w, ip.row_reach, ip.blocks) if need_dx else None
