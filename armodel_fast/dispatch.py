@@ -36,6 +36,43 @@ BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
+# ``auto``'s size rule on the CPU (README "Choosing a backend"): the masked layers' C++
+# kernels have a fixed cost per call (a few hundred microseconds of bookkeeping) and, in
+# training, gather the weights each step unless the degrees are already sorted, so below
+# a size the dense reference wins. Measured on a 2-core CPU (``armodel-fast bench
+# --sweep --family masked_linear``): fwd+bwd with sorted degrees crosses 1.0x near
+# B*in*out = 12M (0.66x at 4M, 1.04x at 12.5M), evaluation near 30M (0.69x at 12.5M,
+# 1.14x at 50M); fwd+bwd with unsorted degrees (a random order's input or output
+# layer) stayed below 1.0x up to 784->500 (0.91x), so auto leaves training on such
+# layers to the reference.
+AUTO_MIN_WORK = {"train": 1 << 24, "eval": 1 << 25}  # multiply-adds of the dense layer, B * in * out
+SIZE_RULE_OPS = ("masked_linear", "made")
+
+
+@dataclass(frozen=True)
+class Work:
+    """What ``auto``'s size rule looks at: ``macs`` (B * in * out of the dense layers),
+    ``training`` (a graph is recorded: the weights change every step) and ``sorted``
+    (every masked layer's degrees already sorted: the training path runs on the weights as stored)."""
+    macs: int
+    training: bool
+    sorted: bool
+
+
+def size_rule_says(op: str, work: Optional[Work]) -> Optional[str]:
+    """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (None: it need not)."""
+    if op not in SIZE_RULE_OPS or work is None:
+        return None
+    if work.training and not work.sorted:
+        return ("training with unsorted degrees (a random order's input or output layer): the kernels gather the "
+                "weights every step and measured slower than the dense reference")
+    need = AUTO_MIN_WORK["train" if work.training else "eval"]
+    if work.macs < need:
+        return (f"too small: B*in*out = {work.macs} < {need} ({'training' if work.training else 'evaluation'}; "
+                "the kernels' fixed cost per call makes the dense reference faster below this)")
+    return None
+
+
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run this op on this device."""
 
@@ -248,12 +285,14 @@ def _auto_when_compiling(op: str, device_type: str, dtype: torch.dtype) -> str:
     return _pick_auto(op, torch.device(device_type), dtype)
 
 
-def resolve_backend(backend: str, op: str, device: torch.device, dtype=None) -> str:
+def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, work=None) -> str:
     """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
     ``auto`` picks the first available in ``AUTO_ORDER`` (compiled kernels first) that
-    takes ``dtype``, ending at ``reference`` (no size rule: for tiny layers the
-    reference can be faster); an explicit name that cannot run raises
+    takes ``dtype``, ending at ``reference``; ``work`` (a :class:`Work` or a callable
+    returning one, called only when it matters) applies the CPU size rule of
+    ``masked_linear`` / ``made`` (:func:`size_rule_says`: the C++ kernels only where
+    they were measured faster); an explicit name that cannot run raises
     with the reason (a dtype it does not take is left to the op, whose
     ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
     the graph: ``auto`` is a trace-time constant, explicit names pass as given.
@@ -264,21 +303,39 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None) -> 
     check_backend_name(backend)
     device = torch.device(device)
     if auto:
-        return _pick_auto(op, device, dtype)
+        picked = _pick_auto(op, device, dtype)
+        if picked == "cpp" and work is not None and op in SIZE_RULE_OPS:
+            if size_rule_says(op, work() if callable(work) else work) is not None:
+                return "reference"
+        return picked
     why = _why_not(backend, op, device)
     if why is not None:
         raise BackendUnavailableError(f"cannot run {op} with backend={backend!r}: {why}")
     return backend
 
 
-def explain(op: str, device="cpu", dtype=None) -> str:
+def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> str:
     """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
-    parameters, when given) and why not."""
+    parameters, when given) and why not, then what ``auto`` picks; for ``masked_linear`` /
+    ``made`` with ``work`` (a :class:`Work`) that pick applies the size rule and says why."""
     device = torch.device(device)
     lines = []
     for name in BACKENDS:
         why = _why_not(name, op, device, dtype)
         lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
+    picked = _pick_auto(op, device, dtype)
+    if op in SIZE_RULE_OPS and picked == "cpp":
+        why = size_rule_says(op, work)
+        if why is not None:
+            lines.append(f"auto: reference - {why}")
+        elif work is not None:
+            lines.append("auto: cpp - large enough for the kernels (size rule: README, 'Choosing a backend')")
+        else:
+            lines.append("auto: cpp, or reference where the size rule says so (training on unsorted degrees; "
+                         f"B*in*out below {AUTO_MIN_WORK['train']} in training, {AUTO_MIN_WORK['eval']} in "
+                         "evaluation); pass work=Work(...) for one case")
+    else:
+        lines.append(f"auto: {picked}")
     return "\n".join(lines)
 
 

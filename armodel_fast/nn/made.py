@@ -9,7 +9,9 @@ from torch import nn
 
 from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_seed, check_tensor)
+from ..dispatch import Work, resolve_backend
 from ..ops import made as fast
+from ..ops.masked_linear import degrees_sorted
 from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
@@ -189,9 +191,18 @@ class MADE(AutoregressiveModel):
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
         hidden, output, direct, ctx_w = self._layer_args()
+        self.last_backend = resolve_backend(self.backend, self.op, self.device, self.dtype,
+                                            work=lambda: self._auto_work(x.shape[0]))
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
-                                backend=self._resolve())
+                                backend=self.last_backend)
         return self._bound_scale(ref.made_params_split(raw, self.out, self.D, self.K))
+
+    def _auto_work(self, batch: int) -> Work:
+        """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work)."""
+        layers = list(self.layers) + [self.output] + ([self.direct] if self.direct is not None else [])
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        return Work(batch * sum(m.in_features * m.out_features for m in layers), training,
+                    all(degrees_sorted(m.in_degrees) and degrees_sorted(m.out_degrees) for m in layers))
 
     @property
     def _bounded(self) -> bool:

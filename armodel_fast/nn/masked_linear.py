@@ -77,7 +77,9 @@ class MaskedLinear(nn.Module):
         """x [..., in_features] -> [..., out_features] (validated by ``ops.masked_linear``, the
         same checks for every backend)."""
         check_tensor("x", x)
-        self.last_backend = resolve_backend(self.backend, self.op, x.device)
+        self.last_backend = resolve_backend(
+            self.backend, self.op, x.device,
+            work=lambda: ops.auto_work(x, self.weight, self.bias, self.in_degrees, self.out_degrees))
         return ops.masked_linear(x, self.weight, self.bias, self.in_degrees, self.out_degrees,
                                  self.strict, backend=self.last_backend)
 

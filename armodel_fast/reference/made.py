@@ -27,9 +27,14 @@ def input_degrees(order: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Generator) -> list:
-    """Degrees of each hidden layer, sampled in ``[min(previous), D-1]``.
+    """Degrees of each hidden layer, sampled in ``[min(previous), D-1]``, each layer's
+    units numbered in degree order (ascending).
 
-    With D = 1 no hidden unit can feed an output; such units get degree D.
+    Numbering the hidden units by degree is a relabelling that leaves the model family
+    (and the distribution of masks) unchanged; it makes every hidden mask a staircase in
+    the units' own order, which the fast kernels then run on the weights as stored
+    (no sorted copy per training step). With D = 1 no hidden unit can feed an output;
+    such units get degree D.
     """
     D = m0.numel()
     degrees, prev = [], m0
@@ -38,7 +43,7 @@ def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Gen
         if low > D - 1:
             m = torch.full((H,), D, dtype=torch.long)
         else:
-            m = torch.randint(low, D, (H,), generator=generator, dtype=torch.long)
+            m = torch.randint(low, D, (H,), generator=generator, dtype=torch.long).sort().values
         degrees.append(m)
         prev = m
     return degrees

@@ -87,13 +87,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(w_sorted, perm_in, perm_out, row_reach, blocks).");
   m.def("masked_linear_forward", &af::masked_linear_forward, py::arg("x"), py::arg("w_sorted"), py::arg("bias"),
         py::arg("perm_in"), py::arg("perm_out"), py::arg("row_reach"), py::arg("blocks"), py::arg("activation"),
-        py::arg("x_sorted"), py::arg("y_sorted"),
-        "act(x @ (W*M).T + bias) from prepared weights (x / y in degree-sorted unit order if *_sorted).");
+        py::arg("x_sorted"), py::arg("y_sorted"), py::arg("slabs") = py::none(), py::arg("in_place") = false,
+        "act(x @ (W*M).T + bias) from prepared weights (x / y in degree-sorted unit order if *_sorted); "
+        "in_place: w_sorted is the caller's W (identity permutations, blocks [nb, 4] with slabs).");
   m.def("masked_linear_backward", &af::masked_linear_backward, py::arg("grad_y"), py::arg("x"), py::arg("y"),
         py::arg("w_sorted"), py::arg("perm_in"), py::arg("perm_out"), py::arg("row_reach"), py::arg("blocks"),
         py::arg("activation"), py::arg("x_sorted"), py::arg("y_sorted"), py::arg("need_dx"), py::arg("need_dw"),
-        py::arg("need_db"),
+        py::arg("need_db"), py::arg("slabs") = py::none(), py::arg("in_place") = false,
         "(dx, dW (masked), db) of the masked linear layer.");
+  m.def("masked_linear_plan", &af::masked_linear_plan, py::arg("in_degrees"), py::arg("out_degrees"),
+        py::arg("strict"), py::arg("max_blocks"),
+        "Degree sort and staircase blocks without weights: (perm_in, perm_out, row_reach, blocks [nb, 4] = "
+        "(row_begin, row_end, c0, c1), identity).");
+  m.def("masked_linear_slabs", &af::masked_linear_slabs, py::arg("weight"), py::arg("row_reach"), py::arg("blocks"),
+        "The masked copies of W[r0:r1, c0:c1] of each block (flat), for in_place kernels.");
+  m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),
+        "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
   m.def("made_sample", &af::made_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
         py::arg("head"), py::arg("K"), py::arg("activation"),

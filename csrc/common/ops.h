@@ -67,11 +67,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_li
 at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted,
                                  const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
                                  const at::Tensor& perm_out, const at::Tensor& row_reach,
-                                 const at::Tensor& blocks, int64_t activation, bool x_sorted, bool y_sorted);
+                                 const at::Tensor& blocks, int64_t activation, bool x_sorted, bool y_sorted,
+                                 const std::optional<at::Tensor>& slabs, bool in_place);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
-    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
+    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db,
+    const std::optional<at::Tensor>& slabs, bool in_place);
+// Training path on the caller's weights (identity permutations): the plan (no weights),
+// the masked slabs of one weight version, and an exact non-finite check.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_plan(
+    const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks);
+at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks);
+bool masked_linear_any_nonfinite(const at::Tensor& t);
 // CPU, for tests (masked_linear_tileref_cpu.cpp): the CUDA kernels' tile code
 // (masked_linear_math.h, masked_linear_glue.h) run serially.
 at::Tensor masked_linear_tileref_forward(const at::Tensor& x, const at::Tensor& w_sorted,

@@ -13,12 +13,24 @@
 // Prepared layout: W_s [O, I] (sorted row i = original row perm_out[i], sorted
 // column j = original column perm_in[j]; only W_s[i, 0:cols of i's block] is
 // written), row_reach [O], blocks [nb, 3] = (row_begin, row_end, cols).
+//
+// Training path (weights change every step, so no gather per step): when both
+// degree vectors are already sorted (identity permutations, as MADE's hidden
+// layers and a natural-order input/output layer are), `masked_linear_plan` gives
+// blocks [nb, 4] = (row_begin, row_end, c0, c1) with c0 = reach of the block's
+// first row (every row of the block reaches [0, c0)) and c1 = reach of its last.
+// The forward and backward then run on the caller's W itself (strided sub-matrix
+// views: BLAS takes the leading dimension): one matmul over [0, c0) per block on
+// W and one over the ragged slab [c0, c1) on a small masked copy of it
+// (`masked_linear_slabs`, about 1/nb of W); grad W is written in place and
+// zeroed only outside the staircase (`in_place`).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -115,24 +127,78 @@ void gather_columns(const scalar_t* src, int64_t lds, const int64_t* idx, int64_
   });
 }
 
-void check_prepared(const at::Tensor& ws, const at::Tensor& perm_in, const at::Tensor& perm_out,
-                    const at::Tensor& blocks) {
-  check_float_tensor(ws, "w_sorted", 2);
-  check_contiguous(ws, "w_sorted");
-  for (const auto* t : {&perm_in, &perm_out, &blocks}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "prepared permutations/blocks must be int64");
-    check_contiguous(*t, "prepared permutations/blocks");
+}  // namespace
+
+namespace {
+
+struct Plan {
+  at::Tensor perm_in, perm_out, row_reach;
+  std::vector<std::array<int64_t, 3>> blocks;
+  bool in_identity = false, out_identity = false;
+};
+
+void check_degrees(const at::Tensor& in_degrees, const at::Tensor& out_degrees, int64_t I, int64_t O,
+                   int64_t max_blocks) {
+  for (const auto& [t, name] : {std::pair{&in_degrees, "in_degrees"}, std::pair{&out_degrees, "out_degrees"}}) {
+    check_defined(*t, name);
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, name, " must be int64, got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->dim() == 1, name, " must be 1-D, got shape ", t->sizes());
   }
-  TORCH_CHECK_VALUE(perm_in.numel() == ws.size(1) && perm_out.numel() == ws.size(0),
-                    "prepared permutations do not match w_sorted");
-  TORCH_CHECK_VALUE(blocks.dim() == 2 && blocks.size(1) == 3, "blocks must have shape [nb, 3]");
+  TORCH_CHECK_VALUE(in_degrees.numel() == I, "in_degrees must have length ", I, ", got ", in_degrees.numel());
+  TORCH_CHECK_VALUE(out_degrees.numel() == O, "out_degrees must have length ", O, ", got ", out_degrees.numel());
+  TORCH_CHECK_VALUE(max_blocks >= 1, "max_blocks must be >= 1, got ", max_blocks);
 }
 
-int64_t max_cols(const at::Tensor& blocks) {
-  const int64_t* b = blocks.const_data_ptr<int64_t>();
-  int64_t c = 0;
-  for (int64_t k = 0; k < blocks.size(0); ++k) c = std::max(c, b[3 * k + 2]);
-  return c;
+bool is_identity(const at::Tensor& perm) {
+  const int64_t* p = perm.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < perm.numel(); ++i) {
+    if (p[i] != i) return false;
+  }
+  return true;
+}
+
+// Stable degree sort of both sides, each sorted row's reach and the row blocks.
+Plan make_plan(const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks) {
+  const int64_t O = out_degrees.numel(), I = in_degrees.numel();
+  Plan plan;
+  auto [in_sorted, perm_in] = at::sort(in_degrees.cpu(), /*stable=*/true, 0, false);
+  auto [out_sorted, perm_out] = at::sort(out_degrees.cpu(), /*stable=*/true, 0, false);
+  in_sorted = in_sorted.contiguous();
+  out_sorted = out_sorted.contiguous();
+  plan.perm_in = perm_in.contiguous();
+  plan.perm_out = perm_out.contiguous();
+  const int64_t* sin = in_sorted.const_data_ptr<int64_t>();
+  const int64_t* sout = out_sorted.const_data_ptr<int64_t>();
+  plan.row_reach = at::empty({O}, plan.perm_out.options());
+  int64_t* reach = plan.row_reach.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0, j = 0; i < O; ++i) {  // two pointers: reach grows with the row
+    while (j < I && ml::connected(sout[i], sin[j], strict)) ++j;
+    reach[i] = j;
+  }
+  plan.blocks = choose_blocks(std::vector<int64_t>(reach, reach + O), max_blocks, I);
+  plan.in_identity = is_identity(plan.perm_in);
+  plan.out_identity = is_identity(plan.perm_out);
+  return plan;
+}
+
+// Whether any element of t is NaN or +-inf (exponent bits all ones), without a
+// temporary: integer ops on the bit patterns, which the compiler vectorises.
+template <typename scalar_t, typename bits_t>
+bool any_nonfinite_bits(const at::Tensor& t, bits_t exp_mask) {
+  const at::Tensor c = t.contiguous();
+  const bits_t* p = reinterpret_cast<const bits_t*>(c.const_data_ptr<scalar_t>());
+  const int64_t n = c.numel();
+  std::atomic<bool> found{false};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t a, int64_t b) {
+    constexpr int64_t kChunk = 4096;
+    for (int64_t s = a; s < b && !found.load(std::memory_order_relaxed); s += kChunk) {
+      const int64_t e = std::min(b, s + kChunk);
+      bits_t acc = 0;
+      for (int64_t i = s; i < e; ++i) acc = std::max<bits_t>(acc, static_cast<bits_t>(p[i] & exp_mask));
+      if (acc == exp_mask) found.store(true, std::memory_order_relaxed);
+    }
+  });
+  return found.load();
 }
 
 }  // namespace
@@ -142,43 +208,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_li
     int64_t max_blocks) {
   check_float_tensor(weight, "weight", 2);
   TORCH_CHECK_VALUE(weight.device().is_cpu(), "weight must be a CPU tensor, got ", weight.device());
-  for (const auto& [t, name] : {std::pair{&in_degrees, "in_degrees"}, std::pair{&out_degrees, "out_degrees"}}) {
-    check_defined(*t, name);
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, name, " must be int64, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->dim() == 1, name, " must be 1-D, got shape ", t->sizes());
-  }
   const int64_t O = weight.size(0), I = weight.size(1);
-  TORCH_CHECK_VALUE(in_degrees.numel() == I, "in_degrees must have length ", I, ", got ", in_degrees.numel());
-  TORCH_CHECK_VALUE(out_degrees.numel() == O, "out_degrees must have length ", O, ", got ", out_degrees.numel());
-  TORCH_CHECK_VALUE(max_blocks >= 1, "max_blocks must be >= 1, got ", max_blocks);
-
-  auto [in_sorted, perm_in] = at::sort(in_degrees.cpu(), /*stable=*/true, 0, false);
-  auto [out_sorted, perm_out] = at::sort(out_degrees.cpu(), /*stable=*/true, 0, false);
-  in_sorted = in_sorted.contiguous();
-  out_sorted = out_sorted.contiguous();
-  perm_in = perm_in.contiguous();
-  perm_out = perm_out.contiguous();
-  const int64_t* sin = in_sorted.const_data_ptr<int64_t>();
-  const int64_t* sout = out_sorted.const_data_ptr<int64_t>();
-
-  at::Tensor row_reach = at::empty({O}, perm_out.options());
-  int64_t* reach = row_reach.mutable_data_ptr<int64_t>();
-  for (int64_t i = 0, j = 0; i < O; ++i) {  // two pointers: reach grows with the row
-    while (j < I && ml::connected(sout[i], sin[j], strict)) ++j;
-    reach[i] = j;
-  }
-  const auto blocks = choose_blocks(std::vector<int64_t>(reach, reach + O), max_blocks, I);
-  at::Tensor blocks_t = at::empty({static_cast<int64_t>(blocks.size()), 3}, perm_out.options());
+  check_degrees(in_degrees, out_degrees, I, O, max_blocks);
+  Plan plan = make_plan(in_degrees, out_degrees, strict, max_blocks);
+  const auto& blocks = plan.blocks;
+  at::Tensor blocks_t = at::empty({static_cast<int64_t>(blocks.size()), 3}, plan.perm_out.options());
   for (size_t k = 0; k < blocks.size(); ++k) {
     for (int c = 0; c < 3; ++c) blocks_t.mutable_data_ptr<int64_t>()[3 * k + c] = blocks[k][c];
   }
-
   at::Tensor ws = at::empty({O, I}, weight.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "masked_linear_prepare", [&] {
-    gather_weights<scalar_t>(weight, perm_in.const_data_ptr<int64_t>(), perm_out.const_data_ptr<int64_t>(), reach,
-                             blocks, ws);
+    gather_weights<scalar_t>(weight, plan.perm_in.const_data_ptr<int64_t>(), plan.perm_out.const_data_ptr<int64_t>(),
+                             plan.row_reach.const_data_ptr<int64_t>(), blocks, ws);
   });
-  return {ws, perm_in, perm_out, row_reach, blocks_t};
+  return {ws, plan.perm_in, plan.perm_out, plan.row_reach, blocks_t};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_plan(
+    const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks) {
+  check_degrees(in_degrees, out_degrees, in_degrees.numel(), out_degrees.numel(), max_blocks);
+  Plan plan = make_plan(in_degrees, out_degrees, strict, max_blocks);
+  const int64_t* reach = plan.row_reach.const_data_ptr<int64_t>();
+  at::Tensor blocks_t = at::empty({static_cast<int64_t>(plan.blocks.size()), 4}, plan.perm_out.options());
+  int64_t* bt = blocks_t.mutable_data_ptr<int64_t>();
+  for (size_t k = 0; k < plan.blocks.size(); ++k) {
+    const auto& b = plan.blocks[k];
+    bt[4 * k] = b[0];
+    bt[4 * k + 1] = b[1];
+    bt[4 * k + 2] = reach[b[0]];
+    bt[4 * k + 3] = b[2];
+  }
+  return {plan.perm_in, plan.perm_out, plan.row_reach, blocks_t, plan.in_identity && plan.out_identity};
+}
+
+at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks) {
+  check_float_tensor(weight, "weight", 2);
+  TORCH_CHECK_VALUE(weight.stride(1) == 1, "weight must have unit column stride");
+  TORCH_CHECK_VALUE(blocks.dim() == 2 && blocks.size(1) == 4, "blocks must have shape [nb, 4]");
+  const int64_t nb = blocks.size(0);
+  const int64_t* bl = blocks.const_data_ptr<int64_t>();
+  const int64_t* reach = row_reach.const_data_ptr<int64_t>();
+  std::vector<int64_t> off(nb + 1, 0);
+  for (int64_t k = 0; k < nb; ++k) off[k + 1] = off[k] + (bl[4 * k + 1] - bl[4 * k]) * (bl[4 * k + 3] - bl[4 * k + 2]);
+  at::Tensor slabs = at::empty({off[nb]}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "masked_linear_slabs", [&] {
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const int64_t ld = weight.stride(0);
+    scalar_t* out = slabs.mutable_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < nb; ++k) {
+      const int64_t r0 = bl[4 * k], r1 = bl[4 * k + 1], c0 = bl[4 * k + 2], c1 = bl[4 * k + 3], wd = c1 - c0;
+      if (wd == 0) continue;
+      at::parallel_for(r0, r1, 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const scalar_t* src = w + i * ld + c0;
+          scalar_t* dst = out + off[k] + (i - r0) * wd;
+          const int64_t r = reach[i] - c0;
+          std::copy(src, src + r, dst);
+          std::fill(dst + r, dst + wd, scalar_t(0));
+        }
+      });
+    }
+  });
+  return slabs;
+}
+
+bool masked_linear_any_nonfinite(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "t must be a CPU tensor, got ", t.device());
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return any_nonfinite_bits<float, uint32_t>(t, 0x7f800000u);
+    case at::kDouble:
+      return any_nonfinite_bits<double, uint64_t>(t, 0x7ff0000000000000ull);
+    case at::kHalf:
+      return any_nonfinite_bits<at::Half, uint16_t>(t, 0x7c00u);
+    case at::kBFloat16:
+      return any_nonfinite_bits<at::BFloat16, uint16_t>(t, 0x7f80u);
+    default:
+      return !at::isfinite(t).all().item<bool>();
+  }
 }
 
 // In-place activation of a (strided) block with ATen's vectorised kernels, the same
@@ -213,27 +320,79 @@ at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, int6
   }
 }
 
+namespace {
+
+// One staircase block: sorted rows [r0, r1) read the weights [0, c0) straight from
+// w and the slab [c0, c1) from its masked copy (c0 == c1: w is masked up to c1).
+struct Block {
+  int64_t r0, r1, c0, c1, slab_offset;
+  int64_t rows() const { return r1 - r0; }
+  int64_t wd() const { return c1 - c0; }
+};
+
+std::vector<Block> read_blocks(const at::Tensor& blocks, const std::optional<at::Tensor>& slabs) {
+  const int64_t nb = blocks.size(0), nc = blocks.size(1);
+  const int64_t* bl = blocks.const_data_ptr<int64_t>();
+  std::vector<Block> out;
+  int64_t off = 0;
+  for (int64_t k = 0; k < nb; ++k) {
+    const int64_t c1 = bl[nc * k + nc - 1];
+    const Block b{bl[nc * k], bl[nc * k + 1], nc == 4 ? bl[nc * k + 2] : c1, c1, off};
+    off += b.rows() * b.wd();
+    out.push_back(b);
+  }
+  TORCH_CHECK_VALUE(off == 0 || (slabs.has_value() && slabs->defined() && slabs->numel() == off),
+                    "slabs must hold the blocks' masked slabs (", off, " values)");
+  return out;
+}
+
+void check_weights(const at::Tensor& ws, const at::Tensor& perm_in, const at::Tensor& perm_out,
+                   const at::Tensor& blocks, bool in_place) {
+  check_float_tensor(ws, "w_sorted", 2);
+  if (in_place) {
+    TORCH_CHECK_VALUE(ws.stride(1) == 1 && ws.stride(0) >= ws.size(1), "weight must have unit column stride");
+  } else {
+    check_contiguous(ws, "w_sorted");
+  }
+  for (const auto* t : {&perm_in, &perm_out, &blocks}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "prepared permutations/blocks must be int64");
+    check_contiguous(*t, "prepared permutations/blocks");
+  }
+  TORCH_CHECK_VALUE(perm_in.numel() == ws.size(1) && perm_out.numel() == ws.size(0),
+                    "prepared permutations do not match w_sorted");
+  TORCH_CHECK_VALUE(blocks.dim() == 2 && (blocks.size(1) == 3 || blocks.size(1) == 4),
+                    "blocks must have shape [nb, 3] or [nb, 4]");
+}
+
+at::Tensor slab_of(const std::optional<at::Tensor>& slabs, const Block& b) {
+  return slabs->narrow(0, b.slab_offset, b.rows() * b.wd()).view({b.rows(), b.wd()});
+}
+
+}  // namespace
+
 at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted,
                                  const std::optional<at::Tensor>& bias, const at::Tensor& perm_in,
                                  const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
-                                 int64_t activation, bool x_sorted, bool y_sorted) {
-  check_prepared(w_sorted, perm_in, perm_out, blocks);
+                                 int64_t activation, bool x_sorted, bool y_sorted,
+                                 const std::optional<at::Tensor>& slabs, bool in_place) {
+  check_weights(w_sorted, perm_in, perm_out, blocks, in_place);
   check_float_tensor(x, "x", 2);
   check_same_dtype(x, "x", w_sorted, "weight");
   const int64_t B = x.size(0), O = w_sorted.size(0), I = w_sorted.size(1);
   TORCH_CHECK_VALUE(x.size(1) == I, "x must have shape [B, ", I, "], got ", x.sizes());
   TORCH_CHECK_VALUE(activation >= ml::kNone && activation <= ml::kTanh, "activation must be 0..3, got ", activation);
+  if (in_place) x_sorted = y_sorted = true;  // identity permutations: sorted order is the caller's
+  const std::vector<Block> bl = read_blocks(blocks, slabs);
   const at::Tensor xc = x.contiguous();
   at::Tensor bias_s;
   if (bias.has_value() && bias->defined()) {
     check_same_dtype(*bias, "bias", w_sorted, "weight");
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == O, "bias must have shape [", O, "]");
-    bias_s = bias->index_select(0, perm_out);
+    bias_s = in_place ? *bias : bias->index_select(0, perm_out);
   }
-  const int64_t cmax = max_cols(blocks);
-  const int64_t nb = blocks.size(0);
-  const int64_t* bl = blocks.const_data_ptr<int64_t>();
-  const int64_t z = nb > 0 ? bl[0] : O;  // sorted rows [0, z) reach no input
+  int64_t cmax = 0;
+  for (const auto& b : bl) cmax = std::max(cmax, b.c1);
+  const int64_t z = bl.empty() ? O : bl[0].r0;  // sorted rows [0, z) reach no input
   at::Tensor ys = at::empty({B, O}, x.options());
   at::Tensor xs = xc;
   if (!x_sorted) {
@@ -244,20 +403,31 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
     });
   }
   // Few parallel regions (they cost a scheduler time slice each on a busy machine):
-  // the bias broadcast once, one matmul per block accumulating onto it, one activation.
+  // the bias broadcast once, the matmuls of each block accumulating onto it, one activation.
   if (bias_s.defined()) {
     ys.copy_(bias_s.expand({B, O}));
   } else if (z > 0) {
     ys.narrow(1, 0, z).zero_();  // rows that reach no input
   }
-  for (int64_t k = 0; k < nb; ++k) {
-    const int64_t r0 = bl[3 * k], r1 = bl[3 * k + 1], c = bl[3 * k + 2];
-    at::Tensor out = ys.narrow(1, r0, r1 - r0);
-    const at::Tensor wt = w_sorted.narrow(0, r0, r1 - r0).narrow(1, 0, c).t();
-    if (bias_s.defined()) {
-      out.addmm_(xs.narrow(1, 0, c), wt);
-    } else {
-      at::mm_out(out, xs.narrow(1, 0, c), wt);
+  for (const auto& b : bl) {
+    at::Tensor out = ys.narrow(1, b.r0, b.rows());
+    bool written = bias_s.defined();
+    if (b.c0 > 0) {
+      const at::Tensor wt = w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0).t();
+      if (written) {
+        out.addmm_(xs.narrow(1, 0, b.c0), wt);
+      } else {
+        at::mm_out(out, xs.narrow(1, 0, b.c0), wt);
+      }
+      written = true;
+    }
+    if (b.wd() > 0) {
+      const at::Tensor st = slab_of(slabs, b).t();
+      if (written) {
+        out.addmm_(xs.narrow(1, b.c0, b.wd()), st);
+      } else {
+        at::mm_out(out, xs.narrow(1, b.c0, b.wd()), st);
+      }
     }
   }
   activate_(ys, activation);
@@ -279,8 +449,9 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w_sorted,
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
-    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db) {
-  check_prepared(w_sorted, perm_in, perm_out, blocks);
+    int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db,
+    const std::optional<at::Tensor>& slabs, bool in_place) {
+  check_weights(w_sorted, perm_in, perm_out, blocks, in_place);
   check_float_tensor(grad_y, "grad_y", 2);
   check_float_tensor(x, "x", 2);
   const int64_t B = x.size(0), O = w_sorted.size(0), I = w_sorted.size(1);
@@ -288,14 +459,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
   TORCH_CHECK_VALUE(grad_y.size(0) == B && grad_y.size(1) == O, "grad_y must have shape [", B, ", ", O, "]");
   TORCH_CHECK_VALUE(activation == ml::kNone || (y.has_value() && y->defined()),
                     "y (the forward output) is required for an activation");
+  if (in_place) x_sorted = y_sorted = true;
+  const std::vector<Block> bl = read_blocks(blocks, slabs);
   const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());
   const at::Tensor yc = activation == ml::kNone ? at::Tensor() : y->contiguous();
-  const int64_t cmax = max_cols(blocks);
+  int64_t cmax = 0;
+  for (const auto& b : bl) cmax = std::max(cmax, b.c1);
   // d loss / d pre-activation, in sorted unit order.
   const at::Tensor gpre = activation_backward(gy, yc, activation).contiguous();
   at::Tensor gs = gpre;
   at::Tensor dx, dw, db;
-  const int64_t* bl = blocks.const_data_ptr<int64_t>();
   const int64_t* po = perm_out.const_data_ptr<int64_t>();
   const int64_t* pi = perm_in.const_data_ptr<int64_t>();
   const int64_t* reach = row_reach.const_data_ptr<int64_t>();
@@ -305,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
       gather_columns<scalar_t>(gpre.const_data_ptr<scalar_t>(), O, po, O, gs.mutable_data_ptr<scalar_t>(), B);
     }
     if (need_db) {
-      if (y_sorted) {
+      if (y_sorted && !in_place) {
         db = at::empty({O}, x.options());
         db.index_copy_(0, perm_out, gs.sum(0));
       } else {
@@ -325,17 +498,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
       dx = at::zeros({B, I}, x.options());
       dxs = x_sorted ? dx : at::zeros({B, cmax}, x.options());
     }
-    at::Tensor dws = need_dw ? at::empty({O, cmax}, x.options()) : at::Tensor();
-    for (int64_t k = 0; k < blocks.size(0); ++k) {
-      const int64_t r0 = bl[3 * k], r1 = bl[3 * k + 1], c = bl[3 * k + 2];
-      const at::Tensor gb = gs.narrow(1, r0, r1 - r0);
+    // grad W in sorted order: the caller's dw itself (in_place) or a compact [O, cmax] buffer.
+    if (need_dw) dw = at::empty({O, I}, x.options());
+    at::Tensor dws = !need_dw ? at::Tensor() : in_place ? dw : at::empty({O, cmax}, x.options());
+    for (const auto& b : bl) {
+      const at::Tensor gb = gs.narrow(1, b.r0, b.rows());
       if (need_dx) {
-        at::Tensor out = dxs.narrow(1, 0, c);
-        out.addmm_(gb, w_sorted.narrow(0, r0, r1 - r0).narrow(1, 0, c));
+        if (b.c0 > 0) dxs.narrow(1, 0, b.c0).addmm_(gb, w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0));
+        if (b.wd() > 0) dxs.narrow(1, b.c0, b.wd()).addmm_(gb, slab_of(slabs, b));
       }
       if (need_dw) {
-        at::Tensor out = dws.narrow(0, r0, r1 - r0).narrow(1, 0, c);
-        at::mm_out(out, gb.t(), xs.narrow(1, 0, c));
+        at::Tensor out = dws.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c1);
+        at::mm_out(out, gb.t(), xs.narrow(1, 0, b.c1));
       }
     }
     if (need_dx && !x_sorted) {
@@ -347,10 +521,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
         }
       });
     }
-    if (need_dw) {
+    if (need_dw && in_place) {
+      // Exact zeros outside the staircase: each row's tail past its reach (the masked
+      // part of its block's slab, which the matmul wrote, and the columns past the block).
+      scalar_t* d = dw.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, O, 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) std::fill(d + i * I + reach[i], d + (i + 1) * I, scalar_t(0));
+      });
+    } else if (need_dw) {
       // Scatter to the user's layout, masked: zero each row, then write its reach
       // (sequential reads, stores within one row, which stays in L1).
-      dw = at::empty({O, I}, x.options());
       const scalar_t* s = dws.const_data_ptr<scalar_t>();
       scalar_t* d = dw.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, O, 16, [&](int64_t i0, int64_t i1) {

@@ -17,7 +17,7 @@ from ... import dispatch
 from ..._validate import check_tensor
 from ...reference import made as _ref
 from ...reference.made import ACTIVATIONS as _REF_ACT
-from ..masked_linear import _masked_linear_op, fresh_weights, masked_linear
+from ..masked_linear import fresh_weights, masked_linear, masked_linear_call
 from .launchers import FAST_BACKENDS
 
 
@@ -46,7 +46,7 @@ def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, c
         last = i == len(layers) - 1
         sort_out = not last and not (i == 0 and context is not None) and _chains(dout, layers[i + 1][2])
         act = "none" if last or (i == 0 and context is not None) else activation
-        h = _masked_linear_op(h, w, b, din, dout, last, act, backend, h_sorted, sort_out, fresh_weights(h, w))
+        h = masked_linear_call(h, w, b, din, dout, last, act, backend, h_sorted, sort_out, fresh_weights(h, w))
         if i == 0 and context is not None and not last:  # context joins before the activation
             h = _REF_ACT[activation](h + F.linear(context, context_weights[0]))
         h_sorted = sort_out

@@ -19,7 +19,7 @@ from ..masked_linear import ACTIVATIONS, prepare, prepare_sorted, prepare_triton
 HEADS = {"bernoulli": 0, "categorical": 1, "gaussian": 2, "affine": 3, "affine_raw": 4}
 # The fast backends of MADE / FVSBN and the native function their chained masked layers need
 # (forward.py and sample.py register their drivers for each).
-FAST_BACKENDS = {"cpp": "masked_linear_forward", "triton": (), "cuda": "masked_linear_forward"}
+FAST_BACKENDS = {"cpp": "masked_linear_plan", "triton": (), "cuda": "masked_linear_forward"}
 CPP_SAMPLE_DTYPES = (torch.float32, torch.float64)
 
 

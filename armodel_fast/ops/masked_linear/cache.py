@@ -132,6 +132,18 @@ def _forget(ck, ref) -> None:
 
 
 _USES = ("eval", "train", "backward")
+_KINDS = ("cpp", "triton", "sorted", "nonfinite")
+
+
+def mark_training(weight: Tensor) -> None:
+    """A training forward that did not go through the cache (the C++ training path on sorted
+    degrees, the per-step non-finite check): an optimizer step may follow that the version
+    counter does not see (fused), so the next evaluation must not trust this weight's entries."""
+    with _LOCK:
+        for kind in _KINDS:
+            entry = _CACHE.get((id(weight), kind))
+            if entry is not None and entry.ref() is weight:
+                entry.training = True
 
 
 def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,

@@ -52,12 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ... import dispatch
+from ... import _ext, dispatch
 from ...dispatch import note_reference_backward
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, forbid_double_backward
-from .cache import _cached
+from .cache import _cached, mark_training
 from .launchers import ACTIVATIONS
 
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -73,16 +73,32 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     degree-sorted (stable) order, as between chained MADE layers (no gather/scatter).
     ``fresh``: prepare the weights anew instead of from the cache (training: see
     :func:`fresh_weights`); the backward finds them in the cache."""
+    return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                         fresh)
+
+
+def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
     use = "train" if fresh else "eval"
     y = dispatch.launcher("masked_linear", "forward", backend)(
         x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use)
     return _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted, use)
 
 
+def _any_nonfinite(t: Tensor) -> bool:
+    """Whether ``t`` holds a NaN or an infinity: one pass without temporaries on the CPU (the
+    C++ extension's bit test), ``isfinite`` elsewhere."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        ext = _ext.get_ext()
+        if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
+            return ext.masked_linear_any_nonfinite(t)
+    return not bool(torch.isfinite(t).all())
+
+
 def _masked_out_nonfinite_rows(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
     """[out] bool, rows holding a NaN/inf weight where the mask is 0 (None: there are none)."""
     w = weight.detach()
-    if bool(torch.isfinite(w).all()):
+    if not _any_nonfinite(w):
         return None
     masked_out = degree_mask(in_degrees.to(w.device), out_degrees.to(w.device), strict, torch.bool).logical_not()
     return (~torch.isfinite(w) & masked_out).any(1)
@@ -92,14 +108,20 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
     """The reference's NaNs that the fast kernels, which skip masked-out connections, do not make:
     its dense ``x @ (W * M).T`` gives NaN in output k when a masked-out ``W[k, j]`` is NaN/inf
     (NaN/inf * 0) or when an input ``x[b, j]`` that k is not connected to is NaN/inf (for row b).
-    The weight check is cached with the prepared weights; the input check is one pass over x."""
-    rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
-                   lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
-                   "eval" if use == "backward" else use)
-    bad_x = ~torch.isfinite(x.detach())
-    x_bad = bool(bad_x.any())
+    The weight check is one pass over W (the bit test of :func:`_any_nonfinite`; in
+    evaluation cached with the prepared weights), the input check one pass over x; the
+    exact masks are built only when either finds something."""
+    if use == "train":  # new weights every step: a cache entry would cost more than the check
+        mark_training(weight)  # (and an evaluation after the step must not trust the older entries)
+        rows = _masked_out_nonfinite_rows(weight, in_degrees, out_degrees, strict)
+    else:
+        rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
+                       lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
+                       "eval" if use == "backward" else use)
+    x_bad = _any_nonfinite(x)
     if rows is None and not x_bad:
         return y
+    bad_x = ~torch.isfinite(x.detach())
     din, dout = in_degrees.to(y.device), out_degrees.to(y.device)
     perm_out = torch.sort(dout, stable=True).indices  # the kernels' stable degree sort (x_sorted / y_sorted)
     poison = torch.zeros(y.shape, dtype=torch.bool, device=y.device)
@@ -133,7 +155,15 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
                                in_degrees: Tensor, out_degrees: Tensor, strict: bool, activation: str,
                                backend: str, x_sorted: bool, y_sorted: bool, need_dx: bool, need_dw: bool,
                                need_db: bool, bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    if not all_finite(weight, bias, x, grad_y):  # NaN/inf: the reference's gradients (module docstring)
+    return _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                          y_sorted, need_dx, need_dw, need_db, bias)
+
+
+def _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                   need_dx, need_dw, need_db, bias):
+    """(dx, dw, db), empty where not needed: the backend's kernels, or with NaN/inf among the
+    inputs the reference's gradients (module docstring)."""
+    if not all_finite(weight, bias, x, grad_y):
         note_reference_backward("masked_linear", backend)
         return _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted,
                                    y_sorted, (need_dx, need_dw, need_db))
@@ -199,7 +229,70 @@ _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
 forbid_double_backward(_masked_linear_backward_op, "masked_linear (MADE, FVSBN)")
 
 
+class _EagerMaskedLinear(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the custom-op machinery
+    (a few hundred microseconds per training step in eager mode, a measurable share of
+    a small layer's time). Under ``torch.compile`` :func:`masked_linear_call` uses the
+    custom op; a backward that records a graph (``create_graph=True``) goes through the
+    custom backward op, so differentiating the gradients raises the same error."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                fresh):
+        y = _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                          y_sorted, fresh)
+        ctx.save_for_backward(x, weight, bias, in_degrees.clone(), out_degrees.clone(),
+                              y if activation != "none" else None)
+        ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if torch.is_grad_enabled():  # create_graph=True: the custom backward op refuses a second derivative
+            return _backward(ctx, grad_y)
+        x, weight, bias, in_degrees, out_degrees, y = ctx.saved_tensors
+        strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_db = has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend,
+                                    x_sorted, y_sorted, need_dx, need_dw, need_db, bias)
+        return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
+                None, None, None, None, None, None, None, None)
+
+
+def masked_linear_call(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor, out_degrees: Tensor,
+                       strict: bool, activation: str, backend: str, x_sorted: bool = False, y_sorted: bool = False,
+                       fresh: bool = False) -> Tensor:
+    """``_masked_linear_op(...)`` (same arguments and result): the custom op under
+    ``torch.compile``; in eager mode the kernels directly (no graph) or through
+    :class:`_EagerMaskedLinear` (a graph)."""
+    if torch.compiler.is_compiling():
+        return _masked_linear_op(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                                 y_sorted, fresh)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _EagerMaskedLinear.apply(x, weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                                        x_sorted, y_sorted, fresh)
+    with torch.no_grad():
+        return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                             y_sorted, fresh)
+
+
 # ---- public function ---------------------------------------------------------------
+
+def degrees_sorted(d: Tensor) -> bool:
+    """Whether a degree vector is already in (non-decreasing) order: the kernels' stable sort is the identity."""
+    return d.numel() < 2 or bool((d[1:] >= d[:-1]).all())
+
+
+def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: Tensor) -> "dispatch.Work":
+    """What ``backend="auto"``'s size rule looks at for one masked layer call (:class:`dispatch.Work`)."""
+    n_out, n_in = weight.shape
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad))
+    return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, training,
+                         degrees_sorted(in_degrees) and degrees_sorted(out_degrees))
+
 
 def _check_degrees(name: str, d, n: int) -> Tensor:
     if not isinstance(d, Tensor):
@@ -251,12 +344,13 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     check_bool("strict", strict)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    backend = dispatch.resolve_backend(backend, "masked_linear", x.device)
+    backend = dispatch.resolve_backend(backend, "masked_linear", x.device,
+                                       work=lambda: auto_work(x, weight, bias, in_degrees, out_degrees))
     if backend == "reference":
         mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
-    y = _masked_linear_op(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
-                          fresh=fresh_weights(x, weight))
+    y = masked_linear_call(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                           fresh=fresh_weights(x, weight))
     return y.reshape(*lead, n_out)
 

@@ -19,10 +19,11 @@ from torch import Tensor
 
 from ... import _ext
 from ...dispatch import BackendUnavailableError, register
-from .cache import _cached
+from .cache import _cached, mark_training
 
 ACTIVATIONS = {"none": 0, "relu": 1, "elu": 2, "tanh": 3}
 MAX_BLOCKS = 8  # row blocks of the staircase (more: less masked area, smaller matmuls)
+TRAIN_BLOCKS = 16  # the same for the training path on the caller's weights (see :func:`plan`)
 
 
 def _cpp():
@@ -66,6 +67,46 @@ def prepare(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: boo
     max_blocks = MAX_BLOCKS if max_blocks is None else max_blocks
     return _cached("cpp", weight, in_degrees, out_degrees, strict, max_blocks, lambda din, dout: Prepared(
         *_cpp().masked_linear_prepare(weight.detach(), din, dout, strict, max_blocks)), use)
+
+
+class Plan(NamedTuple):
+    """The weight-free part of the C++ kernels' layout: the stable degree sorts, each sorted
+    row's reach, ``blocks [nb, 4] = (row_begin, row_end, c0, c1)`` (every row of a block
+    reaches ``[0, c0)``, the last reaches ``[0, c1)``) and whether both sorts are the
+    identity (degrees already in order: MADE's hidden layers, a natural-order input layer)."""
+    perm_in: Tensor
+    perm_out: Tensor
+    row_reach: Tensor
+    blocks: Tensor
+    identity: bool
+
+
+_PLANS: dict = {}  # (degree bytes, strict, max_blocks) -> Plan; a few entries (one per layer and mask set)
+_PLANS_MAX = 64
+
+
+def plan(in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int = None) -> Plan:
+    """The :class:`Plan` of these degree values (memoised on the values: a degree change,
+    e.g. MADE's ``next_mask``, finds its own entry)."""
+    max_blocks = TRAIN_BLOCKS if max_blocks is None else max_blocks
+    din, dout = in_degrees.detach().cpu(), out_degrees.detach().cpu()
+    key = (din.numpy().tobytes(), dout.numpy().tobytes(), bool(strict), int(max_blocks))
+    got = _PLANS.get(key)
+    if got is None:
+        got = Plan(*_cpp().masked_linear_plan(din.contiguous(), dout.contiguous(), bool(strict), int(max_blocks)))
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = got
+    return got
+
+
+def _in_place_plan(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
+    """The plan of the training path on the caller's weights, or None where it does not
+    apply (degrees not already sorted, or weights without unit column stride)."""
+    if weight.dim() != 2 or weight.stride(1) != 1 or weight.stride(0) < weight.shape[1]:
+        return None
+    p = plan(in_degrees, out_degrees, strict)
+    return p if p.identity else None
 
 
 def _triton():
@@ -155,16 +196,38 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use:
 
 # ---- launchers -------------------------------------------------------------------------
 
-@register("masked_linear", "forward", "cpp", requires="masked_linear_forward")
+# The training path (``use="train"`` forwards and every backward): where the degrees are
+# already sorted, the kernels run on the caller's weights with a small masked copy of each
+# block's ragged slab (no sorted copy of W per step; grad W written in place, zero outside
+# the staircase). Otherwise the prepared (gathered, masked) weights as in evaluation.
+
+@register("masked_linear", "forward", "cpp", requires="masked_linear_plan")
 def _cpp_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
+    ip = _in_place_plan(weight, in_degrees, out_degrees, strict) if use != "eval" else None
+    if ip is not None:
+        w = weight.detach()
+        ext = _cpp()
+        return ext.masked_linear_forward(x, w, bias, ip.perm_in, ip.perm_out, ip.row_reach, ip.blocks,
+                                         ACTIVATIONS[activation], True, True,
+                                         slabs=ext.masked_linear_slabs(w, ip.row_reach, ip.blocks), in_place=True)
     p = prepare(weight, in_degrees, out_degrees, strict, use=use)
     return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                         ACTIVATIONS[activation], x_sorted, y_sorted)
 
 
-@register("masked_linear", "backward", "cpp", requires="masked_linear_backward")
+@register("masked_linear", "backward", "cpp", requires="masked_linear_plan")
 def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
                   need_dx, need_dw, need_db):
+    ip = _in_place_plan(weight, in_degrees, out_degrees, strict)
+    if ip is not None:
+        mark_training(weight)  # an (unseen, fused) optimizer step may follow: evaluation rebuilds
+        w = weight.detach()
+        ext = _cpp()
+        slabs = ext.masked_linear_slabs(w, ip.row_reach, ip.blocks) if need_dx else None
+        blocks = ip.blocks if need_dx else ip.blocks[:, [0, 1, 3]].contiguous()  # grad W reads no slab
+        return ext.masked_linear_backward(grad_y, x, y, w, ip.perm_in, ip.perm_out, ip.row_reach, blocks,
+                                          ACTIVATIONS[activation], True, True, need_dx, need_dw, need_db,
+                                          slabs=slabs, in_place=True)
     p = prepare(weight, in_degrees, out_degrees, strict, use="backward")
     return _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                          ACTIVATIONS[activation], x_sorted, y_sorted, need_dx, need_dw, need_db)

@@ -1,0 +1,203 @@
+"""The C++ masked layer's training path (issue 14) and ``auto``'s size rule.
+
+Sorted degrees (MADE's hidden layers, a natural-order input/output layer): the kernels run on
+the caller's weights (strided blocks plus a masked copy of each block's ragged slab) and
+write grad W in place; other degrees go through the gathered (prepared) weights. Both must
+give the reference's values and gradients, grad W exactly zero outside the mask, and keep
+state_dict / optimizers (fused or not) / next_mask / .weight writes behaving as with the
+reference.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import armodel_fast as af
+from armodel_fast import _ext, dispatch
+from armodel_fast.ops.masked_linear import cache_info, degrees_sorted, launchers, masked_linear
+from armodel_fast.reference import made as ref_made
+from armodel_fast.reference.masked_linear import degree_mask
+
+CPP = _ext.get_ext() is not None and hasattr(_ext.get_ext(), "masked_linear_plan")
+pytestmark = pytest.mark.skipif(not CPP, reason=f"no cpp masked_linear training path here:\n{af.explain('masked_linear')}")
+ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+
+
+def degrees(n_in, n_out, D, sorted_in, sorted_out, g):
+    din = torch.randint(1, D + 1, (n_in,), generator=g)
+    dout = torch.randint(1, D + 1, (n_out,), generator=g)
+    return (din.sort().values if sorted_in else din), (dout.sort().values if sorted_out else dout)
+
+
+def check_against_reference(x, w, b, din, dout, strict, act, dtype):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    ref = [t.detach().clone().requires_grad_() for t in leaves]
+    bb = leaves[2] if b is not None else None
+    y = masked_linear(leaves[0], leaves[1], bb, din, dout, strict, act, backend="cpp")
+    mask = degree_mask(din, dout, strict, dtype)
+    y_ref = ACT[act](F.linear(ref[0], ref[1] * mask, ref[2] if b is not None else None))
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    y.backward(g)
+    y_ref.backward(g)
+    tol = {"rtol": 1e-4, "atol": 5e-5} if dtype == torch.float32 else {}  # sums of 300 terms ~ 1e1
+    torch.testing.assert_close(y, y_ref, **tol)
+    for got, want in zip(leaves, ref):
+        torch.testing.assert_close(got.grad, want.grad, **tol)
+    assert bool((leaves[1].grad[mask == 0] == 0).all()), "grad W must be exactly zero outside the mask"
+
+
+@pytest.mark.parametrize("sorted_in, sorted_out", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("act", ["none", "relu", "tanh"])
+def test_training_path_matches_reference(sorted_in, sorted_out, strict, act):
+    g = torch.Generator().manual_seed(0)
+    for n_in, n_out, D, B, dtype in [(37, 150, 30, 9, torch.float64), (300, 260, 200, 16, torch.float32),
+                                     (5, 3, 4, 2, torch.float64)]:
+        din, dout = degrees(n_in, n_out, D, sorted_in, sorted_out, g)
+        w = torch.randn(n_out, n_in, generator=g, dtype=dtype)
+        b = torch.randn(n_out, generator=g, dtype=dtype) if act != "none" else None
+        x = torch.randn(B, n_in, generator=g, dtype=dtype)
+        in_order = degrees_sorted(din) and degrees_sorted(dout)  # (tiny random ones can be sorted)
+        assert in_order >= (sorted_in and sorted_out)
+        assert (launchers._in_place_plan(w, din, dout, strict) is not None) == in_order
+        check_against_reference(x, w, b, din, dout, strict, act, dtype)
+
+
+def test_sorted_training_step_gathers_no_weights():
+    """A training step on sorted degrees builds no prepared (gathered) weights; grad W is in place."""
+    g = torch.Generator().manual_seed(1)
+    din, dout = degrees(120, 200, 60, True, True, g)
+    w = torch.randn(200, 120, generator=g, requires_grad=True)
+    x = torch.randn(8, 120, generator=g)
+    before = cache_info()["builds"]
+    for _ in range(3):
+        torch.autograd.graph.increment_version(w)
+        masked_linear(x, w, None, din, dout, False, "relu", backend="cpp").sum().backward()
+    assert cache_info()["builds"] == before
+    assert bool((w.grad[degree_mask(din, dout, False, torch.bool).logical_not()] == 0).all())
+
+
+def test_slabs_and_plan_layout():
+    """blocks [nb, 4] cover the rows that reach an input; every row of a block reaches [0, c0)
+    and the last one [0, c1); the slab copy is W[r0:r1, c0:c1] masked."""
+    ext = _ext.get_ext()
+    g = torch.Generator().manual_seed(2)
+    din, dout = degrees(90, 140, 40, True, True, g)
+    pi, po, reach, blocks, identity = ext.masked_linear_plan(din, dout, True, 16)
+    assert identity and torch.equal(pi, torch.arange(90)) and torch.equal(po, torch.arange(140))
+    w = torch.randn(140, 90, generator=g)
+    slabs = ext.masked_linear_slabs(w, reach, blocks)
+    mask = degree_mask(din, dout, True, w.dtype)
+    off, prev = 0, None
+    for r0, r1, c0, c1 in blocks.tolist():
+        assert prev is None or r0 == prev
+        assert int(reach[r0]) == c0 and int(reach[r1 - 1]) == c1 and c0 <= c1
+        n = (r1 - r0) * (c1 - c0)
+        torch.testing.assert_close(slabs[off:off + n].view(r1 - r0, c1 - c0), (w * mask)[r0:r1, c0:c1],
+                                   rtol=0, atol=0)
+        off, prev = off + n, r1
+    assert off == slabs.numel() and prev == 140 and int((reach[:blocks[0, 0]] != 0).sum()) == 0
+
+
+@pytest.mark.parametrize("dtype, bad", [(torch.float32, float("nan")), (torch.float32, float("inf")),
+                                        (torch.float64, -float("inf")), (torch.float16, float("nan")),
+                                        (torch.bfloat16, float("inf"))])
+def test_any_nonfinite_is_exact(dtype, bad):
+    ext = _ext.get_ext()
+    t = torch.randn(300, 301).to(dtype)
+    t[7, 11] = torch.finfo(dtype).max  # large but finite
+    t[8, 12] = torch.finfo(dtype).tiny / 4 if dtype != torch.bfloat16 else 0.0  # subnormal
+    assert not ext.masked_linear_any_nonfinite(t)
+    for pos in [(0, 0), (150, 7), (299, 300)]:
+        u = t.clone()
+        u[pos] = bad
+        assert ext.masked_linear_any_nonfinite(u)
+        assert ext.masked_linear_any_nonfinite(u.t())  # non-contiguous
+
+
+def test_hidden_degrees_are_sorted_and_drawn_as_before():
+    """Hidden units are numbered in degree order; the multiset drawn per layer is unchanged."""
+    m0 = ref_made.input_degrees(torch.randperm(50, generator=torch.Generator().manual_seed(0)))
+    layers = ref_made.hidden_degrees(m0, [40, 30], torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    first = torch.randint(1, 50, (40,), generator=g)
+    assert torch.equal(layers[0], first.sort().values)
+    for m in layers:
+        assert bool((m[1:] >= m[:-1]).all())
+
+
+def made_pair(order, fused, **kw):
+    ref = af.MADE(20, [48, 40], order=order, num_masks=2, seed=3, dtype=torch.float64, **kw)
+    fast = af.MADE(20, [48, 40], order=order, num_masks=2, seed=3, dtype=torch.float64, backend="cpp", **kw)
+    fast.load_state_dict(ref.state_dict())
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2, fused=fused) for m in (ref, fast)]
+    return (ref, fast), opts
+
+
+@pytest.mark.parametrize("order", [None, "random"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_made_adam_training_matches_reference(order, fused):
+    """Several Adam steps (fused or not) with mask switching, a .weight write and a
+    state_dict round trip in between: the cpp model follows the reference."""
+    models, opts = made_pair(order, fused, direct=True)
+    x = torch.bernoulli(torch.full((16, 20), 0.5), generator=torch.Generator().manual_seed(0)).double()
+    for step in range(6):
+        losses = []
+        for m, opt in zip(models, opts):
+            opt.zero_grad(set_to_none=True)
+            loss = -m.log_prob(x).mean()
+            loss.backward()
+            for layer in list(m.layers) + [m.output, m.direct]:
+                assert bool((layer.weight.grad[layer.mask() == 0] == 0).all())
+            opt.step()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[0], losses[1])
+        if step == 1:
+            for m in models:
+                m.next_mask()
+        if step == 2:
+            with torch.no_grad():
+                for m in models:
+                    m.layers[1].weight.mul_(0.5)
+        if step == 3:
+            state = models[0].state_dict()
+            for m in models:
+                m.load_state_dict(state)
+        with torch.no_grad():  # evaluation between steps (the prepared-weight cache) agrees too
+            torch.testing.assert_close(models[1].log_prob(x), models[0].log_prob(x))
+    for p_ref, p_fast in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p_fast, p_ref)
+
+
+def test_made_training_step_compiles():
+    """torch.compile of a cpp MADE training step gives the eager gradients."""
+    torch._dynamo.reset()
+    (ref, fast), _ = made_pair(None, False)
+    x = torch.bernoulli(torch.full((8, 20), 0.5), generator=torch.Generator().manual_seed(1)).double()
+    loss = torch.compile(lambda m: -m.log_prob(x).mean())
+    for m in (ref, fast):
+        loss(m).backward()
+    for p_ref, p_fast in zip(ref.parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad)
+
+
+def test_auto_size_rule():
+    """auto takes the reference for small layers and for training on unsorted degrees, the
+    kernels for large sorted ones, and explain says why."""
+    small = dispatch.Work(128 * 8 * 16, True, True)
+    big_sorted = dispatch.Work(128 * 784 * 2000, True, True)
+    big_unsorted = dispatch.Work(128 * 784 * 2000, True, False)
+    big_eval = dispatch.Work(128 * 784 * 2000, False, False)
+    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=small) == "reference"
+    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=big_sorted) == "cpp"
+    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=big_unsorted) == "reference"
+    assert dispatch.resolve_backend("auto", "made", "cpu", work=big_eval) == "cpp"
+    assert dispatch.resolve_backend("cpp", "masked_linear", "cpu", work=small) == "cpp"  # explicit: as asked
+    assert "too small" in af.explain("masked_linear", "cpu", work=small)
+    assert "unsorted degrees" in af.explain("masked_linear", "cpu", work=big_unsorted)
+    assert "auto: cpp" in af.explain("masked_linear", "cpu", work=big_sorted)
+    layer = af.MaskedLinear(8, 16, torch.arange(8), torch.arange(16) % 8, backend="auto")
+    layer(torch.randn(4, 8))
+    assert layer.last_backend == "reference"
+    made = af.MADE(8, [16], backend="auto")
+    made.log_prob(torch.ones(2, 8))
+    assert made.last_backend == "reference"
