@@ -3,11 +3,28 @@ from __future__ import annotations
 
 import torch
 
+from .. import _ext
+
+
+def any_nonfinite(t) -> bool:
+    """Whether ``t`` holds a NaN or an infinity: on the CPU one pass without temporaries (the
+    C++ extension's bit test, when built), ``isfinite`` elsewhere."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        ext = _ext.get_ext()
+        if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
+            return ext.masked_linear_any_nonfinite(t)
+    return not bool(torch.isfinite(t).all())
+
 
 def all_finite(*tensors) -> bool:
     """Whether every floating-point tensor given (None and integer tensors are skipped) holds
-    only finite values: one elementwise pass over each and one read of the combined flag."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
+    only finite values: one pass over each (:func:`any_nonfinite` on the CPU; on a GPU one
+    ``isfinite`` per tensor and one read of the combined flag)."""
+    tensors = [t for t in tensors if t is not None and t.is_floating_point()]
+    if tensors and all(t.device.type == "cpu" for t in tensors):
+        return not any(any_nonfinite(t) for t in tensors)
+    flags = [torch.isfinite(t).all() for t in tensors]
     return bool(torch.stack(flags).all()) if flags else True
 
 

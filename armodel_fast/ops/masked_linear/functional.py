@@ -52,11 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ... import _ext, dispatch
+from ... import dispatch
 from ...dispatch import note_reference_backward
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
-from .._autograd import all_finite, forbid_double_backward
+from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, mark_training
 from .launchers import ACTIVATIONS
 
@@ -84,21 +84,10 @@ def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, 
     return _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted, use)
 
 
-def _any_nonfinite(t: Tensor) -> bool:
-    """Whether ``t`` holds a NaN or an infinity: one pass without temporaries on the CPU (the
-    C++ extension's bit test), ``isfinite`` elsewhere."""
-    t = t.detach()
-    if t.device.type == "cpu":
-        ext = _ext.get_ext()
-        if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
-            return ext.masked_linear_any_nonfinite(t)
-    return not bool(torch.isfinite(t).all())
-
-
 def _masked_out_nonfinite_rows(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
     """[out] bool, rows holding a NaN/inf weight where the mask is 0 (None: there are none)."""
     w = weight.detach()
-    if not _any_nonfinite(w):
+    if not any_nonfinite(w):
         return None
     masked_out = degree_mask(in_degrees.to(w.device), out_degrees.to(w.device), strict, torch.bool).logical_not()
     return (~torch.isfinite(w) & masked_out).any(1)
@@ -118,7 +107,7 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
         rows = _cached("nonfinite", weight, in_degrees, out_degrees, strict, 0,
                        lambda din, dout: _masked_out_nonfinite_rows(weight, din, dout, strict),
                        "eval" if use == "backward" else use)
-    x_bad = _any_nonfinite(x)
+    x_bad = any_nonfinite(x)
     if rows is None and not x_bad:
         return y
     bad_x = ~torch.isfinite(x.detach())
