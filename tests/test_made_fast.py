@@ -5,54 +5,14 @@ import pytest
 import torch
 
 import armodel_fast as af
-from armodel_fast import dispatch
 from armodel_fast.ops import made as made_ops
 from armodel_fast.ops import masked_linear as ml_ops
 from armodel_fast.ops.masked_linear import cache as ml_cache
 from armodel_fast.reference import heads
 
-FAST = [b for b in dispatch.BACKENDS[1:] if dispatch._why_not(b, "made", torch.device("cpu")) is None]
-pytestmark = pytest.mark.skipif(not FAST, reason=f"no fast MADE backend here:\n{af.explain('made')}")
-backends = pytest.mark.parametrize("backend", FAST)
+from made_cases import CONFIGS, SKIP_WITHOUT_FAST, as_tuple, backends, data, pair
 
-CONFIGS = {
-    "bernoulli": dict(hidden=[13, 11]),
-    "bernoulli-direct-context-masks": dict(hidden=[12, 9], direct=True, context_dim=3, num_masks=3, order="random"),
-    "bernoulli-one-layer-elu": dict(hidden=[10], activation="elu", order=[3, 0, 6, 1, 5, 2, 4]),
-    "categorical-direct": dict(hidden=[14, 10], out="categorical", K=3, direct=True, num_masks=2),
-    "gaussian-mixture-context": dict(hidden=[11, 8, 9], out="gaussian", K=2, context_dim=2, activation="tanh"),
-    "gaussian-flow": dict(hidden=[10, 10], out="gaussian", direct=True, context_dim=2, order="random"),
-}
-
-
-def pair(name, backend, dtype=torch.float64, D=7, seed=0):
-    """(reference model, fast model) with equal parameters."""
-    kw = dict(CONFIGS[name])
-    hidden = kw.pop("hidden")
-    ref = af.MADE(D, hidden, seed=seed, dtype=dtype, **kw)
-    with torch.no_grad():  # spread the parameters so every term matters
-        scale = 0.25 if kw.get("out") == "gaussian" else 0.7  # a flow's scales compound over steps
-        for p in ref.parameters():
-            p.normal_(0, scale, generator=torch.Generator().manual_seed(seed + p.numel()))
-    fast = af.MADE(D, hidden, seed=seed, dtype=dtype, backend=backend, **kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
-
-
-def data(model, B, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    if model.out == "bernoulli":
-        x = torch.randint(0, 2, (B, model.D), generator=g).to(model.dtype)
-    elif model.out == "categorical":
-        x = torch.randint(0, model.K, (B, model.D), generator=g)
-    else:
-        x = torch.randn(B, model.D, generator=g, dtype=model.dtype)
-    ctx = torch.randn(B, model.context_dim, generator=g, dtype=model.dtype) if model.context_dim else None
-    return x, ctx
-
-
-def as_tuple(p):
-    return p if isinstance(p, tuple) else (p,)
+pytestmark = SKIP_WITHOUT_FAST
 
 
 @backends
@@ -169,19 +129,6 @@ def test_sampling_fp32_differs_only_at_ties(backend):
 
 
 @backends
-def test_inverse_matches_reference(backend):
-    ref, fast = pair("gaussian-flow", backend)
-    z, ctx = data(ref, 8)
-    xr, ldr = ref.inverse(z, ctx)
-    xf, ldf = fast.inverse(z, ctx)
-    torch.testing.assert_close(xf, xr)
-    torch.testing.assert_close(ldf, ldr)
-    zz, ld = fast.transform(xf, ctx)
-    torch.testing.assert_close(zz, z)
-    torch.testing.assert_close(ld, -ldf)
-
-
-@backends
 def test_fvsbn(backend):
     order = torch.randperm(9, generator=torch.Generator().manual_seed(4))
     ref = af.FVSBN(9, order=order, dtype=torch.float64)
@@ -284,37 +231,6 @@ def test_made_sample_names_bad_noise_and_K(backend):
     with pytest.raises(ValueError, match="K"):  # the affine flow inverse has one Gaussian per dimension
         made_ops.made_sample(hidden, output, order, torch.rand(2, D, dtype=torch.float64), head="affine",
                              K=2, backend=backend)
-
-
-@backends
-def test_inverse_gradients_match_reference(backend):
-    """The fast inverse is one pass forward; its gradients (implicit differentiation) equal the
-    reference's autograd through its D passes, for z, context and every parameter."""
-    ref, fast = pair("gaussian-flow", backend)
-    z, ctx = data(ref, 6)
-    grads = []
-    for model in (ref, fast):
-        zz, cc = z.clone().requires_grad_(), ctx.clone().requires_grad_()
-        x, logdet = model.inverse(zz, cc)
-        assert x.requires_grad and logdet.requires_grad
-        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
-        loss = (w * x).sum() + (x ** 2).sum() + 0.7 * logdet.sum()
-        grads.append(torch.autograd.grad(loss, [zz, cc] + list(model.parameters()), allow_unused=True))
-    for name, gr, gf in zip(["z", "context"] + [n for n, _ in ref.named_parameters()], *grads):
-        assert (gr is None) == (gf is None), name
-        if gr is not None:
-            torch.testing.assert_close(gf, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"d{name}: {m}")
-    with torch.no_grad():  # no graph: the one-pass sampler alone
-        x, _ = fast.inverse(z, ctx)
-    assert not x.requires_grad
-
-
-@backends
-def test_inverse_gradient_gradcheck(backend):
-    _, fast = pair("gaussian-flow", backend, D=4)
-    z, ctx = data(fast, 3)
-    z.requires_grad_()
-    assert torch.autograd.gradcheck(lambda z_: fast.inverse(z_, ctx), (z,), eps=1e-6, atol=1e-7)
 
 
 @backends
@@ -443,26 +359,6 @@ def test_fused_optimizer_steps_are_seen(backend):
 
 
 @backends
-def test_inverse_gradients_use_the_forwards_mask(backend):
-    """next_mask() between inverse() and backward(): the gradients are still those of the mask
-    set the inverse ran with (as the reference's recorded graph is)."""
-    grads = []
-    for b in ("reference", backend):
-        model = af.MADE(4, [12], out="gaussian", num_masks=3, order="random", seed=3, dtype=torch.float64,
-                        backend=b)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
-        z = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        x, logdet = model.inverse(z)
-        model.next_mask()
-        grads.append(torch.autograd.grad((x ** 2).sum() + logdet.sum(), list(model.parameters())))
-        assert int(model.mask_index) == 1
-    for gr, gf in zip(*grads):
-        torch.testing.assert_close(gf, gr)
-
-
-@backends
 def test_functional_made_forward_auto_under_compile(backend):
     _, fast = pair("bernoulli", backend)
     hidden, output, _, _ = fast._layer_args()
@@ -470,44 +366,3 @@ def test_functional_made_forward_auto_under_compile(backend):
     fn = torch.compile(lambda t: made_ops.made_forward(t, hidden, output, backend="auto"), fullgraph=True,
                        backend="aot_eager")
     torch.testing.assert_close(fn(x), made_ops.made_forward(x, hidden, output, backend="reference"))
-
-
-FLOW_VARIANTS = {
-    "one-layer-elu-raw": dict(hidden=[9], activation="elu", scale="raw"),
-    "three-layers-tanh-direct": dict(hidden=[8, 6, 7], activation="tanh", direct=True, order="random"),
-    "wide-relu-context-masks": dict(hidden=[20, 15], context_dim=3, num_masks=2, order="random"),
-    "narrow-hidden": dict(hidden=[2, 3], direct=True, context_dim=1),
-}
-
-
-@backends
-@pytest.mark.parametrize("variant", list(FLOW_VARIANTS))
-@pytest.mark.parametrize("D", [1, 2, 9])
-def test_inverse_adjoint_sweep_matches_reference(backend, variant, D):
-    """The backward's reverse sweep over degrees (ops/made/inverse_grad.py) on other layer counts,
-    activations, scales, narrow layers (degrees with no unit) and D=1: the gradients equal the
-    reference's autograd through its D passes."""
-    kw = dict(FLOW_VARIANTS[variant])
-    hidden = kw.pop("hidden")
-    ref = af.MADE(D, hidden, out="gaussian", seed=3, dtype=torch.float64, **kw)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
-    fast = af.MADE(D, hidden, out="gaussian", seed=3, dtype=torch.float64, backend=backend, **kw)
-    fast.load_state_dict(ref.state_dict())
-    g = torch.Generator().manual_seed(7)
-    z = torch.randn(5, D, generator=g, dtype=torch.float64)
-    ctx = torch.randn(5, ref.context_dim, generator=g, dtype=torch.float64) if ref.context_dim else None
-    grads = []
-    for model in (ref, fast):
-        zz = z.clone().requires_grad_()
-        cc = None if ctx is None else ctx.clone().requires_grad_()
-        x, logdet = model.inverse(zz, cc)
-        loss = (x.sin() * torch.arange(1, D + 1)).sum() + 0.3 * logdet.square().sum()
-        inputs = [zz] + ([] if cc is None else [cc]) + list(model.parameters())
-        grads.append(torch.autograd.grad(loss, inputs, allow_unused=True))
-    names = ["z"] + ([] if ctx is None else ["context"]) + [n for n, _ in ref.named_parameters()]
-    for name, gr, gf in zip(names, *grads):
-        assert (gr is None) == (gf is None), name
-        if gr is not None:
-            torch.testing.assert_close(gf, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"d{name}: {m}")
