@@ -45,7 +45,7 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 # 1.14x at 50M); fwd+bwd with unsorted degrees (a random order's input or output
 # layer) stayed below 1.0x up to 784->500 (0.91x), so auto leaves training on such
 # layers to the reference.
-AUTO_MIN_WORK = {"train": 1 << 24, "eval": 1 << 25}  # multiply-adds of the dense layer, B * in * out
+AUTO_MIN_WORK = {"train": 1 << 26, "eval": 1 << 26}  # multiply-adds of the dense layer, B * in * out
 SIZE_RULE_OPS = ("masked_linear", "made")
 
 
