@@ -46,7 +46,7 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 # layer) stayed below 1.0x up to 784->500 (0.91x), so auto leaves training on such
 # layers to the reference.
 AUTO_MIN_WORK = {"train": 1 << 26, "eval": 1 << 26}  # multiply-adds of the dense layer, B * in * out
-SIZE_RULE_OPS = ("masked_linear", "made")
+SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     ``auto`` picks the first available in ``AUTO_ORDER`` (compiled kernels first) that
     takes ``dtype``, ending at ``reference``; ``work`` (a :class:`Work` or a callable
     returning one, called only when it matters) applies the CPU size rule of
-    ``masked_linear`` / ``made`` (:func:`size_rule_says`: the C++ kernels only where
+    ``masked_linear`` / ``made`` / ``fvsbn`` (:func:`size_rule_says`: the C++ kernels only where
     they were measured faster); an explicit name that cannot run raises
     with the reason (a dtype it does not take is left to the op, whose
     ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
@@ -316,7 +316,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
 
 def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> str:
     """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
-    parameters, when given) and why not, then what ``auto`` picks; for ``masked_linear`` /
+    parameters, when given) and why not, then what ``auto`` picks; for ``masked_linear`` / ``fvsbn`` /
     ``made`` with ``work`` (a :class:`Work`) that pick applies the size rule and says why."""
     device = torch.device(device)
     lines = []

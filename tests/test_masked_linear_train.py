@@ -201,3 +201,15 @@ def test_auto_size_rule():
     made = af.MADE(8, [16], backend="auto")
     made.log_prob(torch.ones(2, 8))
     assert made.last_backend == "reference"
+    fvsbn = af.FVSBN(8, backend="auto")  # one masked layer: the same rule
+    fvsbn.log_prob(torch.ones(2, 8))
+    assert fvsbn.last_backend == "reference"
+
+
+def test_auto_size_rule_lets_large_models_take_the_kernels(monkeypatch):
+    """With the threshold at 0 (every size counts as large) auto takes cpp for the modules
+    whose degrees are sorted: the rule, not something else, chose the reference above."""
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0})
+    for model in (af.FVSBN(8, backend="auto"), af.MADE(8, [16], backend="auto")):
+        model.log_prob(torch.ones(2, 8))
+        assert model.last_backend == "cpp", type(model).__name__

@@ -44,10 +44,11 @@ class AutoregressiveModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._param().dtype
 
-    def _resolve(self, op: str = "") -> str:
+    def _resolve(self, op: str = "", work=None) -> str:
         """Pick the backend for this call (of ``op``, default ``self.op``; ``auto`` takes one
-        with kernels for the parameters' dtype) and remember it in ``last_backend``."""
-        self.last_backend = resolve_backend(self.backend, op or self.op, self.device, self.dtype)
+        with kernels for the parameters' dtype and, given ``work`` (a ``dispatch.Work`` or a
+        callable returning one), applies the CPU size rule) and remember it in ``last_backend``."""
+        self.last_backend = resolve_backend(self.backend, op or self.op, self.device, self.dtype, work=work)
         return self.last_backend
 
     def uniforms_shape(self, n: int) -> tuple:

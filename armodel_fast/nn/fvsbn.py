@@ -6,6 +6,7 @@ from torch import nn
 
 from .._validate import check_binary_x, check_order
 from ..ops import made as fast
+from ..ops.masked_linear import auto_work
 from ..reference.heads import bernoulli_log_prob
 from ..reference.made import input_degrees
 from .base import AutoregressiveModel
@@ -35,7 +36,9 @@ class FVSBN(AutoregressiveModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_binary_x(x, self.D, self.device, self.dtype)
-        return fast.fvsbn_logits(x, self.linear.weight, self.linear.bias, self.linear.in_degrees, self._resolve())
+        lin = self.linear
+        backend = self._resolve(work=lambda: auto_work(x, lin.weight, lin.bias, lin.in_degrees, lin.out_degrees))
+        return fast.fvsbn_logits(x, lin.weight, lin.bias, lin.in_degrees, backend)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, [B]."""

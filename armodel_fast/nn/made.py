@@ -9,7 +9,7 @@ from torch import nn
 
 from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
                          check_positive_int, check_real_x, check_seed, check_tensor)
-from ..dispatch import Work, resolve_backend
+from ..dispatch import Work
 from ..ops import made as fast
 from ..ops.masked_linear import degrees_sorted
 from ..reference import heads
@@ -191,10 +191,9 @@ class MADE(AutoregressiveModel):
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
         hidden, output, direct, ctx_w = self._layer_args()
-        self.last_backend = resolve_backend(self.backend, self.op, self.device, self.dtype,
-                                            work=lambda: self._auto_work(x.shape[0]))
+        backend = self._resolve(work=lambda: self._auto_work(x.shape[0]))
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
-                                backend=self.last_backend)
+                                backend=backend)
         return self._bound_scale(ref.made_params_split(raw, self.out, self.D, self.K))
 
     def _auto_work(self, batch: int) -> Work:
