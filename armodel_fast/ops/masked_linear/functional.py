@@ -46,6 +46,7 @@ custom ops and :func:`masked_linear`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -74,10 +75,11 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
     ``fresh``: prepare the weights anew instead of from the cache (training: see
     :func:`fresh_weights`); the backward finds them in the cache."""
     return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
-                         fresh)
+                         fresh)[0]
 
 
 def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
+    """(y, whether x and the weight hold no NaN/inf: the backward need not check them again)."""
     use = "train" if fresh else "eval"
     y = dispatch.launcher("masked_linear", "forward", backend)(
         x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use)
@@ -97,9 +99,10 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
     """The reference's NaNs that the fast kernels, which skip masked-out connections, do not make:
     its dense ``x @ (W * M).T`` gives NaN in output k when a masked-out ``W[k, j]`` is NaN/inf
     (NaN/inf * 0) or when an input ``x[b, j]`` that k is not connected to is NaN/inf (for row b).
-    The weight check is one pass over W (the bit test of :func:`_any_nonfinite`; in
-    evaluation cached with the prepared weights), the input check one pass over x; the
-    exact masks are built only when either finds something."""
+    The weight check is one pass over W (the bit test of
+    :func:`armodel_fast.ops._autograd.any_nonfinite`; in evaluation cached with the prepared
+    weights), the input check one pass over x; the exact masks are built only when either
+    finds something. Returns (y, whether x and W were both finite)."""
     if use == "train":  # new weights every step: a cache entry would cost more than the check
         mark_training(weight)  # (and an evaluation after the step must not trust the older entries)
         rows = _masked_out_nonfinite_rows(weight, in_degrees, out_degrees, strict)
@@ -109,7 +112,7 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
                        "eval" if use == "backward" else use)
     x_bad = any_nonfinite(x)
     if rows is None and not x_bad:
-        return y
+        return y, True
     bad_x = ~torch.isfinite(x.detach())
     din, dout = in_degrees.to(y.device), out_degrees.to(y.device)
     perm_out = torch.sort(dout, stable=True).indices  # the kernels' stable degree sort (x_sorted / y_sorted)
@@ -121,7 +124,7 @@ def _nan_where_reference_is(y, x, weight, in_degrees, out_degrees, strict, x_sor
         dout_y = dout[perm_out] if y_sorted else dout
         unconnected = degree_mask(din_x, dout_y, strict, torch.bool).logical_not()
         poison |= (bad_x.to(torch.float32) @ unconnected.T.to(torch.float32)) > 0
-    return y.masked_fill(poison, float("nan"))
+    return y.masked_fill(poison, float("nan")), False
 
 
 @_masked_linear_op.register_fake
@@ -149,10 +152,11 @@ def _masked_linear_backward_op(grad_y: Tensor, x: Tensor, weight: Tensor, y: Opt
 
 
 def _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
-                   need_dx, need_dw, need_db, bias):
+                   need_dx, need_dw, need_db, bias, known_finite=False):
     """(dx, dw, db), empty where not needed: the backend's kernels, or with NaN/inf among the
-    inputs the reference's gradients (module docstring)."""
-    if not all_finite(weight, bias, x, grad_y):
+    inputs the reference's gradients (module docstring). ``known_finite``: the forward found x
+    and the weight finite (they are saved unchanged), so only the bias and grad_y are checked."""
+    if not (all_finite(bias, grad_y) if known_finite else all_finite(weight, bias, x, grad_y)):
         note_reference_backward("masked_linear", backend)
         return _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted,
                                    y_sorted, (need_dx, need_dw, need_db))
@@ -178,14 +182,19 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
 
 
-def _backward(ctx, grad_y):
+def _grads(ctx, grad_y, run):
+    """The autograd backward of both paths: ``run`` is the backward custom op or :func:`_backward_impl`."""
     x, weight, bias, in_degrees, out_degrees, y = ctx.saved_tensors
     strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-    dx, dw, db = _masked_linear_backward_op(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation,
-                                            backend, x_sorted, y_sorted, need_dx, need_dw, need_db, bias)
+    dx, dw, db = run(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
+                     need_dx, need_dw, need_db, bias)
     return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
             None, None, None, None, None, None, None, None)
+
+
+def _backward(ctx, grad_y):
+    return _grads(ctx, grad_y, _masked_linear_backward_op)
 
 
 def _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted,
@@ -228,25 +237,17 @@ class _EagerMaskedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
                 fresh):
-        y = _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
-                          y_sorted, fresh)
-        ctx.save_for_backward(x, weight, bias, in_degrees.clone(), out_degrees.clone(),
-                              y if activation != "none" else None)
-        ctx.args = (strict, activation, backend, x_sorted, y_sorted, bias is not None)
+        inputs = (x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh)
+        y, finite = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, y)
+        ctx.known_finite = finite  # the backward then checks only the bias and grad_y
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         if torch.is_grad_enabled():  # create_graph=True: the custom backward op refuses a second derivative
             return _backward(ctx, grad_y)
-        x, weight, bias, in_degrees, out_degrees, y = ctx.saved_tensors
-        strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
-        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_db = has_bias and ctx.needs_input_grad[2]
-        dx, dw, db = _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend,
-                                    x_sorted, y_sorted, need_dx, need_dw, need_db, bias)
-        return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
-                None, None, None, None, None, None, None, None)
+        return _grads(ctx, grad_y, functools.partial(_backward_impl, known_finite=ctx.known_finite))
 
 
 def masked_linear_call(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees: Tensor, out_degrees: Tensor,
@@ -258,13 +259,18 @@ def masked_linear_call(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_deg
     if torch.compiler.is_compiling():
         return _masked_linear_op(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
                                  y_sorted, fresh)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if _records_graph(x, weight, bias):
         return _EagerMaskedLinear.apply(x, weight, bias, in_degrees, out_degrees, strict, activation, backend,
                                         x_sorted, y_sorted, fresh)
     with torch.no_grad():
         return _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted,
-                             y_sorted, fresh)
+                             y_sorted, fresh)[0]
+
+
+def _records_graph(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether a call records an autograd graph (training)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
 
 
 # ---- public function ---------------------------------------------------------------
@@ -277,9 +283,7 @@ def degrees_sorted(d: Tensor) -> bool:
 def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: Tensor) -> "dispatch.Work":
     """What ``backend="auto"``'s size rule looks at for one masked layer call (:class:`dispatch.Work`)."""
     n_out, n_in = weight.shape
-    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                            or (bias is not None and bias.requires_grad))
-    return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, training,
+    return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, _records_graph(x, weight, bias),
                          degrees_sorted(in_degrees) and degrees_sorted(out_degrees))
 
 
