@@ -39,6 +39,26 @@ def tol(dtype, D):
     return dict(rtol=1e-5, atol=1e-5), dict(rtol=1e-5, atol=2e-6 * D)
 
 
+def check_log_prob_and_grads(ref_outputs, head_log_prob, op_log_prob, x, params, order, dtype, x_grad=False):
+    """The op's per-step outputs, log p and gradients (of ``sum(gl * log p) + sum(g_out * outputs)``
+    for random gl, g_out; w.r.t. W, c, V, b and, with ``x_grad``, x first) against the reference's
+    step loop ``ref_outputs(x, W, c, V, b, order)`` and head ``head_log_prob(outputs, x)``."""
+    B, D = x.shape
+    leaves = [t.clone().requires_grad_() for t in ((x,) if x_grad else ()) + tuple(params)]
+    ref_x = leaves[0] if x_grad else x
+    ref_out = ref_outputs(ref_x, *leaves[int(x_grad):], order)
+    ref_lp = head_log_prob(ref_out, ref_x).sum(-1)
+    gl, g_out = torch.randn(B, dtype=dtype), torch.randn(ref_out.shape, dtype=dtype)
+    want = torch.autograd.grad((ref_lp * gl).sum() + (ref_out * g_out).sum(), leaves, allow_unused=True)
+    args = [t.clone().requires_grad_() for t in ((x,) if x_grad else ()) + tuple(params)]
+    lp, out = op_log_prob(args[0] if x_grad else x, *args[int(x_grad):], order, return_logits=True)
+    step_tol, lp_tol = tol(dtype, D)
+    torch.testing.assert_close(out, ref_out.detach(), **step_tol)
+    torch.testing.assert_close(lp, ref_lp.detach(), **lp_tol)
+    got = torch.autograd.grad((lp * gl).sum() + (out * g_out).sum(), args)
+    close_grads(got, want, (["x"] if x_grad else []) + "W c V b".split(), dtype)
+
+
 def close_grads(got, want, names, dtype):
     for g, w, name in zip(got, want, names):
         w = torch.zeros_like(g) if w is None else w

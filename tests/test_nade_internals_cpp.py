@@ -12,7 +12,7 @@ import torch
 from armodel_fast.dispatch import BackendUnavailableError
 from armodel_fast.ops.nade import OPS
 from armodel_fast.reference import nade as ref
-from nade_internals_helpers import EXT, HAS_BINARY, TIE, close_grads, needs_binary, tol
+from nade_internals_helpers import EXT, HAS_BINARY, TIE, check_log_prob_and_grads, close_grads, needs_binary, tol
 
 
 # ==== binary NADE (C++) ===============================================================================
@@ -57,19 +57,8 @@ SHAPES = [  # (B, D, H): B and H not multiples of the row block / vector width, 
 def test_binary_log_prob_and_grads(B, D, H, dtype):
     W, c, V, b, order = binary_params(H, D, dtype, seed=B * 100 + D)
     x = binary_x(B, D, dtype, seed=H)
-    leaves = [t.clone().requires_grad_() for t in (W, c, V, b)]
-    ref_logits = ref.nade_logits_loop(x, *leaves, order)
-    ref_lp = ref.bernoulli_log_prob(ref_logits, x).sum(-1)
-    gl, gll = torch.randn(B, dtype=dtype), torch.randn(B, D, dtype=dtype)
-    want = torch.autograd.grad((ref_lp * gl).sum() + (ref_logits * gll).sum(), leaves, allow_unused=True)
-
-    params = [t.clone().requires_grad_() for t in (W, c, V, b)]
-    lp, logits = nops.nade_log_prob(x, *params, order, return_logits=True)
-    step_tol, lp_tol = tol(dtype, D)
-    torch.testing.assert_close(logits, ref_logits.detach(), **step_tol)
-    torch.testing.assert_close(lp, ref_lp.detach(), **lp_tol)
-    got = torch.autograd.grad((lp * gl).sum() + (logits * gll).sum(), params)
-    close_grads(got, want, "W c V b".split(), dtype)
+    check_log_prob_and_grads(ref.nade_logits_loop, ref.bernoulli_log_prob, nops.nade_log_prob, x, (W, c, V, b), order,
+                             dtype)
 
 
 @needs_binary

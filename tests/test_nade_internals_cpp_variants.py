@@ -9,7 +9,8 @@ from armodel_fast.ops.nade import OPS
 from armodel_fast.reference import categorical_nade as cref
 from armodel_fast.reference import rnade as rref
 from armodel_fast.reference.heads import categorical_log_prob, gaussian_mixture_log_prob
-from nade_internals_helpers import EXT, HAS_VARIANTS, TIE, close_grads, needs_variants, tol
+from nade_internals_helpers import (EXT, HAS_VARIANTS, TIE, check_log_prob_and_grads, close_grads, needs_variants,
+                                    tol)
 
 
 # ==== categorical NADE and RNADE (C++) ================================================================
@@ -47,18 +48,8 @@ VARIANT_SHAPES = [  # (B, D, H, K)
 def test_categorical_log_prob_and_grads(B, D, H, K, dtype):
     W, c, V, b, order = categorical_params(H, D, K, dtype, seed=B + D + H)
     x = torch.randint(0, K, (B, D), generator=torch.Generator().manual_seed(K))
-    leaves = [t.clone().requires_grad_() for t in (W, c, V, b)]
-    ref_logits = cref.categorical_nade_logits_loop(x, *leaves, order)
-    ref_lp = categorical_log_prob(ref_logits, x).sum(-1)
-    gl, gll = torch.randn(B, dtype=dtype), torch.randn(B, D, K, dtype=dtype)
-    want = torch.autograd.grad((ref_lp * gl).sum() + (ref_logits * gll).sum(), leaves, allow_unused=True)
-    params = [t.clone().requires_grad_() for t in (W, c, V, b)]
-    lp, logits = cops.categorical_nade_log_prob(x, *params, order, return_logits=True)
-    step_tol, lp_tol = tol(dtype, D)
-    torch.testing.assert_close(logits, ref_logits.detach(), **step_tol)
-    torch.testing.assert_close(lp, ref_lp.detach(), **lp_tol)
-    got = torch.autograd.grad((lp * gl).sum() + (logits * gll).sum(), params)
-    close_grads(got, want, "W c V b".split(), dtype)
+    check_log_prob_and_grads(cref.categorical_nade_logits_loop, categorical_log_prob, cops.categorical_nade_log_prob,
+                             x, (W, c, V, b), order, dtype)
 
 
 def categorical_ties(u, logits):
@@ -133,24 +124,18 @@ def rnade_params(H, D, K, dtype, seed=0, scale=1.0):
     return W, c, V, b, torch.randperm(D, generator=g)
 
 
+def _mixture_log_prob(p, x):
+    return gaussian_mixture_log_prob(p[:, :, 0], p[:, :, 1], p[:, :, 2], x)
+
+
 @needs_variants
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B, D, H, K", VARIANT_SHAPES)
 def test_rnade_log_prob_and_grads(B, D, H, K, dtype):
     W, c, V, b, order = rnade_params(H, D, K, dtype, seed=B + D + H)
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(K), dtype=dtype)
-    leaves = [t.clone().requires_grad_() for t in (x, W, c, V, b)]
-    p = rref.rnade_params_loop(leaves[0], *leaves[1:], order)
-    ref_lp = gaussian_mixture_log_prob(p[:, :, 0], p[:, :, 1], p[:, :, 2], leaves[0]).sum(-1)
-    gl, gp = torch.randn(B, dtype=dtype), torch.randn(B, D, 3, K, dtype=dtype)
-    want = torch.autograd.grad((ref_lp * gl).sum() + (p * gp).sum(), leaves, allow_unused=True)
-    args = [t.clone().requires_grad_() for t in (x, W, c, V, b)]
-    lp, params = rops.rnade_log_prob(args[0], *args[1:], order, return_logits=True)
-    step_tol, lp_tol = tol(dtype, D)
-    torch.testing.assert_close(params, p.detach(), **step_tol)
-    torch.testing.assert_close(lp, ref_lp.detach(), **lp_tol)
-    got = torch.autograd.grad((lp * gl).sum() + (params * gp).sum(), args)
-    close_grads(got, want, "x W c V b".split(), dtype)
+    check_log_prob_and_grads(rref.rnade_params_loop, _mixture_log_prob, rops.rnade_log_prob, x, (W, c, V, b), order,
+                             dtype, x_grad=True)
 
 
 def mixture_ties(u, p):
