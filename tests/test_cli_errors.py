@@ -70,6 +70,20 @@ def test_bench_read_only_out_fails_before_the_benchmark(tmp_path, capsys):
     assert "[1/" not in captured.out
 
 
+def test_bench_unwritable_out_message_as_root_too(tmp_path, capsys, monkeypatch):
+    """The 'not writable' branch of the output-folder check, also where the tests run as root
+    (CI), which writes into read-only folders: os.access reports the folder unwritable."""
+    import armodel_fast._user_errors as user_errors
+    out = tmp_path / "out"
+    real_access = os.access
+    monkeypatch.setattr(user_errors.os, "access",
+                        lambda path, mode: False if str(path) == str(out) else real_access(path, mode))
+    rc = main(["bench", "--quick", "--no-memory", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "not writable" in _one_error_line(captured.err)
+    assert "[1/" not in captured.out
+
+
 def test_train_with_a_huge_learning_rate_says_diverged(tmp_path, capsys):
     rc = main(["train", "--model", "nade", "--hidden", "16", "--lr", "1e6", "--epochs", "3",
                "--backend", "reference", "--out", str(tmp_path), "--quiet"])
