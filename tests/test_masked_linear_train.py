@@ -98,6 +98,26 @@ def test_slabs_and_plan_layout():
     assert off == slabs.numel() and prev == 140 and int((reach[:blocks[0, 0]] != 0).sum()) == 0
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("sorted_in", [True, False])
+def test_kernels_split_over_threads_match_reference(threads, sorted_in):
+    """The kernels split the blocks (forward, grad W) and the batch (grad x) over the threads:
+    the same values for any thread count, with more blocks than threads (the large layer) and
+    fewer (the tiny one), and batches big enough to be split (B >= 32)."""
+    g = torch.Generator().manual_seed(3)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n_in, n_out, D, B in [(240, 400, 200, 70), (6, 5, 5, 40)]:
+            din, dout = degrees(n_in, n_out, D, sorted_in, True, g)
+            w, b = torch.randn(n_out, n_in, generator=g), torch.randn(n_out, generator=g)
+            x = torch.randn(B, n_in, generator=g)
+            for strict, act in [(False, "relu"), (True, "none")]:
+                check_against_reference(x, w, b, din, dout, strict, act, torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype, bad", [(torch.float32, float("nan")), (torch.float32, float("inf")),
                                         (torch.float64, -float("inf")), (torch.float16, float("nan")),
                                         (torch.bfloat16, float("inf"))])

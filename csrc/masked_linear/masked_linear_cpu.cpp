@@ -4,6 +4,8 @@
 // masked slab per block. The plan and the prepared weights: masked_linear_prepare_cpu.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <optional>
@@ -111,6 +113,57 @@ at::Tensor slab_of(const std::optional<at::Tensor>& slabs, const Block& b) {
   return slabs->narrow(0, b.slab_offset, b.rows() * b.wd()).view({b.rows(), b.wd()});
 }
 
+// Runs body(k) for every block, the blocks cut into one contiguous run per thread of
+// about equal area (rows x c1): each block's matmuls then run on one thread, in one
+// parallel region per call, instead of every small matmul split over the threads
+// with a barrier each. The workers get the caller's thread-local state (grad mode,
+// dispatch keys), as ATen ops run inside.
+template <typename F>
+void parallel_blocks(const std::vector<Block>& bl, const F& body) {
+  const int64_t nb = static_cast<int64_t>(bl.size());
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), nb);
+  if (nt <= 1 || at::in_parallel_region()) {
+    for (int64_t k = 0; k < nb; ++k) body(k);
+    return;
+  }
+  std::vector<double> area(nb + 1, 0.0);
+  for (int64_t k = 0; k < nb; ++k) area[k + 1] = area[k] + static_cast<double>(bl[k].rows() * bl[k].c1);
+  std::vector<int64_t> cut(nt + 1, nb);
+  cut[0] = 0;
+  for (int64_t t = 1, k = 0; t < nt; ++t) {
+    const double want = area[nb] * static_cast<double>(t) / static_cast<double>(nt);
+    while (k < nb && area[k + 1] <= want) ++k;
+    // the run ends before or after block k, whichever is nearer the even share
+    cut[t] = std::max(cut[t - 1], (k < nb && area[k + 1] - want < want - area[k]) ? k + 1 : k);
+  }
+  const at::ThreadLocalState state;
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    const at::ThreadLocalStateGuard guard(state);
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t k = cut[t]; k < cut[t + 1]; ++k) body(k);
+    }
+  });
+}
+
+// Runs body(b0, n) on batch rows [b0, b0 + n), one run per thread (for products that
+// accumulate over blocks into the same output columns: dx).
+template <typename F>
+void parallel_batch(int64_t B, const F& body) {
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, B / 16));
+  if (nt <= 1 || at::in_parallel_region()) {
+    body(0, B);
+    return;
+  }
+  const at::ThreadLocalState state;
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    const at::ThreadLocalStateGuard guard(state);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = B * t / nt, b1 = B * (t + 1) / nt;
+      body(b0, b1 - b0);
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted,
@@ -118,6 +171,7 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
                                  const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
                                  int64_t activation, bool x_sorted, bool y_sorted,
                                  const std::optional<at::Tensor>& slabs, bool in_place) {
+  const at::NoGradGuard no_grad;  // kernels: nothing to record (and the worker threads inherit it)
   check_weights(w_sorted, perm_in, perm_out, blocks, in_place);
   check_float_tensor(x, "x", 2);
   check_same_dtype(x, "x", w_sorted, "weight");
@@ -145,16 +199,23 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
                                xs.mutable_data_ptr<scalar_t>(), B);
     });
   }
-  // Few parallel regions (they cost a scheduler time slice each on a busy machine):
-  // the bias broadcast once, the matmuls of each block accumulating onto it, one activation.
-  if (bias_s.defined()) {
-    ys.copy_(bias_s.expand({B, O}));
-  } else if (z > 0) {
-    ys.narrow(1, 0, z).zero_();  // rows that reach no input
+  // Rows [0, z) reach no input: the bias (or zero), activated.
+  if (z > 0) {
+    at::Tensor out = ys.narrow(1, 0, z);
+    if (bias_s.defined()) {
+      out.copy_(bias_s.narrow(0, 0, z).expand({B, z}));
+    } else {
+      out.zero_();
+    }
+    activate_(out, activation);
   }
-  for (const auto& b : bl) {
+  // Each block: its bias columns, the matmuls accumulating onto them, its activation,
+  // while the block's outputs are in cache; the blocks split over the threads.
+  parallel_blocks(bl, [&](int64_t k) {
+    const Block& b = bl[k];
     at::Tensor out = ys.narrow(1, b.r0, b.rows());
     bool written = bias_s.defined();
+    if (written) out.copy_(bias_s.narrow(0, b.r0, b.rows()).expand({B, b.rows()}));
     if (b.c0 > 0) {
       const at::Tensor wt = w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0).t();
       if (written) {
@@ -171,9 +232,11 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
       } else {
         at::mm_out(out, xs.narrow(1, b.c0, b.wd()), st);
       }
+      written = true;
     }
-  }
-  activate_(ys, activation);
+    if (!written) out.zero_();
+    activate_(out, activation);
+  });
   if (y_sorted) return ys;
   at::Tensor y = at::empty({B, O}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_linear_scatter", [&] {
@@ -194,6 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
     int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db,
     const std::optional<at::Tensor>& slabs, bool in_place) {
+  const at::NoGradGuard no_grad;
   check_weights(w_sorted, perm_in, perm_out, blocks, in_place);
   check_float_tensor(grad_y, "grad_y", 2);
   check_float_tensor(x, "x", 2);
@@ -241,19 +305,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
       dx = at::zeros({B, I}, x.options());
       dxs = x_sorted ? dx : at::zeros({B, cmax}, x.options());
     }
-    // grad W in sorted order: the caller's dw itself (in_place) or a compact [O, cmax] buffer.
-    if (need_dw) dw = at::empty({O, I}, x.options());
-    at::Tensor dws = !need_dw ? at::Tensor() : in_place ? dw : at::empty({O, cmax}, x.options());
-    for (const auto& b : bl) {
-      const at::Tensor gb = gs.narrow(1, b.r0, b.rows());
-      if (need_dx) {
-        if (b.c0 > 0) dxs.narrow(1, 0, b.c0).addmm_(gb, w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0));
-        if (b.wd() > 0) dxs.narrow(1, b.c0, b.wd()).addmm_(gb, slab_of(slabs, b));
-      }
-      if (need_dw) {
-        at::Tensor out = dws.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c1);
-        at::mm_out(out, gb.t(), xs.narrow(1, 0, b.c1));
-      }
+    if (need_dx) {
+      // Every block adds into the same dx columns: the threads split the batch instead.
+      parallel_batch(B, [&](int64_t b0, int64_t n) {
+        const at::Tensor g = gs.narrow(0, b0, n);
+        at::Tensor d = dxs.narrow(0, b0, n);
+        for (const auto& b : bl) {
+          const at::Tensor gb = g.narrow(1, b.r0, b.rows());
+          if (b.c0 > 0) d.narrow(1, 0, b.c0).addmm_(gb, w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0));
+          if (b.wd() > 0) d.narrow(1, b.c0, b.wd()).addmm_(gb, slab_of(slabs, b));
+        }
+      });
     }
     if (need_dx && !x_sorted) {
       const scalar_t* s = dxs.const_data_ptr<scalar_t>();
@@ -264,28 +326,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
         }
       });
     }
-    if (need_dw && in_place) {
-      // Exact zeros outside the staircase: each row's tail past its reach (the masked
-      // part of its block's slab, which the matmul wrote, and the columns past the block).
-      scalar_t* d = dw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, O, 64, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) std::fill(d + i * I + reach[i], d + (i + 1) * I, scalar_t(0));
-      });
-    } else if (need_dw) {
-      // Scatter to the user's layout, masked: zero each row, then write its reach
-      // (sequential reads, stores within one row, which stays in L1).
-      const scalar_t* s = dws.const_data_ptr<scalar_t>();
-      scalar_t* d = dw.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, O, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const scalar_t* src = s + i * cmax;
-          scalar_t* dst = d + po[i] * I;
-          const int64_t r = reach[i];
-          std::fill(dst, dst + I, scalar_t(0));
-          for (int64_t j = 0; j < r; ++j) dst[pi[j]] = src[j];
-        }
-      });
+    if (!need_dw) return;
+    // grad W, exactly zero outside the staircase. in_place: each block's rows written in
+    // the caller's layout by the matmul, then their tails past the reach zeroed (the
+    // masked part of the slab, which the matmul wrote, and the columns past the block).
+    // Otherwise each block into a small sorted buffer, then its rows put in the caller's
+    // layout by a gather over the row (sorted position inv_in[u] of input u; zero past
+    // the reach): sequential stores, reads from the buffer row in L1.
+    dw = at::empty({O, I}, x.options());
+    scalar_t* d = dw.mutable_data_ptr<scalar_t>();
+    std::vector<int32_t> inv_in;  // sorted position of each input (int32: a narrower gather index)
+    if (!in_place) {
+      TORCH_CHECK_VALUE(I < (int64_t(1) << 31), "masked_linear: too many inputs (", I, ")");
+      inv_in.resize(I);
+      for (int64_t j = 0; j < I; ++j) inv_in[pi[j]] = static_cast<int32_t>(j);
     }
+    const int64_t z = bl.empty() ? O : bl[0].r0;  // sorted rows [0, z) reach no input
+    for (int64_t i = 0; i < z; ++i) std::fill(d + (in_place ? i : po[i]) * I, d + ((in_place ? i : po[i]) + 1) * I, scalar_t(0));
+    parallel_blocks(bl, [&](int64_t k) {
+      const Block& b = bl[k];
+      const at::Tensor gbt = gs.narrow(1, b.r0, b.rows()).t();
+      if (in_place) {
+        at::Tensor out = dw.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c1);
+        at::mm_out(out, gbt, xs.narrow(1, 0, b.c1));
+        for (int64_t i = b.r0; i < b.r1; ++i) std::fill(d + i * I + reach[i], d + (i + 1) * I, scalar_t(0));
+        return;
+      }
+      // [rows, c1 + 1]: column c1 stays zero, the target of every input past a row's reach.
+      at::Tensor buf = at::empty({b.rows(), b.c1 + 1}, x.options());
+      at::Tensor prod = buf.narrow(1, 0, b.c1);
+      at::mm_out(prod, gbt, xs.narrow(1, 0, b.c1));
+      scalar_t* s = buf.mutable_data_ptr<scalar_t>();
+      const int32_t* inv = inv_in.data();
+      for (int64_t i = b.r0; i < b.r1; ++i) {
+        scalar_t* src = s + (i - b.r0) * (b.c1 + 1);
+        const int64_t r = reach[i];
+        std::fill(src + r, src + b.c1 + 1, scalar_t(0));
+        scalar_t* dst = d + po[i] * I;
+        const int32_t pad = static_cast<int32_t>(r);
+        for (int64_t u = 0; u < I; ++u) dst[u] = src[std::min(inv[u], pad)];
+      }
+    });
   });
   return {dx, dw, db};
 }

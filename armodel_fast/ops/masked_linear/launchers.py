@@ -210,7 +210,7 @@ def _cpp_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x
         return ext.masked_linear_forward(x, w, bias, ip.perm_in, ip.perm_out, ip.row_reach, ip.blocks,
                                          ACTIVATIONS[activation], True, True,
                                          slabs=ext.masked_linear_slabs(w, ip.row_reach, ip.blocks), in_place=True)
-    p = prepare(weight, in_degrees, out_degrees, strict, use=use)
+    p = prepare(weight, in_degrees, out_degrees, strict, TRAIN_BLOCKS if use == "train" else None, use=use)
     return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                         ACTIVATIONS[activation], x_sorted, y_sorted)
 
@@ -228,7 +228,7 @@ def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activat
         return ext.masked_linear_backward(grad_y, x, y, w, ip.perm_in, ip.perm_out, ip.row_reach, blocks,
                                           ACTIVATIONS[activation], True, True, need_dx, need_dw, need_db,
                                           slabs=slabs, in_place=True)
-    p = prepare(weight, in_degrees, out_degrees, strict, use="backward")
+    p = prepare(weight, in_degrees, out_degrees, strict, TRAIN_BLOCKS, use="backward")  # its forward's
     return _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                          ACTIVATIONS[activation], x_sorted, y_sorted, need_dx, need_dw, need_db)
 
