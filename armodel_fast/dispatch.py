@@ -285,6 +285,16 @@ def _auto_when_compiling(op: str, device_type: str, dtype: torch.dtype) -> str:
     return _pick_auto(op, torch.device(device_type), dtype)
 
 
+_LAST_AUTO: list = [None]  # the most recent eager ``auto`` pick: (op, backend, why the size rule chose reference)
+
+
+def last_auto_pick() -> Optional[Tuple[str, str, Optional[str]]]:
+    """``(op, backend, why)`` of the most recent ``backend="auto"`` resolution in eager mode
+    (``why``: the size rule's reason when it chose the reference, else None); None before any.
+    The benchmark's ``auto`` rows report it; models keep their own in ``last_backend``."""
+    return _LAST_AUTO[0]
+
+
 def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, work=None) -> str:
     """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
@@ -305,8 +315,11 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     if auto:
         picked = _pick_auto(op, device, dtype)
         if picked == "cpp" and work is not None and op in SIZE_RULE_OPS:
-            if size_rule_says(op, work() if callable(work) else work) is not None:
+            why = size_rule_says(op, work() if callable(work) else work)
+            if why is not None:
+                _LAST_AUTO[0] = (op, "reference", why)
                 return "reference"
+        _LAST_AUTO[0] = (op, picked, None)
         return picked
     why = _why_not(backend, op, device)
     if why is not None:

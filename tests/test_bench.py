@@ -154,6 +154,18 @@ def test_kernel_rows_follow_explain():
     assert len({r.key for r in rows}) == len(rows)  # the subprocess finds its row by key
 
 
+
+def test_auto_rows_run_and_say_what_ran(quick_sweep):
+    """Every op's ``auto`` row is timed (not skipped) and its note names the backend it ran,
+    with the size rule's reason when that was the reference."""
+    rows = [r for r in json.loads(quick_sweep["json"].read_text())["rows"] if r["provider"] == "auto"]
+    assert {r["op"] for r in rows} == OPS
+    for r in rows:
+        assert r["median_ms"] is not None and r["median_ms"] > 0, r
+        assert re.fullmatch(r"auto ran (cpp|reference|triton|cuda)(: .+)?", r["info"]), r
+    small = [r for r in rows if r["op"] == "masked_linear fwd"]  # quick sizes: far below the size rule
+    assert small and all(r["info"].startswith("auto ran reference: too small") for r in small)
+
 # ---------------------------------------------------------------------------- layout of the harness
 def _bench_imports(path: Path) -> set:
     """Modules of armodel_fast.bench that ``path`` imports (relative imports inside the package)."""

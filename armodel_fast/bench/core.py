@@ -100,14 +100,16 @@ class Family:
 
 # ---------------------------------------------------------------------------- helpers for cases files
 def kernel_skip_reasons(op: str, device) -> dict:
-    """``{backend: None or why it cannot run op}`` for the non-reference backends,
-    read from :func:`armodel_fast.explain` (lines ``name: yes`` / ``name: no - why``)."""
+    """``{backend: None or why it cannot run op}`` for the non-reference backends and
+    ``auto``, read from :func:`armodel_fast.explain` (lines ``name: yes`` / ``name: no - why``)."""
     import armodel_fast
 
     reasons = {}
     for line in armodel_fast.explain(op, device).splitlines():
         name, _, verdict = line.partition(": ")
-        if name != "reference":
+        if name == "auto":  # always runnable (it may pick the reference): its row says what ran
+            reasons[name] = None
+        elif name != "reference":
             reasons[name] = None if verdict == "yes" else verdict.removeprefix("no - ")
     return reasons
 

@@ -98,8 +98,22 @@ def measure(row: Row, cfg: BenchConfig, memory: bool) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(times), "times_ms": times,
-            "peak_mib": _peak_memory_mib(fn, cfg.device) if memory else None}
+    result = {"median_ms": statistics.median(times), "times_ms": times,
+              "peak_mib": _peak_memory_mib(fn, cfg.device) if memory else None}
+    if row.provider == "auto":
+        result["info"] = _auto_ran()
+    return result
+
+
+def _auto_ran() -> str:
+    """What the ``auto`` row ran (the last eager ``auto`` pick) and why, for its note."""
+    from .. import dispatch
+
+    pick = dispatch.last_auto_pick()
+    if pick is None:
+        return "auto: nothing resolved"
+    op, backend, why = pick
+    return f"auto ran {backend}" + (f": {why}" if why else "")
 
 
 def short_error(e: BaseException, limit: int = 240) -> str:
