@@ -37,15 +37,15 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 
 
 # ``auto``'s size rule on the CPU (README "Choosing a backend"): the masked layers' C++
-# kernels have a fixed cost per call (a few hundred microseconds of bookkeeping) and, in
-# training, gather the weights each step unless the degrees are already sorted, so below
-# a size the dense reference wins. Measured on a 2-core CPU (``armodel-fast bench
-# --sweep --family masked_linear``): fwd+bwd with sorted degrees crosses 1.0x near
-# B*in*out = 12M (0.66x at 4M, 1.04x at 12.5M), evaluation near 30M (0.69x at 12.5M,
-# 1.14x at 50M); fwd+bwd with unsorted degrees (a random order's input or output
-# layer) stayed below 1.0x up to 784->500 (0.91x), so auto leaves training on such
-# layers to the reference.
-AUTO_MIN_WORK = {"train": 1 << 26, "eval": 1 << 26}  # multiply-adds of the dense layer, B * in * out
+# kernels have a fixed cost per call (about 0.1-0.2 ms of bookkeeping) and, in training,
+# gather the weights each step unless the degrees are already sorted, so below a size the
+# dense reference wins. Measured on a 2-core CPU (``armodel-fast bench --sweep --family
+# masked_linear``, 2 threads, B=128): fwd+bwd with sorted degrees 0.87x at 12.5M
+# (196->500), 1.11x at 32M (500->500), 1.38x at 50M (784->500); evaluation 0.85-1.05x at
+# 12.5M, 1.30x at 32M; fwd+bwd with unsorted degrees (a random order's input or output
+# layer) 0.72x at 12.5M, 1.06x at 50M, 1.51x at 200M (784->2000).
+AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 25,  # multiply-adds of the dense layers, B * in * out
+                 "train_unsorted": 1 << 27}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 
 
@@ -63,13 +63,14 @@ def size_rule_says(op: str, work: Optional[Work]) -> Optional[str]:
     """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (None: it need not)."""
     if op not in SIZE_RULE_OPS or work is None:
         return None
-    if work.training and not work.sorted:
-        return ("training with unsorted degrees (a random order's input or output layer): the kernels gather the "
-                "weights every step and measured slower than the dense reference")
-    need = AUTO_MIN_WORK["train" if work.training else "eval"]
+    kind = ("train" if work.sorted else "train_unsorted") if work.training else "eval"
+    need = AUTO_MIN_WORK[kind]
     if work.macs < need:
-        return (f"too small: B*in*out = {work.macs} < {need} ({'training' if work.training else 'evaluation'}; "
-                "the kernels' fixed cost per call makes the dense reference faster below this)")
+        what = {"train": "training", "eval": "evaluation",
+                "train_unsorted": "training with unsorted degrees (a random order's input or output layer: the "
+                                  "kernels gather the weights every step)"}[kind]
+        return (f"too small: B*in*out = {work.macs} < {need} ({what}; the kernels' fixed cost per call makes the "
+                "dense reference faster below this)")
     return None
 
 
@@ -344,9 +345,9 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
         elif work is not None:
             lines.append("auto: cpp - large enough for the kernels (size rule: README, 'Choosing a backend')")
         else:
-            lines.append("auto: cpp, or reference where the size rule says so (training on unsorted degrees; "
-                         f"B*in*out below {AUTO_MIN_WORK['train']} in training, {AUTO_MIN_WORK['eval']} in "
-                         "evaluation); pass work=Work(...) for one case")
+            lines.append("auto: cpp, or reference where the size rule says so (B*in*out below "
+                         f"{AUTO_MIN_WORK['train']} in training, {AUTO_MIN_WORK['train_unsorted']} in training on "
+                         f"unsorted degrees, {AUTO_MIN_WORK['eval']} in evaluation); pass work=Work(...) for one case")
     else:
         lines.append(f"auto: {picked}")
     return "\n".join(lines)

@@ -201,20 +201,25 @@ def test_made_training_step_compiles():
 
 
 def test_auto_size_rule():
-    """auto takes the reference for small layers and for training on unsorted degrees, the
-    kernels for large sorted ones, and explain says why."""
+    """auto takes the reference for small layers (training on unsorted degrees: up to a larger
+    size), the kernels for large ones, and explain says why."""
     small = dispatch.Work(128 * 8 * 16, True, True)
-    big_sorted = dispatch.Work(128 * 784 * 2000, True, True)
+    mid_sorted = dispatch.Work(128 * 784 * 500, True, True)
+    mid_unsorted = dispatch.Work(128 * 784 * 500, True, False)
     big_unsorted = dispatch.Work(128 * 784 * 2000, True, False)
-    big_eval = dispatch.Work(128 * 784 * 2000, False, False)
-    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=small) == "reference"
-    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=big_sorted) == "cpp"
-    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", work=big_unsorted) == "reference"
-    assert dispatch.resolve_backend("auto", "made", "cpu", work=big_eval) == "cpp"
+    mid_eval = dispatch.Work(128 * 784 * 500, False, False)
+    resolve = lambda work, op="masked_linear": dispatch.resolve_backend("auto", op, "cpu", work=work)  # noqa: E731
+    assert resolve(small) == "reference"
+    assert resolve(mid_sorted) == "cpp"
+    assert resolve(mid_unsorted) == "reference"
+    assert resolve(big_unsorted) == "cpp"
+    assert resolve(mid_eval, "made") == "cpp"
+    assert dispatch.last_auto_pick() == ("made", "cpp", None)
     assert dispatch.resolve_backend("cpp", "masked_linear", "cpu", work=small) == "cpp"  # explicit: as asked
     assert "too small" in af.explain("masked_linear", "cpu", work=small)
-    assert "unsorted degrees" in af.explain("masked_linear", "cpu", work=big_unsorted)
-    assert "auto: cpp" in af.explain("masked_linear", "cpu", work=big_sorted)
+    assert "unsorted degrees" in af.explain("masked_linear", "cpu", work=mid_unsorted)
+    assert "auto: cpp" in af.explain("masked_linear", "cpu", work=big_unsorted)
+    assert "auto: cpp" in af.explain("masked_linear", "cpu", work=mid_sorted)
     layer = af.MaskedLinear(8, 16, torch.arange(8), torch.arange(16) % 8, backend="auto")
     layer(torch.randn(4, 8))
     assert layer.last_backend == "reference"
@@ -229,7 +234,7 @@ def test_auto_size_rule():
 def test_auto_size_rule_lets_large_models_take_the_kernels(monkeypatch):
     """With the threshold at 0 (every size counts as large) auto takes cpp for the modules
     whose degrees are sorted: the rule, not something else, chose the reference above."""
-    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0})
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0})
     for model in (af.FVSBN(8, backend="auto"), af.MADE(8, [16], backend="auto")):
         model.log_prob(torch.ones(2, 8))
         assert model.last_backend == "cpp", type(model).__name__
