@@ -99,7 +99,7 @@ def cmd_bench(args, out) -> int:
         cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
                                 memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick,
-                                families=tuple(args.family or ()))
+                                families=tuple(args.family or ()), interleave=args.interleave)
     except ValueError as e:
         raise CLIError(str(e)) from e
     if cfg.device.startswith("cuda"):
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="include every torch.compile row (default: loops over D are compiled only "
                        f"when D <= {COMPILE_AUTO_MAX_D})")
     group.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
+    b.add_argument("--interleave", action="store_true",
+                   help="time the providers of each op and size in turns, one call each per round (a slow "
+                        "spell of a shared machine then hits them alike; the ratios are steadier)")
     b.add_argument("--no-memory", action="store_true",
                    help="time in this process and skip the per-row subprocess memory measurement")
     b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "

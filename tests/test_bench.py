@@ -166,6 +166,42 @@ def test_auto_rows_run_and_say_what_ran(quick_sweep):
     small = [r for r in rows if r["op"] == "masked_linear fwd"]  # quick sizes: far below the size rule
     assert small and all(r["info"].startswith("auto ran reference: too small") for r in small)
 
+
+def test_interleave_times_providers_in_turns(tmp_path, monkeypatch):
+    """--interleave: each op and size's providers are called in rounds (one call each per round),
+    every runnable row gets its repeats, the header says so, and peak memory still comes from a
+    subprocess per row."""
+    measure_module = sys.modules["armodel_fast.bench.measure"]  # (bench.measure is the function)
+    calls = []
+    real = measure_module.synchronized_call
+
+    def spy(row, cfg):
+        fn = real(row, cfg)
+        def run():
+            calls.append(row.provider)
+            return fn()
+        return run
+    monkeypatch.setattr(measure_module, "synchronized_call", spy)
+    cfg = bench.BenchConfig(device="cpu", quick=True, compile="off", repeats=3, memory=False, interleave=True,
+                            families=("masked_linear",), filter="masked_linear fwd+bwd")
+    rows = bench.all_rows(cfg)
+    results = bench.run_bench(cfg, rows)
+    runnable = [r.provider for r in rows if r.skip is None and r.op == "masked_linear fwd+bwd"]
+    assert len(runnable) >= 3
+    n = len(runnable)
+    warm = sum(r.warmup for r in rows if r.skip is None)
+    assert calls[warm:warm + 2 * n] == runnable * 2  # timed rounds: every provider once per round
+    for r in results:
+        if r["provider"] in runnable:
+            assert len(r["times_ms"]) == 3 and r["median_ms"] > 0 and r["peak_mib"] is None
+    assert "timed in turns" in bench.machine_line(bench.machine_info(cfg), cfg)
+    rc = main(QUICK + ["--interleave", "--family", "masked_linear", "--filter", "cpp", "--json",
+                       str(tmp_path / "b.json")])
+    assert rc == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["interleave"] is True
+    assert any(r["provider"] == "cpp" and r["peak_mib"] is not None for r in data["rows"])
+
 # ---------------------------------------------------------------------------- layout of the harness
 def _bench_imports(path: Path) -> set:
     """Modules of armodel_fast.bench that ``path`` imports (relative imports inside the package)."""

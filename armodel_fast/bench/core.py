@@ -35,6 +35,7 @@ class BenchConfig:
     sweep: bool = False
     quick: bool = False
     families: tuple = ()  # op families to run (keys of rows.FAMILIES); empty: all
+    interleave: bool = False  # time the providers of one op and size in turns (see measure.run_bench)
 
     def __post_init__(self):
         if self.device is None:

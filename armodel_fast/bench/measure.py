@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import torch
@@ -173,9 +173,82 @@ def add_ratios(results: list) -> list:
     return results
 
 
+def measure_interleaved(rows: list, cfg: BenchConfig) -> dict:
+    """Time ``rows`` (one op and size) in turns: warm each up, then rounds of one call per
+    row until each has its repeats. ``{row.key: result}``: as :func:`measure` without
+    peak memory, or ``{"error": ...}`` for a row whose setup or call failed."""
+    out, fns = {}, {}
+    for row in rows:
+        try:
+            fns[row.key] = synchronized_call(row, cfg)
+            for _ in range(row.warmup):
+                fns[row.key]()
+        except Exception as e:  # noqa: BLE001 - reported as the row's note
+            out[row.key] = {"error": short_error(e)}
+            fns.pop(row.key, None)
+    times = {key: [] for key in fns}
+    live = [row for row in rows if row.key in fns]
+    for round_ in range(max((repeats_of(r, cfg) for r in live), default=0)):
+        for row in live:
+            if row.key in out or round_ >= repeats_of(row, cfg):
+                continue
+            try:
+                t0 = time.perf_counter()
+                fns[row.key]()
+                times[row.key].append((time.perf_counter() - t0) * 1e3)
+            except Exception as e:  # noqa: BLE001
+                out[row.key] = {"error": short_error(e)}
+                continue
+            if row.provider == "auto":
+                out.setdefault("auto info", {})[row.key] = _auto_ran()
+    infos = out.pop("auto info", {})
+    for row in live:
+        if row.key not in out:
+            out[row.key] = {"median_ms": statistics.median(times[row.key]), "times_ms": times[row.key],
+                            "peak_mib": None, **({"info": infos[row.key]} if row.key in infos else {})}
+    return out
+
+
+def _memory_only(row: Row, cfg: BenchConfig) -> dict:
+    """The row's peak memory from its subprocess (one timed call there, not reported)."""
+    result = _measure_in_subprocess(row, replace(cfg, repeats=1, interleave=False))
+    return {"peak_mib": result["peak_mib"]}
+
+
+def _run_interleaved(cfg: BenchConfig, rows: list, console) -> list:
+    groups: dict = {}
+    for row in rows:
+        if row.skip is None:
+            groups.setdefault((row.op, row.size_label), []).append(row)
+    timed = {}
+    for (op, label), group in groups.items():
+        if console is not None:
+            console.print(f"  {op} [{label}]: {len(group)} providers in turns ...")
+        timed.update(measure_interleaved(group, cfg))
+    results = []
+    for row in rows:
+        result = _result_of(row)
+        got = timed.get(row.key)
+        if got is not None and "error" in got:
+            result["note"] = "failed: " + got["error"]
+        elif got is not None:
+            result.update(got)
+            if cfg.memory:
+                try:
+                    result.update(_memory_only(row, cfg))
+                except Exception as e:  # noqa: BLE001 - the timing stands; say why memory is missing
+                    result["note"] = "peak memory failed: " + short_error(e)
+        results.append(result)
+    return add_ratios(results)
+
+
 def run_bench(cfg: BenchConfig, rows=None, console=None) -> list:
-    """Measure every row; returns one dict per row (skipped and failed rows have a note)."""
+    """Measure every row; returns one dict per row (skipped and failed rows have a note).
+    ``cfg.interleave``: the providers of each op and size are timed in turns in this
+    process (:func:`measure_interleaved`), peak memory still in a subprocess per row."""
     rows = all_rows(cfg) if rows is None else rows
+    if cfg.interleave:
+        return _run_interleaved(cfg, rows, console)
     results = []
     for i, row in enumerate(rows):
         result = _result_of(row)

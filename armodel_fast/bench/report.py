@@ -77,7 +77,8 @@ def machine_line(info: dict, cfg: BenchConfig) -> str:
         busy = (f". WARNING: load average {start} >= {info['cores']} cores at the start: other processes competed for "
                 "the CPU, timings are unreliable (multi-threaded rows suffer most; compare with --threads 1)")
     return (f"{where}, {info['cores']} cores, {info['threads']} torch threads, torch {info['torch']}, {commit}, "
-            f"{info['date']}; device {cfg.device}, median of up to {cfg.repeats} calls after warm-up{load}{busy}")
+            f"{info['date']}; device {cfg.device}, median of up to {cfg.repeats} calls after warm-up"
+            f"{', the providers of each op and size timed in turns' if cfg.interleave else ''}{load}{busy}")
 
 
 def _groups(results: list) -> list:
