@@ -107,3 +107,36 @@ def test_overwrite_starts_afresh(tmp_path):
                  "--overwrite", "--quiet"]) == 0
     steps = [__import__("json").loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2] and C.load(run / "last.pt")["trainer"]["step"] == 2
+
+
+
+@pytest.mark.parametrize("where", ["before the validation", "after its record"])
+def test_killed_between_the_last_steps_checkpoint_and_its_validation(tmp_path, monkeypatch, where):
+    """A run stopped by --max-steps saves its last step's checkpoint, then validates (a record
+    in metrics.jsonl) and saves again. Killed in between, --resume must take no further step and
+    leave that validation's record written once: the same parameters and metrics as the run
+    never killed (the first window is what made the SIGKILL test above fail now and then)."""
+    from armodel_fast.training import loop
+
+    args = ["train", "--model", "made", "--hidden", "16", "16", "--num-masks", "3", "--order", "random",
+            "--max-steps", "4", "--checkpoint-every", "1", "--eval-every", "3", "--quiet", "--seed", "5"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    name = "_validate_and_report" if where == "before the validation" else "save_last"
+    real = getattr(loop.Trainer, name)
+
+    def killed(self, *a):
+        st = self.state
+        if st["step"] == 4 and (name == "_validate_and_report" or st.get("last_eval_step") == 4):
+            raise SystemExit("killed")
+        return real(self, *a)
+
+    monkeypatch.setattr(loop.Trainer, name, killed)
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "killed")])
+    monkeypatch.undo()
+    assert _step_of(tmp_path / "killed") == 4 and not (tmp_path / "killed" / "model.pt").exists()
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--quiet"]) == 0
+    assert_bitwise_equal(params(tmp_path / "whole"), params(tmp_path / "killed"))
+    strip = (lambda p: [{k: v for k, v in __import__("json").loads(x).items() if k != "seconds"}
+                        for x in (p / "metrics.jsonl").read_text().splitlines()])
+    assert strip(tmp_path / "killed") == strip(tmp_path / "whole")

@@ -140,8 +140,11 @@ class Trainer:
         self.state.update(saved["trainer"], stopped=None)
         ckpt.set_rng_states(saved["rng"])
         if self.ctx.is_main and os.path.exists(self.path("metrics.jsonl")):  # drop records after the checkpoint
+            # a record of the checkpoint's own step counts only if that validation preceded the save
+            step, evaluated = self.state["step"], self.state.get("last_eval_step")
             with open(self.path("metrics.jsonl")) as f:
-                keep = [line for line in f if line.strip() and json.loads(line)["step"] <= self.state["step"]]
+                keep = [line for line in f if line.strip() and (json.loads(line)["step"] < step or (
+                    json.loads(line)["step"] == step and evaluated == step))]
             ckpt.atomic_write_bytes(self.path("metrics.jsonl"), "".join(keep).encode())
 
     def model_file(self, metrics: dict) -> dict:
@@ -217,6 +220,8 @@ class Trainer:
         total = s.epochs * self.steps_per_epoch
         with progress_bar(self.console, self.show_progress and self.ctx.is_main) as bar:
             task = bar.add_task("training", total=total, completed=st["step"], nll=float("nan"))
+            if s.max_steps and st["step"] >= s.max_steps:  # resumed from the checkpoint of its last step
+                st["stopped"] = f"--max-steps {s.max_steps} reached"
             while st["epoch"] < s.epochs and st["stopped"] is None:
                 order = self._order(st["epoch"])
                 batches = [order[i:i + self.local_batch] for i in range(0, len(order), self.local_batch)]
