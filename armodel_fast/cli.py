@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ._backend import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, resolve_backend
+from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, resolve_backend, size_rule_says
 from ._user_errors import UserError, writable_dir
 
 
@@ -26,12 +26,15 @@ def _console(stderr: bool = False):
     return Console(file=file, highlight=False, markup=False, soft_wrap=True, width=width)
 
 
-def _backend_note(op: str, ran: str, requested: str, device="cpu") -> str:
-    """``ran`` plus, when that is not a compiled kernel, one line on why not."""
+def _backend_note(op: str, ran: str, requested: str, device="cpu", size_rule=None) -> str:
+    """``ran`` plus, when that is not a compiled kernel, one line on why not (``size_rule``:
+    why auto's size rule chose the reference, if it did)."""
     if ran != "reference":
         return f"{ran} (compiled kernel)"
     if requested == "reference":
         return "reference (plain PyTorch, as requested with --backend reference)"
+    if size_rule:
+        return f"reference (plain PyTorch; auto's size rule, README 'Choosing a backend': {size_rule})"
     preferred = [b for b in AUTO_ORDER.get(str(device).split(":")[0], ()) if b != "reference"]
     reasons = [line for line in explain(op, device).splitlines() if line.split(":")[0] in preferred]
     return "reference (plain PyTorch; " + "; ".join(reasons) + ")"
@@ -41,9 +44,12 @@ def _backend_note(op: str, ran: str, requested: str, device="cpu") -> str:
 def cmd_train(args, out) -> int:
     from .training.commands import cmd_train as run
 
-    def note(model, requested):
-        planned = resolve_backend(requested, model.op, model.device)
-        return f"backend: {requested} -> " + _backend_note(model.op, planned, requested)
+    def note(model, requested, batch):
+        """What a training step of ``batch`` rows per process will run (the size rule included)."""
+        work = model.auto_work(batch) if hasattr(model, "auto_work") else None
+        planned = resolve_backend(requested, model.op, model.device, work=work)
+        why = size_rule_says(model.op, work) if requested == "auto" and planned == "reference" else None
+        return f"backend: {requested} -> " + _backend_note(model.op, planned, requested, model.device, why)
     try:
         return run(args, out, note)
     except BackendUnavailableError as e:

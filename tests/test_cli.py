@@ -45,6 +45,26 @@ def test_train_prints_backend_and_validation(tmp_path, capsys):
     assert text.count("valid NLL") == 2 and "bits/dim" in text
 
 
+
+def test_train_backend_line_applies_the_size_rule(tmp_path, capsys, monkeypatch):
+    """The 'backend:' line says what a training step runs, auto's size rule included: a small
+    model (digits, D=64) trains on the reference, and the line says why; with the threshold at
+    0 the same run announces (and runs) the kernels."""
+    from armodel_fast import dispatch
+
+    if not af.backends()["cpp"].available:
+        pytest.skip("no cpp backend here")
+    args = ["train", "--model", "made", "--hidden", "16", "--max-steps", "2", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "small")]) == 0
+    text = capsys.readouterr().out
+    assert "backend: auto -> reference (plain PyTorch; auto's size rule" in text and "too small" in text
+    assert text.rstrip().splitlines()[-2].endswith("backend reference")
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0})
+    assert main(args + ["--out", str(tmp_path / "large")]) == 0
+    text = capsys.readouterr().out
+    assert "backend: auto -> cpp (compiled kernel)" in text and "backend cpp" in text
+
+
 def test_sample_writes_png(nade_run, tmp_path, capsys):
     png = tmp_path / "grid.png"
     rc = main(["sample", "--checkpoint", str(nade_run / "model.pt"), "--n", "16", "--out", str(png)])

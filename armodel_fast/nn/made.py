@@ -191,13 +191,14 @@ class MADE(AutoregressiveModel):
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
         hidden, output, direct, ctx_w = self._layer_args()
-        backend = self._resolve(work=lambda: self._auto_work(x.shape[0]))
+        backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
                                 backend=backend)
         return self._bound_scale(ref.made_params_split(raw, self.out, self.D, self.K))
 
-    def _auto_work(self, batch: int) -> Work:
-        """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work)."""
+    def auto_work(self, batch: int) -> Work:
+        """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work;
+        a training step when grad mode is on and a parameter requires grad)."""
         layers = list(self.layers) + [self.output] + ([self.direct] if self.direct is not None else [])
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         return Work(batch * sum(m.in_features * m.out_features for m in layers), training,

@@ -148,7 +148,7 @@ def cmd_train(args, out, note_backend=None) -> int:
                   + (f", {ctx.world} processes" if ctx.active else "")
                   + (f"; resumed at step {trainer.state['step']}" if saved else ""))
         if note_backend:
-            out.print(note_backend(model, opts["backend"]))
+            out.print(note_backend(model, opts["backend"], trainer.local_batch))
 
     def on_record(rec):
         if ctx.is_main and not args.quiet:
