@@ -297,7 +297,7 @@ class MADE(AutoregressiveModel):
         self._check_flow()
         x, context, lead = self._flat(x, context)
         _, mu, ls = self._params(x, context)
-        z, logdet = ref.gaussian_transform(x, mu[..., 0], ls[..., 0])  # ls: already bounded
+        z, logdet = ref.gaussian_transform(x, mu.squeeze(-1), ls.squeeze(-1))  # K = 1; ls: already bounded
         return z.reshape(*lead, self.D), logdet.reshape(lead)
 
     def inverse(self, z: torch.Tensor, context=None):

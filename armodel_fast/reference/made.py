@@ -131,8 +131,7 @@ def made_params_split(raw: torch.Tensor, out: str, D: int, K: Optional[int]):
         return raw
     if out == "categorical":
         return raw.view(B, D, K)
-    p = raw.view(B, D, 3, K)
-    return p[:, :, 0], p[:, :, 1], p[:, :, 2]
+    return raw.view(B, D, 3, K).unbind(2)  # one backward (a stack) instead of a zero-filled [B, D, 3, K] per part
 
 
 # Per-dimension draw and log-likelihood of each head (params as made_params_split gives them).
