@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, resolve_backend, size_rule_says
+from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, last_auto_pick, resolve_backend
 from ._user_errors import UserError, writable_dir
 
 
@@ -48,7 +48,8 @@ def cmd_train(args, out) -> int:
         """What a training step of ``batch`` rows per process will run (the size rule included)."""
         work = model.auto_work(batch) if hasattr(model, "auto_work") else None
         planned = resolve_backend(requested, model.op, model.device, work=work)
-        why = size_rule_says(model.op, work) if requested == "auto" and planned == "reference" else None
+        pick = last_auto_pick() if requested == "auto" else None  # (op, backend, the size rule's reason)
+        why = pick[2] if pick is not None and pick[1] == "reference" else None
         return f"backend: {requested} -> " + _backend_note(model.op, planned, requested, model.device, why)
     try:
         return run(args, out, note)

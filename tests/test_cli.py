@@ -63,6 +63,10 @@ def test_train_backend_line_applies_the_size_rule(tmp_path, capsys, monkeypatch)
     assert main(args + ["--out", str(tmp_path / "large")]) == 0
     text = capsys.readouterr().out
     assert "backend: auto -> cpp (compiled kernel)" in text and "backend cpp" in text
+    monkeypatch.setattr(dispatch, "_pick_auto", lambda *a: "reference")  # as without the kernels
+    assert main(args + ["--out", str(tmp_path / "none")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("backend:"))
+    assert line.startswith("backend: auto -> reference (plain PyTorch; cpp: ") and "size rule" not in line
 
 
 def test_sample_writes_png(nade_run, tmp_path, capsys):

@@ -118,6 +118,65 @@ def test_kernels_split_over_threads_match_reference(threads, sorted_in):
         torch.set_num_threads(old)
 
 
+def test_bias_only_training_reuses_the_prepared_weights():
+    """Only the bias trains (x and W frozen): the forward prepares the evaluation layout (anew
+    after each backward: a fused optimizer step could have changed W unseen) and the backward
+    finds that same entry instead of building a second layout: one build per step."""
+    from armodel_fast.ops.masked_linear import clear_cache
+
+    g = torch.Generator().manual_seed(4)
+    din, dout = degrees(60, 90, 40, False, False, g)
+    w, x = torch.randn(90, 60, generator=g), torch.randn(8, 60, generator=g)
+    b = torch.randn(90, generator=g, requires_grad=True)
+    clear_cache()
+    builds = []
+    for _ in range(3):
+        masked_linear(x, w, b, din, dout, False, "relu", backend="cpp").sum().backward()
+        builds.append(cache_info()["builds"])
+    assert builds[2] - builds[1] == builds[1] - builds[0] == 1, builds
+    mask = degree_mask(din, dout, False, torch.float32)
+    b_ref = b.detach().clone().requires_grad_()
+    F.relu(F.linear(x, w * mask, b_ref)).sum().backward()
+    torch.testing.assert_close(b.grad, 3 * b_ref.grad)
+
+
+_DISPATCH_MODE_SCRIPT = """
+import threading, time, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from armodel_fast.ops.masked_linear import masked_linear
+torch.set_num_threads(2)
+caller = threading.get_native_id()
+class SlowOffTheCallingThread(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if threading.get_native_id() != caller:
+            time.sleep(0.01)  # a Python handler that runs on a kernel's worker thread needs the GIL
+        return func(*args, **(kwargs or {}))
+for sorted_in in (True, False):
+    din = torch.arange(256) % 64 + 1
+    din = din.sort().values if sorted_in else din
+    dout = (torch.arange(512) % 64 + 1).sort().values
+    w = torch.randn(512, 256, requires_grad=True)
+    x = torch.randn(64, 256, requires_grad=True)
+    with SlowOffTheCallingThread():
+        masked_linear(x, w, None, din, dout, False, "relu", backend="cpp").sum().backward()
+print("done")
+"""
+
+
+def test_kernels_stay_on_the_calling_thread_under_a_dispatch_mode(tmp_path):
+    """Under a Python dispatch mode (FlopCounterMode, DebugMode, ...) the kernels' ATen ops run on
+    the calling thread: on a worker thread the mode's Python code would wait for the GIL the
+    caller holds while it waits for the workers (a deadlock). In a subprocess, so that a hang
+    fails the test instead of stopping the suite."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "mode.py"
+    script.write_text(_DISPATCH_MODE_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("dtype, bad", [(torch.float32, float("nan")), (torch.float32, float("inf")),
                                         (torch.float64, -float("inf")), (torch.float16, float("nan")),
                                         (torch.bfloat16, float("inf"))])

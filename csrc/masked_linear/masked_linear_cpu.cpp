@@ -6,8 +6,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -113,16 +115,28 @@ at::Tensor slab_of(const std::optional<at::Tensor>& slabs, const Block& b) {
   return slabs->narrow(0, b.slab_offset, b.rows() * b.wd()).view({b.rows(), b.wd()});
 }
 
+// Whether the kernels' ATen ops must stay on the calling thread: a Python dispatch mode is
+// active (FlopCounterMode, DebugMode, ...) or a tensor is a Python subclass. Their Python
+// code would run on a worker thread and wait for the GIL, which the caller holds while it
+// waits for the workers: a deadlock.
+bool python_dispatch(std::initializer_list<const at::Tensor*> tensors) {
+  if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return true;
+  for (const at::Tensor* t : tensors) {
+    if (t != nullptr && t->defined() && t->key_set().has(c10::DispatchKey::Python)) return true;
+  }
+  return false;
+}
+
 // Runs body(k) for every block, the blocks cut into one contiguous run per thread of
 // about equal area (rows x c1): each block's matmuls then run on one thread, in one
 // parallel region per call, instead of every small matmul split over the threads
 // with a barrier each. The workers get the caller's thread-local state (grad mode,
-// dispatch keys), as ATen ops run inside.
+// dispatch keys), as ATen ops run inside; ``serial``: all on this thread (python_dispatch).
 template <typename F>
-void parallel_blocks(const std::vector<Block>& bl, const F& body) {
+void parallel_blocks(const std::vector<Block>& bl, bool serial, const F& body) {
   const int64_t nb = static_cast<int64_t>(bl.size());
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), nb);
-  if (nt <= 1 || at::in_parallel_region()) {
+  if (serial || nt <= 1 || at::in_parallel_region()) {
     for (int64_t k = 0; k < nb; ++k) body(k);
     return;
   }
@@ -148,9 +162,9 @@ void parallel_blocks(const std::vector<Block>& bl, const F& body) {
 // Runs body(b0, n) on batch rows [b0, b0 + n), one run per thread (for products that
 // accumulate over blocks into the same output columns: dx).
 template <typename F>
-void parallel_batch(int64_t B, const F& body) {
+void parallel_batch(int64_t B, bool serial, const F& body) {
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, B / 16));
-  if (nt <= 1 || at::in_parallel_region()) {
+  if (serial || nt <= 1 || at::in_parallel_region()) {
     body(0, B);
     return;
   }
@@ -211,7 +225,7 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
   }
   // Each block: its bias columns, the matmuls accumulating onto them, its activation,
   // while the block's outputs are in cache; the blocks split over the threads.
-  parallel_blocks(bl, [&](int64_t k) {
+  parallel_blocks(bl, python_dispatch({&x, &w_sorted, &ys}), [&](int64_t k) {
     const Block& b = bl[k];
     at::Tensor out = ys.narrow(1, b.r0, b.rows());
     bool written = bias_s.defined();
@@ -293,6 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
       }
     }
     if (!need_dx && !need_dw) return;
+    const bool serial = python_dispatch({&x, &grad_y, &w_sorted});
     const at::Tensor xc = x.contiguous();
     at::Tensor xs = xc;
     if (need_dw && !x_sorted) {
@@ -307,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     }
     if (need_dx) {
       // Every block adds into the same dx columns: the threads split the batch instead.
-      parallel_batch(B, [&](int64_t b0, int64_t n) {
+      parallel_batch(B, serial, [&](int64_t b0, int64_t n) {
         const at::Tensor g = gs.narrow(0, b0, n);
         at::Tensor d = dxs.narrow(0, b0, n);
         for (const auto& b : bl) {
@@ -343,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     }
     const int64_t z = bl.empty() ? O : bl[0].r0;  // sorted rows [0, z) reach no input
     for (int64_t i = 0; i < z; ++i) std::fill(d + (in_place ? i : po[i]) * I, d + ((in_place ? i : po[i]) + 1) * I, scalar_t(0));
-    parallel_blocks(bl, [&](int64_t k) {
+    parallel_blocks(bl, serial, [&](int64_t k) {
       const Block& b = bl[k];
       const at::Tensor gbt = gs.narrow(1, b.r0, b.rows()).t();
       if (in_place) {

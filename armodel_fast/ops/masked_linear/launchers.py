@@ -228,7 +228,10 @@ def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activat
         return ext.masked_linear_backward(grad_y, x, y, w, ip.perm_in, ip.perm_out, ip.row_reach, blocks,
                                           ACTIVATIONS[activation], True, True, need_dx, need_dw, need_db,
                                           slabs=slabs, in_place=True)
-    p = prepare(weight, in_degrees, out_degrees, strict, TRAIN_BLOCKS, use="backward")  # its forward's
+    # the forward's block count: the training one when it prepared anew (fresh_weights: x or W
+    # requires grad), else evaluation's (only the bias trains): the cache then has its entry
+    p = prepare(weight, in_degrees, out_degrees, strict, TRAIN_BLOCKS if need_dx or need_dw else None,
+                use="backward")
     return _cpp().masked_linear_backward(grad_y, x, y, p.w_sorted, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                          ACTIVATIONS[activation], x_sorted, y_sorted, need_dx, need_dw, need_db)
 
