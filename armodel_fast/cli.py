@@ -48,8 +48,7 @@ def cmd_train(args, out) -> int:
         """What a training step of ``batch`` rows per process will run (the size rule included)."""
         work = model.auto_work(batch) if hasattr(model, "auto_work") else None
         planned = resolve_backend(requested, model.op, model.device, work=work)
-        pick = last_auto_pick() if requested == "auto" else None  # (op, backend, the size rule's reason)
-        why = pick[2] if pick is not None and pick[1] == "reference" else None
+        why = last_auto_pick()[2] if requested == "auto" else None  # the size rule's reason, if it ruled
         return f"backend: {requested} -> " + _backend_note(model.op, planned, requested, model.device, why)
     try:
         return run(args, out, note)

@@ -177,7 +177,7 @@ def measure_interleaved(rows: list, cfg: BenchConfig) -> dict:
     """Time ``rows`` (one op and size) in turns: warm each up, then rounds of one call per
     row until each has its repeats. ``{row.key: result}``: as :func:`measure` without
     peak memory, or ``{"error": ...}`` for a row whose setup or call failed."""
-    out, fns = {}, {}
+    out, fns, infos = {}, {}, {}
     for row in rows:
         try:
             fns[row.key] = synchronized_call(row, cfg)
@@ -200,8 +200,7 @@ def measure_interleaved(rows: list, cfg: BenchConfig) -> dict:
                 out[row.key] = {"error": short_error(e)}
                 continue
             if row.provider == "auto":
-                out.setdefault("auto info", {})[row.key] = _auto_ran()
-    infos = out.pop("auto info", {})
+                infos[row.key] = _auto_ran()
     for row in live:
         if row.key not in out:
             out[row.key] = {"median_ms": statistics.median(times[row.key]), "times_ms": times[row.key],

@@ -37,13 +37,14 @@ class FVSBN(AutoregressiveModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_binary_x(x, self.D, self.device, self.dtype)
         lin = self.linear
-        backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
+        backend = self._resolve(work=lambda: auto_work(x, lin.weight, lin.bias, lin.in_degrees, lin.out_degrees))
         return fast.fvsbn_logits(x, lin.weight, lin.bias, lin.in_degrees, backend)
 
     def auto_work(self, batch: int):
         """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work)."""
         lin = self.linear
-        return auto_work(lin.weight.new_empty(batch, self.D), lin.weight, lin.bias, lin.in_degrees, lin.out_degrees)
+        rows = lin.weight.new_zeros(()).expand(batch, self.D)  # the shape only: no allocation
+        return auto_work(rows, lin.weight, lin.bias, lin.in_degrees, lin.out_degrees)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, [B]."""

@@ -141,10 +141,10 @@ class Trainer:
         ckpt.set_rng_states(saved["rng"])
         if self.ctx.is_main and os.path.exists(self.path("metrics.jsonl")):  # drop records after the checkpoint
             # a record of the checkpoint's own step counts only if that validation preceded the save
-            step, evaluated = self.state["step"], self.state.get("last_eval_step")
+            last = self.state["step"] if self.state.get("last_eval_step") == self.state["step"] else \
+                self.state["step"] - 1
             with open(self.path("metrics.jsonl")) as f:
-                keep = [line for line in f if line.strip() and (json.loads(line)["step"] < step or (
-                    json.loads(line)["step"] == step and evaluated == step))]
+                keep = [line for line in f if line.strip() and json.loads(line)["step"] <= last]
             ckpt.atomic_write_bytes(self.path("metrics.jsonl"), "".join(keep).encode())
 
     def model_file(self, metrics: dict) -> dict:

@@ -127,11 +127,21 @@ bool python_dispatch(std::initializer_list<const at::Tensor*> tensors) {
   return false;
 }
 
+// Runs run(t) for t in [0, nt), one t per intra-op thread, with the caller's thread-local
+// state (grad mode, dispatch keys: ATen ops run inside).
+template <typename F>
+void per_thread(int64_t nt, const F& run) {
+  const at::ThreadLocalState state;
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    const at::ThreadLocalStateGuard guard(state);
+    for (int64_t t = t0; t < t1; ++t) run(t);
+  });
+}
+
 // Runs body(k) for every block, the blocks cut into one contiguous run per thread of
 // about equal area (rows x c1): each block's matmuls then run on one thread, in one
 // parallel region per call, instead of every small matmul split over the threads
-// with a barrier each. The workers get the caller's thread-local state (grad mode,
-// dispatch keys), as ATen ops run inside; ``serial``: all on this thread (python_dispatch).
+// with a barrier each. ``serial``: all on this thread (python_dispatch).
 template <typename F>
 void parallel_blocks(const std::vector<Block>& bl, bool serial, const F& body) {
   const int64_t nb = static_cast<int64_t>(bl.size());
@@ -150,12 +160,8 @@ void parallel_blocks(const std::vector<Block>& bl, bool serial, const F& body) {
     // the run ends before or after block k, whichever is nearer the even share
     cut[t] = std::max(cut[t - 1], (k < nb && area[k + 1] - want < want - area[k]) ? k + 1 : k);
   }
-  const at::ThreadLocalState state;
-  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t k = cut[t]; k < cut[t + 1]; ++k) body(k);
-    }
+  per_thread(nt, [&](int64_t t) {
+    for (int64_t k = cut[t]; k < cut[t + 1]; ++k) body(k);
   });
 }
 
@@ -168,13 +174,9 @@ void parallel_batch(int64_t B, bool serial, const F& body) {
     body(0, B);
     return;
   }
-  const at::ThreadLocalState state;
-  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b0 = B * t / nt, b1 = B * (t + 1) / nt;
-      body(b0, b1 - b0);
-    }
+  per_thread(nt, [&](int64_t t) {
+    const int64_t b0 = B * t / nt;
+    body(b0, B * (t + 1) / nt - b0);
   });
 }
 
@@ -357,7 +359,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
       for (int64_t j = 0; j < I; ++j) inv_in[pi[j]] = static_cast<int32_t>(j);
     }
     const int64_t z = bl.empty() ? O : bl[0].r0;  // sorted rows [0, z) reach no input
-    for (int64_t i = 0; i < z; ++i) std::fill(d + (in_place ? i : po[i]) * I, d + ((in_place ? i : po[i]) + 1) * I, scalar_t(0));
+    for (int64_t i = 0; i < z; ++i) {
+      scalar_t* row = d + (in_place ? i : po[i]) * I;
+      std::fill(row, row + I, scalar_t(0));
+    }
     parallel_blocks(bl, serial, [&](int64_t k) {
       const Block& b = bl[k];
       const at::Tensor gbt = gs.narrow(1, b.r0, b.rows()).t();

@@ -112,11 +112,7 @@ void gather_weights(const at::Tensor& weight, const int64_t* pin, const int64_t*
       const scalar_t* src = w + pout[i] * s0;
       scalar_t* dst = out + i * I;
       const int64_t r = reach[i];
-      if (s1 == 1) {
-        for (int64_t j = 0; j < r; ++j) dst[j] = src[pin[j]];
-      } else {
-        for (int64_t j = 0; j < r; ++j) dst[j] = src[pin[j] * s1];
-      }
+      for (int64_t j = 0; j < r; ++j) dst[j] = src[pin[j] * s1];
       std::fill(dst + r, dst + cols[i], scalar_t(0));
     }
   });
