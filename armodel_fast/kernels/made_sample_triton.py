@@ -133,7 +133,8 @@ def _head_step(t, d, a_rows, rows, smask, in_off, cnt, w_ptr, ld_out, b_ptr, noi
     kmask = cols < K
     nd = rows * D + d
     first = tl.zeros([BLOCK_S], dtype=tl.int32)
-    nr = 1 if HEAD == 0 else K                       # rows per head parameter (HEAD 2/3: logits, mu, log_sigma)
+    nr = 1 if HEAD == 0 else K                       # rows per head parameter (HEAD 2: logits, mu, log_sigma;
+                                                     # HEAD 3/4: mu, raw log sigma)
     p0 = _output_rows(rows, smask, a_rows, in_off, cnt, w_ptr, ld_out, b_ptr, t * P, nr, wd_ptr, t * KIN,
                       D * KIN, ctxo_ptr, D * P, HAS_DIRECT, HAS_CTX, ACC, BLOCK_S, BLOCK_K, BLOCK_J)
     if HEAD == 0:
@@ -147,26 +148,27 @@ def _head_step(t, d, a_rows, rows, smask, in_off, cnt, w_ptr, ld_out, b_ptr, noi
         term = _pick(p0, cols, xi) - lse
         tl.store(x_ptr + nd, xi.to(tl.int64), mask=smask)
         tl.store(a_rows + t * K + xi, tl.full([BLOCK_S], 1.0, ACC), mask=smask)
-    else:
+    elif HEAD == 2:                                  # mixture: u0 picks the component, z = Phi^-1(u1)
         mu = _output_rows(rows, smask, a_rows, in_off, cnt, w_ptr, ld_out, b_ptr, t * P + K, K, wd_ptr, t * KIN,
                           D * KIN, ctxo_ptr, D * P, HAS_DIRECT, HAS_CTX, ACC, BLOCK_S, BLOCK_K, BLOCK_J)
         ls = _output_rows(rows, smask, a_rows, in_off, cnt, w_ptr, ld_out, b_ptr, t * P + 2 * K, K, wd_ptr,
                           t * KIN, D * KIN, ctxo_ptr, D * P, HAS_DIRECT, HAS_CTX, ACC, BLOCK_S, BLOCK_K, BLOCK_J)
-        if HEAD == 2:                                # mixture: u0 picks the component, z = Phi^-1(u1)
-            u0 = tl.load(noise_ptr + 2 * nd, mask=smask, other=0.0).to(ACC)
-            k, lse_w = _draw_class(p0, cols, kmask, u0, K)
-            z = tl.load(z_ptr + nd, mask=smask, other=0.0).to(ACC)
-            xv = _pick(mu, cols, k) + tl.exp(_pick(ls, cols, k)) * z
-            zz = (xv[:, None] - mu) * tl.exp(-ls)
-            comp = tl.where(kmask[None, :], p0 - lse_w[:, None] - 0.5 * zz * zz - ls - LOG_SQRT_2PI, float("-inf"))
-            m = tl.max(comp, axis=1)
-            term = m + tl.log(tl.sum(tl.exp(comp - m[:, None]), axis=1))
-        else:                                        # affine inverse: x = mu + exp(s) z
-            z = tl.load(noise_ptr + nd, mask=smask, other=0.0).to(ACC)
-            term = _pick(ls, cols, first)
-            if HEAD == 3:                            # s = bounded log sigma (reference bounded_log_sigma)
-                term = term / (1.0 + tl.abs(term) / LOG_SCALE_BOUND)
-            xv = _pick(mu, cols, first) + tl.exp(term) * z
+        u0 = tl.load(noise_ptr + 2 * nd, mask=smask, other=0.0).to(ACC)
+        k, lse_w = _draw_class(p0, cols, kmask, u0, K)
+        z = tl.load(z_ptr + nd, mask=smask, other=0.0).to(ACC)
+        xv = _pick(mu, cols, k) + tl.exp(_pick(ls, cols, k)) * z
+        zz = (xv[:, None] - mu) * tl.exp(-ls)
+        comp = tl.where(kmask[None, :], p0 - lse_w[:, None] - 0.5 * zz * zz - ls - LOG_SQRT_2PI, float("-inf"))
+        m = tl.max(comp, axis=1)
+        term = m + tl.log(tl.sum(tl.exp(comp - m[:, None]), axis=1))
+    else:                                            # affine inverse x = mu + exp(s) z; p0: mu, next row: raw s
+        ls = _output_rows(rows, smask, a_rows, in_off, cnt, w_ptr, ld_out, b_ptr, t * P + 1, 1, wd_ptr, t * KIN,
+                          D * KIN, ctxo_ptr, D * P, HAS_DIRECT, HAS_CTX, ACC, BLOCK_S, BLOCK_K, BLOCK_J)
+        z = tl.load(noise_ptr + nd, mask=smask, other=0.0).to(ACC)
+        term = _pick(ls, cols, first)
+        if HEAD == 3:                                # s = bounded log sigma (reference bounded_log_sigma)
+            term = term / (1.0 + tl.abs(term) / LOG_SCALE_BOUND)
+        xv = _pick(p0, cols, first) + tl.exp(term) * z
     if HEAD != 1:
         tl.store(x_ptr + nd, xv.to(x_ptr.dtype.element_ty), mask=smask)
         tl.store(a_rows + t, xv, mask=smask)
@@ -187,9 +189,12 @@ def _made_sample_kernel(noise_ptr, z_ptr, order_ptr, w_ptr, b_ptr, meta_ptr, end
     elif HEAD == 0:
         KIN = 1
         P = 1
-    else:
+    elif HEAD == 2:
         KIN = 1
         P = 3 * K                                    # (logits, mu, log_sigma) per dimension
+    else:
+        KIN = 1
+        P = 2                                        # affine: (mu, raw log sigma) per dimension
     w_out = tl.load(meta_ptr + 4 * L)
     ld_out = tl.load(meta_ptr + 4 * L + 1)
     b_out = tl.load(meta_ptr + 4 * L + 3)
@@ -253,7 +258,7 @@ def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, 
         raise ValueError("Triton kernels need CUDA tensors; CPU tensors run only under TRITON_INTERPRET=1")
     n, D = noise.shape[0], noise.shape[1]
     kin = K if head == "categorical" else 1
-    P = {"bernoulli": 1, "categorical": K, "gaussian": 3 * K, "affine": 3, "affine_raw": 3}[head]
+    P = {"bernoulli": 1, "categorical": K, "gaussian": 3 * K, "affine": 2, "affine_raw": 2}[head]
     rows_in = D * kin
     for l, (w, b) in enumerate(zip(weights, biases)):
         rows = w.shape[0]

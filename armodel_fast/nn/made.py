@@ -32,7 +32,8 @@ class MADE(AutoregressiveModel):
       ``forward -> logits [B, D, K]``; ``u [n, D]``.
     * ``out="gaussian"`` (K components, default 1): x real [B, D];
       ``forward -> (logits, mu, log_sigma)``, each [B, D, K]; ``u [n, D, 2]``.
-      With K=1 it is an affine (MAF) layer: :meth:`transform` / :meth:`inverse`,
+      With K=1 it is an affine (MAF) layer, two outputs per dimension (mu, log sigma;
+      ``logits`` are then zeros): :meth:`transform` / :meth:`inverse`,
       with ``log sigma = raw / (1 + |raw| / log(1e3))`` (``scale="soft_clip"``,
       zuko's bound: sigma within about [1e-3, 1e3]; ``forward``, ``log_prob``,
       ``sample`` use the same) or the raw output (``scale="raw"``).
@@ -68,7 +69,8 @@ class MADE(AutoregressiveModel):
             raise ValueError("K (number of classes) is required for out='categorical'")
         self.K = None if out == "bernoulli" else check_positive_int("K", 1 if K is None else K,
                                                                     2 if out == "categorical" else 1)
-        self.P = {"bernoulli": 1, "categorical": self.K, "gaussian": 3 * (self.K or 1)}[out]
+        # outputs per dimension; the K=1 Gaussian (the affine flow layer) has no mixture logit: mu, log sigma
+        self.P = {"bernoulli": 1, "categorical": self.K, "gaussian": 3 * (self.K or 1)}[out] if not self._affine else 2
         self.context_dim = check_positive_int("context_dim", context_dim, minimum=0)
         self.activation = activation_name(activation)
         if scale not in SCALES:
@@ -85,6 +87,7 @@ class MADE(AutoregressiveModel):
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long, device=device))
         self._sync_mask_mirror()
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_mirror())
+        self._register_load_state_dict_pre_hook(self._drop_flow_logit_rows)
 
         fk = {"device": device, "dtype": dtype}
         sizes = [self.in_units] + self.hidden
@@ -114,6 +117,16 @@ class MADE(AutoregressiveModel):
         for layer in (self.output, self.direct, self.context_out):
             if layer is not None:
                 layer.weight.mul_(FLOW_HEAD_INIT)
+
+    def _drop_flow_logit_rows(self, state_dict, prefix, *_args) -> None:
+        """Loads a K=1 Gaussian state saved with 3 output rows per dimension (logit, mu, log sigma;
+        before the affine layer dropped its unused logit): keeps the mu and log sigma rows."""
+        if not self._affine:
+            return
+        for name in ("output.weight", "output.bias", "direct.weight", "context_out.weight"):
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 3 * self.D:
+                state_dict[prefix + name] = t.unflatten(0, (self.D, 3))[:, 1:].flatten(0, 1).clone()
 
     # ---- masks ------------------------------------------------------------
     def _draw_masks(self, order, seed):
@@ -194,7 +207,7 @@ class MADE(AutoregressiveModel):
         backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
                                 backend=backend)
-        return self._bound_scale(ref.made_params_split(raw, self.out, self.D, self.K))
+        return self._bound_scale(ref.made_params_split(raw, "affine" if self._affine else self.out, self.D, self.K))
 
     def auto_work(self, batch: int) -> Work:
         """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work;
@@ -203,6 +216,11 @@ class MADE(AutoregressiveModel):
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         return Work(batch * sum(m.in_features * m.out_features for m in layers), training,
                     all(degrees_sorted(m.in_degrees) and degrees_sorted(m.out_degrees) for m in layers))
+
+    @property
+    def _affine(self) -> bool:
+        """The affine flow layer: out='gaussian' with K=1 (2 outputs per dimension: mu, log sigma)."""
+        return self.out == "gaussian" and self.K == 1
 
     @property
     def _bounded(self) -> bool:
@@ -265,7 +283,7 @@ class MADE(AutoregressiveModel):
         if isinstance(context, torch.Tensor) and context.dim() == 1:  # one context for all n samples
             context = context.expand(n, -1)
         context = check_context(context, n, self.context_dim, self.device, self.dtype)
-        if self._bounded:  # the affine layer's bounded scale: its inverse at z = Phi^-1(u[..., 1])
+        if self._affine:  # the affine layer (K=1): its inverse at z = Phi^-1(u[..., 1])
             x, lp = self._sample_affine(u, context)
         else:
             x, lp = self._sample_with(self._resolve("made_sample"), u, context, self.out)

@@ -50,7 +50,7 @@ def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Gen
 
 
 def made_forward(x, hidden_layers, output_layer, activation: str = "relu",
-                 direct_layer=None, context=None, context_weights=None) -> torch.Tensor:
+                 direct_layer=None, context=None, context_weights=None, mask_of=None) -> torch.Tensor:
     """Raw MADE outputs [B, D*P].
 
     hidden_layers: list of ``(weight, bias, in_degrees, out_degrees)``;
@@ -59,19 +59,20 @@ def made_forward(x, hidden_layers, output_layer, activation: str = "relu",
     context [B, C] enters unmasked, through ``context_weights = (Wc_hidden [H1, C],
     Wc_out [D*P, C])``: into the first hidden layer and straight into the
     outputs (so it reaches the first dimension too, which has no hidden parents).
+    ``mask_of``: as :func:`masked_linear` takes it.
     """
     act = ACTIVATIONS[activation]
     h = x
     for i, (w, b, din, dout) in enumerate(hidden_layers):
-        pre = masked_linear(h, w, b, din, dout, strict=False)
+        pre = masked_linear(h, w, b, din, dout, strict=False, mask_of=mask_of)
         if i == 0 and context is not None:
             pre = pre + F.linear(context, context_weights[0])
         h = act(pre)
     w, b, din, dout = output_layer
-    out = masked_linear(h, w, b, din, dout, strict=True)
+    out = masked_linear(h, w, b, din, dout, strict=True, mask_of=mask_of)
     if direct_layer is not None:
         w, din, dout = direct_layer
-        out = out + masked_linear(x, w, None, din, dout, strict=True)
+        out = out + masked_linear(x, w, None, din, dout, strict=True, mask_of=mask_of)
     if context is not None:
         out = out + F.linear(context, context_weights[1])
     return out
@@ -125,12 +126,19 @@ def gaussian_inverse_step(mu_d, log_sigma_d, z_d):
 
 
 def made_params_split(raw: torch.Tensor, out: str, D: int, K: Optional[int]):
-    """Reshape raw [B, D*P] into the head's per-dimension parameters."""
+    """Reshape raw [B, D*P] into the head's per-dimension parameters.
+
+    ``out="affine"``: the K=1 flow layer, P=2 outputs per dimension (mu, log sigma):
+    ``(logits, mu, log_sigma)``, each [B, D, 1], with constant zero logits (one component).
+    """
     B = raw.shape[0]
     if out == "bernoulli":
         return raw
     if out == "categorical":
         return raw.view(B, D, K)
+    if out == "affine":
+        mu, log_sigma = raw.view(B, D, 2, 1).unbind(2)
+        return raw.new_zeros(B, D, 1), mu, log_sigma
     return raw.view(B, D, 3, K).unbind(2)  # one backward (a stack) instead of a zero-filled [B, D, 3, K] per part
 
 
@@ -148,7 +156,7 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
 
     ``noise``: uniforms [n, D] (bernoulli, categorical) or [n, D, 2] (gaussian
     mixture of K); for ``head="affine"`` / ``"affine_raw"``, z [n, D] of the K=1
-    Gaussian flow, inverted step by step: ``x_d = mu_d + exp(s_d) z_d`` with
+    Gaussian flow (output layer: 2 rows per dimension, mu then log sigma), inverted step by step: ``x_d = mu_d + exp(s_d) z_d`` with
     ``s = bounded_log_sigma(log_sigma)`` (``affine``) or the raw log_sigma
     (``affine_raw``); differentiable. Returns (x [n, D], log p(x) [n]), or
     (x, log|det dx/dz| = sum s) for the affine heads.
@@ -157,7 +165,7 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
     n, D = noise.shape[0], len(steps)
     dtype = output_layer[0].dtype
     affine = head in AFFINE_HEADS
-    out = "gaussian" if affine else head
+    out = "affine" if affine else head
     k = 1 if affine else K
 
     def params(x):

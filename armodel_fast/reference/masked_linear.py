@@ -17,7 +17,13 @@ def degree_mask(in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: boo
     return cmp.to(dtype)
 
 
-def masked_linear(x, weight, bias, in_degrees, out_degrees, strict: bool = False) -> torch.Tensor:
-    """x [B, in], weight [out, in], bias [out] or None -> [B, out]."""
-    mask = degree_mask(in_degrees, out_degrees, strict, weight.dtype).to(weight.device)
+def masked_linear(x, weight, bias, in_degrees, out_degrees, strict: bool = False, mask_of=None) -> torch.Tensor:
+    """x [B, in], weight [out, in], bias [out] or None -> [B, out].
+
+    ``mask_of(in_degrees, out_degrees, strict, dtype, device)``: where the mask comes from
+    (default: built by :func:`degree_mask`; the reference backend passes its cache)."""
+    if mask_of is None:
+        mask = degree_mask(in_degrees, out_degrees, strict, weight.dtype).to(weight.device)
+    else:
+        mask = mask_of(in_degrees, out_degrees, strict, weight.dtype, weight.device)
     return F.linear(x, weight * mask, bias)

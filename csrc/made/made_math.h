@@ -53,8 +53,9 @@ struct Operands {
 };
 
 // Parameters per output dimension (P) and inputs per dimension (Kin: one-hot for categorical).
+// The affine heads have 2: mu, raw log sigma (no mixture logit); the mixture 3K: logits, mu, log sigma.
 AF_HD inline int64_t params_per_dim(int64_t head, int64_t K) {
-  return head == kBernoulli ? 1 : (head == kCategorical ? K : 3 * (is_affine(head) ? 1 : K));
+  return head == kBernoulli ? 1 : (head == kCategorical ? K : (is_affine(head) ? 2 : 3 * K));
 }
 AF_HD inline int64_t inputs_per_dim(int64_t head, int64_t K) { return head == kCategorical ? K : 1; }
 
@@ -86,9 +87,9 @@ AF_HD inline T draw(int64_t head, const T* p, int64_t stride, int64_t K, const T
     *x = ml::gaussian_mixture_draw(p, stride, K, noise[0], z);
     return ml::gaussian_mixture_log_prob(p, stride, K, *x);
   }
-  // affine inverse of a K=1 Gaussian: x = mu + exp(s) z, s the (bounded) log sigma
-  const T s = affine_log_sigma(head, p[2 * stride]);
-  *x = p[stride] + T(std::exp(s)) * noise[0];
+  // affine inverse of a K=1 Gaussian: x = mu + exp(s) z, s the (bounded) log sigma; p = (mu, raw log sigma)
+  const T s = affine_log_sigma(head, p[stride]);
+  *x = p[0] + T(std::exp(s)) * noise[0];
   return s;
 }
 

@@ -18,6 +18,7 @@ from ..._validate import check_tensor
 from ...reference import made as _ref
 from ...reference.made import ACTIVATIONS as _REF_ACT
 from ..masked_linear import fresh_weights, masked_linear, masked_linear_call
+from ..masked_linear.cache import degree_mask_for
 from .launchers import FAST_BACKENDS
 
 
@@ -61,7 +62,8 @@ def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, c
 
 @dispatch.register("made", "forward", "reference")
 def _reference_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend):
-    return _ref.made_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
+    return _ref.made_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights,
+                             mask_of=degree_mask_for)
 
 
 def _chains(out_degrees: Tensor, next_in_degrees: Tensor) -> bool:

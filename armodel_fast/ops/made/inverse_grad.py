@@ -81,8 +81,8 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     solution ``x`` [B, D]: ``{"z", "context", "weights", "biases", "direct", "context_weights"}``
     (lists follow the layers: hidden then output; None where there is no such input).
 
-    Layers as :func:`armodel_fast.ops.made.made_sample` takes them (affine head: 3 outputs per
-    dimension, logit/mu/log sigma; context through ``context_weights = (Wc_hidden, Wc_out)``);
+    Layers as :func:`armodel_fast.ops.made.made_sample` takes them (affine head: 2 outputs per
+    dimension, mu/log sigma; context through ``context_weights = (Wc_hidden, Wc_out)``);
     ``clip``: the soft-clipped log sigma (head ``"affine"``) or the raw one (``"affine_raw"``).
     """
     D = x.shape[1]
@@ -112,7 +112,7 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
         raw = raw + xs @ w_dir.T  # direct rows sort like the output's (same degrees)
     if ctx is not None:
         raw = raw + F.linear(ctx, context_weights[1].detach()).index_select(1, perm_o)
-    ls_raw = raw[:, 2::3]  # sorted rows of degree k: 3(k-1) + (logit, mu, log sigma)
+    ls_raw = raw[:, 1::2]  # sorted rows of degree k: 2(k-1) + (mu, log sigma)
     if clip:  # s = r / (1 + |r| / c): ds/dr = 1 / (1 + |r| / c)^2
         s = ls_raw / (1 + ls_raw.abs() / LOG_SCALE_BOUND)
         ds = (1 + ls_raw.abs() / LOG_SCALE_BOUND).reciprocal().square()
@@ -147,10 +147,10 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
         if k > D:
             continue
         wk = acc_x[:, k - 1]  # dimension order[k-1]: complete
-        coef = c_out[:, 3 * (k - 1) + 1:3 * k]
+        rows = slice(2 * (k - 1), 2 * k)
+        coef = c_out[:, rows]
         coef[:, 0] = wk
         coef[:, 1] = wk * head[:, k - 1] + gl_ds[:, k - 1]
-        rows = slice(3 * (k - 1) + 1, 3 * k)
         if out_reach[k]:
             below_out[:, :out_reach[k]].addmm_(coef, w_out[rows, :out_reach[k]])
         if dir_reach is not None and dir_reach[k]:

@@ -23,7 +23,7 @@ from .launchers import FAST_BACKENDS, HEADS
 
 
 def _outputs_per_dim(head: str, K) -> int:
-    return {"bernoulli": 1, "categorical": K, "gaussian": 3 * (K or 1), "affine": 3, "affine_raw": 3}[head]
+    return {"bernoulli": 1, "categorical": K, "gaussian": 3 * (K or 1), "affine": 2, "affine_raw": 2}[head]
 
 
 def _check_noise_and_head(output_layer, D: int, noise, head: str, K) -> None:
@@ -142,7 +142,8 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
 
     ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
     (gaussian mixture of K), or ``z [n, D]`` for ``head="affine"`` (the Gaussian
-    K=1 inverse ``x_d = mu_d + exp(s_d) z_d``, ``s`` the soft-clipped log sigma
+    K=1 inverse ``x_d = mu_d + exp(s_d) z_d``, the output layer's 2 rows per dimension being mu and
+    the raw log sigma; ``s`` the soft-clipped log sigma
     ``reference.made.bounded_log_sigma``; ``"affine_raw"``: the raw log sigma; the second
     result is then ``log|det dx/dz| = sum s``). Categorical x is int64. The degrees must be MADE's
     (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``,

@@ -15,6 +15,8 @@ import weakref
 import torch
 from torch import Tensor
 
+from ...reference.masked_linear import degree_mask
+
 
 class _Entry:
     """One cached build: ``key`` and spot values recorded BEFORE the build read the weight."""
@@ -26,6 +28,10 @@ _SPOTS = 64  # weight entries compared at every cache hit (see the module docstr
 
 
 _CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
+# The reference backend's masks. id(out_degrees) -> (weakref to out_degrees, weakref to in_degrees,
+# key, mask): the last mask built for a degree pair, reused while both tensors live and neither was
+# written (version counters; a write through .data needs clear_cache, as for the weights).
+_MASKS: dict = {}
 _stats = {"hits": 0, "builds": 0, "stale": 0, "discarded": 0}
 # Guards _CACHE and _stats, never a build (builds of different threads run in parallel).
 # Re-entrant: the weak-reference callback _forget can run from the garbage collector
@@ -45,9 +51,10 @@ def caching(enabled: bool):
 
 
 def clear_cache() -> None:
-    """Drop every cached prepared weight (needed only after writes through ``.data``)."""
+    """Drop every cached prepared weight and reference mask (needed only after writes through ``.data``)."""
     with _LOCK:
         _CACHE.clear()
+        _MASKS.clear()
 
 
 def cache_info() -> dict:
@@ -192,3 +199,26 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
     if unchanged:
         _store(ck, entry, weight)
     return entry.prepared
+
+
+def _stamp(t: Tensor) -> tuple:
+    return t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device
+
+
+def degree_mask_for(in_degrees: Tensor, out_degrees: Tensor, strict: bool, dtype, device) -> Tensor:
+    """``degree_mask(...)`` on ``device``, built once per degree pair and kept while the two
+    degree tensors live unchanged (a model's degree buffers: the mask is not rebuilt, two
+    passes over [out, in], at every call). Not cached under torch.compile, in inference mode
+    (such a mask could not be saved for a later backward) or inside ``caching(False)``."""
+    if not _enabled[0] or torch.compiler.is_compiling() or torch.is_inference_mode_enabled() \
+            or in_degrees.is_inference() or out_degrees.is_inference():
+        return degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
+    key = (_stamp(in_degrees), _stamp(out_degrees), strict, dtype, torch.device(device))
+    entry = _MASKS.get(id(out_degrees))
+    if entry is not None and entry[0]() is out_degrees and entry[1]() is in_degrees and entry[2] == key:
+        return entry[3]
+    mask = degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
+    slot = id(out_degrees)
+    forget = lambda _ref: _MASKS.pop(slot, None)  # noqa: E731
+    _MASKS[slot] = (weakref.ref(out_degrees, forget), weakref.ref(in_degrees), key, mask)
+    return mask

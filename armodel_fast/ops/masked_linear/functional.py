@@ -58,7 +58,7 @@ from ...dispatch import note_reference_backward
 from ..._validate import check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, any_nonfinite, forbid_double_backward
-from .cache import _cached, mark_training
+from .cache import _cached, degree_mask_for, mark_training
 from .launchers import ACTIVATIONS
 
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -340,7 +340,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     backend = dispatch.resolve_backend(backend, "masked_linear", x.device,
                                        work=lambda: auto_work(x, weight, bias, in_degrees, out_degrees))
     if backend == "reference":
-        mask = degree_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict, weight.dtype)
+        mask = degree_mask_for(in_degrees, out_degrees, strict, weight.dtype, weight.device)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
     y = masked_linear_call(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
