@@ -127,7 +127,7 @@ def flows_rows(cfg: BenchConfig, s: dict) -> list:
                             warmup=0 if slow and s["D"] > 100 else 1))
             ours_skip = None if fast_ok else "no fast made_sample backend here"
             if importlib.util.find_spec(_module_name(lib)) is None or (what == "rsample" and peer_skip):
-                ours_skip = peer_skip  # nothing to compare with
+                ours_skip = f"nothing to compare with: {lib}'s own row is skipped ({peer_skip})"
             rows.append(Row(op, f"armodel_fast.flows.{lib}", _maker(lib, True, s, what), skip=ours_skip,
                             kind="kernel", info="backend='auto'", repeats=1 if what == "rsample" else None,
                             warmup=0 if what == "rsample" and s["D"] > 100 else 1))

@@ -214,8 +214,14 @@ class MADE(AutoregressiveModel):
         a training step when grad mode is on and a parameter requires grad)."""
         layers = list(self.layers) + [self.output] + ([self.direct] if self.direct is not None else [])
         training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        return Work(batch * sum(m.in_features * m.out_features for m in layers), training,
-                    all(degrees_sorted(m.in_degrees) and degrees_sorted(m.out_degrees) for m in layers))
+        degrees = [d for m in layers for d in (m.in_degrees, m.out_degrees)]
+        stamp = tuple((id(d), d._version) for d in degrees)  # the degrees change by set_mask / load_state_dict
+        if getattr(self, "_sorted_memo", (None,))[0] != stamp:
+            self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees))
+        return Work(batch * sum(m.in_features * m.out_features for m in layers), training, self._sorted_memo[1])
+
+    def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
+        return self.output.weight
 
     @property
     def _affine(self) -> bool:
