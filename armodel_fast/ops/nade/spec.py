@@ -84,7 +84,7 @@ class NadeSpec:
 
 
 def _mixture_log_prob(p, x):
-    return gaussian_mixture_log_prob(p[:, :, 0], p[:, :, 1], p[:, :, 2], x)
+    return gaussian_mixture_log_prob(*p.unbind(2), x)  # one backward (a stack), not 3 zero-filled [B, D, 3, K]
 
 
 SPECS: Dict[str, NadeSpec] = {s.op: s for s in (
