@@ -140,3 +140,20 @@ def test_killed_between_the_last_steps_checkpoint_and_its_validation(tmp_path, m
     strip = (lambda p: [{k: v for k, v in __import__("json").loads(x).items() if k != "seconds"}
                         for x in (p / "metrics.jsonl").read_text().splitlines()])
     assert strip(tmp_path / "killed") == strip(tmp_path / "whole")
+
+
+def test_resume_refuses_optimizer_state_of_another_layout(tmp_path, capsys):
+    """An optimizer state whose shapes do not fit the parameters (a checkpoint of an older model
+    layout) is refused at --resume, not at the first step with a size error."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fvsbn", "--max-steps", "2", "--out", str(run), "--quiet"]) == 0
+    saved = C.load(run / "last.pt")
+    state = saved["optimizer"]["state"]
+    key = next(k for k, v in state.items() if v["exp_avg"].dim() == 2)
+    state[key]["exp_avg"] = torch.cat([state[key]["exp_avg"]] * 2)
+    C.save(run / "last.pt", saved)
+    before = (run / "last.pt").read_bytes()
+    rc = main(["train", "--resume", str(run), "--max-steps", "4"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "optimizer state 'exp_avg'" in line and "start a new run" in line
+    assert (run / "last.pt").read_bytes() == before

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
+from .._user_errors import UserError
 from . import checkpoint as ckpt
 from .distributed import Context
 
@@ -135,6 +136,7 @@ class Trainer:
         if hasattr(self.model, "set_mask"):
             self.model.set_mask(int(self.model.mask_index))
         self.opt.load_state_dict(saved["optimizer"])
+        _check_optimizer_fits(self.opt)
         if self.sched is not None and saved.get("schedule") is not None:
             self.sched.load_state_dict(saved["schedule"])
         self.state.update(saved["trainer"], stopped=None)
@@ -276,3 +278,17 @@ class Trainer:
         recs = self.records()
         if recs:
             save_learning_curve(recs, self.path("learning_curve.png"), D=self.model.D)
+
+
+def _check_optimizer_fits(opt) -> None:
+    """Every per-parameter optimizer state has its parameter's shape (``load_state_dict`` does not
+    check: a mismatch would fail at the first step with an opaque size error)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, t in opt.state.get(p, {}).items():
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape != p.shape:
+                    raise UserError(
+                        f"--resume: the checkpoint's optimizer state {name!r} has shape {tuple(t.shape)} for a "
+                        f"parameter of shape {tuple(p.shape)}: the run was saved with another model layout (e.g. a "
+                        "K=1 gaussian MADE saved with 3 outputs per dimension, before its unused logit rows were "
+                        "dropped); start a new run")
