@@ -198,10 +198,12 @@ def test_affine_layer_has_two_outputs_per_dimension_and_loads_the_three_row_layo
     c = torch.randn(5, 3, dtype=torch.float64)
     logits, mu, ls = model(x, c)
     assert logits.shape == mu.shape == (5, D, 1) and not bool(logits.any())
-    old = {}
+    old = {}  # the layout saved before: 3 rows (logit, mu, log sigma) per dimension, and their degrees
     for k, v in model.state_dict().items():
-        if k in ("output.weight", "output.bias", "direct.weight", "context_out.weight"):
-            junk = torch.full_like(v.unflatten(0, (D, 2))[:, :1], 7.0)  # the logit rows: dropped on load
+        if k in ("output.weight", "output.bias", "direct.weight", "context_out.weight", "output.out_degrees",
+                 "direct.out_degrees"):
+            junk = v.unflatten(0, (D, 2))[:, :1]
+            junk = junk if k.endswith("degrees") else torch.full_like(junk, 7.0)  # logit rows: dropped on load
             v = torch.cat([junk, v.unflatten(0, (D, 2))], 1).flatten(0, 1)
             assert v.shape[0] == 3 * D
         old[k] = v
@@ -210,3 +212,18 @@ def test_affine_layer_has_two_outputs_per_dimension_and_loads_the_three_row_layo
     for got, want in zip(again(x, c), (logits, mu, ls)):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(again.log_prob(x, c), model.log_prob(x, c))
+
+
+@pytest.mark.parametrize("scale", ["soft_clip", "raw"])
+def test_affine_sample_draws_z_in_the_model_dtype(scale):
+    """sample() of the K=1 layer is inverse(z) at z = Phi^-1(u[..., 1]) computed in float64 for a
+    float64 model (float32 only for half types), as the mixture head computes it."""
+    model = flow(scale=scale, seed=4, spread=0.3)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(7, model.D, 2, dtype=torch.float64, generator=g)
+    c = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    x, lp = model.sample(7, u=u, context=c, return_log_prob=True)
+    z = torch.special.ndtri(u[..., 1].clamp(1e-6, 1 - 1e-6))
+    want, logdet = model.inverse(z, c)
+    torch.testing.assert_close(x, want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lp, model.log_prob(x, c).detach(), rtol=1e-10, atol=1e-10)

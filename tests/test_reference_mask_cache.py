@@ -51,3 +51,22 @@ def test_made_switching_masks_and_inference_mode_match_dense():
         want = dense(h, *output, True)
         torch.testing.assert_close(model(x), want)
         model.log_prob(x).sum().backward()  # a graph through the cached masks
+
+
+def test_vmap_over_stacked_models_and_jit_trace_bypass_the_cache():
+    """Batched degree buffers (vmap over stacked models) have no storage to key on, and a traced
+    graph must read the degree buffers, not a cached mask: both build the mask."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+    models = [af.MADE(4, [8], backend="reference", seed=s, order="random") for s in range(3)]
+    x = (torch.rand(5, 4) < 0.5).float()
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    out = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(params, buffers, x)
+    torch.testing.assert_close(out, torch.stack([m(x) for m in models]))
+    m = af.MADE(4, [8], backend="reference", order="random", num_masks=2)
+    m(x)  # the masks are cached now
+    traced = torch.jit.trace(m, (x,), check_trace=False)
+    m.next_mask()
+    torch.testing.assert_close(traced(x), m(x))

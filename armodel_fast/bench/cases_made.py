@@ -2,8 +2,8 @@
 
 ``af.MADE(D, [H, H])``, ReLU, Bernoulli outputs; headline D=784, hidden [2000,
 2000], batch 128 (16 samples). Providers of the forward: ``reference
-(af.MADE)`` (the module on the reference backend, which builds the masks from
-the degrees on every call), ``stored masks W*M`` (the usual MADE code:
+(af.MADE)`` (the module on the reference backend, which builds each mask from
+the degrees once and reuses it while they are unchanged), ``stored masks W*M`` (the usual MADE code:
 ``F.linear(h, W * M, b)`` with masks stored once), the compiled functional
 reference, ``unmasked MLP`` (the same network without masks; for scale) and the
 module on every kernel backend. ``made fwd`` returns the logits without grad

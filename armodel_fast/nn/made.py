@@ -123,7 +123,8 @@ class MADE(AutoregressiveModel):
         before the affine layer dropped its unused logit): keeps the mu and log sigma rows."""
         if not self._affine:
             return
-        for name in ("output.weight", "output.bias", "direct.weight", "context_out.weight"):
+        for name in ("output.weight", "output.bias", "output.out_degrees", "direct.weight", "direct.out_degrees",
+                     "context_out.weight"):
             t = state_dict.get(prefix + name)
             if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 3 * self.D:
                 state_dict[prefix + name] = t.unflatten(0, (self.D, 3))[:, 1:].flatten(0, 1).clone()
@@ -299,7 +300,8 @@ class MADE(AutoregressiveModel):
     def _sample_affine(self, u, context):
         """(x, log p(x)) of the K=1 layer from uniforms [n, D, 2]: z = Phi^-1(clamped u[..., 1])
         as the mixture head draws it, x = inverse(z), log p(x) = log N(z) - log|dx/dz|."""
-        z = torch.special.ndtri(u[..., 1].float().clamp(heads.U_EPS, 1 - heads.U_EPS)).to(self.dtype)
+        u1 = u[..., 1].float() if u.dtype in (torch.float16, torch.bfloat16) else u[..., 1]  # no half ndtri on CPU
+        z = torch.special.ndtri(u1.clamp(heads.U_EPS, 1 - heads.U_EPS)).to(self.dtype)
         x, logdet = self._inverse_flat(z, context)
         return x, (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).sum(-1) - logdet
 

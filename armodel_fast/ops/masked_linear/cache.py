@@ -201,19 +201,28 @@ def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, 
     return entry.prepared
 
 
-def _stamp(t: Tensor) -> tuple:
-    return t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device
+def _stamp(t: Tensor):
+    """What identifies a degree tensor's values (None: a tensor without storage, e.g. under vmap)."""
+    try:
+        return t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device
+    except RuntimeError:
+        return None
 
 
 def degree_mask_for(in_degrees: Tensor, out_degrees: Tensor, strict: bool, dtype, device) -> Tensor:
     """``degree_mask(...)`` on ``device``, built once per degree pair and kept while the two
     degree tensors live unchanged (a model's degree buffers: the mask is not rebuilt, two
-    passes over [out, in], at every call). Not cached under torch.compile, in inference mode
-    (such a mask could not be saved for a later backward) or inside ``caching(False)``."""
-    if not _enabled[0] or torch.compiler.is_compiling() or torch.is_inference_mode_enabled() \
-            or in_degrees.is_inference() or out_degrees.is_inference():
+    passes over [out, in], at every call). Not cached under torch.compile or jit tracing (the
+    mask would be a constant of the graph), in inference mode (such a mask could not be saved for
+    a later backward), for tensors without storage (vmap) or inside ``caching(False)``."""
+    stamps = None
+    if _enabled[0] and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                            or torch.is_inference_mode_enabled() or in_degrees.is_inference()
+                            or out_degrees.is_inference()):
+        stamps = (_stamp(in_degrees), _stamp(out_degrees))
+    if stamps is None or None in stamps:
         return degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
-    key = (_stamp(in_degrees), _stamp(out_degrees), strict, dtype, torch.device(device))
+    key = (*stamps, strict, dtype, torch.device(device))
     entry = _MASKS.get(id(out_degrees))
     if entry is not None and entry[0]() is out_degrees and entry[1]() is in_degrees and entry[2] == key:
         return entry[3]
