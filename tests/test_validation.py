@@ -113,6 +113,18 @@ def test_real_checks():
         flow.inverse(torch.zeros(1, 3))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_finite_check_sees_every_non_finite_value_and_no_overflowing_sum(bad):
+    m = af.MADE(3, [4], out="gaussian")
+    big = torch.tensor([[3e38, 3e38, 3e38]])  # finite values whose float32 sum overflows
+    assert bool(torch.isinf(big.sum()))
+    assert m.log_prob(big).shape == (1,)  # accepted: every entry is finite
+    for x in (torch.tensor([[0.0, bad, 1.0]]), torch.tensor([[3e38, 3e38, bad]]),
+              torch.tensor([[float("inf"), -float("inf"), 0.0]])):
+        with pytest.raises(ValueError, match="x must be finite"):
+            m.log_prob(x)
+
+
 @pytest.mark.parametrize("kwargs,exc,word", [({"D": 0, "H": 3}, ValueError, "D"), ({"D": 3, "H": 0}, ValueError, "H"),
                                              ({"D": 3.0, "H": 3}, TypeError, "D")])
 def test_sizes(kwargs, exc, word):
