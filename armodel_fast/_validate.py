@@ -112,7 +112,7 @@ def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x"
     return x.long()
 
 
-def all_finite(t: torch.Tensor) -> bool:
+def tensor_is_finite(t: torch.Tensor) -> bool:
     """Whether a floating-point tensor holds no NaN or infinity. Its sum is finite exactly when no
     entry is NaN/inf unless finite entries overflow it; only then are the entries tested one by one
     (a sum is one pass without a [B, D] temporary: at [256, 784] 17 us against 380 us here)."""
@@ -124,7 +124,7 @@ def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str 
     check_x_shape(name, x, D, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if _reading_values_ok() and not all_finite(x):
+    if _reading_values_ok() and not tensor_is_finite(x):
         raise ValueError(f"{name} must be finite")
     return x.to(dtype)
 

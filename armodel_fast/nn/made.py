@@ -232,7 +232,7 @@ class MADE(AutoregressiveModel):
     @property
     def _bounded(self) -> bool:
         """Whether the log sigma is soft-clipped: the affine layer (gaussian, K=1) with scale='soft_clip'."""
-        return self.out == "gaussian" and self.K == 1 and self.scale == "soft_clip"
+        return self._affine and self.scale == "soft_clip"
 
     def _bound_scale(self, p):
         """The affine layer's (logits, mu, log sigma) with log sigma soft-clipped (``scale``)."""

@@ -4,17 +4,18 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from .._validate import tensor_is_finite
 
 
 def any_nonfinite(t) -> bool:
     """Whether ``t`` holds a NaN or an infinity: on the CPU one pass without temporaries (the
-    C++ extension's bit test, when built), ``isfinite`` elsewhere."""
+    C++ extension's bit test, when built), elsewhere the input checks' test (``tensor_is_finite``)."""
     t = t.detach()
     if t.device.type == "cpu":
         ext = _ext.get_ext()
         if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
             return ext.masked_linear_any_nonfinite(t)
-    return not bool(torch.isfinite(t).all())
+    return not tensor_is_finite(t)
 
 
 def all_finite(*tensors) -> bool:

@@ -222,12 +222,11 @@ def degree_mask_for(in_degrees: Tensor, out_degrees: Tensor, strict: bool, dtype
         stamps = (_stamp(in_degrees), _stamp(out_degrees))
     if stamps is None or None in stamps:
         return degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
-    key = (*stamps, strict, dtype, torch.device(device))
-    entry = _MASKS.get(id(out_degrees))
+    key, slot = (*stamps, strict, dtype, torch.device(device)), id(out_degrees)
+    entry = _MASKS.get(slot)
     if entry is not None and entry[0]() is out_degrees and entry[1]() is in_degrees and entry[2] == key:
         return entry[3]
     mask = degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
-    slot = id(out_degrees)
     forget = lambda _ref: _MASKS.pop(slot, None)  # noqa: E731
     _MASKS[slot] = (weakref.ref(out_degrees, forget), weakref.ref(in_degrees), key, mask)
     return mask
