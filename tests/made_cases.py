@@ -17,6 +17,11 @@ CONFIGS = {
     "categorical-direct": dict(hidden=[14, 10], out="categorical", K=3, direct=True, num_masks=2),
     "gaussian-mixture-context": dict(hidden=[11, 8, 9], out="gaussian", K=2, context_dim=2, activation="tanh"),
     "gaussian-flow": dict(hidden=[10, 10], out="gaussian", direct=True, context_dim=2, order="random"),
+    # residual programs (reference.made.layer_program): nflows' blocks, zuko's with a width change
+    "bernoulli-residual-preact-context": dict(hidden=[10, 10], residual="preact", direct=True, context_dim=2,
+                                              num_masks=2, order="random"),
+    "gaussian-flow-residual-linear": dict(hidden=[9, 12], out="gaussian", residual="linear", context_dim=2,
+                                          order="random", activation="elu"),
 }
 
 

@@ -89,9 +89,33 @@ def test_bad_input_is_named(bad, match):
 
 
 def test_unsupported_arguments_are_refused():
-    with pytest.raises(NotImplementedError, match="residual"):
-        afn.MaskedAffineAutoregressiveTransform(4, 8, use_residual_blocks=True)
+    with pytest.raises(ValueError, match="random masks"):  # as nflows
+        afn.MaskedAffineAutoregressiveTransform(4, 8, use_residual_blocks=True, random_mask=True)
     with pytest.raises(ValueError, match="dropout"):
         afn.MaskedAffineAutoregressiveTransform(4, 8, dropout_probability=0.1)
     with pytest.raises(ValueError, match="batch_norm"):
         afn.MaskedAffineAutoregressiveTransform(4, 8, use_batch_norm=True)
+
+
+@backends
+@pytest.mark.parametrize("residual", [True, False])
+def test_residual_blocks_as_nflows(backend, residual):
+    """use_residual_blocks (nflows' default, True): nflows' pre-activation blocks h + W2 act(W1 act(h)),
+    their last layer initialised within +-1e-3 as nflows does; as many parameters of the same shapes as
+    nflows' own transform; invertible, log|det| = the Jacobian's, autoregressive, trainable."""
+    from nflows.transforms import MaskedAffineAutoregressiveTransform as Theirs
+    ours = transform(backend, use_residual_blocks=residual)
+    assert ours.autoregressive_net.residual == ("preact" if residual else None)
+    theirs = Theirs(6, 24, num_blocks=2, use_residual_blocks=residual)
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters())  # noqa: E731
+    assert shapes(ours) == shapes(theirs)
+    if residual:
+        last = [layer for layer, f in zip(ours.autoregressive_net.layers, ours.autoregressive_net._program) if f & 4]
+        assert len(last) == 2 and all(float(layer.weight.detach().abs().max()) <= 1e-3 for layer in last)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    z, ld = ours(x)
+    x_back, ld_inv = ours.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-6, rtol=1e-6)
+    J = assert_ladj_matches_jacobian(lambda v: ours(v[None])[0][0], ld[0], x[0])
+    assert_autoregressive(J, torch.arange(6))
+    assert_grads_reach_every_parameter(ours, -ours(x)[1].mean() + ours.inverse(z)[0].square().mean())

@@ -119,5 +119,25 @@ def test_unsupported_arguments_are_refused():
         afz.MaskedAutoregressiveTransform(4, passes=2)
     with pytest.raises(ValueError, match="univariate"):
         afz.MaskedAutoregressiveTransform(4, univariate=zuko.transforms.MonotonicRQSTransform, shapes=((8,),) * 3)
-    with pytest.raises(NotImplementedError, match="residual"):
-        afz.MaskedAutoregressiveTransform(4, residual=True)
+
+
+@backends
+@pytest.mark.parametrize("hidden", [(16, 16), (8, 12)])
+def test_residual_blocks(backend, hidden):
+    """residual=True: zuko's residual MaskedMLP (a first layer, then per hidden entry a block
+    h + W2 act(W1 h), a projection where the width changes): as many parameters of the same shapes
+    as zuko's own transform, invertible, log|det| = the Jacobian's, autoregressive, trainable."""
+    torch.manual_seed(0)
+    ours = afz.MaskedAutoregressiveTransform(4, 0, hidden_features=hidden, residual=True, backend=backend).double()
+    theirs = zuko.flows.MaskedAutoregressiveTransform(4, 0, hidden_features=hidden, residual=True)
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters())  # noqa: E731
+    assert shapes(ours) == shapes(theirs)
+    t = ours()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    z, ladj = t.call_and_ladj(x)
+    torch.testing.assert_close(t.inv(z), x, atol=1e-6, rtol=1e-6)
+    J = assert_ladj_matches_jacobian(t, ladj[0], x[0])
+    assert_autoregressive(J, torch.arange(4))
+    flow = afz.MAF(4, 3, transforms=2, hidden_features=hidden, residual=True, backend=backend).double()
+    c = torch.randn(3, dtype=torch.float64)
+    assert_grads_reach_every_parameter(flow, -flow(c).log_prob(x).mean() + flow(c).rsample((4,)).square().mean())

@@ -16,9 +16,9 @@ FAST = [b for b in ("cpp", "triton") if _backend._why_not(b, "made_sample", torc
 BACKENDS = ["reference"] + [b for b in FAST if b == "cpp"]
 
 
-def flow(backend="reference", D=6, context_dim=3, scale="soft_clip", seed=0, spread=0.6):
+def flow(backend="reference", D=6, context_dim=3, scale="soft_clip", seed=0, spread=0.6, residual=None):
     model = af.MADE(D, [11, 9], out="gaussian", direct=True, context_dim=context_dim, order="random",
-                    seed=seed, dtype=torch.float64, scale=scale, backend=backend)
+                    seed=seed, dtype=torch.float64, scale=scale, backend=backend, residual=residual)
     with torch.no_grad():  # large raw scales, so the soft clip matters
         g = torch.Generator().manual_seed(seed)
         for p in model.parameters():
@@ -168,12 +168,13 @@ def test_inverse_compiles_whole(backend):
 
 
 @pytest.mark.parametrize("backend", ["reference"] + FAST)
-def test_inverse_with_gradients_compiles_whole(backend):
-    """torch.compile(fullgraph=True) of inverse with gradients on every backend: the fast
-    inverse is one custom op whose backward is another (the reverse sweep); gradients for z,
-    the context and every parameter equal eager ones."""
+@pytest.mark.parametrize("residual", [None, "preact"])
+def test_inverse_with_gradients_compiles_whole(backend, residual):
+    """torch.compile(fullgraph=True) of inverse with gradients on every backend, residual blocks
+    too: the fast inverse is one custom op whose backward is another (the reverse sweep);
+    gradients for z, the context and every parameter equal eager ones."""
     torch._dynamo.reset()
-    model = flow(backend, spread=0.3)
+    model = flow(backend, spread=0.3, residual=residual)
     z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     explained = torch._dynamo.explain(model.inverse)(z, c)

@@ -78,6 +78,8 @@ FLOW_VARIANTS = {
     "three-layers-tanh-direct": dict(hidden=[8, 6, 7], activation="tanh", direct=True, order="random"),
     "wide-relu-context-masks": dict(hidden=[20, 15], context_dim=3, num_masks=2, order="random"),
     "narrow-hidden": dict(hidden=[2, 3], direct=True, context_dim=1),
+    "residual-preact-tanh-context": dict(hidden=[8, 8], residual="preact", activation="tanh", context_dim=2),
+    "residual-linear-widths-direct": dict(hidden=[6, 9, 9], residual="linear", direct=True, order="random"),
 }
 
 

@@ -50,10 +50,10 @@ def build(lib: str, fast: bool, s: dict, backend: str = "auto"):
     if lib == "nflows":
         if fast:
             mod = importlib.import_module("armodel_fast.flows.nflows")
-            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden), **kw)
-        else:
+            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden) - 1, use_residual_blocks=False, **kw)
+        else:  # nflows' MADE: a first layer then num_blocks more, so len(hidden) - 1 gives zuko's and pyro's net
             mod = importlib.import_module("nflows.flows.autoregressive")
-            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden), use_residual_blocks=False)
+            flow = mod.MaskedAutoregressiveFlow(D, hidden[0], LAYERS, len(hidden) - 1, use_residual_blocks=False)
         return flow, flow.log_prob, flow.sample
     dist = importlib.import_module("pyro.distributions")
     if fast:

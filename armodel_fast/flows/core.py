@@ -27,17 +27,18 @@ def require(module: str, extra: str):
 
 
 def affine_made(features: int, hidden, context: int = 0, order=None, activation="relu", backend: str = "auto",
-                scale: str = "soft_clip", seed=None, direct: bool = False) -> MADE:
+                scale: str = "soft_clip", seed=None, direct: bool = False, residual=None) -> MADE:
     """An affine MAF layer: ``af.MADE(features, hidden, out="gaussian", ...)``.
 
     ``order[t]`` is the dimension transformed at step t (a permutation; None: natural).
     ``seed`` draws the hidden degrees; None takes it from torch's global generator, so
     layers built one after another differ and ``torch.manual_seed`` reproduces them.
+    ``residual``: ``af.MADE``'s (None, ``"linear"``, ``"preact"``).
     """
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()))
     return MADE(features, hidden, order=order, direct=direct, out="gaussian", context_dim=context or 0,
-                activation=activation, seed=seed, backend=backend, scale=scale)
+                activation=activation, seed=seed, backend=backend, scale=scale, residual=residual)
 
 
 class MADEAffine(Transform):

@@ -4,16 +4,21 @@ Replace ``nflows.transforms.MaskedAffineAutoregressiveTransform(features, hidden
 context_features=C, num_blocks=2)`` by the class of the same name here (and
 ``nflows.flows.MaskedAutoregressiveFlow`` likewise): ``forward(inputs, context)``
 maps data to noise, ``inverse(inputs, context)`` samples in one pass, each
-returning ``(outputs, logabsdet [B])`` as nflows does. Differences, each raised
-rather than ignored: residual blocks, dropout and batch norm are not in the fast
-kernels (``use_residual_blocks`` defaults to False here; nflows' default is True);
-the scale is ``exp`` of the soft-clipped log scale (|log scale| < log(1e3)) instead
-of ``softplus + 1e-3``; hidden degrees are always drawn at random (seeded).
+returning ``(outputs, logabsdet [B])`` as nflows does. Residual blocks
+(``use_residual_blocks=True``, nflows' default) are nflows' pre-activation blocks
+``h + W2 act(W1 act(h))`` (``af.MADE(residual="preact")``), their second layer
+initialised near zero as nflows does. Differences, each raised rather than ignored:
+dropout and batch norm are not in the fast kernels. Differences in the model: the
+scale is ``exp`` of the soft-clipped log scale (|log scale| < log(1e3)) instead of
+``softplus + 1e-3``; hidden degrees are always drawn at random (seeded); the context
+enters the first layer and the outputs (nflows: the first layer and every block).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
+from ..reference.made import SKIP
 from .core import affine_made, require
 
 _transforms = require("nflows.transforms", "nflows")
@@ -24,10 +29,9 @@ _distributions = require("nflows.distributions.normal", "nflows")
 __all__ = ["MaskedAffineAutoregressiveTransform", "MaskedAutoregressiveFlow"]
 
 
-def _unsupported(use_residual_blocks, dropout_probability, use_batch_norm) -> None:
-    if use_residual_blocks:
-        raise NotImplementedError("use_residual_blocks=True is not implemented by the fast MADE yet "
-                                  "(pass use_residual_blocks=False)")
+def _unsupported(use_residual_blocks, random_mask, dropout_probability, use_batch_norm) -> None:
+    if use_residual_blocks and random_mask:
+        raise ValueError("Residual blocks can't be used with random masks.")  # nflows' own check
     if dropout_probability:
         raise ValueError(f"dropout_probability must be 0 with the fast MADE, got {dropout_probability}")
     if use_batch_norm:
@@ -35,19 +39,29 @@ def _unsupported(use_residual_blocks, dropout_probability, use_batch_norm) -> No
 
 
 class MaskedAffineAutoregressiveTransform(_base.Transform):
-    """nflows' transform: ``num_blocks`` hidden layers of ``hidden_features`` units, natural
-    input order, ``activation`` (F.relu, F.elu, torch.tanh or a name). Extra: ``backend``,
-    ``scale`` (``"soft_clip"`` or ``"raw"``)."""
+    """nflows' transform: a first masked layer then ``num_blocks`` residual blocks (with
+    ``use_residual_blocks=False``: ``num_blocks`` more hidden layers) of ``hidden_features`` units,
+    natural input order, ``activation`` (F.relu, F.elu, torch.tanh or a name). Extra:
+    ``backend``, ``scale`` (``"soft_clip"`` or ``"raw"``)."""
 
     def __init__(self, features: int, hidden_features: int, context_features=None, num_blocks: int = 2,
-                 use_residual_blocks: bool = False, random_mask: bool = False, activation=F.relu,
+                 use_residual_blocks: bool = True, random_mask: bool = False, activation=F.relu,
                  dropout_probability: float = 0.0, use_batch_norm: bool = False, backend: str = "auto",
                  scale: str = "soft_clip"):
         super().__init__()
-        _unsupported(use_residual_blocks, dropout_probability, use_batch_norm)
+        _unsupported(use_residual_blocks, random_mask, dropout_probability, use_batch_norm)
         self.features = features
-        self.autoregressive_net = affine_made(features, [hidden_features] * num_blocks, context_features or 0,
-                                              activation=activation, backend=backend, scale=scale)
+        # nflows' MADE: a first layer, then num_blocks blocks (one masked layer each without residual blocks)
+        blocks = num_blocks if use_residual_blocks else num_blocks + 1
+        made = affine_made(features, [hidden_features] * blocks, context_features or 0, activation=activation,
+                           backend=backend, scale=scale, residual="preact" if use_residual_blocks else None)
+        if use_residual_blocks:  # nflows' zero_initialization of each block's last layer
+            with torch.no_grad():
+                for layer, flags in zip(made.layers, made._program):
+                    if flags & SKIP:
+                        layer.weight.uniform_(-1e-3, 1e-3)
+                        layer.bias.uniform_(-1e-3, 1e-3)
+        self.autoregressive_net = made
 
     def forward(self, inputs, context=None):
         """inputs [B, D] -> (noise [B, D], log|det d noise / d inputs| [B])."""
@@ -63,17 +77,19 @@ class MaskedAutoregressiveFlow(_flows.Flow):
     permutation, :class:`MaskedAffineAutoregressiveTransform`), standard normal base."""
 
     def __init__(self, features: int, hidden_features: int, num_layers: int, num_blocks_per_layer: int,
-                 use_residual_blocks: bool = False, use_random_masks: bool = False,
+                 use_residual_blocks: bool = True, use_random_masks: bool = False,
                  use_random_permutations: bool = False, activation=F.relu, dropout_probability: float = 0.0,
                  batch_norm_within_layers: bool = False, batch_norm_between_layers: bool = False,
                  context_features=None, backend: str = "auto", scale: str = "soft_clip"):
-        _unsupported(use_residual_blocks, dropout_probability, batch_norm_within_layers or batch_norm_between_layers)
+        _unsupported(use_residual_blocks, use_random_masks, dropout_probability,
+                     batch_norm_within_layers or batch_norm_between_layers)
         permutation = _transforms.RandomPermutation if use_random_permutations else _transforms.ReversePermutation
         layers = []
         for _ in range(num_layers):
             layers += [permutation(features),
                        MaskedAffineAutoregressiveTransform(features, hidden_features, context_features,
-                                                           num_blocks_per_layer, random_mask=use_random_masks,
-                                                           activation=activation, backend=backend, scale=scale)]
+                                                           num_blocks_per_layer, use_residual_blocks,
+                                                           random_mask=use_random_masks, activation=activation,
+                                                           backend=backend, scale=scale)]
         super().__init__(transform=_transforms.CompositeTransform(layers),
                          distribution=_distributions.StandardNormal([features]))

@@ -31,7 +31,8 @@ class MaskedAutoregressiveTransform(_flows.LazyTransform):
     ``order[i]`` is the rank of feature i), ``hidden_features``, ``activation`` (an
     ``nn.Module`` class: ReLU, ELU, Tanh or Identity). ``passes`` must be None or
     ``features`` (fully autoregressive), ``adjacency`` None, ``univariate``
-    ``MonotonicAffineTransform``, ``residual`` False (not in the fast kernels yet).
+    ``MonotonicAffineTransform``; ``residual=True`` gives zuko's residual blocks
+    ``h + W2 act(W1 h)`` (``af.MADE(residual="linear")``).
     Extra: ``backend`` (default ``"auto"``), ``scale`` (``"soft_clip"`` or ``"raw"``).
     ``forward(c)`` returns a ``torch.distributions.Transform`` x -> z (density
     direction) whose ``inv`` samples.
@@ -47,14 +48,12 @@ class MaskedAutoregressiveTransform(_flows.LazyTransform):
             raise ValueError("adjacency is not supported by the fast MADE: pass order instead")
         if univariate not in (None, _transforms.MonotonicAffineTransform) or tuple(shapes) != ((), ()):
             raise ValueError("univariate must be zuko.transforms.MonotonicAffineTransform (the affine MAF layer)")
-        if residual:
-            raise NotImplementedError("residual=True is not implemented by the fast MADE yet")
         rank = torch.arange(features) if order is None else torch.as_tensor(order, dtype=torch.long)
         if rank.dim() != 1 or rank.numel() != features:
             raise ValueError(f"order must have {features} elements, got shape {tuple(rank.shape)}")
         self.made = affine_made(features, hidden_features, context, order=torch.argsort(rank, stable=True),
                                 activation=torch.nn.ReLU if activation is None else activation,
-                                backend=backend, scale=scale)
+                                backend=backend, scale=scale, residual="linear" if residual else None)
 
     def forward(self, c=None) -> MADEAffine:
         return MADEAffine(self.made, c)

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.made import ACT_IN, ACT_OUT, SKIP
 from .masked_linear_math import ACT_CODES, activate
 from .triton_common import interpreting, next_pow2, softplus
 
@@ -93,18 +94,29 @@ def _draw_class(logits, cols, kmask, u, K):
     return tl.sum(below.to(tl.int32), axis=1), m + tl.log(total)
 
 
+META = 8  # ints per layer in ``meta``: w_off, ldw, out_off, b_off, in_off, skip_off, copy_off, act_out
+
+
 @triton.jit
 def _hidden_step(t, a_rows, rows, smask, w_ptr, b_ptr, meta_ptr, ends_ptr, ctxh_ptr, D, L, KIN, U0,
                  ACT: tl.constexpr, HAS_CTX: tl.constexpr, ACC: tl.constexpr, BLOCK_S: tl.constexpr,
                  BLOCK_U: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Every layer's run of degree t; returns (scratch offset, count) of the last layer's units of degree <= t."""
-    in_off = tl.load(meta_ptr) * 0                   # int64, as the offsets loaded below
+    """Every layer's run of degree t; returns (scratch offset, count) of the last layer's units of degree <= t.
+
+    Layer l reads scratch at its ``in_off`` (the inputs, the layer before, or that layer's
+    activated copy), adds the units at ``skip_off`` (a residual block's input) when >= 0,
+    applies the activation when ``act_out``, and stores act(result) at ``copy_off`` when >= 0."""
+    out_off = tl.load(meta_ptr) * 0                  # int64, as the offsets loaded below
     cnt = t * KIN                                    # inputs of degree <= t: the steps before t
     for l in range(L):
-        w_off = tl.load(meta_ptr + 4 * l)
-        ldw = tl.load(meta_ptr + 4 * l + 1)
-        out_off = tl.load(meta_ptr + 4 * l + 2)
-        b_off = tl.load(meta_ptr + 4 * l + 3)
+        w_off = tl.load(meta_ptr + META * l)
+        ldw = tl.load(meta_ptr + META * l + 1)
+        out_off = tl.load(meta_ptr + META * l + 2)
+        b_off = tl.load(meta_ptr + META * l + 3)
+        in_off = tl.load(meta_ptr + META * l + 4)
+        skip_off = tl.load(meta_ptr + META * l + 5)
+        copy_off = tl.load(meta_ptr + META * l + 6)
+        act_out = tl.load(meta_ptr + META * l + 7)
         u_begin = tl.load(ends_ptr + l * (D + 1) + t)    # the units of degree t
         u_end = tl.load(ends_ptr + l * (D + 1) + t + 1)
         for k0 in range(u_begin, u_end, BLOCK_U):
@@ -116,12 +128,15 @@ def _hidden_step(t, a_rows, rows, smask, w_ptr, b_ptr, meta_ptr, ends_ptr, ctxh_
             if HAS_CTX:                              # context joins the first layer before its activation
                 acc += tl.load(ctxh_ptr + rows[:, None] * U0 + ks[None, :],
                                mask=smask[:, None] & umask[None, :] & (l == 0), other=0.0).to(ACC)
-            tl.store(a_rows[:, None] + out_off + ks[None, :], activate(acc, ACT),
-                     mask=smask[:, None] & umask[None, :])
+            acc += tl.load(a_rows[:, None] + tl.maximum(skip_off, 0) + ks[None, :],
+                           mask=smask[:, None] & umask[None, :] & (skip_off >= 0), other=0.0).to(ACC)
+            acc = tl.where(act_out != 0, activate(acc, ACT), acc)
+            tl.store(a_rows[:, None] + out_off + ks[None, :], acc, mask=smask[:, None] & umask[None, :])
+            tl.store(a_rows[:, None] + tl.maximum(copy_off, 0) + ks[None, :], activate(acc, ACT),
+                     mask=smask[:, None] & umask[None, :] & (copy_off >= 0))
         tl.debug_barrier()                           # the run is read by the next layer's threads
-        in_off = out_off
         cnt = u_end
-    return in_off, cnt
+    return out_off, cnt
 
 
 @triton.jit
@@ -195,9 +210,9 @@ def _made_sample_kernel(noise_ptr, z_ptr, order_ptr, w_ptr, b_ptr, meta_ptr, end
     else:
         KIN = 1
         P = 2                                        # affine: (mu, raw log sigma) per dimension
-    w_out = tl.load(meta_ptr + 4 * L)
-    ld_out = tl.load(meta_ptr + 4 * L + 1)
-    b_out = tl.load(meta_ptr + 4 * L + 3)
+    w_out = tl.load(meta_ptr + META * L)
+    ld_out = tl.load(meta_ptr + META * L + 1)
+    b_out = tl.load(meta_ptr + META * L + 3)
     for chunk in range(pid, tl.cdiv(n, BLOCK_S), tl.num_programs(0)):  # the scratch serves chunk after chunk
         rows = tl.arange(0, BLOCK_S).to(tl.int64) + chunk * BLOCK_S
         smask = rows < n
@@ -240,8 +255,17 @@ def launch_config(n: int, K: int, dtype: torch.dtype, block_s=None) -> dict:
                 BLOCK_K=max(16, next_pow2(K)), num_warps=4 if block_s <= 32 else 8)
 
 
-def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z):
+def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z, program):
     """Shapes, devices and contiguity of the operands (each error names the argument)."""
+    if program is not None:
+        L = len(weights) - 1
+        if len(program) != L:
+            raise ValueError(f"program must have one entry per hidden layer ({L}), got {len(program)}")
+        for l, f in enumerate(program):
+            if not 0 <= int(f) <= (ACT_OUT | ACT_IN | SKIP) or (f & ACT_IN and l < 1) or (
+                    f & SKIP and (l < 2 or weights[l].shape[0] != weights[l - 2].shape[0])):
+                raise ValueError(f"program[{l}]={f!r} cannot run: ACT_IN needs a layer before, SKIP layer l-2 "
+                                 "with as many units")
     if head not in HEADS:
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
     if activation not in ACT_CODES.values():
@@ -287,7 +311,7 @@ def _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, 
 
 
 def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation,
-                z=None, *, block_s=None, max_programs=None):
+                z=None, *, program=None, block_s=None, max_programs=None):
     """One launch for ``n = noise.shape[0]`` samples: (x [n, D], log p(x) [n]).
 
     The operands of the C++ ``made_sample`` (csrc/made/made_cpu.cpp), on one CUDA device
@@ -298,10 +322,11 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
     ``ctx_out [n, D*P]`` the sorted context terms or None; ``noise`` u [n, D] /
     [n, D, 2] or z [n, D] (``head="affine"``, ``"affine_raw"``), ``z`` = Phi^-1(clamped u[..., 1])
     for the mixture head. ``head`` a name of :data:`HEADS`, ``activation`` a code
-    0..3 (none, relu, elu, tanh). Computes in fp64 for fp64 weights, else fp32;
+    0..3 (none, relu, elu, tanh); ``program`` the hidden layers' flags (``reference.made``
+    ACT_OUT / ACT_IN / SKIP; None: ACT_OUT each). Computes in fp64 for fp64 weights, else fp32;
     x has the weights' dtype (int64 for a categorical head), log p is fp32/fp64.
     """
-    _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z)
+    _check(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, noise, head, K, activation, z, program)
     hd = HEADS[head]
     L = len(weights) - 1
     n, D = noise.shape[0], noise.shape[1]
@@ -309,14 +334,22 @@ def made_sample(weights, biases, degrees, direct, order, ctx_hidden, ctx_out, no
     acc_dtype = torch.float64 if weights[0].dtype == torch.float64 else torch.float32
     kin = K if hd == 1 else 1
     units = [w.shape[0] for w in weights[:-1]]
-    # Scratch row of a sample: [D*KIN drawn inputs | layer 0 | ... | layer L-1].
-    act_off = list(accumulate(units, initial=D * kin))  # each layer's start, then the row length
+    flags = [ACT_OUT] * L if program is None else [int(f) for f in program]
+    copied = [l + 1 < L and bool(flags[l + 1] & ACT_IN) for l in range(L)]
+    # Scratch row of a sample: [D*KIN drawn inputs | layer 0 | ... | layer L-1 | act(layer l) where
+    # layer l+1 reads it (ACT_IN)].
+    act_off = list(accumulate(units + [u for u, c in zip(units, copied) if c], initial=D * kin))
     a_ld = act_off[-1]
+    copy_off = iter(act_off[L:])
+    copy_at = [next(copy_off) if c else -1 for c in copied]
+    read_at = [0] + [copy_at[l] if copied[l] else act_off[l] for l in range(L)]
     w_all = torch.cat([w.reshape(-1) for w in weights])
     b_all = torch.cat([b.reshape(-1) for b in biases])
     w_off = list(accumulate((w.numel() for w in weights[:-1]), initial=0))
     b_off = list(accumulate((b.numel() for b in biases[:-1]), initial=0))
-    meta = torch.tensor([[w_off[l], weights[l].shape[1], act_off[l] if l < L else 0, b_off[l]]
+    meta = torch.tensor([[w_off[l], weights[l].shape[1], act_off[l] if l < L else 0, b_off[l], read_at[l],
+                          act_off[l - 2] if l < L and flags[l] & SKIP else -1, copy_at[l] if l < L else -1,
+                          int(l < L and bool(flags[l] & ACT_OUT))]
                          for l in range(L + 1)], dtype=torch.int64).reshape(-1).to(dev)
     steps = torch.arange(D, device=dev)
     ends = torch.zeros(max(L, 1), D + 1, dtype=torch.int32, device=dev)

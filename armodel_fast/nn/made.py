@@ -50,15 +50,30 @@ class MADE(AutoregressiveModel):
     training). ``seed`` must be an int (None is refused: the masks must be reproducible
     from the constructor's arguments). ``context [B, context_dim]`` enters unmasked,
     into the first hidden layer and directly into the outputs.
+
+    ``residual``: None (or False) for the plain MLP; ``"linear"`` (zuko's residual MADE) or
+    ``"preact"`` (nflows' residual blocks; ``True`` means this one) for a first layer
+    ``h = W x + b`` followed, per entry of ``hidden``, by a block
+    ``h <- h + W2 act(W1 g(h) + b1) + b2`` (``g`` the identity or the activation), with a
+    projection where the width changes (``reference.made.layer_program``). ``layers`` then
+    holds every masked layer of the program; a block's layers keep its input's degrees.
     """
 
     op = "made"
 
     def __init__(self, D: int, hidden, num_masks: int = 1, order=None, direct: bool = False,
                  out: str = "bernoulli", K=None, context_dim: int = 0, activation="relu",
-                 seed: int = 0, backend: str = "reference", device=None, dtype=None, scale: str = "soft_clip"):
+                 seed: int = 0, backend: str = "reference", device=None, dtype=None, scale: str = "soft_clip",
+                 residual=None):
         super().__init__(D, backend)
         self.hidden = check_hidden(hidden)
+        if residual is True:
+            residual = "preact"
+        if residual is not None and residual is not False and residual not in ref.RESIDUAL:
+            raise ValueError(f"residual must be None, False, True, 'linear' or 'preact', got {residual!r}")
+        self.residual = residual or None
+        widths, program, self._new_degrees = ref.layer_program(self.hidden, self.residual)
+        self._program = None if self.residual is None else tuple(program)
         self.num_masks = check_positive_int("num_masks", num_masks)
         if out not in OUTPUTS:
             raise ValueError(f"out must be one of {OUTPUTS}, got {out!r}")
@@ -90,7 +105,7 @@ class MADE(AutoregressiveModel):
         self._register_load_state_dict_pre_hook(self._drop_flow_logit_rows)
 
         fk = {"device": device, "dtype": dtype}
-        sizes = [self.in_units] + self.hidden
+        sizes = [self.in_units] + widths
         zeros = [torch.zeros(n, dtype=torch.long) for n in sizes]
         self.layers = nn.ModuleList(MaskedLinear(a, b, za, zb, **fk)
                                     for a, b, za, zb in zip(sizes[:-1], sizes[1:], zeros[:-1], zeros[1:]))
@@ -135,11 +150,16 @@ class MADE(AutoregressiveModel):
         if isinstance(order, str) and order != "random":
             raise ValueError(f"order must be None, a permutation or 'random', got {order!r}")
         fixed = None if isinstance(order, str) else check_order(order, self.D)
-        orders, per_layer = [], [[] for _ in self.hidden]
+        new = self._new_degrees  # a residual block's layers keep the degrees of the layer before
+        drawn_widths = [h for h, fresh in zip(ref.layer_program(self.hidden, self.residual)[0], new) if fresh]
+        orders, per_layer = [], [[] for _ in new]
         for _ in range(self.num_masks):
             o = torch.randperm(self.D, generator=gen) if fixed is None else fixed
             orders.append(o)
-            for l, m in enumerate(ref.hidden_degrees(ref.input_degrees(o), self.hidden, gen)):
+            drawn = iter(ref.hidden_degrees(ref.input_degrees(o), drawn_widths, gen))
+            m = None
+            for l, fresh in enumerate(new):
+                m = next(drawn) if fresh else m
                 per_layer[l].append(m)
         return torch.stack(orders), [torch.stack(m) for m in per_layer]
 
@@ -157,7 +177,7 @@ class MADE(AutoregressiveModel):
     def degrees(self) -> list:
         """Current degrees ``[m0, m1, ..., mL]`` (m0 per input dimension)."""
         i = self._mask
-        return [ref.input_degrees(self.order)] + [getattr(self, f"degrees_{l}")[i] for l in range(len(self.hidden))]
+        return [ref.input_degrees(self.order)] + [getattr(self, f"degrees_{l}")[i] for l in range(len(self._new_degrees))]
 
     def _apply_mask(self) -> None:
         m = self.degrees()
@@ -207,7 +227,7 @@ class MADE(AutoregressiveModel):
         hidden, output, direct, ctx_w = self._layer_args()
         backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
         raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
-                                backend=backend)
+                                backend=backend, program=self._program)
         return self._bound_scale(ref.made_params_split(raw, "affine" if self._affine else self.out, self.D, self.K))
 
     def auto_work(self, batch: int) -> Work:
@@ -245,7 +265,7 @@ class MADE(AutoregressiveModel):
         (``reference``). No gradients (see :meth:`inverse`)."""
         hidden, output, direct, ctx_w = self._layer_args()
         return fast.made_sample(hidden, output, self.order, noise, head, self.K, self.activation, direct,
-                                context, ctx_w, backend=backend)
+                                context, ctx_w, backend=backend, program=self._program)
 
     def _flat(self, x, context, name="x"):
         """x [..., D], context [..., C] or [C] -> validated (x [B, D], context [B, C] or None, batch shape)."""
@@ -343,7 +363,7 @@ class MADE(AutoregressiveModel):
             if not torch.compiler.is_compiling():  # the check every backend's sampler makes
                 fast.check_finite_parameters(hidden, output, direct, ctx_w)
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
-                                   self.activation, direct, context, ctx_w)
+                                   self.activation, direct, context, ctx_w, program=self._program)
         wants_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
                                                   or (context is not None and context.requires_grad))
         if wants_grad or torch.compiler.is_compiling():  # one custom op, with its autograd
@@ -351,15 +371,16 @@ class MADE(AutoregressiveModel):
         return self._sample_with(backend, z, context, self.affine_head)
 
     def _sample_op(self, backend, z, context):
-        from ..ops.made.affine_op import made_affine_sample
+        from ..ops.made.affine_op import encode_program, made_affine_sample
         hidden, output, direct, ctx_w = self._layer_args()
         layers = list(hidden) + [output]
         return made_affine_sample([t[0] for t in layers], [t[1] for t in layers], [t[2] for t in layers],
                                   [t[3] for t in layers], [] if direct is None else list(direct), self.order, z,
                                   context, [] if ctx_w is None else list(ctx_w), self.affine_head,
-                                  self.activation, backend)
+                                  self.activation, backend, encode_program(self._program))
 
     def extra_repr(self) -> str:
         return (f"D={self.D}, hidden={self.hidden}, num_masks={self.num_masks}, out={self.out!r}, "
                 f"K={self.K}, direct={self.direct is not None}, context_dim={self.context_dim}, "
-                f"backend={self.backend!r}" + (f", scale={self.scale!r}" if self.out == "gaussian" else ""))
+                f"backend={self.backend!r}" + (f", scale={self.scale!r}" if self.out == "gaussian" else "")
+                + (f", residual={self.residual!r}" if self.residual else ""))

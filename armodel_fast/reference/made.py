@@ -4,6 +4,9 @@ Degrees: input ``m0[d] = position of d in the order + 1`` (1..D); hidden layer
 l draws ``m_l[k]`` uniformly in ``[min(m_{l-1}), D-1]``; hidden masks are
 ``1{m_l[k] >= m_{l-1}[j]}``, the output mask ``1{m0[d] > m_L[k]}`` (strict).
 Output unit ``d * P + j`` belongs to dimension d (P parameters per dimension).
+
+Residual MADE (section 4, "Residual blocks"): the hidden layers run a per-layer
+program of :data:`ACT_OUT` / :data:`ACT_IN` / :data:`SKIP` flags (:func:`layer_program`).
 """
 from __future__ import annotations
 
@@ -49,8 +52,40 @@ def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Gen
     return degrees
 
 
+# A hidden layer's program (bit flags): its output goes through the activation (ACT_OUT),
+# it reads the activation of its input (ACT_IN: a pre-activation block's first layer), it
+# adds the input of the layer before it (SKIP: a residual block's second layer adds the block's input).
+ACT_OUT, ACT_IN, SKIP = 1, 2, 4
+RESIDUAL = ("linear", "preact")
+
+
+def layer_program(hidden: Sequence[int], residual=None):
+    """(width of each hidden layer, its flags, whether it draws new degrees) for ``hidden``.
+
+    ``residual=None``: plain MADE, one layer per entry, each ``act(W h + b)``.
+    ``"linear"`` (zuko's ``residual=True``) / ``"preact"`` (nflows' residual blocks): a first
+    layer ``h = W x + b`` (no activation), then per entry of ``hidden`` a block
+    ``h <- h + W2 act(W1 g(h) + b1) + b2`` on that width (``g`` the identity, or the activation
+    for ``"preact"``), preceded by a projection ``h <- W h + b`` where the width changes. A
+    block's layers keep the degrees of its input (non-strict masks), so ``h`` stays
+    autoregressive; the output layer reads ``h`` itself.
+    """
+    if residual is None:
+        return list(hidden), [ACT_OUT] * len(hidden), [True] * len(hidden)
+    if residual not in RESIDUAL:
+        raise ValueError(f"residual must be None, 'linear' or 'preact', got {residual!r}")
+    widths, flags, new = [hidden[0]], [0], [True]
+    first = ACT_OUT | (ACT_IN if residual == "preact" else 0)
+    for i, H in enumerate(hidden):
+        if i and H != hidden[i - 1]:
+            widths, flags, new = widths + [H], flags + [0], new + [True]
+        widths, flags, new = widths + [H, H], flags + [first, SKIP], new + [False, False]
+    return widths, flags, new
+
+
 def made_forward(x, hidden_layers, output_layer, activation: str = "relu",
-                 direct_layer=None, context=None, context_weights=None, mask_of=None) -> torch.Tensor:
+                 direct_layer=None, context=None, context_weights=None, mask_of=None,
+                 program=None) -> torch.Tensor:
     """Raw MADE outputs [B, D*P].
 
     hidden_layers: list of ``(weight, bias, in_degrees, out_degrees)``;
@@ -59,15 +94,19 @@ def made_forward(x, hidden_layers, output_layer, activation: str = "relu",
     context [B, C] enters unmasked, through ``context_weights = (Wc_hidden [H1, C],
     Wc_out [D*P, C])``: into the first hidden layer and straight into the
     outputs (so it reaches the first dimension too, which has no hidden parents).
-    ``mask_of``: as :func:`masked_linear` takes it.
+    ``mask_of``: as :func:`masked_linear` takes it. ``program``: the hidden layers' flags
+    (:func:`layer_program`; None: each ``act(W h + b)``).
     """
     act = ACTIVATIONS[activation]
-    h = x
+    h = h_before = x
     for i, (w, b, din, dout) in enumerate(hidden_layers):
-        pre = masked_linear(h, w, b, din, dout, strict=False, mask_of=mask_of)
+        flags = ACT_OUT if program is None else program[i]
+        pre = masked_linear(act(h) if flags & ACT_IN else h, w, b, din, dout, strict=False, mask_of=mask_of)
         if i == 0 and context is not None:
             pre = pre + F.linear(context, context_weights[0])
-        h = act(pre)
+        if flags & SKIP:
+            pre = pre + h_before
+        h, h_before = (act(pre) if flags & ACT_OUT else pre), h
     w, b, din, dout = output_layer
     out = masked_linear(h, w, b, din, dout, strict=True, mask_of=mask_of)
     if direct_layer is not None:
@@ -151,7 +190,7 @@ HEAD_LOG_LIK = {"bernoulli": heads.bernoulli_log_prob, "categorical": heads.cate
 
 def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.Tensor, head: str = "bernoulli",
                 K: Optional[int] = None, activation: str = "relu", direct_layer=None, context=None,
-                context_weights=None):
+                context_weights=None, program=None):
     """D-pass sampler of the functional MADE (the oracle of ``ops.made.made_sample``).
 
     ``noise``: uniforms [n, D] (bernoulli, categorical) or [n, D, 2] (gaussian
@@ -159,7 +198,7 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
     Gaussian flow (output layer: 2 rows per dimension, mu then log sigma), inverted step by step: ``x_d = mu_d + exp(s_d) z_d`` with
     ``s = bounded_log_sigma(log_sigma)`` (``affine``) or the raw log_sigma
     (``affine_raw``); differentiable. Returns (x [n, D], log p(x) [n]), or
-    (x, log|det dx/dz| = sum s) for the affine heads.
+    (x, log|det dx/dz| = sum s) for the affine heads. ``program``: as :func:`made_forward`.
     """
     steps = order.tolist() if isinstance(order, torch.Tensor) else list(order)  # a list traces under compile
     n, D = noise.shape[0], len(steps)
@@ -170,7 +209,8 @@ def made_sample(hidden_layers, output_layer, order: torch.Tensor, noise: torch.T
 
     def params(x):
         inp = F.one_hot(x, K).to(dtype).reshape(n, D * K) if head == "categorical" else x
-        raw = made_forward(inp, hidden_layers, output_layer, activation, direct_layer, context, context_weights)
+        raw = made_forward(inp, hidden_layers, output_layer, activation, direct_layer, context, context_weights,
+                           program=program)
         return made_params_split(raw, out, D, k)
 
     if not affine:

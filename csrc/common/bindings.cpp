@@ -106,6 +106,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("made_sample", &af::made_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
         py::arg("head"), py::arg("K"), py::arg("activation"),
+        py::arg("program") = std::vector<int64_t>{},
         "Draw all D dimensions of MADE/FVSBN samples from prepared weights in one call: (x, log_prob).");
   m.def("masked_linear_tileref_forward", &af::masked_linear_tileref_forward, py::arg("x"), py::arg("w_sorted"),
         py::arg("bias"), py::arg("perm_in"), py::arg("perm_out"), py::arg("in_sorted"), py::arg("out_sorted"),

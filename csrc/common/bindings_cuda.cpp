@@ -28,5 +28,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // MADE / FVSBN sampling in one launch; operands as the CPU made_sample (armodel_fast.ops.made).
   m.def("made_sample", &af::made_cuda_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
-        py::arg("head"), py::arg("K"), py::arg("activation"), "(x [n, D], log_prob [n]) in one launch");
+        py::arg("head"), py::arg("K"), py::arg("activation"), py::arg("program") = std::vector<int64_t>{},
+        "(x [n, D], log_prob [n]) in one launch");
 }

@@ -111,13 +111,15 @@ std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& we
                                                const std::optional<at::Tensor>& direct, const at::Tensor& order,
                                                const std::optional<at::Tensor>& ctx_hidden,
                                                const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
-                                               int64_t head, int64_t K, int64_t activation);
+                                               int64_t head, int64_t K, int64_t activation,
+                                               const std::vector<int64_t>& program);
 std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor>& weights,
                                                     const std::vector<at::Tensor>& biases,
                                                     const std::vector<at::Tensor>& degrees,
                                                     const std::optional<at::Tensor>& direct, const at::Tensor& order,
                                                     const std::optional<at::Tensor>& ctx_hidden,
                                                     const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
-                                                    int64_t head, int64_t K, int64_t activation);
+                                                    int64_t head, int64_t K, int64_t activation,
+                                                    const std::vector<int64_t>& program);
 
 }  // namespace af

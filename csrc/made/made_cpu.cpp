@@ -75,7 +75,11 @@ void sample_chunk(const made::Operands& pb, int64_t s0, int64_t ns, T* x_out, in
   const int64_t D = pb.D, L = pb.L, P = pb.P, Kin = pb.Kin, K = pb.K;
   std::vector<T> X(static_cast<size_t>(D * Kin * NS), T(0));
   std::vector<std::vector<T>> Hs(static_cast<size_t>(L));
-  for (int64_t l = 0; l < L; ++l) Hs[l].assign(static_cast<size_t>(pb.units[l] * NS), T(0));
+  std::vector<std::vector<T>> As(static_cast<size_t>(L));  // act(layer l) where layer l+1 reads it (ACT_IN)
+  for (int64_t l = 0; l < L; ++l) {
+    Hs[l].assign(static_cast<size_t>(pb.units[l] * NS), T(0));
+    if (made::copy_activated(pb, l)) As[l].assign(static_cast<size_t>(pb.units[l] * NS), T(0));
+  }
   std::vector<T> acc(static_cast<size_t>(P * NS)), tmp(static_cast<size_t>(P * NS));
   std::vector<int64_t> cursor(static_cast<size_t>(L), 0);
   T lp[NS] = {};
@@ -88,26 +92,33 @@ void sample_chunk(const made::Operands& pb, int64_t s0, int64_t ns, T* x_out, in
     for (int64_t l = 0; l < L; ++l) {
       const int64_t* deg = static_cast<const int64_t*>(pb.deg[l]);
       const int64_t begin = cursor[l];
-      int64_t end = begin;
-      end = made::run_end(deg, pb.units[l], begin, t);
+      const int64_t end = made::run_end(deg, pb.units[l], begin, t);
       if (end > begin) {
         T* h = Hs[l].data() + begin * NS;
         rows_dot<T, NS>(static_cast<const T*>(pb.w[l]) + begin * pb.ldw[l], pb.ldw[l], end - begin, prev_count,
                         prev, h);
         const T* bias = static_cast<const T*>(pb.b[l]);
         const T* ctx = l == 0 ? static_cast<const T*>(pb.ctx_h) : nullptr;
+        const int64_t flags = pb.flags[l];
+        const T* skip = flags & made::kSkip ? Hs[l - 2].data() + begin * NS : nullptr;  // the block's input
+        T* copy = As[l].empty() ? nullptr : As[l].data() + begin * NS;
         for (int64_t k = begin; k < end; ++k) {
           for (int64_t s = 0; s < NS; ++s) {
-            T v = h[(k - begin) * NS + s] + bias[k];
+            const int64_t i = (k - begin) * NS + s;
+            T v = h[i] + bias[k];
             if (ctx && s < ns) v += ctx[(s0 + s) * pb.units[0] + k];
-            h[(k - begin) * NS + s] = ml::activate(v, pb.activation);
+            if (skip) v += skip[i];
+            if (flags & made::kActOut) v = ml::activate(v, pb.activation);
+            h[i] = v;
+            if (copy) copy[i] = ml::activate(v, pb.activation);
           }
         }
       }
       cursor[l] = end;
-      prev = Hs[l].data();
+      prev = As[l].empty() ? Hs[l].data() : As[l].data();
       prev_count = end;
     }
+    if (L > 0) prev = Hs[L - 1].data();  // the output layer reads the last layer itself
     // Output rows of dimension order[t]: sorted rows [t*P, (t+1)*P).
     const int64_t row = t * P;
     // Same association as the reference: ((W h + b) + direct) + context.
@@ -164,9 +175,10 @@ std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& we
                                                const std::optional<at::Tensor>& direct, const at::Tensor& order,
                                                const std::optional<at::Tensor>& ctx_hidden,
                                                const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
-                                               int64_t head, int64_t K, int64_t activation) {
+                                               int64_t head, int64_t K, int64_t activation,
+                                               const std::vector<int64_t>& program) {
   const made::Checked checked = made::check_operands(weights, biases, degrees, direct, order, ctx_hidden, ctx_out,
-                                                     noise, head, K, activation, at::Device(at::kCPU));
+                                                     noise, head, K, activation, program, at::Device(at::kCPU));
   const made::Operands& pb = checked.op;
   const int64_t n = pb.n, D = pb.D;
   const auto dtype = noise.scalar_type();

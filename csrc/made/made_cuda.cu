@@ -28,13 +28,15 @@ enum Rows : int { kHiddenRows = 0, kOutputRows = 1, kDirectRows = 2 };
 
 // The dot products of `rows` consecutive weight rows with the first `cnt` units of
 // `in` ([unit][kNS]), finished by `mode`:
-//   kHiddenRows: out[k][s] = act(sum + bias[k] + ctx[s][k])  (scratch)
+//   kHiddenRows: out[k][s] = act(sum + bias[k] + ctx[s][k] + skip[k][s])  (scratch; skip, ctx
+//                may be null, act may be kNone), and copy[k][s] = copy_act(out[k][s]) if copy
 //   kOutputRows: out[k][s] = sum + bias[k]                    (shared params)
 //   kDirectRows: out[k][s] += sum                              (shared params)
 template <typename T>
 __device__ void block_rows(int mode, const T* __restrict__ w, int64_t ldw, int64_t rows, int64_t cnt,
                            const T* in, const T* __restrict__ bias, const T* __restrict__ ctx, int64_t ctx_ld,
-                           int64_t ns, int64_t act, T* out, T* partial) {
+                           int64_t ns, int64_t act, T* out, T* partial, const T* skip = nullptr,
+                           T* copy = nullptr, int64_t copy_act = ml::kNone) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int segs = rows >= kWarps ? 1 : kWarps / static_cast<int>(rows);
   const int per_batch = kWarps / segs;  // rows per batch
@@ -69,7 +71,9 @@ __device__ void block_rows(int mode, const T* __restrict__ w, int64_t ldw, int64
         v += bias[kk];
         if (mode == kHiddenRows) {
           if (ctx != nullptr && s < ns) v += ctx[s * ctx_ld + kk];
+          if (skip != nullptr) v += skip[kk * kNS + s];
           v = ml::activate(v, act);
+          if (copy != nullptr) copy[kk * kNS + s] = ml::activate(v, copy_act);
         }
         out[kk * kNS + s] = v;
       }
@@ -85,11 +89,16 @@ __global__ void __launch_bounds__(kThreads) made_sample_kernel(made::Operands op
   T* partial = reinterpret_cast<T*>(smem_raw);  // [kWarps][kNS]
   T* params = partial + kWarps * kNS;            // [P][kNS]
   const int64_t D = op.D, L = op.L, P = op.P, Kin = op.Kin, K = op.K;
-  int64_t width = D * Kin;  // scratch rows: [inputs | layer 0 | ... | layer L-1]
-  int64_t offset[made::kMaxLayers];
+  // scratch rows: [inputs | layer 0 | ... | layer L-1 | act(layer l) for each l whose consumer reads it]
+  int64_t width = D * Kin;
+  int64_t offset[made::kMaxLayers], copy_offset[made::kMaxLayers];
   for (int64_t l = 0; l < L; ++l) {
     offset[l] = width;
     width += op.units[l];
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    copy_offset[l] = made::copy_activated(op, l) ? width : -1;
+    if (copy_offset[l] >= 0) width += op.units[l];
   }
   T* A = scratch + static_cast<int64_t>(blockIdx.x) * width * kNS;
   const T* noise = static_cast<const T*>(op.noise);
@@ -109,13 +118,18 @@ __global__ void __launch_bounds__(kThreads) made_sample_kernel(made::Operands op
         cursor[l] = end;
         if (end > begin) {
           const T* ctx = l == 0 && op.ctx_h ? static_cast<const T*>(op.ctx_h) + s0 * op.units[0] + begin : nullptr;
+          const int64_t flags = op.flags[l];
+          const T* skip = flags & made::kSkip ? A + (offset[l - 2] + begin) * kNS : nullptr;  // the block's input
+          T* copy = copy_offset[l] >= 0 ? A + (copy_offset[l] + begin) * kNS : nullptr;
           block_rows<T>(kHiddenRows, static_cast<const T*>(op.w[l]) + begin * op.ldw[l], op.ldw[l], end - begin,
-                        cnt, prev, static_cast<const T*>(op.b[l]) + begin, ctx, op.units[0], ns, op.activation,
-                        A + (offset[l] + begin) * kNS, partial);
+                        cnt, prev, static_cast<const T*>(op.b[l]) + begin, ctx, op.units[0], ns,
+                        flags & made::kActOut ? op.activation : ml::kNone, A + (offset[l] + begin) * kNS, partial,
+                        skip, copy, op.activation);
         }
-        prev = A + offset[l] * kNS;
+        prev = A + (copy_offset[l] >= 0 ? copy_offset[l] : offset[l]) * kNS;
         cnt = end;
       }
+      if (L > 0) prev = A + offset[L - 1] * kNS;  // the output layer reads the last layer itself
       const int64_t row = t * P;  // ((W h + b) + direct) + context, the reference's association
       block_rows<T>(kOutputRows, static_cast<const T*>(op.w[L]) + row * op.ldw[L], op.ldw[L], P, cnt, prev,
                     static_cast<const T*>(op.b[L]) + row, nullptr, 0, ns, ml::kNone, params, partial);
@@ -165,7 +179,7 @@ int64_t grid_size(const made::Operands& op) {
 
 int64_t scratch_width(const made::Operands& op) {
   int64_t width = op.D * op.Kin;
-  for (int64_t l = 0; l < op.L; ++l) width += op.units[l];
+  for (int64_t l = 0; l < op.L; ++l) width += op.units[l] * (made::copy_activated(op, l) ? 2 : 1);
   return width;
 }
 

@@ -36,7 +36,8 @@ inline Checked check_operands(const std::vector<at::Tensor>& weights, const std:
                               const std::vector<at::Tensor>& degrees, const std::optional<at::Tensor>& direct,
                               const at::Tensor& order, const std::optional<at::Tensor>& ctx_hidden,
                               const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise, int64_t head,
-                              int64_t K, int64_t activation, at::Device device) {
+                              int64_t K, int64_t activation, const std::vector<int64_t>& program,
+                              at::Device device) {
   TORCH_CHECK_VALUE(!weights.empty(), "weights must hold the output layer at least");
   const int64_t L = static_cast<int64_t>(weights.size()) - 1;
   TORCH_CHECK_VALUE(L < kMaxLayers, "at most ", kMaxLayers - 1, " hidden layers, got ", L);
@@ -80,6 +81,18 @@ inline Checked check_operands(const std::vector<at::Tensor>& weights, const std:
     op.ldw[l] = weights[l].stride(0);
     op.units[l] = rows;
     in_units = rows;
+  }
+  // The hidden layers' program (empty: each act(W h + b)); the op layer has checked that a
+  // skip's degrees match, this checks what the kernels index by.
+  TORCH_CHECK_VALUE(program.empty() || static_cast<int64_t>(program.size()) == L,
+                    "program must have one entry per hidden layer (", L, "), got ", program.size());
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t f = program.empty() ? kActOut : program[l];
+    TORCH_CHECK_VALUE(f >= 0 && f <= (kActOut | kActIn | kSkip), "program[", l, "] must be a flag set 0..7, got ", f);
+    TORCH_CHECK_VALUE(!(f & kActIn) || l >= 1, "program[0] cannot read an activated layer (ACT_IN)");
+    TORCH_CHECK_VALUE(!(f & kSkip) || (l >= 2 && op.units[l] == op.units[l - 2]),
+                      "program[", l, "] has SKIP: layer ", l, " must have as many units as layer ", l - 2);
+    op.flags[l] = f;
   }
   if (direct.has_value() && direct->defined()) {
     check_matrix(*direct, "direct", dtype, device, D * op.P, D * op.Kin);

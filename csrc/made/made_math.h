@@ -29,7 +29,12 @@ AF_HD inline T affine_log_sigma(int64_t head, T raw) {
   return head == kAffine ? raw / (T(1) + T(std::fabs(raw)) / T(kLogScaleBound)) : raw;
 }
 
-constexpr int kMaxLayers = 16;  // hidden layers + the output layer
+constexpr int kMaxLayers = 32;  // hidden layers + the output layer
+
+// A hidden layer's program (reference/made.py ACT_OUT, ACT_IN, SKIP): its output goes
+// through the activation; it reads the activation of the layer before it (a pre-activation
+// residual block); it adds the output of layer l-2 (the block's input), unit for unit.
+enum LayerFlag : int64_t { kActOut = 1, kActIn = 2, kSkip = 4 };
 
 // The sampler's operands (pointers into contiguous tensors of the compute type T,
 // int64 degrees/order), filled and checked by made_glue.h: degree-sorted weights
@@ -43,6 +48,7 @@ struct Operands {
   const int64_t* deg[kMaxLayers];  // L sorted degree vectors
   int64_t ldw[kMaxLayers];         // row stride of w[l]
   int64_t units[kMaxLayers];       // rows of w[l]
+  int64_t flags[kMaxLayers];       // LayerFlag bits of hidden layer l
   const void* direct;
   int64_t ld_direct;
   const int64_t* order;  // [D]
@@ -58,6 +64,10 @@ AF_HD inline int64_t params_per_dim(int64_t head, int64_t K) {
   return head == kBernoulli ? 1 : (head == kCategorical ? K : (is_affine(head) ? 2 : 3 * K));
 }
 AF_HD inline int64_t inputs_per_dim(int64_t head, int64_t K) { return head == kCategorical ? K : 1; }
+
+// Whether hidden layer l's consumer (layer l+1) reads act(layer l): the samplers then keep an
+// activated copy of layer l's units.
+AF_HD inline bool copy_activated(const Operands& op, int64_t l) { return l + 1 < op.L && (op.flags[l + 1] & kActIn); }
 
 // A layer's units sorted by degree: those of degree <= t are [0, end). The run
 // computed at step t is [begin, run_end(...)), where begin is the previous end:

@@ -20,12 +20,13 @@ std::tuple<at::Tensor, at::Tensor> made_cuda_sample(const std::vector<at::Tensor
                                                     const std::optional<at::Tensor>& direct, const at::Tensor& order,
                                                     const std::optional<at::Tensor>& ctx_hidden,
                                                     const std::optional<at::Tensor>& ctx_out, const at::Tensor& noise,
-                                                    int64_t head, int64_t K, int64_t activation) {
+                                                    int64_t head, int64_t K, int64_t activation,
+                                                    const std::vector<int64_t>& program) {
   check_float_tensor(noise, "noise");
   TORCH_CHECK_VALUE(noise.is_cuda(), "noise must be a CUDA tensor, got ", noise.device());
   const c10::cuda::CUDAGuard guard(noise.device());
   const made::Checked checked = made::check_operands(weights, biases, degrees, direct, order, ctx_hidden, ctx_out,
-                                                     noise, head, K, activation, noise.device());
+                                                     noise, head, K, activation, program, noise.device());
   const made::Operands& op = checked.op;
   const auto dtype = noise.scalar_type();
   int device = 0, max_shared = 0;

@@ -19,27 +19,38 @@ from . import sample as _made
 from .inverse_grad import affine_inverse_backward
 
 
+def encode_program(program) -> str:
+    """The hidden layers' flags as the ops take them: ``"0,3,4"``, or ``""`` for None (a plain MADE)."""
+    return "" if program is None else ",".join(str(int(f)) for f in program)
+
+
+def decode_program(text: str):
+    return [int(f) for f in text.split(",")] if text else None
+
+
 @torch.library.custom_op("armodel_fast::made_affine_sample", mutates_args=())
 def made_affine_sample(weights: List[Tensor], biases: List[Tensor], in_degrees: List[Tensor],
                        out_degrees: List[Tensor], direct: List[Tensor], order: Tensor, z: Tensor,
                        context: Optional[Tensor], context_weights: List[Tensor], head: str, activation: str,
-                       backend: str) -> Tuple[Tensor, Tensor]:
+                       backend: str, program: str) -> Tuple[Tensor, Tensor]:
     """(x [n, D], log|det dx/dz| [n]) of ``ops.made.made_sample(..., head)`` for an affine head.
 
     The layer lists hold the hidden layers then the output layer; ``direct`` is
     ``[weight, in_degrees, out_degrees]`` or empty; ``context_weights`` ``[Wc_hidden,
-    Wc_out]`` or empty.
+    Wc_out]`` or empty; ``program`` the hidden layers' flags (``reference.made.layer_program``)
+    as :func:`encode_program` writes them ("" for a plain MADE).
     """
     layers = list(zip(weights, biases, in_degrees, out_degrees))
     x, logdet = _made.made_sample(layers[:-1], layers[-1], order, z, head, None, activation,
                                   tuple(direct) if direct else None, context,
-                                  tuple(context_weights) if context_weights else None, backend=backend)
+                                  tuple(context_weights) if context_weights else None, backend=backend,
+                                  program=decode_program(program))
     return x.clone() if x is z else x, logdet
 
 
 @made_affine_sample.register_fake
 def _(weights, biases, in_degrees, out_degrees, direct, order, z, context, context_weights, head, activation,
-      backend):
+      backend, program):
     dtype = weights[-1].dtype
     return z.new_empty(z.shape, dtype=dtype), z.new_empty(z.shape[:1], dtype=dtype)
 
@@ -48,12 +59,12 @@ def _(weights, biases, in_degrees, out_degrees, direct, order, z, context, conte
 def made_affine_sample_backward(weights: List[Tensor], biases: List[Tensor], in_degrees: List[Tensor],
                                 out_degrees: List[Tensor], direct: List[Tensor], z: Tensor,
                                 context: Optional[Tensor], context_weights: List[Tensor], x: Tensor, gx: Tensor,
-                                gl: Tensor, head: str, activation: str) -> List[Tensor]:
+                                gl: Tensor, head: str, activation: str, program: str) -> List[Tensor]:
     """Gradients of :func:`made_affine_sample`, flat: weights, biases, the direct weight (if
     any), z, context (if any), the context weights (if any; zeros where a weight is unused)."""
     layers = list(zip(weights, biases, in_degrees, out_degrees))
     g = affine_inverse_backward(layers[:-1], layers[-1], tuple(direct) if direct else None, x, z, gx, gl,
-                                activation, head == "affine", context, context_weights or None)
+                                activation, head == "affine", context, context_weights or None, decode_program(program))
     flat = list(g["weights"]) + list(g["biases"])
     if direct:
         flat.append(g["direct"])
@@ -65,7 +76,8 @@ def made_affine_sample_backward(weights: List[Tensor], biases: List[Tensor], in_
 
 
 @made_affine_sample_backward.register_fake
-def _(weights, biases, in_degrees, out_degrees, direct, z, context, context_weights, x, gx, gl, head, activation):
+def _(weights, biases, in_degrees, out_degrees, direct, z, context, context_weights, x, gx, gl, head, activation,
+      program):
     flat = [torch.empty_like(t) for t in list(weights) + list(biases)]
     if direct:
         flat.append(torch.empty_like(direct[0]))
@@ -76,12 +88,13 @@ def _(weights, biases, in_degrees, out_degrees, direct, z, context, context_weig
 
 
 def _setup_context(ctx, inputs, output):
-    weights, biases, in_degrees, out_degrees, direct, _, z, context, context_weights, head, activation, _ = inputs
+    weights, biases, in_degrees, out_degrees, direct, _, z, context, context_weights, head, activation, _, program = \
+        inputs
     # Degrees are cloned: MADE rewrites its degree buffers in place when it switches masks, and
     # the backward must use the forward's masks.
     n = len(weights)
     ctx.sizes = (n, len(direct), context is not None, len(context_weights))
-    ctx.args = (head, activation)
+    ctx.args = (head, activation, program)
     ctx.save_for_backward(*weights, *biases, *(d.clone() for d in in_degrees), *(d.clone() for d in out_degrees),
                           *(direct[:1]), *(d.clone() for d in direct[1:]), z, context, *context_weights, output[0])
 
@@ -107,7 +120,8 @@ def _backward(ctx, gx, gl):
     g_z = rest.pop(0)
     g_context = rest.pop(0) if has_context else None
     g_ctx_w = rest if has_context else []
-    return (g_weights, g_biases, [None] * n, [None] * n, g_direct, None, g_z, g_context, g_ctx_w, None, None, None)
+    return (g_weights, g_biases, [None] * n, [None] * n, g_direct, None, g_z, g_context, g_ctx_w, None, None, None,
+            None)
 
 
 made_affine_sample.register_autograd(_backward, setup_context=_setup_context)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...reference.made import LOG_SCALE_BOUND
+from ...reference.made import ACT_IN, ACT_OUT, LOG_SCALE_BOUND, SKIP
 from ...reference.masked_linear import degree_mask
 
 _ACT = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "none": lambda t: t}
@@ -76,7 +76,7 @@ def _unsort(t_sorted: Tensor, perm_rows: Optional[Tensor], perm_cols: Optional[T
 @torch.no_grad()
 def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer, x: Tensor, z: Tensor,
                             gx: Tensor, gl: Tensor, activation: str, clip: bool,
-                            context: Optional[Tensor] = None, context_weights=None) -> dict:
+                            context: Optional[Tensor] = None, context_weights=None, program=None) -> dict:
     """Gradients of ``(x, logdet) = inverse(z)`` for upstream ``gx`` [B, D], ``gl`` [B], at the
     solution ``x`` [B, D]: ``{"z", "context", "weights", "biases", "direct", "context_weights"}``
     (lists follow the layers: hidden then output; None where there is no such input).
@@ -84,24 +84,35 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     Layers as :func:`armodel_fast.ops.made.made_sample` takes them (affine head: 2 outputs per
     dimension, mu/log sigma; context through ``context_weights = (Wc_hidden, Wc_out)``);
     ``clip``: the soft-clipped log sigma (head ``"affine"``) or the raw one (``"affine_raw"``).
+    ``program``: the hidden layers' ACT_OUT / ACT_IN / SKIP flags (None: ACT_OUT each).
     """
     D = x.shape[1]
+    flags = [ACT_OUT] * len(hidden_layers) if program is None else list(program)
+    act = _ACT[activation]
     layers = [(*_sorted_layer(w, din, dout, False), b) for w, b, din, dout in hidden_layers]
     w_out, dout_out, perm_o, perm_h, din_out = _sorted_layer(output_layer[0], output_layer[2], output_layer[3], True)
     perm_x = layers[0][3] if layers else perm_h  # sorted input position t holds dimension order[t]
     xs = x.detach().index_select(1, perm_x)
     ctx = None if context is None else context.detach()
     # Forward in sorted coordinates: each layer's input, each hidden unit's derivative, the head.
-    h, inputs, derivs = xs, [], []
+    # A residual program (reference.made.made_forward) keeps every layer of a block on the same
+    # degrees, hence the same sorted order: skips and activated inputs are elementwise there.
+    h, h_before, inputs, derivs, in_derivs = xs, xs, [], [], []
     for i, (w, _, p_out, _, _, b) in enumerate(layers):
-        inputs.append(h)
-        pre = h @ w.T
+        f = flags[i]
+        inp = act(h) if f & ACT_IN else h
+        in_derivs.append(_act_derivative(activation, h, inp) if f & ACT_IN else None)
+        inputs.append(inp)
+        pre = inp @ w.T
         if b is not None:
             pre = pre + b.detach().index_select(0, p_out)
         if i == 0 and ctx is not None:
             pre = pre + F.linear(ctx, context_weights[0].detach()).index_select(1, p_out)
-        h = _ACT[activation](pre)
-        derivs.append(_act_derivative(activation, pre, h))
+        if f & SKIP:
+            pre = pre + h_before
+        out = act(pre) if f & ACT_OUT else pre
+        derivs.append(_act_derivative(activation, pre, out) if f & ACT_OUT else None)
+        h, h_before = out, h
     inputs.append(h)
     raw = h @ w_out.T
     if output_layer[1] is not None:
@@ -129,8 +140,11 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     reaches = [_reach(lay[4], top, False) for lay in layers]
     out_reach = _reach(din_out, top, True)
     dir_reach = _reach(din_dir, top, True) if direct_layer is not None else None
-    acc = [torch.zeros_like(d) for d in derivs]  # d loss / d h, summed as units complete
-    deltas = [torch.zeros_like(d) for d in derivs]  # d loss / d pre-activation
+    acc = [torch.zeros_like(inp) for inp in inputs[1:]]  # d loss / d h (each layer's output), as units complete
+    # d loss / d act(h) of the layers an ACT_IN layer reads (None elsewhere)
+    acc_act = [torch.zeros_like(a) if i + 1 < len(layers) and flags[i + 1] & ACT_IN else None
+               for i, a in enumerate(acc)]
+    deltas = [torch.zeros_like(a) for a in acc]  # d loss / d pre-activation
     acc_x = gx.index_select(1, perm_x).clone()
     c_out = raw.new_zeros(raw.shape)
     below_out = acc[-1] if layers else acc_x
@@ -139,11 +153,17 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
             b0, b1 = unit_slices[i][k]
             if b0 == b1:
                 continue
-            delta = acc[i][:, b0:b1] * derivs[i][:, b0:b1]
+            g = acc[i][:, b0:b1]
+            if acc_act[i] is not None:  # read through the activation by layer i+1
+                g = g + acc_act[i][:, b0:b1] * in_derivs[i + 1][:, b0:b1]
+            delta = g * derivs[i][:, b0:b1] if derivs[i] is not None else g
             deltas[i][:, b0:b1] = delta
+            if flags[i] & SKIP:  # the block's input (layer i-2, same units) was added unchanged
+                acc[i - 2][:, b0:b1] += delta
             r = reaches[i][k]
             if r:
-                (acc[i - 1] if i else acc_x)[:, :r].addmm_(delta, layers[i][0][b0:b1, :r])
+                below = acc_x if i == 0 else (acc_act[i - 1] if flags[i] & ACT_IN else acc[i - 1])
+                below[:, :r].addmm_(delta, layers[i][0][b0:b1, :r])
         if k > D:
             continue
         wk = acc_x[:, k - 1]  # dimension order[k-1]: complete

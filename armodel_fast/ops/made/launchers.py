@@ -3,8 +3,9 @@
 ``prepare(weight, in_degrees, out_degrees, strict)``: the degree-sorted weights the
 sampler reads (masked staircase blocks for cpp; unmasked sorted weights for triton
 and cuda, which read only the reachable prefix of each row).
-``sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation)
--> (x, log_prob)``: all D steps in one call, every hidden unit computed once
+``sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation, program)
+-> (x, log_prob)``: all D steps in one call, every hidden unit computed once (``program``: each
+hidden layer's ``reference.made`` ACT_OUT / ACT_IN / SKIP flags)
 (csrc/made/made_cpu.cpp, kernels/made_sample_triton.py, csrc/made/made_cuda.cu).
 """
 from __future__ import annotations
@@ -36,9 +37,9 @@ def _cpp_prepare(weight, in_degrees, out_degrees, strict):
 
 
 @register("made_sample", "sample", "cpp", dtypes=CPP_SAMPLE_DTYPES, requires="made_sample")
-def _cpp_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation):
+def _cpp_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation, program):
     return _native(_ext.get_ext(), "cpp").made_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise,
-                                                      HEADS[head], K, ACTIVATIONS[activation])
+                                                      HEADS[head], K, ACTIVATIONS[activation], program)
 
 
 @register("made_sample", "prepare", "cuda", requires="masked_linear_forward")
@@ -47,22 +48,23 @@ def _cuda_prepare(weight, in_degrees, out_degrees, strict):
 
 
 @register("made_sample", "sample", "cuda", requires="made_sample")
-def _cuda_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation):
+def _cuda_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation, program):
     ct = weights[0].dtype  # the CUDA kernel computes in the sorted weights' dtype (fp32 for fp16/bf16 models)
     biases = [bb.to(ct) for bb in biases]
     direct, ctx_h, ctx_o = (None if t is None else t.to(ct) for t in (direct, ctx_h, ctx_o))
     return _native(_ext.get_cuda_ext(), "cuda").made_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o,
-                                                            noise.to(ct), HEADS[head], K, ACTIVATIONS[activation])
+                                                            noise.to(ct), HEADS[head], K, ACTIVATIONS[activation],
+                                                            program)
 
 
 register("made_sample", "prepare", "triton")(prepare_triton)
 
 
 @register("made_sample", "sample", "triton")
-def _triton_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation):
+def _triton_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K, activation, program):
     from ...kernels import made_sample_triton  # imports triton: only when the backend is used
     z = None
     if head == "gaussian":  # Phi^-1 exactly as reference/heads.py computes it
         z = torch.special.ndtri(noise[..., 1].clamp(_heads.U_EPS, 1 - _heads.U_EPS)).contiguous()
     return made_sample_triton.made_sample(weights, biases, degrees, direct, order, ctx_h, ctx_o, noise, head, K,
-                                          ACTIVATIONS[activation], z)
+                                          ACTIVATIONS[activation], z, program=program)

@@ -19,6 +19,7 @@ from ... import dispatch
 from ..._validate import check_order, check_real_x, check_tensor, check_uniforms
 from ...reference import made as _ref
 from ..masked_linear import ACTIVATIONS
+from .forward import check_program
 from .launchers import FAST_BACKENDS, HEADS
 
 
@@ -137,7 +138,7 @@ def check_finite_parameters(hidden_layers, output_layer, direct_layer, context_w
 @torch.no_grad()
 def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Tensor, head: str = "bernoulli",
                 K: Optional[int] = None, activation: str = "relu", direct_layer=None,
-                context: Optional[Tensor] = None, context_weights=None, backend: str = "cpp"):
+                context: Optional[Tensor] = None, context_weights=None, backend: str = "cpp", program=None):
     """Draw ``n = noise.shape[0]`` samples in one pass over the weights; returns (x [n, D], log p(x) [n]).
 
     ``noise``: uniforms ``u [n, D]`` (bernoulli, categorical), ``[n, D, 2]``
@@ -147,7 +148,8 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
     ``reference.made.bounded_log_sigma``; ``"affine_raw"``: the raw log sigma; the second
     result is then ``log|det dx/dz| = sum s``). Categorical x is int64. The degrees must be MADE's
     (input degree of dimension ``order[t]`` is t+1). ``backend``: ``"cpp"``,
-    ``"triton"``, ``"cuda"``, ``"reference"`` (D forward passes) or ``"auto"``.
+    ``"triton"``, ``"cuda"``, ``"reference"`` (D forward passes) or ``"auto"``. ``program``:
+    the hidden layers' flags of a residual MADE (``reference.made.layer_program``; None: plain).
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
@@ -160,24 +162,25 @@ def made_sample(hidden_layers: Sequence, output_layer, order: Tensor, noise: Ten
     _check_noise_and_head(output_layer, D, noise, head, K)
     _check_layers(hidden_layers, output_layer, direct_layer, order_cpu, head, K)
     _check_context(context, context_weights, noise.shape[0], hidden_layers, output_layer)
+    check_program(program, hidden_layers)
     check_finite_parameters(hidden_layers, output_layer, direct_layer, context_weights)
     weight = output_layer[0]
     backend = dispatch.resolve_backend(backend, "made_sample", weight.device, weight.dtype)
     return dispatch.launcher("made_sample", "run", backend)(hidden_layers, output_layer, order, noise, head, K,
                                                              activation, direct_layer, context, context_weights,
-                                                             backend)
+                                                             backend, program)
 
 
 @dispatch.register("made_sample", "run", "reference")
 def _d_passes(hidden_layers, output_layer, order, noise, head, K, activation, direct_layer, context,
-              context_weights, backend):
+              context_weights, backend, program=None):
     """The reference: D forward passes (``reference.made.made_sample``)."""
     return _ref.made_sample(hidden_layers, output_layer, order, noise, head, K, activation, direct_layer,
-                            context, context_weights)
+                            context, context_weights, program)
 
 
 def _one_pass(hidden_layers, output_layer, order, noise, head, K, activation, direct_layer, context,
-              context_weights, backend):
+              context_weights, backend, program=None):
     """The fast backends: ``backend``'s prepared weights, then its sampler in one call."""
     weight = output_layer[0]
     takes = dispatch.dtypes("made_sample", backend)
@@ -200,7 +203,8 @@ def _one_pass(hidden_layers, output_layer, order, noise, head, K, activation, di
         ctx_o = F.linear(context, context_weights[1]).index_select(1, chain[-1].perm_out).contiguous()
     x, lp = dispatch.launcher("made_sample", "sample", backend)(
         weights, biases, degrees, direct, order.to(dev, torch.long).contiguous(), ctx_h, ctx_o, noise.contiguous(),
-        head, 1 if K is None else K, activation)
+        head, 1 if K is None else K, activation,
+        [_ref.ACT_OUT] * len(hidden_layers) if program is None else [int(f) for f in program])
     return (x if x.dtype == torch.long else x.to(weight.dtype)), lp.to(weight.dtype)
 
 
