@@ -94,7 +94,7 @@ def _draw_class(logits, cols, kmask, u, K):
     return tl.sum(below.to(tl.int32), axis=1), m + tl.log(total)
 
 
-META = 8  # ints per layer in ``meta``: w_off, ldw, out_off, b_off, in_off, skip_off, copy_off, act_out
+META = tl.constexpr(8)  # ints per layer in ``meta``: w_off, ldw, out_off, b_off, in_off, skip_off, copy_off, act_out
 
 
 @triton.jit
