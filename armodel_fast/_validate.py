@@ -11,6 +11,7 @@ orders and ranges again, so compiled code still fails loudly on bad data.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -116,7 +117,7 @@ def tensor_is_finite(t: torch.Tensor) -> bool:
     """Whether a floating-point tensor holds no NaN or infinity. Its sum is finite exactly when no
     entry is NaN/inf unless finite entries overflow it; only then are the entries tested one by one
     (a sum is one pass without a [B, D] temporary: at [256, 784] 17 us against 380 us here)."""
-    return t.numel() == 0 or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    return t.numel() == 0 or math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all())
 
 
 def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:

@@ -215,31 +215,48 @@ class MADE(AutoregressiveModel):
             return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], self.D * self.K)
         return x
 
+    def _masked_layers(self) -> list:
+        """The masked layers (hidden, output, direct), read from the module dict: every forward
+        walks them, and ``nn.Module.__getattr__`` costs microseconds per name."""
+        mods = self._modules
+        return list(mods["layers"]) + [mods["output"]] + ([mods["direct"]] if mods.get("direct") is not None else [])
+
     def _layer_args(self):
         """(hidden layers, output layer, direct layer, context weights) as the functional forms take them."""
-        lay = lambda m: (m.weight, m.bias, m.in_degrees, m.out_degrees)  # noqa: E731
-        direct = None if self.direct is None else (self.direct.weight, self.direct.in_degrees, self.direct.out_degrees)
-        ctx = None if self.context_dim == 0 else (self.context_hidden.weight, self.context_out.weight)
-        return [lay(m) for m in self.layers], lay(self.output), direct, ctx
+        def lay(m):
+            p, b = m._parameters, m._buffers
+            return p["weight"], p["bias"], b["in_degrees"], b["out_degrees"]
+        mods = self._modules
+        d = mods.get("direct")  # None is a plain attribute, not a module
+        direct = None if d is None else (d._parameters["weight"], d._buffers["in_degrees"], d._buffers["out_degrees"])
+        ctx = None if self.context_dim == 0 else (mods["context_hidden"]._parameters["weight"],
+                                                  mods["context_out"]._parameters["weight"])
+        return [lay(m) for m in mods["layers"]], lay(mods["output"]), direct, ctx
+
+    def _raw(self, x, context):
+        """Raw outputs [B, D*P] for validated x."""
+        hidden, output, direct, ctx_w = self._layer_args()
+        backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
+        return fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
+                                 backend=backend, program=self._program)
 
     def _params(self, x, context):
         """Per-dimension output parameters for validated x (see the class docstring)."""
-        hidden, output, direct, ctx_w = self._layer_args()
-        backend = self._resolve(work=lambda: self.auto_work(x.shape[0]))
-        raw = fast.made_forward(self._encode(x), hidden, output, self.activation, direct, context, ctx_w,
-                                backend=backend, program=self._program)
+        raw = self._raw(x, context)
         return self._bound_scale(ref.made_params_split(raw, "affine" if self._affine else self.out, self.D, self.K))
 
     def auto_work(self, batch: int) -> Work:
         """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work;
         a training step when grad mode is on and a parameter requires grad)."""
-        layers = list(self.layers) + [self.output] + ([self.direct] if self.direct is not None else [])
-        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        degrees = [d for m in layers for d in (m.in_degrees, m.out_degrees)]
+        layers = self._masked_layers()
+        training = torch.is_grad_enabled() and any(p.requires_grad for m in layers for p in m._parameters.values()
+                                                   if p is not None)
+        degrees = [d for m in layers for d in (m._buffers["in_degrees"], m._buffers["out_degrees"])]
         stamp = tuple((id(d), d._version) for d in degrees)  # the degrees change by set_mask / load_state_dict
         if getattr(self, "_sorted_memo", (None,))[0] != stamp:
-            self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees))
-        return Work(batch * sum(m.in_features * m.out_features for m in layers), training, self._sorted_memo[1])
+            macs = sum(m.in_features * m.out_features for m in layers)
+            self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees), macs)
+        return Work(batch * self._sorted_memo[2], training, self._sorted_memo[1])
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
         return self.output.weight
@@ -342,9 +359,9 @@ class MADE(AutoregressiveModel):
         """x [..., D] -> (z [..., D], log|det dz/dx| [...]) with z = (x - mu(x)) / sigma(x)."""
         self._check_flow()
         x, context, lead = self._flat(x, context)
-        _, mu, ls = self._params(x, context)
-        z, logdet = ref.gaussian_transform(x, mu.squeeze(-1), ls.squeeze(-1))  # K = 1; ls: already bounded
-        return z.reshape(*lead, self.D), logdet.reshape(lead)
+        mu, ls = self._raw(x, context).view(x.shape[0], self.D, 2).unbind(2)  # P = 2 rows per dimension
+        z, logdet = ref.gaussian_transform(x, mu, ref.bounded_log_sigma(ls, self._bounded))
+        return (z, logdet) if len(lead) == 1 else (z.reshape(*lead, self.D), logdet.reshape(lead))
 
     def inverse(self, z: torch.Tensor, context=None):
         """z [..., D] -> (x [..., D], log|det dx/dz| [...]): x_d = mu_d + sigma_d z_d, step by step

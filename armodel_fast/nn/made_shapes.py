@@ -62,6 +62,9 @@ def flatten_batch(x, context, D: int, context_dim: int, name: str = "x"):
         raise ValueError(f"{name} must have shape [B, {D}] (or any leading batch shape [..., {D}]), "
                          f"got {tuple(x.shape)}")
     lead = x.shape[:-1]
+    if x.dim() == 2 and (context is None or not context_dim or not isinstance(context, torch.Tensor)
+                         or (context.dim() == 2 and context.shape == (x.shape[0], context_dim))):
+        return x, context, lead  # already flat: no view nodes in the autograd graph of every layer
     if context is not None and context_dim and isinstance(context, torch.Tensor):
         if context.dim() == 0 or context.shape[-1] != context_dim:
             batch = ", ".join(map(str, lead)) or "B"
