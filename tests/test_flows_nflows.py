@@ -91,6 +91,10 @@ def test_bad_input_is_named(bad, match):
 def test_unsupported_arguments_are_refused():
     with pytest.raises(ValueError, match="random masks"):  # as nflows
         afn.MaskedAffineAutoregressiveTransform(4, 8, use_residual_blocks=True, random_mask=True)
+    with pytest.raises(ValueError, match="num_blocks"):
+        afn.MaskedAffineAutoregressiveTransform(4, 8, num_blocks=0)
+    assert len(afn.MaskedAffineAutoregressiveTransform(4, 8, num_blocks=0, use_residual_blocks=False)
+               .autoregressive_net.layers) == 1  # nflows' first layer alone
     with pytest.raises(ValueError, match="dropout"):
         afn.MaskedAffineAutoregressiveTransform(4, 8, dropout_probability=0.1)
     with pytest.raises(ValueError, match="batch_norm"):

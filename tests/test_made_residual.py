@@ -122,6 +122,7 @@ def _layers(D=4, H=5, n=3):
     ([0, SKIP, ACT_OUT], "program\\[1\\]"),
     ([0, 1, 9], "program\\[2\\]"),
     ("abc", "program"),
+    ({0, 1, 4}, "list or tuple"),  # unordered: refused, not read in some order
 ])
 def test_bad_programs_are_refused_on_every_backend(backend, program, match):
     hidden, output, u = _layers()
@@ -156,3 +157,29 @@ def test_native_sampler_checks_its_program():
     for bad in ([0, 1], [0, 4, 1], [2, 1, 4], [0, 1, 8]):
         with pytest.raises(ValueError, match="program"):
             _ext.get_ext().made_sample(*args, bad)
+
+
+def test_deep_residual_models_run_on_every_backend_or_are_refused_at_construction():
+    """The fast samplers hold up to MAX_HIDDEN_LAYERS hidden layers; a MADE with more is refused when
+    built (every backend alike), one at the limit samples on every backend."""
+    with pytest.raises(ValueError, match="at most 63 hidden layers"):
+        af.MADE(4, [3] * 32, residual="linear")  # 1 + 2 * 32 layers
+    hidden = [3] * 31  # 1 + 2 * 31 = 63
+    u = torch.rand(2, 4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    samples, state = [], None
+    for backend in ALL:
+        m = af.MADE(4, hidden, residual="linear", out="gaussian", dtype=torch.float64, backend=backend)
+        assert len(m.layers) == 63
+        if state is None:
+            state = m.state_dict()
+        m.load_state_dict(state)
+        samples.append(m.sample(2, u=u))
+    for x in samples[1:]:
+        torch.testing.assert_close(x, samples[0])
+
+
+def test_custom_op_program_text_is_checked():
+    from armodel_fast.ops.made.affine_op import decode_program, encode_program
+    assert decode_program(encode_program([0, 3, 4])) == [0, 3, 4] and decode_program(encode_program(None)) is None
+    with pytest.raises(ValueError, match="program"):
+        decode_program("0,,4")

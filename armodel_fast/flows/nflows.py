@@ -50,6 +50,9 @@ class MaskedAffineAutoregressiveTransform(_base.Transform):
                  scale: str = "soft_clip"):
         super().__init__()
         _unsupported(use_residual_blocks, random_mask, dropout_probability, use_batch_norm)
+        if use_residual_blocks and num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1 with use_residual_blocks=True, got {num_blocks} "
+                             "(pass use_residual_blocks=False for a single hidden layer)")
         self.features = features
         # nflows' MADE: a first layer, then num_blocks blocks (one masked layer each without residual blocks)
         blocks = num_blocks if use_residual_blocks else num_blocks + 1

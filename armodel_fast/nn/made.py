@@ -73,6 +73,9 @@ class MADE(AutoregressiveModel):
             raise ValueError(f"residual must be None, False, True, 'linear' or 'preact', got {residual!r}")
         self.residual = residual or None
         widths, program, self._new_degrees = ref.layer_program(self.hidden, self.residual)
+        if len(widths) > ref.MAX_HIDDEN_LAYERS:
+            raise ValueError(f"hidden: at most {ref.MAX_HIDDEN_LAYERS} hidden layers (a residual block counts two), "
+                             f"got {len(widths)}")
         self._program = None if self.residual is None else tuple(program)
         self.num_masks = check_positive_int("num_masks", num_masks)
         if out not in OUTPUTS:

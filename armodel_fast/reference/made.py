@@ -57,6 +57,8 @@ def hidden_degrees(m0: torch.Tensor, hidden: Sequence[int], generator: torch.Gen
 # adds the input of the layer before it (SKIP: a residual block's second layer adds the block's input).
 ACT_OUT, ACT_IN, SKIP = 1, 2, 4
 RESIDUAL = ("linear", "preact")
+# The most hidden layers a MADE may have (blocks count two each): what the C++ / CUDA samplers hold.
+MAX_HIDDEN_LAYERS = 63
 
 
 def layer_program(hidden: Sequence[int], residual=None):

@@ -29,7 +29,7 @@ AF_HD inline T affine_log_sigma(int64_t head, T raw) {
   return head == kAffine ? raw / (T(1) + T(std::fabs(raw)) / T(kLogScaleBound)) : raw;
 }
 
-constexpr int kMaxLayers = 32;  // hidden layers + the output layer
+constexpr int kMaxLayers = 64;  // hidden layers + the output layer (reference/made.py MAX_HIDDEN_LAYERS + 1)
 
 // A hidden layer's program (reference/made.py ACT_OUT, ACT_IN, SKIP): its output goes
 // through the activation; it reads the activation of the layer before it (a pre-activation

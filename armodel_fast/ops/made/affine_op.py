@@ -25,7 +25,10 @@ def encode_program(program) -> str:
 
 
 def decode_program(text: str):
-    return [int(f) for f in text.split(",")] if text else None
+    try:
+        return [int(f) for f in text.split(",")] if text else None
+    except ValueError:
+        raise ValueError(f"program must be comma-separated flag sets such as '0,3,4', got {text!r}") from None
 
 
 @torch.library.custom_op("armodel_fast::made_affine_sample", mutates_args=())

@@ -44,8 +44,9 @@ def check_program(program, hidden_layers) -> None:
     reads a hidden layer."""
     if program is None:
         return
-    if isinstance(program, (str, bytes)) or not hasattr(program, "__len__") or len(program) != len(hidden_layers):
-        raise ValueError(f"program must hold one flag set per hidden layer ({len(hidden_layers)}), got {program!r}")
+    if not isinstance(program, (list, tuple, range)) or len(program) != len(hidden_layers):
+        raise ValueError(f"program must be a list or tuple of one flag set per hidden layer ({len(hidden_layers)}), "
+                         f"got {program!r}")
     for i, f in enumerate(program):
         if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= _ref.ACT_OUT | _ref.ACT_IN | _ref.SKIP:
             raise ValueError(f"program[{i}] must be an int of ACT_OUT | ACT_IN | SKIP flags, got {f!r}")
