@@ -81,13 +81,7 @@ def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, c
         if i == 0 and context is not None and not last:  # context joins before the activation
             h = _REF_ACT[activation](h + F.linear(context, context_weights[0]))
         h_sorted = sort_out
-    out = h.reshape(*lead, h.shape[-1])
-    if direct_layer is not None:
-        w, din, dout = direct_layer
-        out = out + masked_linear(x, w, None, din, dout, True, "none", backend)
-    if context is not None:
-        out = out + F.linear(context, context_weights[1])
-    return out
+    return _direct_and_context(h.reshape(*lead, h.shape[-1]), x, direct_layer, context, context_weights, backend)
 
 
 def _residual_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend,
@@ -107,6 +101,11 @@ def _residual_forward(x, hidden_layers, output_layer, activation, direct_layer, 
         h, h_before = (act(pre) if flags & _ref.ACT_OUT and not fused else pre), h
     w, b, din, dout = output_layer
     out = masked_linear(h, w, b, din, dout, True, "none", backend)
+    return _direct_and_context(out, x, direct_layer, context, context_weights, backend)
+
+
+def _direct_and_context(out, x, direct_layer, context, context_weights, backend):
+    """The output layer's result plus the direct (strict masked) and context terms, in the reference's order."""
     if direct_layer is not None:
         w, din, dout = direct_layer
         out = out + masked_linear(x, w, None, din, dout, True, "none", backend)
