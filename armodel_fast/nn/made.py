@@ -15,7 +15,7 @@ from ..ops.masked_linear import degrees_sorted
 from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
-from .made_shapes import activation_name, check_hidden, flatten_batch
+from .made_shapes import activation_name, check_hidden, check_residual, drop_flow_logit_rows, flatten_batch
 from .masked_linear import MaskedLinear
 
 OUTPUTS = ("bernoulli", "categorical", "gaussian")
@@ -67,11 +67,7 @@ class MADE(AutoregressiveModel):
                  residual=None):
         super().__init__(D, backend)
         self.hidden = check_hidden(hidden)
-        if residual is True:
-            residual = "preact"
-        if residual is not None and residual is not False and residual not in ref.RESIDUAL:
-            raise ValueError(f"residual must be None, False, True, 'linear' or 'preact', got {residual!r}")
-        self.residual = residual or None
+        self.residual = check_residual(residual)
         widths, program, self._new_degrees = ref.layer_program(self.hidden, self.residual)
         if len(widths) > ref.MAX_HIDDEN_LAYERS:
             raise ValueError(f"hidden: at most {ref.MAX_HIDDEN_LAYERS} hidden layers (a residual block counts two), "
@@ -136,16 +132,8 @@ class MADE(AutoregressiveModel):
             if layer is not None:
                 layer.weight.mul_(FLOW_HEAD_INIT)
 
-    def _drop_flow_logit_rows(self, state_dict, prefix, *_args) -> None:
-        """Loads a K=1 Gaussian state saved with 3 output rows per dimension (logit, mu, log sigma;
-        before the affine layer dropped its unused logit): keeps the mu and log sigma rows."""
-        if not self._affine:
-            return
-        for name in ("output.weight", "output.bias", "output.out_degrees", "direct.weight", "direct.out_degrees",
-                     "context_out.weight"):
-            t = state_dict.get(prefix + name)
-            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 3 * self.D:
-                state_dict[prefix + name] = t.unflatten(0, (self.D, 3))[:, 1:].flatten(0, 1).clone()
+    def _drop_flow_logit_rows(self, state_dict, prefix, *_args) -> None:  # a bound method: the model pickles
+        drop_flow_logit_rows(self, state_dict, prefix)
 
     # ---- masks ------------------------------------------------------------
     def _draw_masks(self, order, seed):

@@ -1,9 +1,11 @@
-"""What MADE accepts from the flow libraries: hidden sizes, activations, batch shapes.
+"""What MADE accepts from the flow libraries: hidden sizes, activations, residual blocks, batch
+shapes; and the affine layer's old three-row state (loaded by dropping the logit rows).
 
 * ``hidden``: an int (one layer) or a sequence of ints.
 * ``activation``: a name (``"relu"``, ``"elu"``, ``"tanh"``, ``"none"``), a
   ``torch.nn`` module class or instance (``nn.ReLU``, ``nn.ELU()``, ...) or the
   function (``F.relu``, ``torch.tanh``): the fast kernels fuse these four only.
+* ``residual``: None / False, ``"linear"`` (zuko), ``"preact"`` (nflows; ``True``).
 * Inputs ``x [..., D]`` with any leading batch shape (``x [D]`` unbatched) and a
   context ``[..., C]`` broadcast against it (``c [C]`` with ``x [B, D]``): the
   model flattens both to ``[B, D]`` / ``[B, C]`` and restores the shape after.
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reference.made import ACTIVATIONS
+from ..reference.made import ACTIVATIONS, RESIDUAL
 
 _BY_OBJECT = {nn.ReLU: "relu", nn.ELU: "elu", nn.Tanh: "tanh", nn.Identity: "none",
               F.relu: "relu", F.elu: "elu", torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu"}
@@ -78,3 +80,26 @@ def flatten_batch(x, context, D: int, context_dim: int, name: str = "x"):
         context = context.expand(*lead, context_dim).reshape(-1, context_dim)
     x = x.expand(*lead, D).reshape(-1, D)
     return x, context, lead
+
+
+def check_residual(residual):
+    """``residual`` as ``None``, ``"linear"`` or ``"preact"`` (``True`` is ``"preact"``, ``False`` None)."""
+    if residual is True:
+        return "preact"
+    if residual is None or residual is False:
+        return None
+    if residual not in RESIDUAL:
+        raise ValueError(f"residual must be None, False, True, 'linear' or 'preact', got {residual!r}")
+    return residual
+
+
+def drop_flow_logit_rows(made, state_dict, prefix) -> None:
+    """Loads a K=1 Gaussian state saved with 3 output rows per dimension (logit, mu, log sigma;
+    before the affine layer dropped its unused logit) into ``made``: keeps the mu and log sigma rows."""
+    if not made._affine:
+        return
+    for name in ("output.weight", "output.bias", "output.out_degrees", "direct.weight", "direct.out_degrees",
+                 "context_out.weight"):
+        t = state_dict.get(prefix + name)
+        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 3 * made.D:
+            state_dict[prefix + name] = t.unflatten(0, (made.D, 3))[:, 1:].flatten(0, 1).clone()
