@@ -39,3 +39,24 @@ def test_early_stopping_keeps_the_best_model(tmp_path, capsys):
     final = C.load(tmp_path / "model.pt")
     for k, v in best["state_dict"].items():
         assert torch.equal(final["state_dict"][k], v)
+
+
+def test_adam_is_torchs_fused_adam_and_matches_the_unfused_one():
+    """--optimizer adam builds torch's fused Adam (one pass per parameter) for CPU floating-point
+    parameters; its steps equal the unfused Adam's to float tolerance."""
+    from armodel_fast.training.loop import make_optimizer
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = make_optimizer(a.parameters(), Settings(optimizer="adam", lr=0.01))
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.01)
+    assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
+    x = torch.randn(8, 5)
+    for _ in range(5):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
