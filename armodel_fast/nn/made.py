@@ -94,7 +94,7 @@ class MADE(AutoregressiveModel):
         self.seed = check_seed(seed)
         self.in_units = D * self.K if out == "categorical" else D
 
-        orders, degrees = self._draw_masks(order, seed)
+        orders, degrees = self._draw_masks(order, seed, widths)
         self.register_buffer("orders", orders.to(device))
         for l, deg in enumerate(degrees):
             self.register_buffer(f"degrees_{l}", deg.to(device))
@@ -136,13 +136,13 @@ class MADE(AutoregressiveModel):
         drop_flow_logit_rows(self, state_dict, prefix)
 
     # ---- masks ------------------------------------------------------------
-    def _draw_masks(self, order, seed):
+    def _draw_masks(self, order, seed, widths):
         gen = torch.Generator().manual_seed(int(seed))
         if isinstance(order, str) and order != "random":
             raise ValueError(f"order must be None, a permutation or 'random', got {order!r}")
         fixed = None if isinstance(order, str) else check_order(order, self.D)
         new = self._new_degrees  # a residual block's layers keep the degrees of the layer before
-        drawn_widths = [h for h, fresh in zip(ref.layer_program(self.hidden, self.residual)[0], new) if fresh]
+        drawn_widths = [h for h, fresh in zip(widths, new) if fresh]
         orders, per_layer = [], [[] for _ in new]
         for _ in range(self.num_masks):
             o = torch.randperm(self.D, generator=gen) if fixed is None else fixed

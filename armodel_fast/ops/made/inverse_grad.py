@@ -22,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...reference.made import ACT_IN, ACT_OUT, LOG_SCALE_BOUND, SKIP
+from ...reference.made import ACT_IN, ACT_OUT, ACTIVATIONS, LOG_SCALE_BOUND, SKIP
 from ...reference.masked_linear import degree_mask
-
-_ACT = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "none": lambda t: t}
 
 
 def _act_derivative(activation: str, pre: Tensor, h: Tensor) -> Tensor:
@@ -88,7 +86,7 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     """
     D = x.shape[1]
     flags = [ACT_OUT] * len(hidden_layers) if program is None else list(program)
-    act = _ACT[activation]
+    act = ACTIVATIONS[activation]
     layers = [(*_sorted_layer(w, din, dout, False), b) for w, b, din, dout in hidden_layers]
     w_out, dout_out, perm_o, perm_h, din_out = _sorted_layer(output_layer[0], output_layer[2], output_layer[3], True)
     perm_x = layers[0][3] if layers else perm_h  # sorted input position t holds dimension order[t]
