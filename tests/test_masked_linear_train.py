@@ -98,12 +98,12 @@ def test_slabs_and_plan_layout():
     assert off == slabs.numel() and prev == 140 and int((reach[:blocks[0, 0]] != 0).sum()) == 0
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", [1, 3, 8])
 @pytest.mark.parametrize("sorted_in", [True, False])
 def test_kernels_split_over_threads_match_reference(threads, sorted_in):
-    """The kernels split the blocks (forward, grad W) and the batch (grad x) over the threads:
+    """The kernels split the blocks (forward, grad W) and grad x's columns over the threads:
     the same values for any thread count, with more blocks than threads (the large layer) and
-    fewer (the tiny one), and batches big enough to be split (B >= 32)."""
+    fewer (the tiny one), and more threads than grad x has columns (the tiny one at 8)."""
     g = torch.Generator().manual_seed(3)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -4,12 +4,9 @@
 // masked slab per block. The plan and the prepared weights: masked_linear_prepare_cpu.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/grad_mode.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -17,9 +14,14 @@
 #include "common/checks.h"
 #include "masked_linear/masked_linear_math.h"
 #include "common/ops.h"
+#include "masked_linear/masked_linear_threads.h"
 
 namespace af {
 namespace {
+
+using ml_threads::parallel_runs;
+using ml_threads::per_thread;
+using ml_threads::python_dispatch;
 
 // dst[b, j] = src[b, idx[j]] for j < n (src, dst contiguous rows).
 template <typename scalar_t>
@@ -115,69 +117,35 @@ at::Tensor slab_of(const std::optional<at::Tensor>& slabs, const Block& b) {
   return slabs->narrow(0, b.slab_offset, b.rows() * b.wd()).view({b.rows(), b.wd()});
 }
 
-// Whether the kernels' ATen ops must stay on the calling thread: a Python dispatch mode is
-// active (FlopCounterMode, DebugMode, ...) or a tensor is a Python subclass. Their Python
-// code would run on a worker thread and wait for the GIL, which the caller holds while it
-// waits for the workers: a deadlock.
-bool python_dispatch(std::initializer_list<const at::Tensor*> tensors) {
-  if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return true;
-  for (const at::Tensor* t : tensors) {
-    if (t != nullptr && t->defined() && t->key_set().has(c10::DispatchKey::Python)) return true;
-  }
-  return false;
-}
-
-// Runs run(t) for t in [0, nt), one t per intra-op thread, with the caller's thread-local
-// state (grad mode, dispatch keys: ATen ops run inside).
-template <typename F>
-void per_thread(int64_t nt, const F& run) {
-  const at::ThreadLocalState state;
-  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t t = t0; t < t1; ++t) run(t);
-  });
-}
-
-// Runs body(k) for every block, the blocks cut into one contiguous run per thread of
-// about equal area (rows x c1): each block's matmuls then run on one thread, in one
-// parallel region per call, instead of every small matmul split over the threads
-// with a barrier each. ``serial``: all on this thread (python_dispatch).
+// The blocks split over the threads by area (rows x c1).
 template <typename F>
 void parallel_blocks(const std::vector<Block>& bl, bool serial, const F& body) {
-  const int64_t nb = static_cast<int64_t>(bl.size());
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), nb);
-  if (serial || nt <= 1 || at::in_parallel_region()) {
-    for (int64_t k = 0; k < nb; ++k) body(k);
-    return;
-  }
-  std::vector<double> area(nb + 1, 0.0);
-  for (int64_t k = 0; k < nb; ++k) area[k + 1] = area[k] + static_cast<double>(bl[k].rows() * bl[k].c1);
-  std::vector<int64_t> cut(nt + 1, nb);
-  cut[0] = 0;
-  for (int64_t t = 1, k = 0; t < nt; ++t) {
-    const double want = area[nb] * static_cast<double>(t) / static_cast<double>(nt);
-    while (k < nb && area[k + 1] <= want) ++k;
-    // the run ends before or after block k, whichever is nearer the even share
-    cut[t] = std::max(cut[t - 1], (k < nb && area[k + 1] - want < want - area[k]) ? k + 1 : k);
-  }
-  per_thread(nt, [&](int64_t t) {
-    for (int64_t k = cut[t]; k < cut[t + 1]; ++k) body(k);
-  });
+  std::vector<double> cost;
+  for (const auto& b : bl) cost.push_back(static_cast<double>(b.rows() * b.c1));
+  parallel_runs(cost, serial, body);
 }
 
-// Runs body(b0, n) on batch rows [b0, b0 + n), one run per thread (for products that
-// accumulate over blocks into the same output columns: dx).
-template <typename F>
-void parallel_batch(int64_t B, bool serial, const F& body) {
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, B / 16));
-  if (serial || nt <= 1 || at::in_parallel_region()) {
-    body(0, B);
-    return;
+// Cuts the columns [0, c1 of the last block) into nt ranges of about equal work (the
+// rows reaching each column): dx's products, split this way, write disjoint columns
+// and read each weight once (a batch split would pack every weight on every thread).
+std::vector<int64_t> column_cuts(const std::vector<Block>& bl, int64_t nt) {
+  const int64_t cmax = bl.empty() ? 0 : bl.back().c1;
+  std::vector<double> work(cmax + 1, 0.0);  // rows reaching column j, as differences
+  for (const auto& b : bl) {
+    work[0] += static_cast<double>(b.rows());
+    work[b.c1] -= static_cast<double>(b.rows());
   }
-  per_thread(nt, [&](int64_t t) {
-    const int64_t b0 = B * t / nt;
-    body(b0, B * (t + 1) / nt - b0);
-  });
+  double total = 0.0, run = 0.0;
+  for (int64_t j = 0; j < cmax; ++j) total += (run += work[j]);
+  std::vector<int64_t> cut{0};
+  double done = 0.0;
+  run = 0.0;
+  for (int64_t j = 0; j < cmax && static_cast<int64_t>(cut.size()) < nt; ++j) {
+    done += (run += work[j]);
+    if (done >= total * static_cast<double>(cut.size()) / static_cast<double>(nt)) cut.push_back(j + 1);
+  }
+  cut.push_back(cmax);
+  return cut;
 }
 
 }  // namespace
@@ -319,20 +287,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     // dx in sorted input order: written straight into dx when the caller works sorted.
     at::Tensor dxs;
     if (need_dx) {
-      dx = at::zeros({B, I}, x.options());
-      dxs = x_sorted ? dx : at::zeros({B, cmax}, x.options());
+      dx = at::empty({B, I}, x.options());
+      dxs = x_sorted ? dx : at::empty({B, cmax}, x.options());
+      if (x_sorted && cmax < I) dx.narrow(1, cmax, I - cmax).zero_();  // inputs no row reaches
+      if (!x_sorted) dx.zero_();
     }
     if (need_dx) {
-      // Every block adds into the same dx columns: the threads split the batch instead.
-      parallel_batch(B, serial, [&](int64_t b0, int64_t n) {
-        const at::Tensor g = gs.narrow(0, b0, n);
-        at::Tensor d = dxs.narrow(0, b0, n);
+      const int64_t nt = serial || at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), 8);
+      const std::vector<int64_t> cut = column_cuts(bl, nt);
+      auto range = [&](int64_t t) {  // every block's product over the columns [lo, hi) of cut t
+        const int64_t lo = cut[t], hi = cut[t + 1];
+        at::Tensor d = dxs.narrow(1, lo, hi - lo);
+        d.zero_();
         for (const auto& b : bl) {
-          const at::Tensor gb = g.narrow(1, b.r0, b.rows());
-          if (b.c0 > 0) d.narrow(1, 0, b.c0).addmm_(gb, w_sorted.narrow(0, b.r0, b.rows()).narrow(1, 0, b.c0));
-          if (b.wd() > 0) d.narrow(1, b.c0, b.wd()).addmm_(gb, slab_of(slabs, b));
+          const at::Tensor gb = gs.narrow(1, b.r0, b.rows());
+          const int64_t e = std::min(hi, b.c0);  // [lo, e): on w as stored; [s, f): on the slab
+          if (e > lo) d.narrow(1, 0, e - lo).addmm_(gb, w_sorted.narrow(0, b.r0, b.rows()).narrow(1, lo, e - lo));
+          const int64_t s0 = std::max(lo, b.c0), f = std::min(hi, b.c1);
+          if (f > s0) d.narrow(1, s0 - lo, f - s0).addmm_(gb, slab_of(slabs, b).narrow(1, s0 - b.c0, f - s0));
         }
-      });
+      };
+      if (cut.size() <= 2) {
+        range(0);
+      } else {
+        per_thread(static_cast<int64_t>(cut.size()) - 1, range);
+      }
     }
     if (need_dx && !x_sorted) {
       const scalar_t* s = dxs.const_data_ptr<scalar_t>();
