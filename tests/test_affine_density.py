@@ -1,0 +1,109 @@
+"""ops.made.affine_density (the affine flow's density direction as one autograd node)
+against the reference's composition: values, first and second derivatives, layouts,
+dtypes, and MADE.transform on the fast backends."""
+import pytest
+import torch
+
+from armodel_fast.ops.made import affine_density
+from armodel_fast.reference import made as ref
+from made_cases import SKIP_WITHOUT_FAST, backends, data, pair
+
+
+def reference(x, raw, clip):
+    mu, ls = raw.view(x.shape[0], x.shape[1], 2).unbind(2)
+    return ref.gaussian_transform(x, mu, ref.bounded_log_sigma(ls, clip))
+
+
+def draw(B, D, dtype=torch.float64, seed=0, spread=3.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D, generator=g, dtype=dtype)
+    raw = torch.randn(B, 2 * D, generator=g, dtype=dtype) * spread  # past the clip's knee (log 1e3 / 2)
+    return x, raw
+
+
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("B,D", [(1, 1), (5, 3), (64, 17)])
+def test_values_and_gradients_match_reference(clip, B, D):
+    x, raw = draw(B, D)
+    g = torch.Generator().manual_seed(1)
+    gz, gl = torch.randn(B, D, generator=g, dtype=x.dtype), torch.randn(B, generator=g, dtype=x.dtype)
+    out = []
+    for f in (reference, affine_density):
+        xx, rr = x.clone().requires_grad_(), raw.clone().requires_grad_()
+        z, ld = f(xx, rr, clip)
+        torch.autograd.backward((z, ld), (gz, gl))
+        out.append((z, ld, xx.grad, rr.grad))
+    for name, r, f in zip(("z", "logdet", "dx", "draw"), *out):
+        torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_gradcheck_and_second_derivatives(clip):
+    x, raw = draw(3, 4, spread=1.0)
+    x.requires_grad_()
+    raw.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: affine_density(a, b, clip), (x, raw))
+    assert torch.autograd.gradgradcheck(lambda a, b: affine_density(a, b, clip), (x, raw))
+
+
+def test_one_output_used_and_float32():
+    """Only z, or only the log-determinant, reaches the loss (the other gradient is None)."""
+    x, raw = draw(6, 5, dtype=torch.float32)
+    for pick in (0, 1):
+        grads = []
+        for f in (reference, affine_density):
+            xx, rr = x.clone().requires_grad_(), raw.clone().requires_grad_()
+            f(xx, rr, True)[pick].square().sum().backward()
+            grads.append((xx.grad, rr.grad))
+        (rx, rr_), (fx, fr) = grads
+        assert (rx is None) == (fx is None) or torch.count_nonzero(rx if fx is None else fx) == 0
+        torch.testing.assert_close(fr, rr_)
+
+
+def test_raw_views_and_other_dtypes():
+    """A raw view with an odd storage offset or strides (the complex view cannot take it) and
+    bfloat16 (no complex type) give the reference's values and gradients."""
+    x, big = draw(4, 3, seed=2)
+    raw = big.new_zeros(4, 7)[:, 1:]  # storage offset 1
+    raw.copy_(big)
+    strided = torch.cat([big, big], 1)[:, ::2].contiguous().t().contiguous().t()  # column-major
+    for r in (raw, strided, big.to(torch.bfloat16)):
+        xx = x.to(r.dtype)
+        torch.testing.assert_close(affine_density(xx, r, True), reference(xx, r, True))
+        rr = r.detach().clone().requires_grad_()
+        affine_density(xx, rr, True)[0].sum().backward()
+        gr = rr.grad
+        rr.grad = None
+        reference(xx, rr, True)[0].sum().backward()
+        torch.testing.assert_close(gr, rr.grad)
+
+
+def test_nonfinite_values_propagate_as_in_the_reference():
+    x, raw = draw(3, 2)
+    x[0, 1] = float("nan")
+    raw[1, 2] = float("inf")
+    raw[2, 1] = -float("inf")
+    torch.testing.assert_close(affine_density(x, raw, True), reference(x, raw, True), equal_nan=True)
+
+
+def test_compiled_transform_traces_the_reference_ops():
+    x, raw = draw(4, 3)
+    f = torch.compile(lambda a, b: affine_density(a, b, True), fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(x, raw), reference(x, raw, True))
+
+
+@SKIP_WITHOUT_FAST
+@backends
+def test_made_transform_matches_reference(backend):
+    """MADE.transform on a fast backend (through affine_density) gives the reference's values and
+    parameter gradients."""
+    r, f = pair("gaussian-flow", backend)
+    x, ctx = data(r, 7)
+    grads = []
+    for model in (r, f):
+        z, ld = model.transform(x, ctx)
+        (z.square().sum() + ld.sum()).backward()
+        grads.append([(n, p.grad) for n, p in model.named_parameters()])
+        torch.testing.assert_close(z, r.transform(x, ctx)[0])
+    for (name, gr), (_, gf) in zip(*grads):
+        torch.testing.assert_close(gf, gr, msg=lambda m: f"d{name}: {m}")
