@@ -1,10 +1,13 @@
 """ops.made.affine_density (the affine flow's density direction as one autograd node)
 against the reference's composition: values, first and second derivatives, layouts,
 dtypes, and MADE.transform on the fast backends."""
+import importlib
+
 import pytest
 import torch
 
 from armodel_fast.ops.made import affine_density
+density_module = importlib.import_module("armodel_fast.ops.made.affine_density")  # the package exports the function
 from armodel_fast.reference import made as ref
 from made_cases import SKIP_WITHOUT_FAST, backends, data, pair
 
@@ -21,10 +24,23 @@ def draw(B, D, dtype=torch.float64, seed=0, spread=3.0):
     return x, raw
 
 
+@pytest.fixture(params=["kernels", "tensor ops"])
+def impl(request, monkeypatch):
+    """Both implementations on CPU tensors: the extension's kernels and the tensor ops (other devices)."""
+    if request.param == "kernels":
+        if density_module._cpu_kernels(torch.zeros(1)) is None:
+            pytest.skip("the C++ extension is not built")
+    else:
+        monkeypatch.setattr(density_module, "_cpu_kernels", lambda t: None)
+    return request.param
+
+
 @pytest.mark.parametrize("clip", [True, False])
-@pytest.mark.parametrize("B,D", [(1, 1), (5, 3), (64, 17)])
-def test_values_and_gradients_match_reference(clip, B, D):
-    x, raw = draw(B, D)
+@pytest.mark.parametrize("B,D,dtype", [(1, 1, torch.float64), (5, 3, torch.float64), (64, 17, torch.float64),
+                                       (300, 130, torch.float64), (9, 4, torch.float32)])
+def test_values_and_gradients_match_reference(impl, clip, B, D, dtype):
+    """Bigger than one thread's share (300 x 130) too; float32 to float32 tolerances."""
+    x, raw = draw(B, D, dtype=dtype)
     g = torch.Generator().manual_seed(1)
     gz, gl = torch.randn(B, D, generator=g, dtype=x.dtype), torch.randn(B, generator=g, dtype=x.dtype)
     out = []
@@ -33,12 +49,13 @@ def test_values_and_gradients_match_reference(clip, B, D):
         z, ld = f(xx, rr, clip)
         torch.autograd.backward((z, ld), (gz, gl))
         out.append((z, ld, xx.grad, rr.grad))
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
     for name, r, f in zip(("z", "logdet", "dx", "draw"), *out):
-        torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(f, r, **tol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("clip", [True, False])
-def test_gradcheck_and_second_derivatives(clip):
+def test_gradcheck_and_second_derivatives(impl, clip):
     x, raw = draw(3, 4, spread=1.0)
     x.requires_grad_()
     raw.requires_grad_()
@@ -46,7 +63,7 @@ def test_gradcheck_and_second_derivatives(clip):
     assert torch.autograd.gradgradcheck(lambda a, b: affine_density(a, b, clip), (x, raw))
 
 
-def test_one_output_used_and_float32():
+def test_one_output_used_and_float32(impl):
     """Only z, or only the log-determinant, reaches the loss (the other gradient is None)."""
     x, raw = draw(6, 5, dtype=torch.float32)
     for pick in (0, 1):
@@ -60,7 +77,7 @@ def test_one_output_used_and_float32():
         torch.testing.assert_close(fr, rr_)
 
 
-def test_raw_views_and_other_dtypes():
+def test_raw_views_and_other_dtypes(impl):
     """A raw view with an odd storage offset or strides (the complex view cannot take it) and
     bfloat16 (no complex type) give the reference's values and gradients."""
     x, big = draw(4, 3, seed=2)
@@ -78,7 +95,7 @@ def test_raw_views_and_other_dtypes():
         torch.testing.assert_close(gr, rr.grad)
 
 
-def test_nonfinite_values_propagate_as_in_the_reference():
+def test_nonfinite_values_propagate_as_in_the_reference(impl):
     x, raw = draw(3, 2)
     x[0, 1] = float("nan")
     raw[1, 2] = float("inf")
@@ -107,3 +124,19 @@ def test_made_transform_matches_reference(backend):
         torch.testing.assert_close(z, r.transform(x, ctx)[0])
     for (name, gr), (_, gf) in zip(*grads):
         torch.testing.assert_close(gf, gr, msg=lambda m: f"d{name}: {m}")
+
+
+def test_kernels_check_what_they_index():
+    ext = density_module._cpu_kernels(torch.zeros(1))
+    if ext is None:
+        pytest.skip("the C++ extension is not built")
+    x, raw = draw(3, 4)
+    with pytest.raises(ValueError, match="raw must have shape"):
+        ext.affine_density_forward(x, raw[:, :7], True)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ext.affine_density_forward(x.half(), raw.half(), True)
+    z, _, inv_sigma = ext.affine_density_forward(x, raw, True)
+    with pytest.raises(ValueError, match="grad_z must have z's shape"):
+        ext.affine_density_backward(z[:2], None, raw, inv_sigma, z, True, True)
+    with pytest.raises(ValueError, match="grad_logdet must be"):
+        ext.affine_density_backward(None, z, raw, inv_sigma, z, True, True)

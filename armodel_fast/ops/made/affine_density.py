@@ -4,12 +4,17 @@ The reference (``reference.made``: ``made_params_split``, ``bounded_log_sigma``,
 ``gaussian_transform``) composes it from about ten tensor ops, each a node in the
 backward graph, and its split of the raw outputs ``[B, D, 2]`` into mu and log sigma
 has a backward that interleaves the two gradients again (a ``stack`` on the last
-dimension: the slowest op of a small flow's training step). Here the forward is the
-same arithmetic and the backward is written out (docs/DESIGN.md section 4, the affine
-flow's density direction), with both gradients put into the raw layout in one pass.
+dimension: the slowest op of a small flow's training step). Here the same arithmetic
+has its backward written out (docs/DESIGN.md section 4, the affine flow's density
+direction), both gradients put into the raw layout in one pass:
+
+* CPU tensors: the extension's kernels (``csrc/made/affine_density_cpu.cpp``), one
+  pass each way;
+* other devices, or no extension: a few tensor ops (``_forward_torch``, ``_backward_torch``).
+
 A backward that records a graph (``create_graph=True``: gradients of gradients)
-differentiates the reference's composition instead. Under ``torch.compile`` the reference ops are traced instead (the compiler fuses
-them itself).
+differentiates the reference's composition instead; under ``torch.compile`` the
+reference ops are traced (the compiler fuses them itself).
 """
 from __future__ import annotations
 
@@ -18,28 +23,52 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ... import _ext
 from ...reference import made as ref
 from ...reference.made import LOG_SCALE_BOUND
+
+
+def _forward_torch(x: Tensor, raw: Tensor, clip: bool):
+    """(z, log|det|, 1/sigma) by tensor ops (any device)."""
+    p = torch.view_as_complex(raw.view(x.shape[0], x.shape[1], 2))  # mu + i * raw log sigma, no copy
+    ls = p.imag
+    log_sigma = ls / (1 + ls.abs() / LOG_SCALE_BOUND) if clip else ls  # reference.made.bounded_log_sigma
+    inv_sigma = torch.exp(-log_sigma)
+    return (x - p.real) * inv_sigma, -log_sigma.sum(-1), inv_sigma
+
+
+def _backward_torch(grad_z, grad_logdet, raw, inv_sigma, z, clip, need_dx):
+    B, D = z.shape
+    grad_z = z.new_zeros(B, D) if grad_z is None else grad_z
+    grad_logdet = z.new_zeros(B) if grad_logdet is None else grad_logdet
+    grad_x = grad_z * inv_sigma  # dz/dx = 1/sigma; dz/dmu = -1/sigma
+    grad_ls = -(grad_z * z + grad_logdet[:, None])  # dz/dlog_sigma = -z, dlogdet/dlog_sigma = -1
+    if clip:  # d(a / den)/da = 1 / den^2, den = 1 + |a| / bound
+        grad_ls = grad_ls / (1 + torch.view_as_complex(raw.view(B, D, 2)).imag.abs() / LOG_SCALE_BOUND).square()
+    return (grad_x if need_dx else None), torch.view_as_real(torch.complex(-grad_x, grad_ls)).view(B, 2 * D)
+
+
+def _cpu_kernels(t: Tensor):
+    """The extension's kernels for a CPU tensor (None: tensor ops)."""
+    if t.device.type != "cpu":
+        return None
+    ext = _ext.get_ext()
+    return ext if ext is not None and hasattr(ext, "affine_density_forward") else None
 
 
 class _AffineDensity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, raw: Tensor, clip: bool):
-        p = torch.view_as_complex(raw.view(x.shape[0], x.shape[1], 2))  # mu + i * raw log sigma, no copy
-        mu, ls = p.real, p.imag
-        # log sigma = ls / (1 + |ls| / bound) (reference.made.bounded_log_sigma), or ls itself
-        den = 1 + ls.abs() / LOG_SCALE_BOUND if clip else None
-        log_sigma = ls / den if clip else ls
-        inv_sigma = torch.exp(-log_sigma)
-        z = (x - mu) * inv_sigma
-        ctx.save_for_backward(x, raw, inv_sigma, z, den)
-        ctx.clip = clip
-        return z, -log_sigma.sum(-1)
+        ext = _cpu_kernels(x)
+        z, logdet, inv_sigma = (ext.affine_density_forward(x, raw, clip) if ext is not None
+                                else _forward_torch(x, raw, clip))
+        ctx.save_for_backward(x, raw, inv_sigma, z)
+        ctx.clip, ctx.ext = clip, ext
+        return z, logdet
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_logdet: Tensor):
-        x, raw, inv_sigma, z, den = ctx.saved_tensors
-        B, D = z.shape
+        x, raw, inv_sigma, z = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a graph of the reference ops, differentiable again
             with torch.enable_grad():
                 outs = _reference(x, raw, ctx.clip)
@@ -47,15 +76,9 @@ class _AffineDensity(torch.autograd.Function):
             grad_x, grad_raw = torch.autograd.grad([o for o, _ in pairs], [x, raw], [g for _, g in pairs],
                                                    create_graph=True, allow_unused=True)
             return grad_x, grad_raw, None
-        if grad_z is None:
-            grad_z = z.new_zeros(B, D)
-        if grad_logdet is None:
-            grad_logdet = z.new_zeros(B)
-        grad_x = grad_z * inv_sigma  # dz/dx = 1/sigma; dz/dmu = -1/sigma
-        grad_log_sigma = -(grad_z * z + grad_logdet[:, None])  # dz/dlog_sigma = -z, dlogdet/dlog_sigma = -1
-        grad_ls = grad_log_sigma / den.square() if ctx.clip else grad_log_sigma  # d(ls / den)/dls = 1/den^2
-        grad_raw = torch.view_as_real(torch.complex(-grad_x, grad_ls)).view(B, 2 * D)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_raw, None
+        run = ctx.ext.affine_density_backward if ctx.ext is not None else _backward_torch
+        grad_x, grad_raw = run(grad_z, grad_logdet, raw, inv_sigma, z, ctx.clip, ctx.needs_input_grad[0])
+        return grad_x, grad_raw, None
 
 
 def _reference(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:

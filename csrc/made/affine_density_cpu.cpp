@@ -1,0 +1,121 @@
+// The affine MADE's density direction on the CPU (docs/DESIGN.md section 4, the affine
+// flow's density direction): z = (x - mu) exp(-s), log|det| = -sum s, s the bounded
+// log sigma of made_math.h, and its backward, each one pass over [B, D] reading the
+// raw outputs (mu, a) interleaved per dimension. armodel_fast/ops/made/affine_density.py
+// wraps them in one autograd node.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "common/checks.h"
+#include "common/ops.h"
+#include "made/made_math.h"
+
+namespace af {
+namespace {
+
+// Rows per task: about 16K elements, so a small flow's [256, 64] runs on one thread.
+int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)); }
+
+void check_pair(const at::Tensor& x, const at::Tensor& raw) {
+  check_float_tensor(x, "x", 2);
+  check_float_tensor(raw, "raw", 2);
+  check_same_dtype(raw, "raw", x, "x");
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                    "affine_density: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(raw.size(0) == x.size(0) && raw.size(1) == 2 * x.size(1), "raw must have shape [",
+                    x.size(0), ", ", 2 * x.size(1), "], got ", raw.sizes());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x, const at::Tensor& raw,
+                                                                      bool clip) {
+  check_pair(x, raw);
+  const at::Tensor xc = x.contiguous(), rc = raw.contiguous();
+  const int64_t B = x.size(0), D = x.size(1);
+  at::Tensor z = at::empty({B, D}, x.options()), inv_sigma = at::empty({B, D}, x.options());
+  at::Tensor logdet = at::empty({B}, x.options());
+  const int64_t head = clip ? made::kAffine : made::kAffineRaw;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_density_forward", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rc.const_data_ptr<scalar_t>();
+    scalar_t *zp = z.mutable_data_ptr<scalar_t>(), *ep = inv_sigma.mutable_data_ptr<scalar_t>();
+    scalar_t* lp = logdet.mutable_data_ptr<scalar_t>();
+    // -s into inv_sigma and log|det| = -sum s; then exp by ATen's vectorised kernel (a
+    // scalar exp per element would cost more than the rest together); then z.
+    at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t sum = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const scalar_t s = made::affine_log_sigma<scalar_t>(head, rp[b * 2 * D + 2 * d + 1]);
+          ep[b * D + d] = -s;
+          sum += s;
+        }
+        lp[b] = -sum;
+      }
+    });
+    at::exp_(inv_sigma);
+    at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t d = 0; d < D; ++d) zp[b * D + d] = (xp[b * D + d] - rp[b * 2 * D + 2 * d]) * ep[b * D + d];
+      }
+    });
+  });
+  return {z, logdet, inv_sigma};
+}
+
+// grad_z [B, D] / grad_logdet [B] (either may be undefined: zero) -> (grad_x [B, D] or
+// undefined, grad_raw [B, 2D]): dx = gz e, dmu = -dx, da = -(gz z + gl) ds/da with
+// ds/da = 1 / (1 + |a| / bound)^2 (clip) or 1.
+std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<at::Tensor>& grad_z,
+                                                           const std::optional<at::Tensor>& grad_logdet,
+                                                           const at::Tensor& raw, const at::Tensor& inv_sigma,
+                                                           const at::Tensor& z, bool clip, bool need_dx) {
+  check_pair(z, raw);
+  check_same_dtype(inv_sigma, "inv_sigma", z, "z");
+  TORCH_CHECK_VALUE(inv_sigma.sizes() == z.sizes(), "inv_sigma must have z's shape");
+  const int64_t B = z.size(0), D = z.size(1);
+  const bool has_gz = grad_z.has_value() && grad_z->defined();
+  const bool has_gl = grad_logdet.has_value() && grad_logdet->defined();
+  if (has_gz) TORCH_CHECK_VALUE(grad_z->sizes() == z.sizes(), "grad_z must have z's shape");
+  if (has_gl) TORCH_CHECK_VALUE(grad_logdet->dim() == 1 && grad_logdet->size(0) == B, "grad_logdet must be [B]");
+  const at::Tensor gz = has_gz ? grad_z->to(z.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor gl = has_gl ? grad_logdet->to(z.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor rc = raw.contiguous(), ec = inv_sigma.contiguous(), zc = z.contiguous();
+  at::Tensor grad_raw = at::empty({B, 2 * D}, z.options());
+  at::Tensor grad_x = need_dx ? at::empty({B, D}, z.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "affine_density_backward", [&] {
+    const scalar_t* gzp = has_gz ? gz.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* glp = has_gl ? gl.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t *rp = rc.const_data_ptr<scalar_t>(), *ep = ec.const_data_ptr<scalar_t>();
+    const scalar_t* zp = zc.const_data_ptr<scalar_t>();
+    scalar_t* grp = grad_raw.mutable_data_ptr<scalar_t>();
+    scalar_t* gxp = need_dx ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
+    const scalar_t bound = static_cast<scalar_t>(made::kLogScaleBound);
+    at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t g_l = glp ? glp[b] : scalar_t(0);
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t i = b * D + d;
+          const scalar_t g = gzp ? gzp[i] : scalar_t(0);
+          const scalar_t dx = g * ep[i];
+          scalar_t da = -(g * zp[i] + g_l);
+          if (clip) {
+            const scalar_t den = scalar_t(1) + std::fabs(rp[b * 2 * D + 2 * d + 1]) / bound;
+            da = da / (den * den);
+          }
+          if (gxp) gxp[i] = dx;
+          grp[b * 2 * D + 2 * d] = -dx;
+          grp[b * 2 * D + 2 * d + 1] = da;
+        }
+      }
+    });
+  });
+  return {grad_x, grad_raw};
+}
+
+}  // namespace af
