@@ -48,8 +48,10 @@ class AutoregressiveModel(nn.Module):
         """Pick the backend for this call (of ``op``, default ``self.op``; ``auto`` takes one
         with kernels for the parameters' dtype and, given ``work`` (a ``dispatch.Work`` or a
         callable returning one), applies the CPU size rule) and remember it in ``last_backend``."""
-        self.last_backend = resolve_backend(self.backend, op or self.op, self.device, self.dtype, work=work)
-        return self.last_backend
+        p = self._param()
+        picked = resolve_backend(self.backend, op or self.op, p.device, p.dtype, work=work)
+        object.__setattr__(self, "last_backend", picked)  # a plain attribute: nn.Module.__setattr__'s checks cost more
+        return picked
 
     def uniforms_shape(self, n: int) -> tuple:
         """Shape of the uniforms ``sample(n, u=...)`` takes: ``[n, D, *uniform_trailing]``."""

@@ -250,7 +250,7 @@ class MADE(AutoregressiveModel):
         return Work(batch * self._sorted_memo[2], training, self._sorted_memo[1])
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
-        return self.output.weight
+        return self._modules["output"]._parameters["weight"]
 
     @property
     def _affine(self) -> bool:

@@ -30,6 +30,42 @@ void check_pair(const at::Tensor& x, const at::Tensor& raw) {
                     x.size(0), ", ", 2 * x.size(1), "], got ", raw.sizes());
 }
 
+// One row's loops, branch-free inside (clip a template argument) so that they vectorise.
+// -s into neg_s (made_math.h affine_log_sigma: s = a / (1 + |a| / bound) or a).
+template <bool kClip, typename T>
+void row_neg_log_sigma(const T* __restrict raw, T* __restrict neg_s, int64_t D) {
+  const T bound = static_cast<T>(made::kLogScaleBound);
+  for (int64_t d = 0; d < D; ++d) {
+    const T a = raw[2 * d + 1];
+    neg_s[d] = -(kClip ? a / (T(1) + std::fabs(a) / bound) : a);
+  }
+}
+
+template <typename T>
+void row_z(const T* __restrict x, const T* __restrict raw, const T* __restrict inv_sigma, T* __restrict z,
+           int64_t D) {
+  for (int64_t d = 0; d < D; ++d) z[d] = (x[d] - raw[2 * d]) * inv_sigma[d];
+}
+
+// dx = gz e, dmu = -dx, da = -(gz z + gl) / (1 + |a| / bound)^2 (or without the factor).
+template <bool kClip, typename T>
+void row_backward(const T* __restrict gz, T gl, const T* __restrict raw, const T* __restrict inv_sigma,
+                  const T* __restrict z, T* __restrict gx, T* __restrict graw, int64_t D) {
+  const T bound = static_cast<T>(made::kLogScaleBound);
+  for (int64_t d = 0; d < D; ++d) {
+    const T g = gz ? gz[d] : T(0);
+    const T dx = g * inv_sigma[d];
+    T da = -(g * z[d] + gl);
+    if (kClip) {
+      const T den = T(1) + std::fabs(raw[2 * d + 1]) / bound;
+      da = da / (den * den);
+    }
+    if (gx) gx[d] = dx;
+    graw[2 * d] = -dx;
+    graw[2 * d + 1] = da;
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x, const at::Tensor& raw,
@@ -39,38 +75,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::
   const int64_t B = x.size(0), D = x.size(1);
   at::Tensor z = at::empty({B, D}, x.options()), inv_sigma = at::empty({B, D}, x.options());
   at::Tensor logdet = at::empty({B}, x.options());
-  const int64_t head = clip ? made::kAffine : made::kAffineRaw;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_density_forward", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* rp = rc.const_data_ptr<scalar_t>();
     scalar_t *zp = z.mutable_data_ptr<scalar_t>(), *ep = inv_sigma.mutable_data_ptr<scalar_t>();
-    scalar_t* lp = logdet.mutable_data_ptr<scalar_t>();
-    // -s into inv_sigma and log|det| = -sum s; then exp by ATen's vectorised kernel (a
-    // scalar exp per element would cost more than the rest together); then z.
+    // -s into inv_sigma; log|det| = sum(-s) and exp by ATen's vectorised kernels (a scalar
+    // exp per element would cost more than the rest together); then z.
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        scalar_t sum = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          const scalar_t s = made::affine_log_sigma<scalar_t>(head, rp[b * 2 * D + 2 * d + 1]);
-          ep[b * D + d] = -s;
-          sum += s;
+        if (clip) {
+          row_neg_log_sigma<true>(rp + b * 2 * D, ep + b * D, D);
+        } else {
+          row_neg_log_sigma<false>(rp + b * 2 * D, ep + b * D, D);
         }
-        lp[b] = -sum;
       }
     });
+    at::sum_out(logdet, inv_sigma, 1);
     at::exp_(inv_sigma);
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t d = 0; d < D; ++d) zp[b * D + d] = (xp[b * D + d] - rp[b * 2 * D + 2 * d]) * ep[b * D + d];
-      }
+      for (int64_t b = b0; b < b1; ++b) row_z(xp + b * D, rp + b * 2 * D, ep + b * D, zp + b * D, D);
     });
   });
   return {z, logdet, inv_sigma};
 }
 
 // grad_z [B, D] / grad_logdet [B] (either may be undefined: zero) -> (grad_x [B, D] or
-// undefined, grad_raw [B, 2D]): dx = gz e, dmu = -dx, da = -(gz z + gl) ds/da with
-// ds/da = 1 / (1 + |a| / bound)^2 (clip) or 1.
+// undefined, grad_raw [B, 2D]).
 std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<at::Tensor>& grad_z,
                                                            const std::optional<at::Tensor>& grad_logdet,
                                                            const at::Tensor& raw, const at::Tensor& inv_sigma,
@@ -95,23 +125,13 @@ std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<a
     const scalar_t* zp = zc.const_data_ptr<scalar_t>();
     scalar_t* grp = grad_raw.mutable_data_ptr<scalar_t>();
     scalar_t* gxp = need_dx ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
-    const scalar_t bound = static_cast<scalar_t>(made::kLogScaleBound);
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* g = gzp ? gzp + b * D : nullptr;
         const scalar_t g_l = glp ? glp[b] : scalar_t(0);
-        for (int64_t d = 0; d < D; ++d) {
-          const int64_t i = b * D + d;
-          const scalar_t g = gzp ? gzp[i] : scalar_t(0);
-          const scalar_t dx = g * ep[i];
-          scalar_t da = -(g * zp[i] + g_l);
-          if (clip) {
-            const scalar_t den = scalar_t(1) + std::fabs(rp[b * 2 * D + 2 * d + 1]) / bound;
-            da = da / (den * den);
-          }
-          if (gxp) gxp[i] = dx;
-          grp[b * 2 * D + 2 * d] = -dx;
-          grp[b * 2 * D + 2 * d + 1] = da;
-        }
+        scalar_t* dx = gxp ? gxp + b * D : nullptr;
+        (clip ? row_backward<true, scalar_t> : row_backward<false, scalar_t>)(
+            g, g_l, rp + b * 2 * D, ep + b * D, zp + b * D, dx, grp + b * 2 * D, D);
       }
     });
   });
