@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"when D <= {COMPILE_AUTO_MAX_D})")
     group.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
     b.add_argument("--interleave", action="store_true",
-                   help="time the providers of each op and size in turns, one call each per round (a slow "
-                        "spell of a shared machine then hits them alike; the ratios are steadier)")
+                   help="time the providers of each op and size in turns, one call each per round, in a "
+                        "new (seeded) order each round (a slow spell of a shared machine then hits them alike; "
+                        "the ratios are steadier)")
     b.add_argument("--no-memory", action="store_true",
                    help="time in this process and skip the per-row subprocess memory measurement")
     b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "

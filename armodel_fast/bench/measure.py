@@ -8,6 +8,7 @@ import ctypes
 import gc
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -175,8 +176,13 @@ def add_ratios(results: list) -> list:
 
 def measure_interleaved(rows: list, cfg: BenchConfig) -> dict:
     """Time ``rows`` (one op and size) in turns: warm each up, then rounds of one call per
-    row until each has its repeats. ``{row.key: result}``: as :func:`measure` without
-    peak memory, or ``{"error": ...}`` for a row whose setup or call failed."""
+    row until each has its repeats, each round in a new order (shuffled, seeded by
+    ``cfg.seed``): in a fixed order a row always follows the same one, and on a small
+    machine what the previous call left (its freed memory: reused, or returned to the OS
+    and faulted in again) moved a row's time by 20-30% (the ``cpp`` and ``auto`` rows,
+    which run the same kernels, differed that much). ``{row.key: result}``: as
+    :func:`measure` without peak memory, or ``{"error": ...}`` for a row whose setup or
+    call failed."""
     out, fns, infos = {}, {}, {}
     for row in rows:
         try:
@@ -188,8 +194,9 @@ def measure_interleaved(rows: list, cfg: BenchConfig) -> dict:
             fns.pop(row.key, None)
     times = {key: [] for key in fns}
     live = [row for row in rows if row.key in fns]
+    order = random.Random(cfg.seed)
     for round_ in range(max((repeats_of(r, cfg) for r in live), default=0)):
-        for row in live:
+        for row in order.sample(live, len(live)):
             if row.key in out or round_ >= repeats_of(row, cfg):
                 continue
             try:
