@@ -135,8 +135,68 @@ def test_kernels_check_what_they_index():
         ext.affine_density_forward(x, raw[:, :7], True)
     with pytest.raises(ValueError, match="float32 or float64"):
         ext.affine_density_forward(x.half(), raw.half(), True)
-    z, _, inv_sigma = ext.affine_density_forward(x, raw, True)
+    z, _, inv_sigma, centered = ext.affine_density_forward(x, raw, True)
     with pytest.raises(ValueError, match="grad_z must have z's shape"):
-        ext.affine_density_backward(z[:2], None, raw, inv_sigma, z, True, True)
+        ext.affine_density_backward(z[:2], None, raw, inv_sigma, centered, True, True)
     with pytest.raises(ValueError, match="grad_logdet must be"):
-        ext.affine_density_backward(None, z, raw, inv_sigma, z, True, True)
+        ext.affine_density_backward(None, z, raw, inv_sigma, centered, True, True)
+    with pytest.raises(ValueError, match="inv_sigma must have"):
+        ext.affine_density_backward(z, None, raw, inv_sigma[:2], centered, True, True)
+
+
+def test_raw_on_another_device_is_refused():
+    x, raw = draw(3, 2)
+    with pytest.raises(ValueError, match="raw is on meta but x is on cpu"):
+        affine_density(x, raw.to("meta"), True)
+
+
+def test_second_derivatives_when_one_input_is_constant(impl):
+    """create_graph=True with x data (no grad; the usual case) or raw constant: the gradients of
+    the inputs that need one, differentiable again, as the reference's."""
+    x, raw = draw(4, 3, spread=1.0)
+    xr = x.clone().requires_grad_()
+    rr = raw.clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda b: affine_density(x, b, True), (rr,))
+    assert torch.autograd.gradgradcheck(lambda a: affine_density(a, raw, True), (xr,))
+    for f in (affine_density, reference):
+        r = raw.clone().requires_grad_()
+        z, ld = f(x, r, True)
+        (g,) = torch.autograd.grad((z.square().sum() - ld.sum()), [r], create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), [r])
+        if f is affine_density:
+            got = (g, gg)
+        else:
+            torch.testing.assert_close(got[0], g)
+            torch.testing.assert_close(got[1], gg)
+
+
+def test_editing_z_in_place_after_the_call_keeps_the_backward(impl):
+    """z is not saved for the backward (the reference does not save it either)."""
+    x, raw = draw(5, 3)
+    grads = []
+    for f in (reference, affine_density):
+        r = raw.clone().requires_grad_()
+        z, ld = f(x, r, True)
+        w = z.detach().clone()
+        z.mul_(2.0)  # the caller reuses the output buffer
+        ((w * z).sum() + ld.sum()).backward()
+        grads.append(r.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@SKIP_WITHOUT_FAST
+def test_made_transform_first_order_with_create_graph_on_data():
+    """A loss on a flow's density, differentiated with create_graph=True (as for a gradient
+    penalty) with x plain data: works on the kernels' backend as on the reference."""
+    import armodel_fast as af
+    grads = []
+    base = af.MADE(4, [16], out="gaussian", K=1, dtype=torch.float64)
+    for backend in ("reference", "cpp"):
+        m = af.MADE(4, [16], out="gaussian", K=1, backend=backend, dtype=torch.float64)
+        m.load_state_dict(base.state_dict())
+        x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        z, ld = m.transform(x)
+        grads.append(torch.autograd.grad((0.5 * z.square().sum(-1) - ld).mean(), list(m.parameters()),
+                                         create_graph=True))
+    for gr, gf in zip(*grads):
+        torch.testing.assert_close(gf, gr)

@@ -104,9 +104,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),
         "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
   m.def("affine_density_forward", &af::affine_density_forward, py::arg("x"), py::arg("raw"), py::arg("clip"),
-        "The affine MADE's density direction: (z, log|det dz/dx|, 1/sigma) from x and the raw outputs.");
+        "The affine MADE's density direction: (z, log|det dz/dx|, 1/sigma, x - mu) from x and the raw outputs.");
   m.def("affine_density_backward", &af::affine_density_backward, py::arg("grad_z"), py::arg("grad_logdet"),
-        py::arg("raw"), py::arg("inv_sigma"), py::arg("z"), py::arg("clip"), py::arg("need_dx"),
+        py::arg("raw"), py::arg("inv_sigma"), py::arg("centered"), py::arg("clip"), py::arg("need_dx"),
         "Backward of affine_density_forward: (grad x or None, grad raw).");
   m.def("made_sample", &af::made_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),

@@ -104,14 +104,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_cuda_backward(
     bool strict, int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db);
 
 // ---- the affine MADE's density direction (made/affine_density_cpu.cpp) ----
-// (z, log|det dz/dx|, 1/sigma) of x [B, D] and the raw outputs [B, 2D] (mu, a per dimension);
-// the backward gives (grad x or undefined, grad raw). float32 / float64.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x, const at::Tensor& raw,
-                                                                      bool clip);
+// (z, log|det dz/dx|, 1/sigma, x - mu) of x [B, D] and the raw outputs [B, 2D] (mu, a per
+// dimension); the backward gives (grad x or undefined, grad raw). float32 / float64.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x,
+                                                                                  const at::Tensor& raw, bool clip);
 std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<at::Tensor>& grad_z,
                                                            const std::optional<at::Tensor>& grad_logdet,
                                                            const at::Tensor& raw, const at::Tensor& inv_sigma,
-                                                           const at::Tensor& z, bool clip, bool need_dx);
+                                                           const at::Tensor& centered, bool clip, bool need_dx);
 
 // ---- MADE / FVSBN sampling in O(parameters) (made/) ----
 // CPU (made_cpu.cpp) and CUDA (made_torch_cuda.cpp, one launch): the same operands.

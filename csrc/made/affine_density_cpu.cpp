@@ -28,6 +28,7 @@ void check_pair(const at::Tensor& x, const at::Tensor& raw) {
                     "affine_density: x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK_VALUE(raw.size(0) == x.size(0) && raw.size(1) == 2 * x.size(1), "raw must have shape [",
                     x.size(0), ", ", 2 * x.size(1), "], got ", raw.sizes());
+  TORCH_CHECK_VALUE(x.device().is_cpu() && raw.device().is_cpu(), "affine_density: x and raw must be CPU tensors");
 }
 
 // One row's loops, branch-free inside (clip a template argument) so that they vectorise.
@@ -41,21 +42,26 @@ void row_neg_log_sigma(const T* __restrict raw, T* __restrict neg_s, int64_t D) 
   }
 }
 
+// centered = x - mu (kept for the backward instead of z, which the caller may edit) and z.
 template <typename T>
-void row_z(const T* __restrict x, const T* __restrict raw, const T* __restrict inv_sigma, T* __restrict z,
-           int64_t D) {
-  for (int64_t d = 0; d < D; ++d) z[d] = (x[d] - raw[2 * d]) * inv_sigma[d];
+void row_z(const T* __restrict x, const T* __restrict raw, const T* __restrict inv_sigma, T* __restrict centered,
+           T* __restrict z, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) {
+    const T c = x[d] - raw[2 * d];
+    centered[d] = c;
+    z[d] = c * inv_sigma[d];
+  }
 }
 
 // dx = gz e, dmu = -dx, da = -(gz z + gl) / (1 + |a| / bound)^2 (or without the factor).
 template <bool kClip, typename T>
 void row_backward(const T* __restrict gz, T gl, const T* __restrict raw, const T* __restrict inv_sigma,
-                  const T* __restrict z, T* __restrict gx, T* __restrict graw, int64_t D) {
+                  const T* __restrict centered, T* __restrict gx, T* __restrict graw, int64_t D) {
   const T bound = static_cast<T>(made::kLogScaleBound);
   for (int64_t d = 0; d < D; ++d) {
     const T g = gz ? gz[d] : T(0);
     const T dx = g * inv_sigma[d];
-    T da = -(g * z[d] + gl);
+    T da = -(g * (centered[d] * inv_sigma[d]) + gl);  // z = centered / sigma
     if (kClip) {
       const T den = T(1) + std::fabs(raw[2 * d + 1]) / bound;
       da = da / (den * den);
@@ -68,17 +74,18 @@ void row_backward(const T* __restrict gz, T gl, const T* __restrict raw, const T
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x, const at::Tensor& raw,
-                                                                      bool clip) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::Tensor& x,
+                                                                                  const at::Tensor& raw, bool clip) {
   check_pair(x, raw);
   const at::Tensor xc = x.contiguous(), rc = raw.contiguous();
   const int64_t B = x.size(0), D = x.size(1);
   at::Tensor z = at::empty({B, D}, x.options()), inv_sigma = at::empty({B, D}, x.options());
-  at::Tensor logdet = at::empty({B}, x.options());
+  at::Tensor centered = at::empty({B, D}, x.options()), logdet = at::empty({B}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_density_forward", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* rp = rc.const_data_ptr<scalar_t>();
     scalar_t *zp = z.mutable_data_ptr<scalar_t>(), *ep = inv_sigma.mutable_data_ptr<scalar_t>();
+    scalar_t* cp = centered.mutable_data_ptr<scalar_t>();
     // -s into inv_sigma; log|det| = sum(-s) and exp by ATen's vectorised kernels (a scalar
     // exp per element would cost more than the rest together); then z.
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
@@ -93,25 +100,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_density_forward(const at::
     at::sum_out(logdet, inv_sigma, 1);
     at::exp_(inv_sigma);
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) row_z(xp + b * D, rp + b * 2 * D, ep + b * D, zp + b * D, D);
+      for (int64_t b = b0; b < b1; ++b) row_z(xp + b * D, rp + b * 2 * D, ep + b * D, cp + b * D, zp + b * D, D);
     });
   });
-  return {z, logdet, inv_sigma};
+  return {z, logdet, inv_sigma, centered};
 }
 
-// grad_z [B, D] / grad_logdet [B] (either may be undefined: zero) -> (grad_x [B, D] or
-// undefined, grad_raw [B, 2D]).
+// grad_z [B, D] / grad_logdet [B] (either may be undefined: zero), centered = x - mu ->
+// (grad_x [B, D] or undefined, grad_raw [B, 2D]).
 std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<at::Tensor>& grad_z,
                                                            const std::optional<at::Tensor>& grad_logdet,
                                                            const at::Tensor& raw, const at::Tensor& inv_sigma,
-                                                           const at::Tensor& z, bool clip, bool need_dx) {
+                                                           const at::Tensor& centered, bool clip, bool need_dx) {
+  const at::Tensor& z = centered;  // [B, D], as z
   check_pair(z, raw);
-  check_same_dtype(inv_sigma, "inv_sigma", z, "z");
-  TORCH_CHECK_VALUE(inv_sigma.sizes() == z.sizes(), "inv_sigma must have z's shape");
+  check_same_dtype(inv_sigma, "inv_sigma", z, "centered");
+  TORCH_CHECK_VALUE(inv_sigma.sizes() == z.sizes(), "inv_sigma must have centered's shape");
+  TORCH_CHECK_VALUE(inv_sigma.device() == z.device(), "inv_sigma must be on centered's device");
   const int64_t B = z.size(0), D = z.size(1);
   const bool has_gz = grad_z.has_value() && grad_z->defined();
   const bool has_gl = grad_logdet.has_value() && grad_logdet->defined();
-  if (has_gz) TORCH_CHECK_VALUE(grad_z->sizes() == z.sizes(), "grad_z must have z's shape");
+  if (has_gz) {
+    TORCH_CHECK_VALUE(grad_z->sizes() == z.sizes() && grad_z->device().is_cpu(), "grad_z must have z's shape");
+  }
   if (has_gl) TORCH_CHECK_VALUE(grad_logdet->dim() == 1 && grad_logdet->size(0) == B, "grad_logdet must be [B]");
   const at::Tensor gz = has_gz ? grad_z->to(z.scalar_type()).contiguous() : at::Tensor();
   const at::Tensor gl = has_gl ? grad_logdet->to(z.scalar_type()).contiguous() : at::Tensor();

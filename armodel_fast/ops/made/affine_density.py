@@ -29,20 +29,21 @@ from ...reference.made import LOG_SCALE_BOUND
 
 
 def _forward_torch(x: Tensor, raw: Tensor, clip: bool):
-    """(z, log|det|, 1/sigma) by tensor ops (any device)."""
+    """(z, log|det|, 1/sigma, x - mu) by tensor ops (any device)."""
     p = torch.view_as_complex(raw.view(x.shape[0], x.shape[1], 2))  # mu + i * raw log sigma, no copy
     ls = p.imag
     log_sigma = ls / (1 + ls.abs() / LOG_SCALE_BOUND) if clip else ls  # reference.made.bounded_log_sigma
     inv_sigma = torch.exp(-log_sigma)
-    return (x - p.real) * inv_sigma, -log_sigma.sum(-1), inv_sigma
+    centered = x - p.real
+    return centered * inv_sigma, -log_sigma.sum(-1), inv_sigma, centered
 
 
-def _backward_torch(grad_z, grad_logdet, raw, inv_sigma, z, clip, need_dx):
-    B, D = z.shape
-    grad_z = z.new_zeros(B, D) if grad_z is None else grad_z
-    grad_logdet = z.new_zeros(B) if grad_logdet is None else grad_logdet
+def _backward_torch(grad_z, grad_logdet, raw, inv_sigma, centered, clip, need_dx):
+    B, D = centered.shape
+    grad_z = centered.new_zeros(B, D) if grad_z is None else grad_z
+    grad_logdet = centered.new_zeros(B) if grad_logdet is None else grad_logdet
     grad_x = grad_z * inv_sigma  # dz/dx = 1/sigma; dz/dmu = -1/sigma
-    grad_ls = -(grad_z * z + grad_logdet[:, None])  # dz/dlog_sigma = -z, dlogdet/dlog_sigma = -1
+    grad_ls = -(grad_z * centered * inv_sigma + grad_logdet[:, None])  # dz/dlog_sigma = -z, dlogdet/dlog_sigma = -1
     if clip:  # d(a / den)/da = 1 / den^2, den = 1 + |a| / bound
         grad_ls = grad_ls / (1 + torch.view_as_complex(raw.view(B, D, 2)).imag.abs() / LOG_SCALE_BOUND).square()
     return (grad_x if need_dx else None), torch.view_as_real(torch.complex(-grad_x, grad_ls)).view(B, 2 * D)
@@ -57,28 +58,39 @@ def _cpu_kernels(t: Tensor):
 
 
 class _AffineDensity(torch.autograd.Function):
+    """Saves no tensor the caller holds besides x (which the network's first layer saves
+    too): not z, so editing z in place after the call leaves the backward valid, as in the
+    reference."""
+
     @staticmethod
     def forward(ctx, x: Tensor, raw: Tensor, clip: bool):
         ext = _cpu_kernels(x)
-        z, logdet, inv_sigma = (ext.affine_density_forward(x, raw, clip) if ext is not None
-                                else _forward_torch(x, raw, clip))
-        ctx.save_for_backward(x, raw, inv_sigma, z)
+        z, logdet, inv_sigma, centered = (ext.affine_density_forward(x, raw, clip) if ext is not None
+                                          else _forward_torch(x, raw, clip))
+        ctx.save_for_backward(x, raw, inv_sigma, centered)
         ctx.clip, ctx.ext = clip, ext
         return z, logdet
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_logdet: Tensor):
-        x, raw, inv_sigma, z = ctx.saved_tensors
+        x, raw, inv_sigma, centered = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a graph of the reference ops, differentiable again
-            with torch.enable_grad():
-                outs = _reference(x, raw, ctx.clip)
-            pairs = [(o, g) for o, g in zip(outs, (grad_z, grad_logdet)) if g is not None]
-            grad_x, grad_raw = torch.autograd.grad([o for o, _ in pairs], [x, raw], [g for _, g in pairs],
-                                                   create_graph=True, allow_unused=True)
-            return grad_x, grad_raw, None
+            return (*_reference_grads(ctx, x, raw, grad_z, grad_logdet), None)
         run = ctx.ext.affine_density_backward if ctx.ext is not None else _backward_torch
-        grad_x, grad_raw = run(grad_z, grad_logdet, raw, inv_sigma, z, ctx.clip, ctx.needs_input_grad[0])
+        grad_x, grad_raw = run(grad_z, grad_logdet, raw, inv_sigma, centered, ctx.clip, ctx.needs_input_grad[0])
         return grad_x, grad_raw, None
+
+
+def _reference_grads(ctx, x, raw, grad_z, grad_logdet):
+    """(grad x, grad raw) through the reference's ops, recorded (gradients of gradients): only
+    for the inputs that need one, from the outputs that depend on them."""
+    wanted = [t for t, need in zip((x, raw), ctx.needs_input_grad[:2]) if need]
+    with torch.enable_grad():
+        outs = _reference(x, raw, ctx.clip)
+    pairs = [(o, g) for o, g in zip(outs, (grad_z, grad_logdet)) if g is not None and o.requires_grad]
+    got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                   allow_unused=True) if pairs and wanted else [None] * len(wanted))
+    return tuple(next(got) if need else None for need in ctx.needs_input_grad[:2])
 
 
 def _reference(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
@@ -93,6 +105,8 @@ def affine_density(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
     float32 / float64 (the complex views need them); other dtypes take the reference ops."""
     if x.dtype not in (torch.float32, torch.float64) or raw.dtype != x.dtype or torch.compiler.is_compiling():
         return _reference(x, raw, clip)
+    if raw.device != x.device:
+        raise ValueError(f"raw is on {raw.device} but x is on {x.device}")
     if not raw.is_contiguous() or raw.storage_offset() % 2:  # the complex view needs pairs in place
         raw = raw.clone(memory_format=torch.contiguous_format)
     return _AffineDensity.apply(x, raw, clip)
