@@ -352,8 +352,7 @@ class MADE(AutoregressiveModel):
         x, context, lead = self._flat(x, context)
         raw = self._raw(x, context)  # [B, 2D]: mu and raw log sigma per dimension
         if self.backend == "reference":
-            mu, ls = raw.view(x.shape[0], self.D, 2).unbind(2)
-            z, logdet = ref.gaussian_transform(x, mu, ref.bounded_log_sigma(ls, self._bounded))
+            z, logdet = ref.affine_transform(x, raw, self._bounded)
         else:  # the same values and gradients in one autograd node (ops/made/affine_density.py)
             z, logdet = fast.affine_density(x, raw, self._bounded)
         return (z, logdet) if len(lead) == 1 else (z.reshape(*lead, self.D), logdet.reshape(lead))

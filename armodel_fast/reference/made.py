@@ -162,6 +162,13 @@ def gaussian_transform(x, mu, log_sigma):
     return (x - mu) * torch.exp(-log_sigma), -log_sigma.sum(-1)
 
 
+def affine_transform(x, raw, clip: bool = True):
+    """The affine layer's MAF direction from its raw outputs [B, 2D] (mu and raw log sigma
+    per dimension): :func:`gaussian_transform` with :func:`bounded_log_sigma`."""
+    mu, ls = raw.view(x.shape[0], x.shape[1], 2).unbind(2)
+    return gaussian_transform(x, mu, bounded_log_sigma(ls, clip))
+
+
 def gaussian_inverse_step(mu_d, log_sigma_d, z_d):
     return mu_d + torch.exp(log_sigma_d) * z_d
 

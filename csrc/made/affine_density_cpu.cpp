@@ -32,14 +32,11 @@ void check_pair(const at::Tensor& x, const at::Tensor& raw) {
 }
 
 // One row's loops, branch-free inside (clip a template argument) so that they vectorise.
-// -s into neg_s (made_math.h affine_log_sigma: s = a / (1 + |a| / bound) or a).
+// -s into neg_s, s the sampler's log sigma (made_math.h affine_log_sigma).
 template <bool kClip, typename T>
 void row_neg_log_sigma(const T* __restrict raw, T* __restrict neg_s, int64_t D) {
-  const T bound = static_cast<T>(made::kLogScaleBound);
-  for (int64_t d = 0; d < D; ++d) {
-    const T a = raw[2 * d + 1];
-    neg_s[d] = -(kClip ? a / (T(1) + std::fabs(a) / bound) : a);
-  }
+  constexpr int64_t head = kClip ? made::kAffine : made::kAffineRaw;
+  for (int64_t d = 0; d < D; ++d) neg_s[d] = -made::affine_log_sigma<T>(head, raw[2 * d + 1]);
 }
 
 // centered = x - mu (kept for the backward instead of z, which the caller may edit) and z.
@@ -112,28 +109,29 @@ std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<a
                                                            const std::optional<at::Tensor>& grad_logdet,
                                                            const at::Tensor& raw, const at::Tensor& inv_sigma,
                                                            const at::Tensor& centered, bool clip, bool need_dx) {
-  const at::Tensor& z = centered;  // [B, D], as z
-  check_pair(z, raw);
-  check_same_dtype(inv_sigma, "inv_sigma", z, "centered");
-  TORCH_CHECK_VALUE(inv_sigma.sizes() == z.sizes(), "inv_sigma must have centered's shape");
-  TORCH_CHECK_VALUE(inv_sigma.device() == z.device(), "inv_sigma must be on centered's device");
-  const int64_t B = z.size(0), D = z.size(1);
+  check_pair(centered, raw);
+  check_same_dtype(inv_sigma, "inv_sigma", centered, "centered");
+  TORCH_CHECK_VALUE(inv_sigma.sizes() == centered.sizes(), "inv_sigma must have centered's shape");
+  TORCH_CHECK_VALUE(inv_sigma.device() == centered.device(), "inv_sigma must be on centered's device");
+  const int64_t B = centered.size(0), D = centered.size(1);
   const bool has_gz = grad_z.has_value() && grad_z->defined();
   const bool has_gl = grad_logdet.has_value() && grad_logdet->defined();
   if (has_gz) {
-    TORCH_CHECK_VALUE(grad_z->sizes() == z.sizes() && grad_z->device().is_cpu(), "grad_z must have z's shape");
+    TORCH_CHECK_VALUE(grad_z->sizes() == centered.sizes() && grad_z->device().is_cpu(),
+                      "grad_z must have z's shape");
   }
   if (has_gl) TORCH_CHECK_VALUE(grad_logdet->dim() == 1 && grad_logdet->size(0) == B, "grad_logdet must be [B]");
-  const at::Tensor gz = has_gz ? grad_z->to(z.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor gl = has_gl ? grad_logdet->to(z.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor rc = raw.contiguous(), ec = inv_sigma.contiguous(), zc = z.contiguous();
-  at::Tensor grad_raw = at::empty({B, 2 * D}, z.options());
-  at::Tensor grad_x = need_dx ? at::empty({B, D}, z.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "affine_density_backward", [&] {
+  const auto dtype = centered.scalar_type();
+  const at::Tensor gz = has_gz ? grad_z->to(dtype).contiguous() : at::Tensor();
+  const at::Tensor gl = has_gl ? grad_logdet->to(dtype).contiguous() : at::Tensor();
+  const at::Tensor rc = raw.contiguous(), ec = inv_sigma.contiguous(), cc = centered.contiguous();
+  at::Tensor grad_raw = at::empty({B, 2 * D}, centered.options());
+  at::Tensor grad_x = need_dx ? at::empty({B, D}, centered.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "affine_density_backward", [&] {
     const scalar_t* gzp = has_gz ? gz.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* glp = has_gl ? gl.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t *rp = rc.const_data_ptr<scalar_t>(), *ep = ec.const_data_ptr<scalar_t>();
-    const scalar_t* zp = zc.const_data_ptr<scalar_t>();
+    const scalar_t* cp = cc.const_data_ptr<scalar_t>();
     scalar_t* grp = grad_raw.mutable_data_ptr<scalar_t>();
     scalar_t* gxp = need_dx ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, row_grain(D), [&](int64_t b0, int64_t b1) {
@@ -142,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<a
         const scalar_t g_l = glp ? glp[b] : scalar_t(0);
         scalar_t* dx = gxp ? gxp + b * D : nullptr;
         (clip ? row_backward<true, scalar_t> : row_backward<false, scalar_t>)(
-            g, g_l, rp + b * 2 * D, ep + b * D, zp + b * D, dx, grp + b * 2 * D, D);
+            g, g_l, rp + b * 2 * D, ep + b * D, cp + b * D, dx, grp + b * 2 * D, D);
       }
     });
   });

@@ -1,6 +1,6 @@
 """The affine MADE's density direction (MAF) as one autograd node: ``z = (x - mu) / sigma``.
 
-The reference (``reference.made``: ``made_params_split``, ``bounded_log_sigma``,
+The reference (``reference.made.affine_transform``: ``bounded_log_sigma``,
 ``gaussian_transform``) composes it from about ten tensor ops, each a node in the
 backward graph, and its split of the raw outputs ``[B, D, 2]`` into mu and log sigma
 has a backward that interleaves the two gradients again (a ``stack`` on the last
@@ -86,25 +86,20 @@ def _reference_grads(ctx, x, raw, grad_z, grad_logdet):
     for the inputs that need one, from the outputs that depend on them."""
     wanted = [t for t, need in zip((x, raw), ctx.needs_input_grad[:2]) if need]
     with torch.enable_grad():
-        outs = _reference(x, raw, ctx.clip)
+        outs = ref.affine_transform(x, raw, ctx.clip)
     pairs = [(o, g) for o, g in zip(outs, (grad_z, grad_logdet)) if g is not None and o.requires_grad]
     got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
                                    allow_unused=True) if pairs and wanted else [None] * len(wanted))
     return tuple(next(got) if need else None for need in ctx.needs_input_grad[:2])
 
 
-def _reference(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
-    mu, ls = raw.view(x.shape[0], x.shape[1], 2).unbind(2)
-    return ref.gaussian_transform(x, mu, ref.bounded_log_sigma(ls, clip))
-
-
 def affine_density(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
     """x [B, D], raw [B, 2D] (the affine MADE's outputs: mu and raw log sigma interleaved
     per dimension) -> (z [B, D], log|det dz/dx| [B]), the values and gradients of
-    ``reference.made.gaussian_transform(x, mu, bounded_log_sigma(ls, clip))``.
+    ``reference.made.affine_transform(x, raw, clip)``.
     float32 / float64 (the complex views need them); other dtypes take the reference ops."""
     if x.dtype not in (torch.float32, torch.float64) or raw.dtype != x.dtype or torch.compiler.is_compiling():
-        return _reference(x, raw, clip)
+        return ref.affine_transform(x, raw, clip)
     if raw.device != x.device:
         raise ValueError(f"raw is on {raw.device} but x is on {x.device}")
     if not raw.is_contiguous() or raw.storage_offset() % 2:  # the complex view needs pairs in place
