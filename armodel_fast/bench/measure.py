@@ -266,5 +266,8 @@ def run_bench(cfg: BenchConfig, rows=None, console=None) -> list:
                               else measure(row, cfg, memory=False))
             except Exception as e:  # noqa: BLE001 - a failing row is reported, not fatal
                 result["note"] = "failed: " + (str(e) if cfg.memory else short_error(e))
+            if console is not None:  # each figure as it comes: a run cut short keeps its rows
+                ms = result.get("median_ms")
+                console.print("      -> " + (result.get("note") or (f"{ms:.4g} ms" if ms is not None else "-")))
         results.append(result)
     return add_ratios(results)
