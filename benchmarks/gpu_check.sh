@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One-command GPU verification (issues 6, 15) for a short rental: one NVIDIA GPU
 # (H100/H200), 16 cores, its own python3 with torch+CUDA, Triton and nvcc, no internet.
-# Builds the extensions in place for this GPU's architecture only, runs the test
-# suite (every Triton and CUDA op against the reference on CUDA tensors: values,
-# gradients, samples from the same uniforms; fp32, bf16, fp16), then the benchmark
-# table. Everything lands in one folder: logs, junit XML, bench.json/.md/.png, steps.tsv.
+# Builds the extensions in place for this GPU's architecture only, checks that they
+# load and that a C++ argument error comes back as an exception (else: a native
+# backtrace, and a rebuild with another compiler), runs the gpu-marked tests (every
+# Triton and CUDA op against the reference on CUDA tensors: values, gradients, samples
+# from the same uniforms), the benchmark table, then the rest of the suite (its Triton
+# tests on CUDA tensors too). Everything lands in one folder: logs, junit XML,
+# failures.txt (each failure as it happens), bench.json/.md/.png, steps.tsv.
 #
 #   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--wheels DIR] [--jobs N]
 #                           [--skip-build] [--skip-tests] [--skip-bench] [--quick]
@@ -20,15 +23,17 @@
 #   --dry-run      print the steps, run nothing
 #
 # Time budget on 16 cores + one H100/H200 (total under 8 min; steps.tsv records the
-# real ones; estimates until a first GPU run): preflight 15 s, build 120 s (sm_90
-# only, all cores), tests 180 s (pytest-xdist, one worker per 2 cores), bench 150 s
-# (headline sizes, torch.compile rows included).
+# real ones). Measured on the first run (H100, 2026-12-05, before the smoke step
+# existed): preflight 7 s, build 88 s, bench 55 s; the tests were cut off by the lease.
+# Budget: preflight 10 s, build 90 s (sm_90 only, all cores), smoke 5 s, gpu-tests
+# 150 s (pytest-xdist, one worker per 2 cores), bench 90 s (headline sizes), tests
+# 120 s (the rest of the suite; cut short, it loses the least).
 # Exit codes: 0 all passed; 1 a step failed; 2 bad arguments; 3 no CUDA GPU here.
 set -uo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
-OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
+LAST_RC=0 OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
 BENCH_ARGS="--no-memory"
 need_value() { [ "$2" -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
@@ -65,6 +70,7 @@ run() {  # run NAME CMD... : log to $OUT/NAME.log, time it, remember failures
     local t0=$SECONDS
     "$@" > >(tee "$OUT/$name.log") 2>&1
     local rc=$?
+    LAST_RC=$rc
     echo "==> [$name] rc=$rc in $(( SECONDS - t0 ))s (total $(( SECONDS - START ))s)"
     printf '%s\t%s\t%s\n' "$name" "$(( SECONDS - t0 ))" "$rc" >> "$OUT/steps.tsv"
     [ "$rc" -eq 0 ] || FAILED+=("$name")
@@ -126,38 +132,83 @@ for pair in sys.argv[1:]:
 }
 run preflight preflight
 
-if [ "$BUILD" = 1 ]; then
+build_command() {  # CMD=the build, with C++ compiler $1 (default: torch's), which hosts nvcc too
+    CMD=(env)
+    [ -n "${1:-}" ] && CMD+=(CXX="$1" CC="$1")
     if [ "$REHEARSE" = 0 ]; then  # this GPU's architecture only, every core
-        run build env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace
+        CMD+=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace)
     else  # the CPU extension as on the GPU machine (a CPU torch cannot build the CUDA one)
-        run build env MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace
+        CMD+=(MAX_JOBS="$JOBS" "$PY" setup.py build_ext --inplace)
     fi
-    [ "$DRY" = 1 ] || "$PY" -c "import armodel_fast as af; [print(' ', s) for s in af.backends().values()]" \
-        | tee "$OUT/backends.txt"
+}
+# The extensions load and a C++ argument error comes back as a Python exception, in a
+# process of its own (benchmarks/gpu_smoke.py): a crash there would take the test
+# workers down one by one. After a crash: a native backtrace (cuda-gdb debugs host
+# code too), and (when building) a rebuild with each other compiler found until the
+# smoke passes (GPU_CHECK_COMPILERS overrides the list of candidates).
+SMOKE=("$PY" -X faulthandler benchmarks/gpu_smoke.py)
+other_compilers() {
+    local seen c real
+    seen=" $(realpath "$(command -v "${CXX:-c++}")" 2>/dev/null) "
+    for c in ${GPU_CHECK_COMPILERS-/usr/bin/g++ /usr/bin/c++ g++ clang++}; do
+        real=$(realpath "$(command -v "$c")" 2>/dev/null) || continue
+        case "$seen" in *" $real "*) continue ;; esac
+        seen="$seen$real "; echo "$c"
+    done
+}
+if [ "$BUILD" = 1 ]; then
+    build_command; run build "${CMD[@]}"
 fi
-
-if [ "$TESTS" = 1 ]; then
-    xdist=()
-    if [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n "$WORKERS"); fi
-    selection=(-m "not slow"); [ "$QUICK" = 1 ] && selection=(-m gpu)
-    if [ "$REHEARSE" = 1 ]; then
-        run tests "$PY" -m pytest -qq -p no:cacheprovider "${selection[@]}" --collect-only tests
-    else  # the Triton tests run their kernels on CUDA tensors whenever a GPU is visible.
-        # Left out: the no-GPU stand-ins that compile every kernel for sm_90 (minutes of
-        # CPU; the build and the Triton tests compile the same code for this very GPU).
-        run tests "$PY" -m pytest -q -p no:cacheprovider -rs "${selection[@]}" "${xdist[@]}" \
-            --ignore=tests/test_triton_aot.py --ignore=tests/test_cuda_sources.py \
-            --junitxml="$OUT/tests.xml" tests
-        # A GPU test skipped for want of a GPU, on a GPU machine, is a failure too.
-        [ "$DRY" = 1 ] || ! grep -E "SKIPPED.*(needs a CUDA GPU|no CUDA GPU)" "$OUT/tests.log" \
-            || { echo "gpu_check: GPU tests were skipped on a GPU machine" >&2; FAILED+=(tests-skipped); }
+run smoke "${SMOKE[@]}"
+if [ "$DRY" = 0 ] && [ "$LAST_RC" -ne 0 ]; then
+    if [ "$LAST_RC" -gt 128 ] && command -v cuda-gdb >/dev/null; then
+        run backtrace timeout 120 cuda-gdb -q -batch -ex run -ex bt --args "${SMOKE[@]}"
     fi
+    for cxx in $([ "$BUILD" = 1 ] && other_compilers); do
+        echo "gpu_check: rebuilding with $cxx"
+        rm -rf build/temp-in-tree
+        build_command "$cxx"; run "build-$(basename "$cxx")" "${CMD[@]}"
+        run "smoke-$(basename "$cxx")" "${SMOKE[@]}"
+        [ "$LAST_RC" -eq 0 ] && break
+    done
+fi
+[ "$DRY" = 1 ] || "$PY" -c "import armodel_fast as af; [print(' ', s) for s in af.backends().values()]" \
+    > "$OUT/backends.txt" 2>&1; [ "$DRY" = 1 ] || cat "$OUT/backends.txt"
+
+# pytest: each failure into failures.txt as it happens (tests/conftest.py), a per-test
+# limit where pytest-timeout is installed, xdist workers where pytest-xdist is.
+pytest_run() {  # pytest_run NAME SELECTION...
+    local name=$1; shift
+    if [ "$REHEARSE" = 1 ]; then
+        run "$name" "$PY" -m pytest -qq -p no:cacheprovider "$@" --collect-only tests
+        return
+    fi
+    # Left out: the no-GPU stand-ins that compile every kernel for sm_90 (minutes of CPU;
+    # the build and the Triton tests compile the same code for this very GPU).
+    run "$name" env ARMODEL_FAST_FAILURE_LOG="$OUT/failures.txt" "$PY" -m pytest -q -p no:cacheprovider -rs \
+        "$@" "${xdist[@]}" "${per_test[@]}" --ignore=tests/test_triton_aot.py \
+        --ignore=tests/test_cuda_sources.py --junitxml="$OUT/$name.xml" tests
+    # A GPU test skipped for want of a GPU, on a GPU machine, is a failure too.
+    [ "$DRY" = 1 ] || ! grep -E "SKIPPED.*(needs a CUDA GPU|no CUDA GPU)" "$OUT/$name.log" \
+        || { echo "gpu_check: GPU tests were skipped on a GPU machine" >&2; FAILED+=("$name-skipped"); }
+}
+xdist=() per_test=()
+if [ "$TESTS" = 1 ]; then
+    if [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n "$WORKERS"); fi
+    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=180)
+    pytest_run gpu-tests -m gpu  # the Triton and CUDA backends against the reference
 fi
 
 if [ "$BENCH" = 1 ]; then
     sizes=(); [ "$QUICK" = 1 ] || [ "$REHEARSE" = 1 ] && sizes=(--quick)
     # shellcheck disable=SC2086  # BENCH_ARGS is split into options on purpose
     run bench "$PY" -m armodel_fast bench --device "$DEVICE" "${sizes[@]}" $BENCH_ARGS --out "$OUT"
+fi
+
+# The rest of the suite last (the Triton tests run their kernels on CUDA tensors whenever
+# a GPU is visible): cut short, a rental loses the least.
+if [ "$TESTS" = 1 ] && [ "$QUICK" = 0 ]; then
+    pytest_run tests -m "not slow and not gpu"
 fi
 
 if [ "$DRY" = 1 ]; then echo "gpu_check: dry run, nothing executed"; exit 0; fi

@@ -33,3 +33,15 @@ def tolerance(dtype, scale: float = 1.0) -> dict:
     """``assert_close`` keywords for results in ``dtype``, atol scaled by ``scale``."""
     t = TOLERANCES[dtype]
     return dict(atol=t["atol"] * max(scale, 1.0), rtol=t["rtol"])
+
+
+def pytest_runtest_logreport(report):
+    """``ARMODEL_FAST_FAILURE_LOG=path``: append each failure (test id, phase, traceback) to
+    that file as it happens, so a run cut short (a device lease running out) still says what
+    failed; gpu_check.sh sets it. Under pytest-xdist only the controller writes (it also
+    receives the 'worker crashed' reports)."""
+    path = os.environ.get("ARMODEL_FAST_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a") as f:
+        f.write(f"=== {report.nodeid} [{report.when}]\n{report.longreprtext[-4000:]}\n\n")

@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 BUDGET_S = 8 * 60  # the whole check, on 16 cores and one H100/H200
-STEPS = ["preflight", "build", "tests", "bench"]
+STEPS = ["preflight", "build", "smoke", "gpu-tests", "bench", "tests"]
 
 
 def run(*args, env=None):
@@ -44,9 +44,12 @@ def test_dry_run_lists_every_step(tmp_path):
     build = next(line for line in r.stdout.splitlines() if "[build]" in line)
     assert "FORCE_CUDA=1" in build and "MAX_JOBS=16" in build and "build_ext --inplace" in build
     assert re.search(r"TORCH_CUDA_ARCH_LIST=\d+\.\d", build)  # one architecture, this GPU's
+    gpu_tests = next(line for line in r.stdout.splitlines() if "[gpu-tests]" in line)
+    assert " -m gpu " in gpu_tests and "ARMODEL_FAST_FAILURE_LOG=" in gpu_tests
     tests = next(line for line in r.stdout.splitlines() if "[tests]" in line)
-    assert "-m not slow" in tests and "--junitxml" in tests
+    assert "-m not slow and not gpu" in tests and "--junitxml" in tests
     assert "--ignore=tests/test_triton_aot.py" in tests  # compiles for sm_90 without a GPU: redundant here
+    assert "benchmarks/gpu_smoke.py" in next(line for line in r.stdout.splitlines() if "[smoke]" in line)
     bench = next(line for line in r.stdout.splitlines() if "[bench]" in line)
     assert "--device cuda" in bench and f"--out {tmp_path / 'o'}" in bench and "--quick" not in bench
     assert not (tmp_path / "o").exists()
@@ -56,14 +59,15 @@ def test_quick_dry_run_runs_the_gpu_tests_and_tiny_bench(tmp_path):
     r = run("--dry-run", "--quick", "--skip-build", "--bench-args", "--no-compile --repeats 3",
             "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
-    assert "[build]" not in r.stdout
-    assert re.search(r"\[tests\].* -m gpu ", r.stdout)
+    assert "[build]" not in r.stdout and "[tests]" not in r.stdout  # quick: the gpu-marked tests only
+    assert re.search(r"\[gpu-tests\].* -m gpu ", r.stdout)
     assert re.search(r"\[bench\].* --quick --no-compile --repeats 3 ", r.stdout)
 
 
 def test_header_budget_fits_in_8_minutes():
-    header = SCRIPT.read_text().split("set -uo pipefail")[0]
-    budget = re.search(r"preflight (\d+) s, build (\d+) s.*?tests (\d+) s.*?bench (\d+) s", header, flags=re.S)
+    header = SCRIPT.read_text().split("set -uo pipefail")[0].replace("\n#", "")
+    budget = re.search(r"Budget: " + r",? ".join(rf"{step} (\d+) s(?: \([^)]*\))?" for step in STEPS),
+                       header)
     assert budget, "the header must give each step's time budget"
     assert sum(int(s) for s in budget.groups()) < BUDGET_S
     readme = (REPO / "README.md").read_text()
@@ -123,3 +127,34 @@ def test_a_missing_needed_package_without_wheels_fails_the_preflight(tmp_path):
     assert "missing: rich" in r.stdout and "make gpu-check-wheels" in r.stdout
     assert "FAILED: preflight" in r.stderr
     assert not (tmp_path / "pip.log").exists()
+
+
+def _crashing_smoke_python(tmp_path):
+    """A python whose run of gpu_smoke.py dies of SIGSEGV, as on the first GPU run."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$*" in *gpu_smoke.py*) kill -SEGV $$ ;; esac
+exec {sys.executable} "$@"
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_a_crashing_smoke_check_fails_the_run_and_says_so(tmp_path):
+    out = tmp_path / "o"
+    env = {**__import__("os").environ, "GPU_CHECK_COMPILERS": "", "PATH": "/usr/bin:/bin"}
+    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python",
+            str(_crashing_smoke_python(tmp_path)), "--out", str(out), env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED: smoke" in r.stderr
+    rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    assert rows["smoke"] == str(128 + 11)  # the signal, as the shell reports it
+
+
+def test_the_smoke_check_passes_on_this_build():
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py")], capture_output=True,
+                       text=True, timeout=120)
+    if "did not load" in r.stdout:
+        pytest.skip("the C++ extension is not built")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok: _C.check_order" in r.stdout
