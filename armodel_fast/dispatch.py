@@ -32,9 +32,16 @@ import torch
 from . import _ext
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
-# ``auto`` tries these in order for a tensor on that device type.
+# ``auto`` tries these in order for a tensor on that device type ...
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
-
+# ... or, for these ops, in this order. Measured on an H100 (results/gpu-h100, README "GPU
+# results"): Triton beat the CUDA kernels in every NADE-family row; both masked-layer kernels
+# ran at 0.1-0.5x the dense reference in evaluation and training (masked_linear, MADE; FVSBN
+# is one masked layer); the one-launch samplers (made_sample) keep CUDA first (15.7x).
+AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
+                    **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
+_SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
+                  "(0.1-0.5x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
 # ``auto``'s size rule on the CPU (README "Choosing a backend"): the masked layers' C++
 # kernels have a fixed cost per call (about 0.1-0.2 ms of bookkeeping) and, in training,
@@ -275,8 +282,18 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
     return None
 
 
+def auto_order(op: str, device_type: str) -> tuple:
+    """The backends ``auto`` tries for ``op`` on ``device_type``, in order."""
+    return AUTO_ORDER_BY_OP.get((device_type, op), AUTO_ORDER.get(device_type, ("reference",)))
+
+
+def _auto_rule_says(op: str, device: torch.device) -> Optional[str]:
+    """Why ``auto`` takes the reference for ``op`` on ``device`` by a measured rule (None: it does not)."""
+    return _SLOWER_ON_GPU if (device.type, op) in AUTO_ORDER_BY_OP and auto_order(op, device.type) == ("reference",) else None
+
+
 def _pick_auto(op: str, device: torch.device, dtype) -> str:
-    for name in AUTO_ORDER.get(device.type, ("reference",)):
+    for name in auto_order(op, device.type):
         if _why_not(name, op, device, dtype) is None:
             return name
     return "reference"
@@ -300,13 +317,12 @@ def last_auto_pick() -> Optional[Tuple[str, str, Optional[str]]]:
 def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, work=None) -> str:
     """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
-    ``auto`` picks the first available in ``AUTO_ORDER`` (compiled kernels first) that
-    takes ``dtype``, ending at ``reference``; ``work`` (a :class:`Work` or a callable
-    returning one, called only when it matters) applies the CPU size rule of
-    ``masked_linear`` / ``made`` / ``fvsbn`` (:func:`size_rule_says`: the C++ kernels only where
-    they were measured faster); an explicit name that cannot run raises
-    with the reason (a dtype it does not take is left to the op, whose
-    ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
+    ``auto`` picks the first available in :func:`auto_order` (kernels first; the reference for
+    the masked layers on CUDA) that takes ``dtype``, ending at ``reference``; ``work`` (a
+    :class:`Work` or a callable returning one, called only when it matters) applies the CPU
+    size rule of ``masked_linear`` / ``made`` / ``fvsbn`` (:func:`size_rule_says`); an explicit
+    name that cannot run raises with the reason (a dtype it does not take is left to the op,
+    whose ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
     the graph: ``auto`` is a trace-time constant, explicit names pass as given.
     """
     auto = backend == "auto"
@@ -316,6 +332,9 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     device = torch.device(device)
     if auto:
         picked = _pick_auto(op, device, dtype)
+        if picked == "reference" and _auto_rule_says(op, device):
+            _LAST_AUTO[0] = (op, "reference", _auto_rule_says(op, device))
+            return "reference"
         if picked == "cpp" and work is not None and op in SIZE_RULE_OPS:
             why = size_rule_says(op, work() if callable(work) else work)
             if why is not None:
@@ -339,7 +358,9 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
         why = _why_not(name, op, device, dtype)
         lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
     picked = _pick_auto(op, device, dtype)
-    if op in SIZE_RULE_OPS and picked == "cpp":
+    if picked == "reference" and _auto_rule_says(op, device):
+        lines.append(f"auto: reference - {_auto_rule_says(op, device)}")
+    elif op in SIZE_RULE_OPS and picked == "cpp":
         why = size_rule_says(op, work)
         if why is not None:
             lines.append(f"auto: reference - {why}")

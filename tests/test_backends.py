@@ -92,3 +92,25 @@ def test_second_order_gradients_raise_a_clear_error():
     x, _ = flow.inverse(z)
     with pytest.raises(NotImplementedError, match="second-order gradients .*MADE.inverse"):
         torch.autograd.grad(x.sum(), z, create_graph=True)
+
+
+@pytest.mark.parametrize("op, first", [("nade", "triton"), ("categorical_nade", "triton"), ("rnade", "triton"),
+                                       ("made_sample", "cuda"), ("masked_linear", "reference"),
+                                       ("made", "reference"), ("fvsbn", "reference")])
+def test_auto_on_cuda_follows_the_gpu_measurement(op, first, monkeypatch):
+    """With every kernel usable, ``auto`` on CUDA tensors takes what the H100 run measured fastest
+    (README "GPU results"): Triton for the NADE family, CUDA for the one-launch samplers, the dense
+    reference for the masked layers, and says why when it is the reference."""
+    from armodel_fast.cli import _backend_note
+    monkeypatch.setattr(dispatch, "_why_not", lambda *a, **k: None)
+    cuda = torch.device("cuda")
+    assert dispatch.resolve_backend("auto", op, cuda) == first
+    assert dispatch.last_auto_pick() == (op, first, dispatch._SLOWER_ON_GPU if first == "reference" else None)
+    auto_line = dispatch.explain(op, cuda).splitlines()[-1]
+    assert auto_line.startswith(f"auto: {first}")
+    assert ("measured slower than the dense reference" in auto_line) == (first == "reference")
+    if first == "reference":
+        assert "measured slower" in _backend_note(op, "reference", "auto", "cuda")
+    for backend in ("cuda", "triton"):  # asked for by name, the kernels still run
+        assert dispatch.resolve_backend(backend, op, cuda) == backend
+    assert dispatch.resolve_backend("auto", op, torch.device("cpu")) == "cpp"  # the CPU rule is unchanged
