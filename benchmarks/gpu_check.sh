@@ -9,13 +9,15 @@
 # tests on CUDA tensors too). Everything lands in one folder: logs, junit XML,
 # failures.txt (each failure as it happens), bench.json/.md/.png, steps.tsv.
 #
-#   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--wheels DIR] [--jobs N]
+#   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--wheels DIR] [--jobs N] [--time-limit S]
 #                           [--skip-build] [--skip-tests] [--skip-bench] [--quick]
 #                           [--bench-args "ARGS"] [--dry-run] [--rehearse]
 #
 #   --wheels DIR   pip wheels to install missing test/bench packages from, offline
 #                  (default gpu-check-wheels/ if present, '' for none; `make gpu-check-wheels`)
 #   --quick        only the `gpu`-marked tests, tiny bench sizes (a smoke test)
+#   --time-limit S the whole check within S seconds (a lease): each step gets what is
+#                  left, a step cut off exits 124, the steps after it are skipped
 #   --bench-args   extra bench options (default "--no-memory": every row in one process,
 #                  no per-row subprocess; "" measures peak memory, ~3 s more per row)
 #   --rehearse     no GPU needed: the CPU-side steps, timed (build without CUDA,
@@ -31,9 +33,9 @@
 # Exit codes: 0 all passed; 1 a step failed; 2 bad arguments; 3 no CUDA GPU here.
 set -uo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
-LAST_RC=0 OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
+LAST_RC=0 LIMIT="" OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
 BENCH_ARGS="--no-memory"
 need_value() { [ "$2" -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
         --python) need_value "$1" $#; PY=$2; shift 2 ;;
         --wheels) need_value "$1" $#; WHEELS=$2; shift 2 ;;
         --jobs) need_value "$1" $#; JOBS=$2; shift 2 ;;
+        --time-limit) need_value "$1" $#; LIMIT=$2; shift 2 ;;
         --bench-args) need_value "$1" $#; BENCH_ARGS=$2; shift 2 ;;
         --skip-build) BUILD=0; shift ;;
         --skip-tests) TESTS=0; shift ;;
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$JOBS" in ""|*[!0-9]*|0) [ -z "$JOBS" ] || { echo "gpu_check: --jobs needs a positive integer" >&2; exit 2; } ;; esac
+case "$LIMIT" in ""|*[!0-9]*|0) [ -z "$LIMIT" ] || { echo "gpu_check: --time-limit needs a positive number of seconds" >&2; exit 2; } ;; esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 OUT=${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}
@@ -67,8 +71,17 @@ run() {  # run NAME CMD... : log to $OUT/NAME.log, time it, remember failures
     local name=$1; shift
     echo "==> [$name] $*"
     [ "$DRY" = 1 ] && return 0
-    local t0=$SECONDS
-    "$@" > >(tee "$OUT/$name.log") 2>&1
+    local t0=$SECONDS limit=()
+    if [ -n "$LIMIT" ]; then  # what is left of --time-limit; a step cut off exits 124
+        local left=$(( LIMIT - (SECONDS - START) ))
+        if [ "$left" -le 5 ]; then
+            echo "==> [$name] skipped: the --time-limit of ${LIMIT}s is spent"
+            printf '%s\t0\tskipped\n' "$name" >> "$OUT/steps.tsv"; FAILED+=("$name(no-time)"); LAST_RC=124
+            return 0
+        fi
+        [ "$(type -t "$1")" = function ] || limit=(timeout -k 10 "$left")
+    fi
+    "${limit[@]}" "$@" > >(tee "$OUT/$name.log") 2>&1
     local rc=$?
     LAST_RC=$rc
     echo "==> [$name] rc=$rc in $(( SECONDS - t0 ))s (total $(( SECONDS - START ))s)"

@@ -23,14 +23,15 @@ def run(*args, env=None):
 def test_help_lists_the_options():
     r = run("--help")
     assert r.returncode == 0
-    for opt in ("--out", "--python", "--wheels", "--jobs", "--skip-build", "--skip-tests", "--skip-bench",
+    for opt in ("--out", "--python", "--wheels", "--jobs", "--time-limit", "--skip-build", "--skip-tests", "--skip-bench",
                 "--quick", "--bench-args", "--dry-run", "--rehearse"):
         assert opt in r.stdout, opt
 
 
 @pytest.mark.parametrize("args, message", [(["--frobnicate"], "unknown argument"), (["--out"], "--out needs"),
                                            (["--jobs", "0"], "--jobs needs"), (["--jobs", "x2"], "--jobs needs"),
-                                           (["--wheels"], "--wheels needs")])
+                                           (["--wheels"], "--wheels needs"),
+                                           (["--time-limit", "5m"], "--time-limit needs")])
 def test_bad_argument_exits_2(args, message):
     r = run(*args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -158,3 +159,32 @@ def test_the_smoke_check_passes_on_this_build():
         pytest.skip("the C++ extension is not built")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok: _C.check_order" in r.stdout
+
+
+def test_a_spent_time_limit_skips_the_remaining_steps_and_fails(tmp_path):
+    out = tmp_path / "o"
+    slow = tmp_path / "python"  # 2 s a call: the preflight (several calls) spends the whole limit
+    slow.write_text(f"#!/usr/bin/env bash\nsleep 2\nexec {sys.executable} \"$@\"\n")
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    r = run("--rehearse", "--skip-build", "--skip-bench", "--time-limit", "6", "--python", str(slow),
+            "--out", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:]]
+    assert rows[0][0] == "preflight" and rows[0][2] == "0"  # run before the limit was spent
+    assert [row[2] for row in rows[1:]] == ["skipped"] * (len(rows) - 1) and len(rows) >= 3
+    assert "the --time-limit of 6s is spent" in r.stdout and "FAILED: smoke(no-time)" in r.stderr
+
+
+def test_a_step_past_the_time_limit_is_cut_off(tmp_path):
+    out = tmp_path / "o"
+    slow = tmp_path / "python"  # any step after the preflight takes far longer than the limit
+    slow.write_text(f"""#!/usr/bin/env bash
+case "$*" in *gpu_smoke.py*) sleep 60 ;; esac
+exec {sys.executable} "$@"
+""")
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--time-limit", "20", "--python", str(slow),
+            "--out", str(out))
+    rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    assert rows["smoke"] == "124", rows
+    assert r.returncode == 1
