@@ -35,7 +35,7 @@ def _backend_note(op: str, ran: str, requested: str, device="cpu", size_rule=Non
         return "reference (plain PyTorch, as requested with --backend reference)"
     ruled = [line for line in explain(op, device).splitlines() if line.startswith("auto: reference - ")]
     if ruled:  # a measured per-op rule (dispatch.AUTO_ORDER_BY_OP)
-        return f"reference (plain PyTorch; {ruled[0][len('auto: '):]})"
+        return f"reference (plain PyTorch; {ruled[0][len('auto: reference - '):]})"
     if size_rule:
         return f"reference (plain PyTorch; auto's size rule, README 'Choosing a backend': {size_rule})"
     preferred = [b for b in AUTO_ORDER.get(str(device).split(":")[0], ()) if b != "reference"]

@@ -32,16 +32,14 @@ import torch
 from . import _ext
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
-# ``auto`` tries these in order for a tensor on that device type ...
-AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
-# ... or, for these ops, in this order. Measured on an H100 (results/gpu-h100, README "GPU
-# results"): Triton beat the CUDA kernels in every NADE-family row; both masked-layer kernels
-# ran at 0.1-0.5x the dense reference in evaluation and training (masked_linear, MADE; FVSBN
-# is one masked layer); the one-launch samplers (made_sample) keep CUDA first (15.7x).
+AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}  # auto's order per device,
+# or, for these ops, in this order. On an H100 (README "GPU results"): Triton beat CUDA in every
+# NADE-family row; the masked-layer kernels ran at 0.05-0.47x the dense reference (masked_linear,
+# MADE; FVSBN, one masked layer, by analogy); the one-launch samplers keep CUDA first (15.7x).
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
-                  "(0.1-0.5x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
+                  "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
 # ``auto``'s size rule on the CPU (README "Choosing a backend"): the masked layers' C++
 # kernels have a fixed cost per call (about 0.1-0.2 ms of bookkeeping) and, in training,
@@ -288,8 +286,10 @@ def auto_order(op: str, device_type: str) -> tuple:
 
 
 def _auto_rule_says(op: str, device: torch.device) -> Optional[str]:
-    """Why ``auto`` takes the reference for ``op`` on ``device`` by a measured rule (None: it does not)."""
-    return _SLOWER_ON_GPU if (device.type, op) in AUTO_ORDER_BY_OP and auto_order(op, device.type) == ("reference",) else None
+    """Why ``auto`` takes the reference for ``op`` on ``device`` though a kernel could run (None: it does not)."""
+    kernels = [b for b in AUTO_ORDER.get(device.type, ()) if b != "reference"]
+    ruled = AUTO_ORDER_BY_OP.get((device.type, op)) == ("reference",)
+    return _SLOWER_ON_GPU if ruled and any(_why_not(b, op, device) is None for b in kernels) else None
 
 
 def _pick_auto(op: str, device: torch.device, dtype) -> str:
@@ -309,7 +309,7 @@ _LAST_AUTO: list = [None]  # the most recent eager ``auto`` pick: (op, backend, 
 
 def last_auto_pick() -> Optional[Tuple[str, str, Optional[str]]]:
     """``(op, backend, why)`` of the most recent ``backend="auto"`` resolution in eager mode
-    (``why``: the size rule's reason when it chose the reference, else None); None before any.
+    (``why``: the size rule's or the GPU rule's reason when it chose the reference); None before any.
     The benchmark's ``auto`` rows report it; models keep their own in ``last_backend``."""
     return _LAST_AUTO[0]
 
@@ -350,8 +350,8 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
 
 def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> str:
     """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
-    parameters, when given) and why not, then what ``auto`` picks; for ``masked_linear`` / ``fvsbn`` /
-    ``made`` with ``work`` (a :class:`Work`) that pick applies the size rule and says why."""
+    parameters, when given) and why not, then what ``auto`` picks and, where a rule chose the reference
+    (the GPU rule; the CPU size rule for ``masked_linear`` / ``fvsbn`` / ``made`` given ``work``), why."""
     device = torch.device(device)
     lines = []
     for name in BACKENDS:

@@ -69,7 +69,7 @@ START=$SECONDS
 
 run() {  # run NAME CMD... : log to $OUT/NAME.log, time it, remember failures
     local name=$1; shift
-    echo "==> [$name] $*"
+    echo "==> [$name] $(printf '%q ' "$@")"  # as it could be pasted into a shell
     [ "$DRY" = 1 ] && return 0
     local t0=$SECONDS limit=()
     if [ -n "$LIMIT" ]; then  # what is left of --time-limit; a step cut off exits 124
@@ -79,10 +79,11 @@ run() {  # run NAME CMD... : log to $OUT/NAME.log, time it, remember failures
             printf '%s\t0\tskipped\n' "$name" >> "$OUT/steps.tsv"; FAILED+=("$name(no-time)"); LAST_RC=124
             return 0
         fi
-        [ "$(type -t "$1")" = function ] || limit=(timeout -k 10 "$left")
+        [ "$(type -t "$1")" = function ] || limit=(timeout -k 5 "$left")  # (the preflight: not cut)
     fi
     "${limit[@]}" "$@" > >(tee "$OUT/$name.log") 2>&1
     local rc=$?
+    wait $! 2>/dev/null  # tee has written the whole log
     LAST_RC=$rc
     echo "==> [$name] rc=$rc in $(( SECONDS - t0 ))s (total $(( SECONDS - START ))s)"
     printf '%s\t%s\t%s\n' "$name" "$(( SECONDS - t0 ))" "$rc" >> "$OUT/steps.tsv"
@@ -155,38 +156,44 @@ build_command() {  # CMD=the build, with C++ compiler $1 (default: torch's), whi
     fi
 }
 # The extensions load and a C++ argument error comes back as a Python exception, in a
-# process of its own (benchmarks/gpu_smoke.py): a crash there would take the test
-# workers down one by one. After a crash: a native backtrace (cuda-gdb debugs host
-# code too), and (when building) a rebuild with each other compiler found until the
-# smoke passes (GPU_CHECK_COMPILERS overrides the list of candidates).
-SMOKE=("$PY" -X faulthandler benchmarks/gpu_smoke.py)
-other_compilers() {
-    local seen c real
-    seen=" $(realpath "$(command -v "${CXX:-c++}")" 2>/dev/null) "
+# process of its own (python -m armodel_fast.selfcheck): a crash there would take the test
+# workers down one by one (as on the first GPU run). After a crash (rc > 128): a native
+# backtrace (cuda-gdb debugs host code too) and, when building, a rebuild with each
+# other compiler found until the smoke passes (GPU_CHECK_COMPILERS overrides the list).
+# If it still crashes, the gpu-marked tests run (none of them crashed there) and the
+# rest of the suite, where the C++ argument-error tests are, is skipped and named.
+SMOKE=("$PY" -X faulthandler -m armodel_fast.selfcheck)
+other_compilers() {  # the candidates that are not the same file as the default or each other
+    local c path seen=("$(command -v "${CXX:-c++}")")
     for c in ${GPU_CHECK_COMPILERS-/usr/bin/g++ /usr/bin/c++ g++ clang++}; do
-        real=$(realpath "$(command -v "$c")" 2>/dev/null) || continue
-        case "$seen" in *" $real "*) continue ;; esac
-        seen="$seen$real "; echo "$c"
+        path=$(command -v "$c") || continue
+        for s in "${seen[@]}"; do [ -n "$s" ] && [ "$path" -ef "$s" ] && continue 2; done
+        seen+=("$path"); echo "$path"
     done
 }
 if [ "$BUILD" = 1 ]; then
     build_command; run build "${CMD[@]}"
 fi
 run smoke "${SMOKE[@]}"
-if [ "$DRY" = 0 ] && [ "$LAST_RC" -ne 0 ]; then
-    if [ "$LAST_RC" -gt 128 ] && command -v cuda-gdb >/dev/null; then
-        run backtrace timeout 120 cuda-gdb -q -batch -ex run -ex bt --args "${SMOKE[@]}"
+SMOKE_CRASHED=0
+if [ "$DRY" = 0 ] && [ "$LAST_RC" -gt 128 ]; then
+    SMOKE_CRASHED=1
+    if command -v cuda-gdb >/dev/null; then
+        run backtrace cuda-gdb -q -batch -ex run -ex bt --args "${SMOKE[@]}"
     fi
-    for cxx in $([ "$BUILD" = 1 ] && other_compilers); do
-        echo "gpu_check: rebuilding with $cxx"
-        rm -rf build/temp-in-tree
-        build_command "$cxx"; run "build-$(basename "$cxx")" "${CMD[@]}"
-        run "smoke-$(basename "$cxx")" "${SMOKE[@]}"
-        [ "$LAST_RC" -eq 0 ] && break
+    n=0
+    for cxx in $([ "$BUILD" = 1 ] && other_compilers); do  # ninja rebuilds what the new compiler changes
+        n=$(( n + 1 )); echo "gpu_check: rebuilding with $cxx"
+        build_command "$cxx"; run "build-$n" "${CMD[@]}"
+        run "smoke-$n" "${SMOKE[@]}"
+        [ "$LAST_RC" -eq 0 ] && { SMOKE_CRASHED=0; break; }
+        [ "$LAST_RC" -eq 124 ] && break  # the time limit is spent
     done
 fi
-[ "$DRY" = 1 ] || "$PY" -c "import armodel_fast as af; [print(' ', s) for s in af.backends().values()]" \
-    > "$OUT/backends.txt" 2>&1; [ "$DRY" = 1 ] || cat "$OUT/backends.txt"
+if [ "$DRY" = 0 ] && { [ -z "$LIMIT" ] || [ $(( LIMIT - (SECONDS - START) )) -gt 5 ]; }; then
+    "$PY" -c "import armodel_fast as af; [print(' ', s) for s in af.backends().values()]" > "$OUT/backends.txt" 2>&1
+    cat "$OUT/backends.txt"
+fi
 
 # pytest: each failure into failures.txt as it happens (tests/conftest.py), a per-test
 # limit where pytest-timeout is installed, xdist workers where pytest-xdist is.
@@ -202,15 +209,15 @@ pytest_run() {  # pytest_run NAME SELECTION...
         "$@" "${xdist[@]}" "${per_test[@]}" --ignore=tests/test_triton_aot.py \
         --ignore=tests/test_cuda_sources.py --junitxml="$OUT/$name.xml" tests
     # A GPU test skipped for want of a GPU, on a GPU machine, is a failure too.
-    [ "$DRY" = 1 ] || ! grep -E "SKIPPED.*(needs a CUDA GPU|no CUDA GPU)" "$OUT/$name.log" \
+    [ "$DRY" = 1 ] || [ ! -f "$OUT/$name.log" ] || ! grep -E "SKIPPED.*(needs a CUDA GPU|no CUDA GPU)" "$OUT/$name.log" \
         || { echo "gpu_check: GPU tests were skipped on a GPU machine" >&2; FAILED+=("$name-skipped"); }
 }
 xdist=() per_test=()
-if [ "$TESTS" = 1 ]; then
+if [ "$TESTS" = 1 ] && [ "$DRY" = 0 ]; then
     if [ "$WORKERS" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n "$WORKERS"); fi
     "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=180)
-    pytest_run gpu-tests -m gpu  # the Triton and CUDA backends against the reference
 fi
+[ "$TESTS" = 1 ] && pytest_run gpu-tests -m gpu  # the Triton and CUDA backends against the reference
 
 if [ "$BENCH" = 1 ]; then
     sizes=(); [ "$QUICK" = 1 ] || [ "$REHEARSE" = 1 ] && sizes=(--quick)
@@ -220,7 +227,10 @@ fi
 
 # The rest of the suite last (the Triton tests run their kernels on CUDA tensors whenever
 # a GPU is visible): cut short, a rental loses the least.
-if [ "$TESTS" = 1 ] && [ "$QUICK" = 0 ]; then
+if [ "$TESTS" = 1 ] && [ "$QUICK" = 0 ] && [ "$SMOKE_CRASHED" = 1 ]; then
+    echo "==> [tests] skipped: C++ argument errors crash this build (see smoke.log, backtrace.log)"
+    printf 'tests\t0\tskipped\n' >> "$OUT/steps.tsv"; FAILED+=("tests(smoke-crash)")
+elif [ "$TESTS" = 1 ] && [ "$QUICK" = 0 ]; then
     pytest_run tests -m "not slow and not gpu"
 fi
 

@@ -114,3 +114,14 @@ def test_auto_on_cuda_follows_the_gpu_measurement(op, first, monkeypatch):
     for backend in ("cuda", "triton"):  # asked for by name, the kernels still run
         assert dispatch.resolve_backend(backend, op, cuda) == backend
     assert dispatch.resolve_backend("auto", op, torch.device("cpu")) == "cpp"  # the CPU rule is unchanged
+
+
+def test_the_gpu_rule_is_not_cited_where_no_kernel_could_run(monkeypatch):
+    """With no kernel able to run, explain() and the CLI give the kernels' own reasons, not the GPU rule."""
+    from armodel_fast.cli import _backend_note
+    monkeypatch.setattr(dispatch, "_why_not", lambda name, *a, **k: None if name == "reference" else "not built here")
+    text = dispatch.explain("made", "cuda")
+    assert text.splitlines()[-1] == "auto: reference" and "measured slower" not in text
+    assert dispatch.resolve_backend("auto", "made", torch.device("cuda")) == "reference"
+    assert dispatch.last_auto_pick() == ("made", "reference", None)
+    assert "not built here" in _backend_note("made", "reference", "auto", "cuda")

@@ -48,9 +48,9 @@ def test_dry_run_lists_every_step(tmp_path):
     gpu_tests = next(line for line in r.stdout.splitlines() if "[gpu-tests]" in line)
     assert " -m gpu " in gpu_tests and "ARMODEL_FAST_FAILURE_LOG=" in gpu_tests
     tests = next(line for line in r.stdout.splitlines() if "[tests]" in line)
-    assert "-m not slow and not gpu" in tests and "--junitxml" in tests
+    assert r"-m not\ slow\ and\ not\ gpu" in tests and "--junitxml" in tests  # quoted as for a shell
     assert "--ignore=tests/test_triton_aot.py" in tests  # compiles for sm_90 without a GPU: redundant here
-    assert "benchmarks/gpu_smoke.py" in next(line for line in r.stdout.splitlines() if "[smoke]" in line)
+    assert "-m armodel_fast.selfcheck" in next(line for line in r.stdout.splitlines() if "[smoke]" in line)
     bench = next(line for line in r.stdout.splitlines() if "[bench]" in line)
     assert "--device cuda" in bench and f"--out {tmp_path / 'o'}" in bench and "--quick" not in bench
     assert not (tmp_path / "o").exists()
@@ -131,10 +131,10 @@ def test_a_missing_needed_package_without_wheels_fails_the_preflight(tmp_path):
 
 
 def _crashing_smoke_python(tmp_path):
-    """A python whose run of gpu_smoke.py dies of SIGSEGV, as on the first GPU run."""
+    """A python whose run of the self-check dies of SIGSEGV, as on the first GPU run."""
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
-case "$*" in *gpu_smoke.py*) kill -SEGV $$ ;; esac
+case "$*" in *armodel_fast.selfcheck*) kill -SEGV $$ ;; esac
 exec {sys.executable} "$@"
 """)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -144,16 +144,18 @@ exec {sys.executable} "$@"
 def test_a_crashing_smoke_check_fails_the_run_and_says_so(tmp_path):
     out = tmp_path / "o"
     env = {**__import__("os").environ, "GPU_CHECK_COMPILERS": "", "PATH": "/usr/bin:/bin"}
-    r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python",
+    r = run("--rehearse", "--skip-build", "--skip-bench", "--python",
             str(_crashing_smoke_python(tmp_path)), "--out", str(out), env=env)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAILED: smoke" in r.stderr
     rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
     assert rows["smoke"] == str(128 + 11)  # the signal, as the shell reports it
+    assert rows["gpu-tests"] == "0"  # these still run (collected, in a rehearsal) ...
+    assert rows["tests"] == "skipped" and "C++ argument errors crash this build" in r.stdout  # ... these not
 
 
 def test_the_smoke_check_passes_on_this_build():
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py")], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "armodel_fast.selfcheck"], capture_output=True,
                        text=True, timeout=120)
     if "did not load" in r.stdout:
         pytest.skip("the C++ extension is not built")
@@ -179,7 +181,7 @@ def test_a_step_past_the_time_limit_is_cut_off(tmp_path):
     out = tmp_path / "o"
     slow = tmp_path / "python"  # any step after the preflight takes far longer than the limit
     slow.write_text(f"""#!/usr/bin/env bash
-case "$*" in *gpu_smoke.py*) sleep 60 ;; esac
+case "$*" in *armodel_fast.selfcheck*) sleep 60 ;; esac
 exec {sys.executable} "$@"
 """)
     slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
@@ -188,3 +190,45 @@ exec {sys.executable} "$@"
     rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
     assert rows["smoke"] == "124", rows
     assert r.returncode == 1
+
+
+def test_a_crash_rebuilds_with_each_other_compiler_until_the_smoke_passes(tmp_path):
+    """The default compiler's build crashes the smoke check: gpu_check tries the other
+    compilers in turn (a stand-in python records which one built, and crashes unless 'good' did)."""
+    bin_dir, mark = tmp_path / "bin", tmp_path / "built-with"
+    bin_dir.mkdir()
+    for name in ("bad", "good"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$*" in
+    *setup.py*) echo "${{CXX:-default}}" > {mark}; exit 0 ;;
+    *armodel_fast.selfcheck*) case "$(cat {mark})" in */good) exit 0 ;; esac; kill -SEGV $$ ;;
+esac
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    out = tmp_path / "o"
+    env = {**__import__("os").environ, "GPU_CHECK_COMPILERS": "bad good", "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    r = run("--rehearse", "--skip-tests", "--skip-bench", "--python", str(fake), "--out", str(out), env=env)
+    steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:]]
+    assert [(name, rc) for name, _, rc in steps] == [
+        ("preflight", "0"), ("build", "0"), ("smoke", "139"), ("build-1", "0"), ("smoke-1", "139"),
+        ("build-2", "0"), ("smoke-2", "0")], r.stdout
+    assert f"rebuilding with {bin_dir / 'good'}" in r.stdout
+    assert r.returncode == 1 and "FAILED: smoke smoke-1" in r.stderr  # the default compiler's crash stays on record
+
+
+def test_failures_are_logged_as_they_happen(tmp_path, monkeypatch):
+    import conftest
+    log = tmp_path / "failures.txt"
+    monkeypatch.setenv("ARMODEL_FAST_FAILURE_LOG", str(log))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    report = lambda failed, nodeid: type("R", (), dict(failed=failed, nodeid=nodeid, when="call",  # noqa: E731
+                                                       longreprtext="AssertionError: boom"))()
+    conftest.pytest_runtest_logreport(report(False, "tests/t.py::passes"))
+    conftest.pytest_runtest_logreport(report(True, "tests/t.py::fails"))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")  # a worker: the controller writes its reports
+    conftest.pytest_runtest_logreport(report(True, "tests/t.py::in_a_worker"))
+    assert log.read_text() == "=== tests/t.py::fails [call]\nAssertionError: boom\n\n"

@@ -1,23 +1,24 @@
-"""gpu_check.sh's `smoke` step: the built extensions load, and an argument error raised
-in C++ reaches Python as an exception instead of killing the process.
+"""Check a build: the compiled extensions load, and an argument error raised in C++
+reaches Python as an exception instead of killing the process.
 
-Run it in a process of its own right after a build. On the first GPU run (H100, torch
-2.11.0+cu130, extensions built by that machine's /opt/gcc g++) every C++ argument
-error of ``armodel_fast._C`` ended in a segmentation fault, which took pytest-xdist
-workers down one after another; this step finds that in a second, and gpu_check.sh
-then prints a native backtrace and tries another compiler.
+    python -m armodel_fast.selfcheck      # exit 0: fine; 1: a check failed; a crash: signal
 
-    python benchmarks/gpu_smoke.py        # exit 0: fine; 1: a check failed; a crash: signal
+benchmarks/gpu_check.sh runs it (its ``smoke`` step) in a process of its own right after
+a build. On the first GPU run (H100, torch 2.11.0+cu130, extensions built by that
+machine's /opt/gcc g++) every C++ argument error of ``armodel_fast._C`` ended in a
+segmentation fault, which took pytest-xdist workers down one after another; this check
+finds that in a second, and gpu_check.sh then prints a native backtrace and tries
+another compiler.
 """
 import sys
 
 import torch
 
-from armodel_fast import _ext
+from . import _ext
 
 
 def expect_error(what: str, call) -> bool:
-    """Call ``call``; it must raise (any Python exception: the point is that it returns)."""
+    """Call ``call``; it must raise a ValueError, TypeError or RuntimeError (the point: it returns)."""
     try:
         call()
     except (ValueError, TypeError, RuntimeError) as e:
