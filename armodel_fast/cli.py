@@ -108,9 +108,12 @@ def cmd_bench(args, out) -> int:
         cfg = bench.BenchConfig(B=args.B, D=args.D, H=args.H, repeats=args.repeats, device=args.device,
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
                                 memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick,
-                                families=tuple(args.family or ()), interleave=args.interleave)
+                                families=tuple(args.family or ()), interleave=args.interleave,
+                                profile=args.profile)
     except ValueError as e:
         raise CLIError(str(e)) from e
+    if args.profile and args.interleave:
+        raise CLIError("--profile profiles the rows one by one: it does not run with --interleave")
     if cfg.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -136,6 +139,13 @@ def cmd_bench(args, out) -> int:
     bench.print_tables(results, cfg, out, info)
     for path in bench.write_outputs(results, cfg, info, paths["json"], paths["markdown"], paths["plot"]):
         out.print(f"wrote {path}")
+    if args.profile and args.out:
+        path = os.path.join(args.out, "profile.txt")
+        with open(path, "w") as f:
+            f.write(bench.profiles_text(results))
+        out.print(f"wrote {path}")
+    elif args.profile:
+        out.print(bench.profiles_text(results))
     return 0
 
 
@@ -218,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="include every torch.compile row (default: loops over D are compiled only "
                        f"when D <= {COMPILE_AUTO_MAX_D})")
     group.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
+    b.add_argument("--profile", action="store_true",
+                   help="also profile one call of each kernel row (torch.profiler: host time, GPU kernel time, "
+                        "host-device waits, the top ops) into DIR/profile.txt with --out, else after the tables; "
+                        "not with --interleave")
     b.add_argument("--interleave", action="store_true",
                    help="time the providers of each op and size in turns, one call each per round, in a "
                         "new (seeded) order each round (a slow spell of a shared machine then hits them alike; "

@@ -7,7 +7,8 @@
 # Triton and CUDA op against the reference on CUDA tensors: values, gradients, samples
 # from the same uniforms), the benchmark table, then the rest of the suite (its Triton
 # tests on CUDA tensors too). Everything lands in one folder: logs, junit XML,
-# failures.txt (each failure as it happens), bench.json/.md/.png, steps.tsv.
+# failures.txt (each failure as it happens), bench.json/.md/.png, profile.txt (one
+# call of each kernel row under torch.profiler: host vs GPU time, host-device waits), steps.tsv.
 #
 #   benchmarks/gpu_check.sh [--out DIR] [--python PY] [--wheels DIR] [--jobs N] [--time-limit S]
 #                           [--skip-build] [--skip-tests] [--skip-bench] [--quick]
@@ -33,7 +34,7 @@
 # Exit codes: 0 all passed; 1 a step failed; 2 bad arguments; 3 no CUDA GPU here.
 set -uo pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 LAST_RC=0 LIMIT="" OUT="" PY="${PYTHON:-python3}" WHEELS=- JOBS="" BUILD=1 TESTS=1 BENCH=1 QUICK=0 DRY=0 REHEARSE=0
 BENCH_ARGS="--no-memory"
@@ -222,7 +223,7 @@ fi
 if [ "$BENCH" = 1 ]; then
     sizes=(); [ "$QUICK" = 1 ] || [ "$REHEARSE" = 1 ] && sizes=(--quick)
     # shellcheck disable=SC2086  # BENCH_ARGS is split into options on purpose
-    run bench "$PY" -m armodel_fast bench --device "$DEVICE" "${sizes[@]}" $BENCH_ARGS --out "$OUT"
+    run bench "$PY" -m armodel_fast bench --device "$DEVICE" "${sizes[@]}" $BENCH_ARGS --profile --out "$OUT"
 fi
 
 # The rest of the suite last (the Triton tests run their kernels on CUDA tensors whenever

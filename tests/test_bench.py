@@ -284,3 +284,21 @@ def test_every_cli_family_has_a_benchmark_file():
             if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["FAMILIES"]:
                 declared |= set(ast.literal_eval(node.value))
     assert declared == set(bench.FAMILIES) == set(bench.ROW_BUILDERS)  # ROW_BUILDERS: cli.py's --family choices
+
+
+def test_profile_writes_one_table_per_kernel_row(tmp_path, capsys):
+    assert main(QUICK + ["--no-memory", "--family", "masked_linear", "--filter", "fwd cpp", "--profile",
+                         "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "profile.txt").read_text()
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    kernel_rows = [r for r in rows if r["provider"] == "cpp" and r["median_ms"] is not None]
+    assert kernel_rows and text.count("## masked_linear") == len(kernel_rows)
+    assert "host-device waits/copies: 0" in text and "aten::" in text  # a CPU run never waits on a device
+    assert all("profile" not in r for r in rows)  # the tables stay out of the JSON
+    headers = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headers and all(h.endswith("] cpp") for h in headers)  # the reference rows (timed too) are not profiled
+
+
+def test_profile_with_interleave_is_an_error(capsys):
+    assert main(QUICK + ["--no-memory", "--profile", "--interleave"]) == 2
+    assert "--profile" in capsys.readouterr().err

@@ -50,12 +50,12 @@ torch's CPU allocations. On CUDA it is ``torch.cuda.max_memory_allocated``
 minus the allocation before the call.
 """
 from .core import COMPILE_AUTO_MAX_D, BenchConfig, Family, Row, kernel_skip_reasons
-from .measure import MEMORY_METHOD, add_ratios, child_main, measure, run_bench, synchronized_call
-from .report import (machine_info, machine_line, markdown_table, print_tables, write_json, write_markdown,
-                     write_outputs, write_plot)
+from .measure import MEMORY_METHOD, add_ratios, child_main, measure, profile_call, run_bench, synchronized_call
+from .report import (machine_info, machine_line, markdown_table, print_tables, profiles_text, write_json,
+                     write_markdown, write_outputs, write_plot)
 from .rows import FAMILIES, ROW_BUILDERS, SIZES, all_rows, find_row, sizes
 
 __all__ = ["BenchConfig", "COMPILE_AUTO_MAX_D", "FAMILIES", "Family", "MEMORY_METHOD", "ROW_BUILDERS", "Row",
            "SIZES", "add_ratios", "all_rows", "child_main", "find_row", "kernel_skip_reasons", "machine_info",
-           "machine_line", "markdown_table", "measure", "print_tables", "run_bench", "sizes", "synchronized_call",
+           "machine_line", "markdown_table", "measure", "print_tables", "profile_call", "profiles_text", "run_bench", "sizes", "synchronized_call",
            "write_json", "write_markdown", "write_outputs", "write_plot"]

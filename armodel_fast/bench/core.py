@@ -36,6 +36,7 @@ class BenchConfig:
     quick: bool = False
     families: tuple = ()  # op families to run (keys of rows.FAMILIES); empty: all
     interleave: bool = False  # time the providers of one op and size in turns (see measure.run_bench)
+    profile: bool = False  # also profile one call of each kernel row (measure.profile_call)
 
     def __post_init__(self):
         if self.device is None:

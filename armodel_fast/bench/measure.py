@@ -106,6 +106,31 @@ def measure(row: Row, cfg: BenchConfig, memory: bool) -> dict:
     return result
 
 
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def profile_call(row: Row, cfg: BenchConfig, top: int = 12) -> str:
+    """One call of ``row`` under ``torch.profiler`` (CPU, and CUDA on a GPU), after two warm-up
+    calls: a line of totals (host time, GPU kernel time, the host-device waits: synchronizations
+    and copies) and the ``top`` ops by host time. Where a kernel row loses to one library call
+    on a GPU, this says whether the host or the kernels spend the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = synchronized_call(row, cfg)
+    for _ in range(2):
+        fn()
+    cuda = cfg.device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+    events = prof.key_averages()
+    host_us = sum(e.self_cpu_time_total for e in events)
+    waits = sum(e.count for e in events if e.key.startswith(SYNC_EVENTS))
+    line = f"host {host_us:.0f} us in {sum(e.count for e in events)} events; host-device waits/copies: {waits}"
+    if cuda:
+        line += f"; GPU kernels {sum(getattr(e, 'self_device_time_total', 0) for e in events):.0f} us"
+    return line + "\n" + events.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
+
+
 def _auto_ran() -> str:
     """What the ``auto`` row ran (the last eager ``auto`` pick) and why, for its note."""
     from .. import dispatch
@@ -266,6 +291,11 @@ def run_bench(cfg: BenchConfig, rows=None, console=None) -> list:
                               else measure(row, cfg, memory=False))
             except Exception as e:  # noqa: BLE001 - a failing row is reported, not fatal
                 result["note"] = "failed: " + (str(e) if cfg.memory else short_error(e))
+            if cfg.profile and row.kind == "kernel" and result.get("median_ms") is not None:
+                try:
+                    result["profile"] = profile_call(row, cfg)
+                except Exception as e:  # noqa: BLE001 - the timing stands; say why the profile is missing
+                    result["profile"] = "profile failed: " + short_error(e)
             if console is not None:  # each figure as it comes: a run cut short keeps its rows
                 ms = result.get("median_ms")
                 console.print("      -> " + (result.get("note") or (f"{ms:.4g} ms" if ms is not None else "-")))

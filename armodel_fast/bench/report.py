@@ -130,7 +130,14 @@ def write_json(path, results: list, cfg: BenchConfig, info: dict = None) -> None
     with open(path, "w") as f:
         json.dump({"machine": info, "config": asdict(cfg), "torch": torch.__version__,
                    "threads": info["threads"], "memory_method": MEMORY_METHOD if cfg.memory else None,
-                   "ratio": RATIO_NOTE, "rows": results}, f, indent=2)
+                   "ratio": RATIO_NOTE, "rows": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
+                  f, indent=2)
+
+
+def profiles_text(results: list) -> str:
+    """The ``--profile`` tables of the rows that have one, each under its op, size and provider."""
+    return "\n".join(f"## {r['op']} [{r['size_label']}] {r['provider']}\n{r['profile']}\n"
+                     for r in results if r.get("profile"))
 
 
 def _md(text: str) -> str:
