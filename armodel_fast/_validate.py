@@ -74,9 +74,15 @@ def check_order(order: OrderLike, D: int, name: str = "order") -> torch.Tensor:
     return o.contiguous()
 
 
+def transform_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running this call."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def _reading_values_ok() -> bool:
-    """False while torch.compile traces: data-dependent checks would break the graph."""
-    return not torch.compiler.is_compiling()
+    """False while torch.compile traces (data-dependent checks would break the graph) or a
+    torch.func transform runs (vmap cannot read values): the value checks are skipped then."""
+    return not torch.compiler.is_compiling() and not transform_active()
 
 
 def check_x_shape(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:

@@ -1,9 +1,7 @@
 """The one backend registry: which kernels exist here, which one runs, and why not.
 
-A backend is one of ``reference`` (plain PyTorch, always present), ``cpp`` (the
-C++ CPU extension ``armodel_fast._C``), ``triton`` (Triton kernels; CPU tensors
-only under ``TRITON_INTERPRET=1``) and ``cuda`` (the CUDA extension
-``armodel_fast._C_cuda``).
+A backend is one of ``reference`` (plain PyTorch, always present), ``cpp`` (the C++ CPU extension
+``armodel_fast._C``), ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``) and ``cuda``.
 
 The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator,
 :func:`register`, from the op folders (``ops/nade``, ``ops/masked_linear``,
@@ -11,12 +9,10 @@ The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator,
 function it calls. A backend implements ``op`` when it has a usable launcher for
 every stage of ``op``. Modules resolve ``backend="auto"`` (or check an explicit
 name) once per call with :func:`resolve_backend` and pass the concrete name
-down; :func:`launcher` then finds the function. Nothing falls back silently: an
-explicit backend that cannot run raises :class:`BackendUnavailableError` with
-the reason and the fix. The one exception to "the backend you asked for runs" is
-stated, counted and warned about: a fast backward that meets a NaN/inf parameter,
-input or upstream gradient computes its gradients through the reference
-(:func:`note_reference_backward`, docs/DESIGN.md section 9).
+down; :func:`launcher` then finds the function. Nothing falls back silently: an explicit
+backend that cannot run raises :class:`BackendUnavailableError` with the reason and the fix;
+the one exception, stated, counted and warned about: a fast backward that meets NaN/inf
+computes its gradients through the reference (:func:`note_reference_backward`, DESIGN.md 9).
 """
 from __future__ import annotations
 
@@ -30,6 +26,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from . import _ext
+from ._validate import transform_active
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}  # auto's order per device,
@@ -265,6 +262,9 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
     else the reason it cannot."""
     if name == "reference":
         return None
+    if transform_active():
+        return ("a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch "
+                "rules (use backend='auto' or 'reference' there)")
     ok, why = _platform_status(name)
     if not ok:
         return why
@@ -318,12 +318,12 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     """The backend that will run ``op`` for tensors on ``device`` (parameters of ``dtype``).
 
     ``auto`` picks the first available in :func:`auto_order` (kernels first; the reference for
-    the masked layers on CUDA) that takes ``dtype``, ending at ``reference``; ``work`` (a
-    :class:`Work` or a callable returning one, called only when it matters) applies the CPU
-    size rule of ``masked_linear`` / ``made`` / ``fvsbn`` (:func:`size_rule_says`); an explicit
-    name that cannot run raises with the reason (a dtype it does not take is left to the op,
-    whose ``TypeError`` names the argument). Under ``torch.compile`` the registry stays out of
-    the graph: ``auto`` is a trace-time constant, explicit names pass as given.
+    the masked layers on CUDA, and under torch.func transforms) that takes ``dtype``;
+    ``work`` (a :class:`Work` or a callable returning one, called only when it matters) applies
+    the CPU size rule (:func:`size_rule_says`); an explicit name that cannot run raises with the
+    reason (a dtype it does not take is left to the op, whose ``TypeError`` names the argument).
+    Under ``torch.compile`` the registry stays out of the graph: ``auto`` is a trace-time
+    constant, explicit names pass as given.
     """
     auto = backend == "auto"
     if torch.compiler.is_compiling():

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
-                         check_positive_int, check_real_x, check_seed, check_tensor)
+from .._validate import (_reading_values_ok, check_binary_x, check_bool, check_categorical_x, check_context,
+                         check_order, check_positive_int, check_real_x, check_seed, check_tensor)
 from ..dispatch import Work
 from ..ops import made as fast
 from ..ops.masked_linear import degrees_sorted
@@ -371,7 +371,7 @@ class MADE(AutoregressiveModel):
         backend = self._resolve("made_sample")
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
-            if not torch.compiler.is_compiling():  # the check every backend's sampler makes
+            if _reading_values_ok():  # the check every backend's sampler makes
                 fast.check_finite_parameters(hidden, output, direct, ctx_w)
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w, program=self._program)

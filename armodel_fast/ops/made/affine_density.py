@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ... import _ext
+from ..._validate import transform_active
 from ...reference import made as ref
 from ...reference.made import LOG_SCALE_BOUND
 
@@ -98,7 +99,8 @@ def affine_density(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
     per dimension) -> (z [B, D], log|det dz/dx| [B]), the values and gradients of
     ``reference.made.affine_transform(x, raw, clip)``.
     float32 / float64 (the complex views need them); other dtypes take the reference ops."""
-    if x.dtype not in (torch.float32, torch.float64) or raw.dtype != x.dtype or torch.compiler.is_compiling():
+    if (x.dtype not in (torch.float32, torch.float64) or raw.dtype != x.dtype or torch.compiler.is_compiling()
+            or transform_active()):  # torch.func: the reference ops have functorch rules, this node not
         return ref.affine_transform(x, raw, clip)
     if raw.device != x.device:
         raise ValueError(f"raw is on {raw.device} but x is on {x.device}")

@@ -1,0 +1,118 @@
+"""torch.func transforms (vmap, grad, jacrev) over the models: ``auto`` and ``reference`` run
+the reference math there (the kernels have no functorch rules) and give what plain autograd
+and a Python loop give; an explicit kernel backend is refused with the reason and the fix."""
+import pytest
+import torch
+
+import armodel_fast as af
+from armodel_fast import dispatch
+
+D = 5
+BACKENDS = ["reference", "auto"]
+
+
+def _flow(backend, context_dim=0):
+    torch.manual_seed(0)
+    return af.MADE(D, [12, 12], out="gaussian", context_dim=context_dim, backend=backend, seed=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jacrev_of_the_flow_transform_is_the_autograd_jacobian(backend):
+    m = _flow(backend)
+    x = torch.randn(1, D, dtype=torch.float32)
+    jac = torch.func.jacrev(lambda v: m.transform(v)[0])(x)
+    assert m.last_backend == "reference"  # resolved inside the transform
+    want = torch.autograd.functional.jacobian(lambda v: m.transform(v)[0], x)
+    torch.testing.assert_close(jac, want)
+    # the log-determinant is the log of the (triangular) Jacobian's determinant
+    logdet = m.transform(x)[1]
+    torch.testing.assert_close(logdet[0], torch.linalg.slogdet(jac.reshape(D, D))[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def no_size_rule(monkeypatch):
+    """auto takes the C++ kernels at these tiny sizes too (outside a transform), so that the
+    tests see auto leave them for the reference inside one."""
+    monkeypatch.setattr(dispatch, "size_rule_says", lambda op, work: None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_of_the_log_det_matches_autograd(backend):
+    m = _flow(backend, context_dim=2)
+    x, c = torch.randn(4, D), torch.randn(4, 2)
+    got = torch.func.grad(lambda v: m.transform(v, c)[1].sum())(x)
+    v = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(m.transform(v, c)[1].sum(), v)
+    torch.testing.assert_close(got, want)
+    if backend == "auto" and dispatch._why_not("cpp", "made", torch.device("cpu")) is None:
+        assert m.last_backend == "cpp"  # outside the transform, the kernels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vmap_over_rows_matches_the_batched_call(backend):
+    m = _flow(backend)
+    x = torch.randn(6, D)
+    z, logdet = torch.func.vmap(lambda row: m.transform(row))(x)  # [D] rows: the unbatched form
+    zb, lb = m.transform(x)
+    torch.testing.assert_close(z, zb)
+    torch.testing.assert_close(logdet, lb)
+    xs, _ = torch.func.vmap(lambda row: m.inverse(row))(zb)
+    torch.testing.assert_close(xs, x, atol=1e-5, rtol=1e-5)
+
+
+MODELS = {"nade": lambda b: af.NADE(D, 7, backend=b), "fvsbn": lambda b: af.FVSBN(D, backend=b),
+          "made": lambda b: af.MADE(D, [9], backend=b, seed=0)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_per_example_gradients_by_vmap_of_grad(name, backend):
+    """The classic torch.func use: per-example parameter gradients, vmap(grad(loss))."""
+    torch.manual_seed(1)
+    m = MODELS[name](backend)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x = (torch.rand(3, D) < 0.5).float()
+
+    def loss(p, row):
+        return -_log_prob_with(m, p, row[None]).sum()
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        m.zero_grad(set_to_none=True)
+        (-m.log_prob(x[i:i + 1]).sum()).backward()
+        for k, p in m.named_parameters():
+            torch.testing.assert_close(per_example[k][i], p.grad, msg=lambda s: f"{name} d{k}, row {i}: {s}")
+
+
+def _log_prob_with(model, params, x):
+    """model.log_prob(x) with ``params`` in place of its parameters (torch.func.functional_call)."""
+    class Call(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, v):
+            return self.inner.log_prob(v)
+    return torch.func.functional_call(Call(model), {f"inner.{k}": v for k, v in params.items()}, (x,))
+
+
+def test_an_explicit_kernel_backend_is_refused_with_the_fix():
+    if dispatch._why_not("cpp", "made", torch.device("cpu")) is not None:
+        pytest.skip("the C++ extension is not built")
+    m = _flow("cpp")
+    with pytest.raises(af.BackendUnavailableError, match="torch.func transform.*backend='auto' or 'reference'"):
+        torch.func.grad(lambda v: m.transform(v)[1].sum())(torch.randn(2, D))
+    z, _ = m.transform(torch.randn(2, D))  # outside a transform the kernels run again
+    assert m.last_backend == "cpp" and z.shape == (2, D)
+
+
+def test_a_zuko_flow_of_our_layers_under_jacrev_and_vmap():
+    pytest.importorskip("zuko")
+    from armodel_fast.flows.zuko import MAF
+    torch.manual_seed(0)
+    flow = MAF(4, 0, transforms=2, hidden_features=[16, 16])  # backend="auto"
+    x = torch.randn(4)
+    transform = flow().transform
+    torch.testing.assert_close(torch.func.jacrev(transform)(x), torch.autograd.functional.jacobian(transform, x))
+    xs = torch.randn(3, 4)
+    torch.testing.assert_close(torch.func.vmap(lambda v: flow().log_prob(v))(xs), flow().log_prob(xs))
