@@ -80,9 +80,22 @@ def transform_active() -> bool:
 
 
 def _reading_values_ok() -> bool:
-    """False while torch.compile traces (data-dependent checks would break the graph) or a
-    torch.func transform runs (vmap cannot read values): the value checks are skipped then."""
-    return not torch.compiler.is_compiling() and not transform_active()
+    """False while torch.compile traces: data-dependent checks would break the graph."""
+    return not torch.compiler.is_compiling()
+
+
+def values_pass(check) -> bool:
+    """``check()``, a test of tensor values, or True where values cannot be read: while
+    torch.compile traces, and under torch.func's vmap (a batched tensor has no one value to
+    read); under grad / jacrev the checks run as in eager mode."""
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        return check()
+    except RuntimeError as e:  # vmap refuses .item() / bool() / int() of a batched tensor
+        if transform_active() and "vmap" in str(e):
+            return True
+        raise
 
 
 def check_x_shape(name: str, x, D: int, device: torch.device, trailing: tuple = ()) -> torch.Tensor:
@@ -104,7 +117,7 @@ def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: st
     check_x_shape(name, x, D, device)
     if x.dtype == torch.bool:
         return x.to(dtype)
-    if _reading_values_ok() and not bool(((x == 0) | (x == 1)).all()):
+    if not values_pass(lambda: bool(((x == 0) | (x == 1)).all())):
         raise ValueError(f"{name} must be binary (values 0 or 1) for a Bernoulli model")
     return x.to(dtype)
 
@@ -114,7 +127,7 @@ def check_categorical_x(x, D: int, K: int, device: torch.device, name: str = "x"
     check_x_shape(name, x, D, device)
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {x.dtype}")
-    if _reading_values_ok() and x.numel() and (int(x.min()) < 0 or int(x.max()) >= K):
+    if x.numel() and not values_pass(lambda: int(x.min()) >= 0 and int(x.max()) < K):
         raise ValueError(f"{name} values must lie in [0, K={K}), got range [{int(x.min())}, {int(x.max())}]")
     return x.long()
 
@@ -131,7 +144,7 @@ def check_real_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str 
     check_x_shape(name, x, D, device)
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if _reading_values_ok() and not tensor_is_finite(x):
+    if not values_pass(lambda: tensor_is_finite(x)):
         raise ValueError(f"{name} must be finite")
     return x.to(dtype)
 
@@ -144,7 +157,7 @@ def check_uniforms(u, n: int, D: int, trailing: tuple, device: torch.device, dty
         raise TypeError(f"{name} must be a floating-point tensor of uniforms, got dtype {u.dtype}")
     if u.shape[0] != n:
         raise ValueError(f"{name} must have n={n} rows, got {u.shape[0]}")
-    if _reading_values_ok() and u.numel() and not bool(((u >= 0) & (u <= 1)).all()):
+    if u.numel() and not values_pass(lambda: bool(((u >= 0) & (u <= 1)).all())):
         raise ValueError(f"{name} must hold uniforms in [0, 1]")
     return u.to(dtype)
 

@@ -112,8 +112,6 @@ def cmd_bench(args, out) -> int:
                                 profile=args.profile)
     except ValueError as e:
         raise CLIError(str(e)) from e
-    if args.profile and args.interleave:
-        raise CLIError("--profile profiles the rows one by one: it does not run with --interleave")
     if cfg.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():

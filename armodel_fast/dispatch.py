@@ -35,6 +35,7 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 # MADE; FVSBN, one masked layer, by analogy); the one-launch samplers keep CUDA first (15.7x).
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
+_UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch rules"
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
@@ -96,9 +97,8 @@ class BackendStatus:
 
 @dataclass(frozen=True)
 class Launcher:
-    """``fn`` runs one stage of an op on one backend, for parameters of ``dtypes`` (None: any
-    floating dtype); ``requires``: the native functions it calls (checked in the backend's
-    extension, so an older build registers nothing it cannot run)."""
+    """``fn`` runs one stage of an op on one backend for parameters of ``dtypes`` (None: any floating
+    dtype); ``requires``: the native functions it calls (an older build registers nothing it cannot run)."""
     fn: Callable
     dtypes: Optional[Tuple[torch.dtype, ...]] = None
     requires: Tuple[str, ...] = ()
@@ -263,8 +263,7 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
     if name == "reference":
         return None
     if transform_active():
-        return ("a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch "
-                "rules (use backend='auto' or 'reference' there)")
+        return _UNDER_TRANSFORM + " (use backend='auto' or 'reference' there)"
     ok, why = _platform_status(name)
     if not ok:
         return why
@@ -280,13 +279,15 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
     return None
 
 
-def auto_order(op: str, device_type: str) -> tuple:
-    """The backends ``auto`` tries for ``op`` on ``device_type``, in order."""
+def auto_order(op: str, device_type: str) -> tuple:  # the backends ``auto`` tries for ``op``, in order
     return AUTO_ORDER_BY_OP.get((device_type, op), AUTO_ORDER.get(device_type, ("reference",)))
 
 
 def _auto_rule_says(op: str, device: torch.device) -> Optional[str]:
-    """Why ``auto`` takes the reference for ``op`` on ``device`` though a kernel could run (None: it does not)."""
+    """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule: a torch.func transform, or
+    the GPU measurement though a kernel could run (None: neither)."""
+    if transform_active():
+        return _UNDER_TRANSFORM
     kernels = [b for b in AUTO_ORDER.get(device.type, ()) if b != "reference"]
     ruled = AUTO_ORDER_BY_OP.get((device.type, op)) == ("reference",)
     return _SLOWER_ON_GPU if ruled and any(_why_not(b, op, device) is None for b in kernels) else None
@@ -308,9 +309,8 @@ _LAST_AUTO: list = [None]  # the most recent eager ``auto`` pick: (op, backend, 
 
 
 def last_auto_pick() -> Optional[Tuple[str, str, Optional[str]]]:
-    """``(op, backend, why)`` of the most recent ``backend="auto"`` resolution in eager mode
-    (``why``: the size rule's or the GPU rule's reason when it chose the reference); None before any.
-    The benchmark's ``auto`` rows report it; models keep their own in ``last_backend``."""
+    """``(op, backend, why)`` of the latest eager ``backend="auto"`` resolution (``why``: the rule's reason
+    when one chose the reference); None before any. Models keep what ran in ``last_backend``."""
     return _LAST_AUTO[0]
 
 

@@ -293,7 +293,7 @@ def test_profile_writes_one_table_per_kernel_row(tmp_path, capsys):
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     kernel_rows = [r for r in rows if r["provider"] == "cpp" and r["median_ms"] is not None]
     assert kernel_rows and text.count("## masked_linear") == len(kernel_rows)
-    assert "host-device waits/copies: 0" in text and "aten::" in text  # a CPU run never waits on a device
+    assert re.search(r"^CPU time \(all threads\) \d+ us in \d+ events$", text, flags=re.M) and "aten::" in text
     assert all("profile" not in r for r in rows)  # the tables stay out of the JSON
     headers = [line for line in text.splitlines() if line.startswith("## ")]
     assert headers and all(h.endswith("] cpp") for h in headers)  # the reference rows (timed too) are not profiled
@@ -302,3 +302,11 @@ def test_profile_writes_one_table_per_kernel_row(tmp_path, capsys):
 def test_profile_with_interleave_is_an_error(capsys):
     assert main(QUICK + ["--no-memory", "--profile", "--interleave"]) == 2
     assert "--profile" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--interleave"):  # the same from the Python API
+        bench.BenchConfig(profile=True, interleave=True)
+
+
+def test_profile_of_no_kernel_row_says_so(tmp_path):
+    assert main(QUICK + ["--no-memory", "--family", "masked_linear", "--filter", "dense", "--profile",
+                         "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "profile.txt").read_text().startswith("no kernel row was profiled")

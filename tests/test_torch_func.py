@@ -61,7 +61,16 @@ def test_vmap_over_rows_matches_the_batched_call(backend):
 
 
 MODELS = {"nade": lambda b: af.NADE(D, 7, backend=b), "fvsbn": lambda b: af.FVSBN(D, backend=b),
-          "made": lambda b: af.MADE(D, [9], backend=b, seed=0)}
+          "made": lambda b: af.MADE(D, [9], backend=b, seed=0),
+          "categorical_nade": lambda b: af.CategoricalNADE(D, 7, 3, backend=b),
+          "made_categorical": lambda b: af.MADE(D, [9], out="categorical", K=3, backend=b, seed=0),
+          "rnade": lambda b: af.RNADE(D, 7, 2, backend=b)}
+
+
+def _data(name):
+    if "categorical" in name:
+        return torch.randint(0, 3, (3, D))
+    return torch.randn(3, D) if name == "rnade" else (torch.rand(3, D) < 0.5).float()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -71,7 +80,7 @@ def test_per_example_gradients_by_vmap_of_grad(name, backend):
     torch.manual_seed(1)
     m = MODELS[name](backend)
     params = {k: v.detach() for k, v in m.named_parameters()}
-    x = (torch.rand(3, D) < 0.5).float()
+    x = _data(name)
 
     def loss(p, row):
         return -_log_prob_with(m, p, row[None]).sum()
@@ -116,3 +125,23 @@ def test_a_zuko_flow_of_our_layers_under_jacrev_and_vmap():
     torch.testing.assert_close(torch.func.jacrev(transform)(x), torch.autograd.functional.jacobian(transform, x))
     xs = torch.randn(3, 4)
     torch.testing.assert_close(torch.func.vmap(lambda v: flow().log_prob(v))(xs), flow().log_prob(xs))
+
+
+def test_repeated_transforms_do_not_reuse_a_transform_s_tensors():
+    """A mask built inside one transform must not be cached for the next (functorch levels)."""
+    m = _flow("auto")
+    x = torch.randn(1, D)
+    f = lambda v: m.transform(v)[1].sum()  # noqa: E731
+    first, second = torch.func.hessian(f)(x), torch.func.hessian(f)(x)
+    torch.testing.assert_close(first, second)
+    out, tangent = torch.func.jvp(lambda v: m.transform(v)[0], (x,), (torch.ones_like(x),))
+    assert out.shape == tangent.shape == (1, D)
+    assert dispatch.last_auto_pick() == ("made", "reference", dispatch._UNDER_TRANSFORM)
+
+
+def test_value_checks_run_under_grad_and_are_skipped_only_under_vmap():
+    m = af.NADE(D, 7, backend="auto")
+    half = torch.full((2, D), 0.5)
+    with pytest.raises(ValueError, match="binary"):
+        torch.func.grad(lambda v: m.log_prob(v).sum())(half)
+    assert torch.func.vmap(lambda v: m.log_prob(v[None]))(half).shape == (2, 1)  # vmap cannot read values

@@ -43,6 +43,8 @@ class BenchConfig:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be 'auto', 'on' or 'off', got {self.compile!r}")
+        if self.profile and self.interleave:
+            raise ValueError("--profile profiles the rows one by one: it does not run with --interleave")
 
 
 @dataclass

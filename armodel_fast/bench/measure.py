@@ -106,28 +106,33 @@ def measure(row: Row, cfg: BenchConfig, memory: bool) -> dict:
     return result
 
 
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
 def profile_call(row: Row, cfg: BenchConfig, top: int = 12) -> str:
-    """One call of ``row`` under ``torch.profiler`` (CPU, and CUDA on a GPU), after two warm-up
-    calls: a line of totals (host time, GPU kernel time, the host-device waits: synchronizations
-    and copies) and the ``top`` ops by host time. Where a kernel row loses to one library call
-    on a GPU, this says whether the host or the kernels spend the time."""
+    """One call of ``row`` under ``torch.profiler`` (CPU, and CUDA on a GPU), after its warm-up
+    calls: a line of totals (CPU time over all threads, GPU kernel time, the call's waits for the
+    device and its copies) and the ``top`` ops by CPU time. Where a kernel row loses to one
+    library call on a GPU, this says whether the host or the kernels spend the time."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn = synchronized_call(row, cfg)
-    for _ in range(2):
+    fn, cuda = row.make(cfg), cfg.device.startswith("cuda")
+    for _ in range(max(row.warmup, 1)):
         fn()
-    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         fn()
+        if cuda:  # after the counted events: the harness's own wait is not the call's
+            torch.cuda.synchronize()
     events = prof.key_averages()
-    host_us = sum(e.self_cpu_time_total for e in events)
-    waits = sum(e.count for e in events if e.key.startswith(SYNC_EVENTS))
-    line = f"host {host_us:.0f} us in {sum(e.count for e in events)} events; host-device waits/copies: {waits}"
+    count = lambda names: sum(e.count for e in events if e.key.startswith(names))  # noqa: E731
+    line = (f"CPU time (all threads) {sum(e.self_cpu_time_total for e in events):.0f} us in "
+            f"{sum(e.count for e in events)} events")
     if cuda:
-        line += f"; GPU kernels {sum(getattr(e, 'self_device_time_total', 0) for e in events):.0f} us"
+        gpu = [getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", None)) for e in events]
+        line += (f"; GPU kernels {sum(gpu):.0f} us" if None not in gpu else "; GPU kernel time: not reported")
+        line += f"; waits for the device {max(count(SYNC_EVENTS) - 1, 0)}; copies {count(('cudaMemcpy',))}"
     return line + "\n" + events.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
 
 

@@ -136,8 +136,9 @@ def write_json(path, results: list, cfg: BenchConfig, info: dict = None) -> None
 
 def profiles_text(results: list) -> str:
     """The ``--profile`` tables of the rows that have one, each under its op, size and provider."""
-    return "\n".join(f"## {r['op']} [{r['size_label']}] {r['provider']}\n{r['profile']}\n"
+    text = "\n".join(f"## {r['op']} [{r['size_label']}] {r['provider']}\n{r['profile']}\n"
                      for r in results if r.get("profile"))
+    return text or "no kernel row was profiled (none selected, or none measured)\n"
 
 
 def _md(text: str) -> str:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import (_reading_values_ok, check_binary_x, check_bool, check_categorical_x, check_context,
-                         check_order, check_positive_int, check_real_x, check_seed, check_tensor)
+from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
+                         check_positive_int, check_real_x, check_seed, check_tensor, values_pass)
 from ..dispatch import Work
 from ..ops import made as fast
 from ..ops.masked_linear import degrees_sorted
@@ -203,7 +203,8 @@ class MADE(AutoregressiveModel):
 
     def _encode(self, x):
         if self.out == "categorical":
-            return F.one_hot(x, self.K).to(self.dtype).reshape(x.shape[0], self.D * self.K)
+            onehot = x[..., None] == torch.arange(self.K, device=x.device)  # F.one_hot reads values: not under vmap
+            return onehot.to(self.dtype).reshape(x.shape[0], self.D * self.K)
         return x
 
     def _masked_layers(self) -> list:
@@ -371,8 +372,7 @@ class MADE(AutoregressiveModel):
         backend = self._resolve("made_sample")
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
-            if _reading_values_ok():  # the check every backend's sampler makes
-                fast.check_finite_parameters(hidden, output, direct, ctx_w)
+            values_pass(lambda: fast.check_finite_parameters(hidden, output, direct, ctx_w) or True)  # as every sampler
             return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w, program=self._program)
         wants_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())

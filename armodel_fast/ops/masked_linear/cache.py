@@ -15,6 +15,7 @@ import weakref
 import torch
 from torch import Tensor
 
+from ..._validate import transform_active
 from ...reference.masked_linear import degree_mask
 
 
@@ -214,9 +215,10 @@ def degree_mask_for(in_degrees: Tensor, out_degrees: Tensor, strict: bool, dtype
     degree tensors live unchanged (a model's degree buffers: the mask is not rebuilt, two
     passes over [out, in], at every call). Not cached under torch.compile or jit tracing (the
     mask would be a constant of the graph), in inference mode (such a mask could not be saved for
-    a later backward), for tensors without storage (vmap) or inside ``caching(False)``."""
+    a later backward), under torch.func transforms (a mask made at a transform's level must not
+    outlive it), for tensors without storage (vmap) or inside ``caching(False)``."""
     stamps = None
-    if _enabled[0] and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if _enabled[0] and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or transform_active()
                             or torch.is_inference_mode_enabled() or in_degrees.is_inference()
                             or out_degrees.is_inference()):
         stamps = (_stamp(in_degrees), _stamp(out_degrees))
