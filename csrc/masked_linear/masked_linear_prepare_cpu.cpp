@@ -247,19 +247,20 @@ at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_r
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const int64_t ld = weight.stride(0);
     scalar_t* out = slabs.mutable_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < nb; ++k) {
-      const int64_t r0 = bl[4 * k], r1 = bl[4 * k + 1], c0 = bl[4 * k + 2], c1 = bl[4 * k + 3], wd = c1 - c0;
-      if (wd == 0) continue;
-      at::parallel_for(r0, r1, 64, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
+    // One parallel region over the blocks (a region per block cost more than the copies: the
+    // slabs are about 1/nb of W).
+    at::parallel_for(0, nb, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r0 = bl[4 * k], r1 = bl[4 * k + 1], c0 = bl[4 * k + 2], c1 = bl[4 * k + 3], wd = c1 - c0;
+        for (int64_t i = r0; i < r1 && wd > 0; ++i) {
           const scalar_t* src = w + i * ld + c0;
           scalar_t* dst = out + off[k] + (i - r0) * wd;
           const int64_t r = reach[i] - c0;
           std::copy(src, src + r, dst);
           std::fill(dst + r, dst + wd, scalar_t(0));
         }
-      });
-    }
+      }
+    });
   });
   return slabs;
 }
