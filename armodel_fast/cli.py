@@ -9,7 +9,10 @@ import argparse
 import os
 import sys
 
-from .dispatch import AUTO_ORDER, BACKENDS, BackendUnavailableError, explain, last_auto_pick, resolve_backend
+import torch
+
+from .dispatch import (AUTO_ORDER, BACKENDS, BackendUnavailableError, auto_rule_says, explain, last_auto_pick,
+                       resolve_backend)
 from ._user_errors import UserError, writable_dir
 
 
@@ -33,9 +36,9 @@ def _backend_note(op: str, ran: str, requested: str, device="cpu", size_rule=Non
         return f"{ran} (compiled kernel)"
     if requested == "reference":
         return "reference (plain PyTorch, as requested with --backend reference)"
-    ruled = [line for line in explain(op, device).splitlines() if line.startswith("auto: reference - ")]
-    if ruled:  # a measured per-op rule (dispatch.AUTO_ORDER_BY_OP)
-        return f"reference (plain PyTorch; {ruled[0][len('auto: reference - '):]})"
+    ruled = auto_rule_says(op, torch.device(device))  # the GPU measurement's rule, or a torch.func transform
+    if ruled:
+        return f"reference (plain PyTorch; {ruled})"
     if size_rule:
         return f"reference (plain PyTorch; auto's size rule, README 'Choosing a backend': {size_rule})"
     preferred = [b for b in AUTO_ORDER.get(str(device).split(":")[0], ()) if b != "reference"]

@@ -283,7 +283,7 @@ def auto_order(op: str, device_type: str) -> tuple:  # the backends ``auto`` tri
     return AUTO_ORDER_BY_OP.get((device_type, op), AUTO_ORDER.get(device_type, ("reference",)))
 
 
-def _auto_rule_says(op: str, device: torch.device) -> Optional[str]:
+def auto_rule_says(op: str, device: torch.device) -> Optional[str]:
     """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule: a torch.func transform, or
     the GPU measurement though a kernel could run (None: neither)."""
     if transform_active():
@@ -332,8 +332,8 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     device = torch.device(device)
     if auto:
         picked = _pick_auto(op, device, dtype)
-        if picked == "reference" and _auto_rule_says(op, device):
-            _LAST_AUTO[0] = (op, "reference", _auto_rule_says(op, device))
+        if picked == "reference" and (why := auto_rule_says(op, device)):
+            _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
         if picked == "cpp" and work is not None and op in SIZE_RULE_OPS:
             why = size_rule_says(op, work() if callable(work) else work)
@@ -358,8 +358,8 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
         why = _why_not(name, op, device, dtype)
         lines.append(f"{name}: {'yes' if why is None else 'no - ' + why}")
     picked = _pick_auto(op, device, dtype)
-    if picked == "reference" and _auto_rule_says(op, device):
-        lines.append(f"auto: reference - {_auto_rule_says(op, device)}")
+    if picked == "reference" and (why := auto_rule_says(op, device)):
+        lines.append(f"auto: reference - {why}")
     elif op in SIZE_RULE_OPS and picked == "cpp":
         why = size_rule_says(op, work)
         if why is not None:

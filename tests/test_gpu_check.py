@@ -23,8 +23,8 @@ def run(*args, env=None):
 def test_help_lists_the_options():
     r = run("--help")
     assert r.returncode == 0
-    for opt in ("--out", "--python", "--wheels", "--jobs", "--time-limit", "--skip-build", "--skip-tests", "--skip-bench",
-                "--quick", "--bench-args", "--dry-run", "--rehearse"):
+    for opt in ("--out", "--python", "--wheels", "--jobs", "--time-limit", "--skip-build", "--skip-tests",
+                "--skip-bench", "--quick", "--bench-args", "--dry-run", "--rehearse"):
         assert opt in r.stdout, opt
 
 
@@ -85,23 +85,30 @@ def test_without_a_gpu_it_says_so_and_exits_3(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _python_with_a_passing_smoke(tmp_path):
-    """This python, except that the smoke step's self-check passes: the tests of the script's
-    other steps must not depend on the in-tree build matching the running torch (the wheel
-    stages run them against another torch than the one the tree was built with)."""
+def _stand_in_python(tmp_path, prelude: str, exec_prefix: str = ""):
+    """A python for the script: the bash ``prelude`` sees each call first (it may answer it and
+    exit), then this very python runs it, with ``exec_prefix`` (variable assignments) before it."""
     fake = tmp_path / "python"
-    fake.write_text(f"""#!/usr/bin/env bash
-case "$*" in *armodel_fast.selfcheck*) echo "self-check skipped in this test"; exit 0 ;; esac
-exec {sys.executable} "$@"
-""")
+    fake.write_text(f"#!/usr/bin/env bash\n{prelude}\n{exec_prefix}exec {sys.executable} \"$@\"\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return fake
+
+
+# The smoke step's self-check passes: the tests of the script's other steps must not depend on
+# the in-tree build matching the running torch (the wheel stages run them against another torch).
+PASSING_SMOKE = 'case "$*" in *armodel_fast.selfcheck*) echo "self-check skipped in this test"; exit 0 ;; esac'
+
+
+def _steps(out) -> list:
+    """steps.tsv as [(step, rc), ...]."""
+    rows = (line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    return [(name, rc) for name, _, rc in rows]
 
 
 def test_rehearsal_preflight_writes_the_device_and_step_files(tmp_path):
     out = tmp_path / "o"
     r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--python",
-            str(_python_with_a_passing_smoke(tmp_path)), "--out", str(out))
+            str(_stand_in_python(tmp_path, PASSING_SMOKE)), "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"torch {torch.__version__}" in (out / "device.txt").read_text()
     rows = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()]
@@ -113,14 +120,9 @@ def _fake_python(tmp_path, missing):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / f"{missing}.py").write_text(f"raise ImportError('{missing} is missing in this test')\n")
-    fake = tmp_path / "python"
-    fake.write_text(f"""#!/usr/bin/env bash
-if [ "$1" = -m ] && [ "$2" = pip ]; then echo "$@" >> {tmp_path}/pip.log; exit 0; fi
-case "$*" in *armodel_fast.selfcheck*) exit 0 ;; esac  # (see _python_with_a_passing_smoke)
-PYTHONPATH={shadow}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "$@"
-""")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    return fake
+    pip_logged = f'if [ "$1" = -m ] && [ "$2" = pip ]; then echo "$@" >> {tmp_path}/pip.log; exit 0; fi'
+    shadowed = f"PYTHONPATH={shadow}${{PYTHONPATH:+:$PYTHONPATH}} "
+    return _stand_in_python(tmp_path, f"{pip_logged}\n{PASSING_SMOKE}", exec_prefix=shadowed)
 
 
 def test_missing_packages_are_installed_offline_from_the_wheels_folder(tmp_path):
@@ -144,25 +146,14 @@ def test_a_missing_needed_package_without_wheels_fails_the_preflight(tmp_path):
     assert not (tmp_path / "pip.log").exists()
 
 
-def _crashing_smoke_python(tmp_path):
-    """A python whose run of the self-check dies of SIGSEGV, as on the first GPU run."""
-    fake = tmp_path / "python"
-    fake.write_text(f"""#!/usr/bin/env bash
-case "$*" in *armodel_fast.selfcheck*) kill -SEGV $$ ;; esac
-exec {sys.executable} "$@"
-""")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    return fake
-
-
 def test_a_crashing_smoke_check_fails_the_run_and_says_so(tmp_path):
     out = tmp_path / "o"
     env = {**__import__("os").environ, "GPU_CHECK_COMPILERS": "", "PATH": "/usr/bin:/bin"}
-    r = run("--rehearse", "--skip-build", "--skip-bench", "--python",
-            str(_crashing_smoke_python(tmp_path)), "--out", str(out), env=env)
+    crashing = _stand_in_python(tmp_path, 'case "$*" in *armodel_fast.selfcheck*) kill -SEGV $$ ;; esac')
+    r = run("--rehearse", "--skip-build", "--skip-bench", "--python", str(crashing), "--out", str(out), env=env)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAILED: smoke" in r.stderr
-    rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    rows = dict(_steps(out))
     assert rows["smoke"] == str(128 + 11)  # the signal, as the shell reports it
     assert "gpu-tests" in rows  # these still run (collected, in a rehearsal) ...
     assert rows["tests"] == "skipped" and "C++ argument errors crash this build" in r.stdout  # ... these not
@@ -179,29 +170,22 @@ def test_the_smoke_check_passes_on_this_build():
 
 def test_a_spent_time_limit_skips_the_remaining_steps_and_fails(tmp_path):
     out = tmp_path / "o"
-    slow = tmp_path / "python"  # 2 s a call: the preflight (several calls) spends the whole limit
-    slow.write_text(f"#!/usr/bin/env bash\nsleep 2\nexec {sys.executable} \"$@\"\n")
-    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    slow = _stand_in_python(tmp_path, "sleep 2")  # 2 s a call: the preflight (several calls) spends the limit
     r = run("--rehearse", "--skip-build", "--skip-bench", "--time-limit", "6", "--python", str(slow),
             "--out", str(out))
     assert r.returncode == 1, r.stdout + r.stderr
-    rows = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:]]
-    assert rows[0][0] == "preflight" and rows[0][2] == "0"  # run before the limit was spent
-    assert [row[2] for row in rows[1:]] == ["skipped"] * (len(rows) - 1) and len(rows) >= 3
+    rows = _steps(out)
+    assert rows[0] == ("preflight", "0")  # run before the limit was spent
+    assert [rc for _, rc in rows[1:]] == ["skipped"] * (len(rows) - 1) and len(rows) >= 3
     assert "the --time-limit of 6s is spent" in r.stdout and "FAILED: smoke(no-time)" in r.stderr
 
 
 def test_a_step_past_the_time_limit_is_cut_off(tmp_path):
     out = tmp_path / "o"
-    slow = tmp_path / "python"  # any step after the preflight takes far longer than the limit
-    slow.write_text(f"""#!/usr/bin/env bash
-case "$*" in *armodel_fast.selfcheck*) sleep 60 ;; esac
-exec {sys.executable} "$@"
-""")
-    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    slow = _stand_in_python(tmp_path, 'case "$*" in *armodel_fast.selfcheck*) sleep 60 ;; esac')  # far past the limit
     r = run("--rehearse", "--skip-build", "--skip-tests", "--skip-bench", "--time-limit", "20", "--python", str(slow),
             "--out", str(out))
-    rows = dict(line.split("\t")[::2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    rows = dict(_steps(out))
     assert rows["smoke"] == "124", rows
     assert r.returncode == 1
 
@@ -214,20 +198,14 @@ def test_a_crash_rebuilds_with_each_other_compiler_until_the_smoke_passes(tmp_pa
     for name in ("bad", "good"):
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
-    fake = tmp_path / "python"
-    fake.write_text(f"""#!/usr/bin/env bash
-case "$*" in
+    fake = _stand_in_python(tmp_path, f"""case "$*" in
     *setup.py*) echo "${{CXX:-default}}" > {mark}; exit 0 ;;
     *armodel_fast.selfcheck*) case "$(cat {mark})" in */good) exit 0 ;; esac; kill -SEGV $$ ;;
-esac
-exec {sys.executable} "$@"
-""")
-    fake.chmod(0o755)
+esac""")
     out = tmp_path / "o"
     env = {**__import__("os").environ, "GPU_CHECK_COMPILERS": "bad good", "PATH": f"{bin_dir}:/usr/bin:/bin"}
     r = run("--rehearse", "--skip-tests", "--skip-bench", "--python", str(fake), "--out", str(out), env=env)
-    steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines()[1:]]
-    assert [(name, rc) for name, _, rc in steps] == [
+    assert _steps(out) == [
         ("preflight", "0"), ("build", "0"), ("smoke", "139"), ("build-1", "0"), ("smoke-1", "139"),
         ("build-2", "0"), ("smoke-2", "0")], r.stdout
     assert f"rebuilding with {bin_dir / 'good'}" in r.stdout

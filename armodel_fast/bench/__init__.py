@@ -57,5 +57,5 @@ from .rows import FAMILIES, ROW_BUILDERS, SIZES, all_rows, find_row, sizes
 
 __all__ = ["BenchConfig", "COMPILE_AUTO_MAX_D", "FAMILIES", "Family", "MEMORY_METHOD", "ROW_BUILDERS", "Row",
            "SIZES", "add_ratios", "all_rows", "child_main", "find_row", "kernel_skip_reasons", "machine_info",
-           "machine_line", "markdown_table", "measure", "print_tables", "profile_call", "profiles_text", "run_bench", "sizes", "synchronized_call",
-           "write_json", "write_markdown", "write_outputs", "write_plot"]
+           "machine_line", "markdown_table", "measure", "print_tables", "profile_call", "profiles_text", "run_bench",
+           "sizes", "synchronized_call", "write_json", "write_markdown", "write_outputs", "write_plot"]
