@@ -10,6 +10,7 @@ Peer rows whose cost is far out of reach on a CPU are skipped with the estimate.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -19,20 +20,44 @@ LIBRARIES = ("zuko", "nflows", "pyro")
 LAYERS = 5
 _flow = lambda D, H, n, B=256: {"D": D, "hidden": (H, H), "n": n, "B": B}  # noqa: E731
 
+# D=784 at hidden 256 for zuko and nflows and at 1024 for pyro too (pyro refuses hidden < D)
 SIZES = {"flows": {"headline": [_flow(64, 256, 16), _flow(64, 256, 1024), _flow(784, 256, 16),
-                                _flow(784, 256, 1024)],
+                                _flow(784, 256, 1024), _flow(784, 1024, 16)],
                    "sweep": [_flow(64, 256, 16), _flow(64, 256, 1024), _flow(784, 512, 16), _flow(784, 512, 1024),
                              _flow(784, 1024, 16)],
                    "quick": [_flow(6, 8, 4, 8)], "quick_sweep": [_flow(6, 8, 4, 8), _flow(8, 8, 16, 8)]}}
 
-# Peer D-pass sampling estimated beyond this many flops is skipped (tens of minutes on a CPU).
-PEER_SAMPLE_FLOP_LIMIT = 250e9
+# Peer D-pass sampling estimated beyond this many flops is skipped (tens of minutes on a
+# CPU; 430 GFLOP, pyro at D=784 hidden 1024 n=16, took 14 s on one core).
+PEER_SAMPLE_FLOP_LIMIT = 500e9
+# Peer differentiable sampling beyond this share of the machine's memory is skipped: each
+# of the D passes saves its masked weights (W * M) for the backward (pyro at D=784 hidden
+# 1024: ~55 GB, killed for lack of memory on a 24 GiB machine).
+PEER_RSAMPLE_MEMORY_SHARE = 0.5
+
+
+def _weights(s: dict) -> int:
+    """Weights of one layer's network: D -> h1 -> h2 -> 2D."""
+    D, (h1, h2) = s["D"], s["hidden"]
+    return D * h1 + h1 * h2 + h2 * 2 * D
 
 
 def peer_sample_flops(s: dict) -> float:
-    """n rows x D passes x LAYERS networks x 2 flops per weight (hidden layers and the 2D outputs)."""
-    D, (h1, h2) = s["D"], s["hidden"]
-    return s["n"] * D * LAYERS * 2.0 * (D * h1 + h1 * h2 + h2 * 2 * D)
+    """n rows x D passes x LAYERS networks x 2 flops per weight."""
+    return s["n"] * s["D"] * LAYERS * 2.0 * _weights(s)
+
+
+def peer_rsample_bytes(s: dict) -> float:
+    """What the peers' differentiable sampling keeps for its backward: D passes x LAYERS masked
+    weight copies (fp32); the activations are small beside them."""
+    return s["D"] * LAYERS * 4.0 * _weights(s)
+
+
+def _memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")  # unknown: let it run
 
 
 def _module_name(lib: str) -> str:
@@ -104,12 +129,24 @@ def _maker(lib: str, fast: bool, s: dict, what: str):
     return make
 
 
+def _refuses(lib: str, s: dict) -> bool:
+    """Whether ``lib`` cannot build this flow at all (pyro: hidden sizes below D)."""
+    return lib == "pyro" and min(s["hidden"]) < s["D"]
+
+
 def _peer_skip(lib: str, s: dict, what: str):
     if importlib.util.find_spec(_module_name(lib)) is None:
         return f"{lib} is not installed (pip install 'armodel-fast[{lib}]')"
+    if _refuses(lib, s):
+        return (f"pyro's AutoRegressiveNN refuses hidden sizes below D={s['D']} (hidden={list(s['hidden'])}): "
+                "a case with hidden >= D runs it")
     if what != "train step" and peer_sample_flops(s) > PEER_SAMPLE_FLOP_LIMIT:
         return (f"{LAYERS} x {s['D']} passes of the network on {s['n']} rows: ~{peer_sample_flops(s) / 1e12:.1f} "
                 "TFLOP, too long for the bench on a CPU (run a smaller n)")
+    if what == "rsample" and peer_rsample_bytes(s) > PEER_RSAMPLE_MEMORY_SHARE * _memory_bytes():
+        return (f"its backward keeps the masked weights of all {LAYERS} x {s['D']} passes: "
+                f"~{peer_rsample_bytes(s) / 1e9:.0f} GB, more than half of this machine's "
+                f"{_memory_bytes() / 2**30:.0f} GiB")
     return None
 
 
@@ -126,7 +163,8 @@ def flows_rows(cfg: BenchConfig, s: dict) -> list:
             rows.append(Row(op, lib, _maker(lib, False, s, what), skip=peer_skip, repeats=1 if slow else None,
                             warmup=0 if slow and s["D"] > 100 else 1))
             ours_skip = None if fast_ok else "no fast made_sample backend here"
-            if importlib.util.find_spec(_module_name(lib)) is None or (what == "rsample" and peer_skip):
+            if importlib.util.find_spec(_module_name(lib)) is None or (peer_skip and (what == "rsample"
+                                                                                      or _refuses(lib, s))):
                 ours_skip = f"nothing to compare with: {lib}'s own row is skipped ({peer_skip})"
             # ours is cheap enough for the default repeats after a warm-up (one cold call measured
             # 490 ms against 148 ms warm for a D=784 rsample right after the peer's 49 s one)

@@ -1,0 +1,57 @@
+"""The ``flows`` bench family's rows: which peer rows run, which are skipped and why."""
+import importlib.util
+
+import pytest
+
+from armodel_fast.bench.cases_flows import PEER_SAMPLE_FLOP_LIMIT, SIZES, _flow, flows_rows, peer_sample_flops
+from armodel_fast.bench.core import BenchConfig
+
+needs_pyro = pytest.mark.skipif(importlib.util.find_spec("pyro") is None, reason="pyro is not installed")
+
+
+def _rows(size):
+    return {(r.op, r.provider): r for r in flows_rows(BenchConfig(), size)}
+
+
+@needs_pyro
+def test_pyro_below_d_is_skipped_with_its_reason_and_ours_with_it():
+    rows = _rows(_flow(20, 16, 4, 8))
+    for op in ("MAF x5 train step", "MAF x5 sample n=4", "MAF x5 rsample n=4"):
+        peer, ours = rows[(op, "pyro")], rows[(op, "armodel_fast.flows.pyro")]
+        assert "refuses hidden sizes below D=20" in peer.skip
+        assert ours.skip.startswith("nothing to compare with") and "refuses" in ours.skip
+        for lib in ("zuko", "nflows"):  # the other libraries build any width
+            if importlib.util.find_spec(lib) is not None:
+                assert rows[(op, lib)].skip is None
+
+
+@needs_pyro
+def test_pyro_at_or_above_d_runs():
+    rows = _rows(_flow(8, 8, 4, 8))
+    assert all(r.skip is None for (op, prov), r in rows.items() if "pyro" in prov)
+
+
+def test_every_headline_d_has_a_case_pyro_can_build():
+    """The issue's D=784 comparison needs pyro too: some headline case at each D has hidden >= D
+    and a peer sampling cost under the bench's limit."""
+    cases = SIZES["flows"]["headline"]
+    for D in {s["D"] for s in cases}:
+        ok = [s for s in cases if s["D"] == D and min(s["hidden"]) >= D and peer_sample_flops(s) <= PEER_SAMPLE_FLOP_LIMIT]
+        assert ok, f"no headline case at D={D} that pyro can build and sample within the limit"
+
+
+def test_peer_rsample_is_skipped_where_its_saved_passes_exceed_memory(monkeypatch):
+    import armodel_fast.bench.cases_flows as cf
+
+    size = _flow(784, 1024, 16)
+    monkeypatch.setattr(cf, "_memory_bytes", lambda: 24 * 2**30)
+    rows = _rows(size)
+    for lib in ("zuko", "nflows", "pyro"):
+        if importlib.util.find_spec(lib) is None:
+            continue
+        assert "masked weights of all 5 x 784 passes: ~54 GB" in rows[("MAF x5 rsample n=16", lib)].skip
+        assert rows[("MAF x5 rsample n=16", f"armodel_fast.flows.{lib}")].skip.startswith("nothing to compare with")
+        assert rows[("MAF x5 sample n=16", lib)].skip is None  # 434 GFLOP: under the limit
+    monkeypatch.setattr(cf, "_memory_bytes", lambda: 256 * 2**30)
+    assert all(r.skip is None for (op, prov), r in _rows(size).items()
+               if "rsample" in op and importlib.util.find_spec(prov.split(".")[-1]) is not None)
