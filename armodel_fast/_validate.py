@@ -79,6 +79,18 @@ def transform_active() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
 
+def batched_backward(t) -> bool:
+    """Whether ``t`` (a gradient reaching a backward) is batched: ``autograd.grad(...,
+    is_grads_batched=True)`` runs the backward under vmap (torch's own, not torch.func's: no
+    transform is active then). Kernels have no batching rules; the reference math has."""
+    if transform_active():
+        return True
+    if not isinstance(t, torch.Tensor):
+        return False
+    legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(legacy(t)) if legacy is not None else "Batched" in str(torch._C._dispatch_keys(t))
+
+
 def _reading_values_ok() -> bool:
     """False while torch.compile traces: data-dependent checks would break the graph."""
     return not torch.compiler.is_compiling()

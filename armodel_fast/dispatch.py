@@ -12,7 +12,8 @@ name) once per call with :func:`resolve_backend` and pass the concrete name
 down; :func:`launcher` then finds the function. Nothing falls back silently: an explicit
 backend that cannot run raises :class:`BackendUnavailableError` with the reason and the fix;
 the one exception, stated, counted and warned about: a fast backward that meets NaN/inf
-computes its gradients through the reference (:func:`note_reference_backward`, DESIGN.md 9).
+(DESIGN.md 9) or runs under vmap computes its gradients through the reference
+(:func:`note_reference_backward`).
 """
 from __future__ import annotations
 
@@ -148,9 +149,7 @@ def _triton_status() -> tuple:
 
 
 def _cpp_status() -> tuple:
-    if _ext.get_ext() is None:
-        return False, _ext.ext_error()
-    return True, "C++ CPU extension armodel_fast._C loaded"
+    return (False, _ext.ext_error()) if _ext.get_ext() is None else (True, "C++ CPU extension armodel_fast._C loaded")
 
 
 def _cuda_status() -> tuple:
@@ -375,26 +374,27 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     return "\n".join(lines)
 
 
-# ---- gradients through the reference (non-finite values; docs/DESIGN.md section 9) ----------
+# ---- gradients through the reference (NaN/inf, DESIGN.md section 9; batched backwards) -----
 
 _REFERENCE_BACKWARDS: Dict[Tuple[str, str], int] = {}
 _REFERENCE_BACKWARDS_LOCK = threading.Lock()
+_WHY_REFERENCE = {  # why a fast backward computed its gradients through the reference
+    "nonfinite": "NaN/inf among the parameters, inputs or upstream gradients of a {b!r} backward (the kernels skip "
+                 "terms such as NaN * 0 that the reference's dense products keep; docs/DESIGN.md section 9)",
+    "transform": "a {b!r} backward ran under vmap (autograd.grad(..., is_grads_batched=True), or torch.func over "
+                 "a backward), for which the kernels have no batching rules"}
 
 
-def note_reference_backward(op: str, backend: str) -> None:
-    """Record (and warn) that a backward of ``op`` asked of ``backend`` met a NaN/inf
-    parameter, input or upstream gradient and computed its gradients through the
-    reference's autograd instead (the kernels skip terms the reference's dense products
-    keep, such as ``NaN * 0``). Python shows the ``RuntimeWarning`` once per op and backend."""
+def note_reference_backward(op: str, backend: str, why: str = "nonfinite") -> None:
+    """Record and warn (``RuntimeWarning``, shown once per op, backend and reason) that a backward
+    of ``op`` asked of ``backend`` computed its gradients by the reference, for ``why`` (above)."""
     with _REFERENCE_BACKWARDS_LOCK:
         _REFERENCE_BACKWARDS[(op, backend)] = _REFERENCE_BACKWARDS.get((op, backend), 0) + 1
-    warnings.warn(f"{op}: NaN/inf among the parameters, inputs or upstream gradients of a {backend!r} backward; "
-                  f"its gradients were computed by the reference (autograd of the plain PyTorch math) so that "
-                  f"they carry the reference's NaN/inf (docs/DESIGN.md section 9)", RuntimeWarning, stacklevel=2)
+    warnings.warn(f"{op}: " + _WHY_REFERENCE[why].format(b=backend) + "; its gradients were computed by the "
+                  "reference (autograd of the plain PyTorch math)", RuntimeWarning, stacklevel=2)
 
 
 def reference_backwards() -> Dict[Tuple[str, str], int]:
-    """``{(op, backend): count}`` of the backwards that ran through the reference because of
-    NaN/inf values (see :func:`note_reference_backward`); empty while none has."""
+    """``{(op, backend): count}`` of the backwards run by the reference (:func:`note_reference_backward`)."""
     with _REFERENCE_BACKWARDS_LOCK:
         return dict(_REFERENCE_BACKWARDS)

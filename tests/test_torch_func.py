@@ -1,6 +1,8 @@
 """torch.func transforms (vmap, grad, jacrev) over the models: ``auto`` and ``reference`` run
 the reference math there (the kernels have no functorch rules) and give what plain autograd
 and a Python loop give; an explicit kernel backend is refused with the reason and the fix."""
+import warnings
+
 import pytest
 import torch
 
@@ -145,3 +147,46 @@ def test_value_checks_run_under_grad_and_are_skipped_only_under_vmap():
     with pytest.raises(ValueError, match="binary"):
         torch.func.grad(lambda v: m.log_prob(v).sum())(half)
     assert torch.func.vmap(lambda v: m.log_prob(v[None]))(half).shape == (2, 1)  # vmap cannot read values
+
+
+def _kernel_backends():
+    return ["reference"] + [b for b in ("cpp",) if dispatch._why_not(b, "made", torch.device("cpu")) is None]
+
+
+BATCHED_MODELS = {**MODELS, "made_flow": lambda b: af.MADE(D, [9, 9], out="gaussian", backend=b, seed=0),
+                  "made_mixture": lambda b: af.MADE(D, [9], out="gaussian", K=2, backend=b, seed=0)}
+
+
+@pytest.mark.parametrize("backend", _kernel_backends())
+@pytest.mark.parametrize("name", list(BATCHED_MODELS))
+def test_per_example_gradients_by_is_grads_batched(name, backend):
+    """``autograd.grad(log_prob, params, eye, is_grads_batched=True)`` (the backward under torch's
+    own vmap, with no torch.func transform active) gives each row's gradient on every backend;
+    a masked-layer kernel's backward says it ran the reference there."""
+    torch.manual_seed(1)
+    m = BATCHED_MODELS[name](backend)
+    x = torch.randn(3, D) if name in ("rnade", "made_flow", "made_mixture") else _data(name)
+    params = list(m.parameters())
+    before = sum(dispatch.reference_backwards().values())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = torch.autograd.grad(m.log_prob(x), params, torch.eye(3), is_grads_batched=True, allow_unused=True)
+    if backend != "reference" and ("made" in name or name == "fvsbn"):
+        assert sum(dispatch.reference_backwards().values()) > before
+        assert any("ran under vmap" in str(w.message) for w in caught)
+    for i in range(3):
+        row = torch.autograd.grad(m.log_prob(x[i:i + 1]).sum(), params, allow_unused=True)
+        for k, (b, r) in enumerate(zip(batched, row)):
+            if r is None:
+                assert b is None or not b[i].any()
+                continue
+            torch.testing.assert_close(b[i], r, atol=1e-5, rtol=1e-4, msg=lambda s: f"{name} param {k} row {i}: {s}")
+
+
+def test_batched_gradients_through_the_fast_inverse_are_refused_with_the_fix():
+    if "cpp" not in _kernel_backends():
+        pytest.skip("the C++ extension is not built")
+    m = _flow("cpp")
+    x, _ = m.inverse(torch.randn(3, D))
+    with pytest.raises(NotImplementedError, match="is_grads_batched.*backend='reference'"):
+        torch.autograd.grad(x.sum(1), list(m.parameters()), torch.eye(3), is_grads_batched=True, allow_unused=True)

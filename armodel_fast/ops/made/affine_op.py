@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..._validate import batched_backward
 from . import sample as _made
 from .inverse_grad import affine_inverse_backward
 
@@ -107,6 +108,10 @@ def _backward(ctx, gx, gl):
         raise NotImplementedError(
             "second-order gradients (create_graph=True) through MADE.inverse on the fast backends are not "
             "implemented; use backend='reference' for them")
+    if batched_backward(gx) or batched_backward(gl):
+        raise NotImplementedError(
+            "batched gradients (autograd.grad(..., is_grads_batched=True), vmap over a backward) through "
+            "MADE.inverse on the fast backends are not implemented; use backend='reference' for them")
     n, n_direct, has_context, n_ctx_w = ctx.sizes
     saved = list(ctx.saved_tensors)
     take = lambda k: [saved.pop(0) for _ in range(k)]  # noqa: E731

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from ... import dispatch
 from ...dispatch import note_reference_backward
-from ..._validate import check_bool
+from ..._validate import batched_backward, check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, degree_mask_for, mark_training
@@ -183,12 +183,18 @@ def _setup_context(ctx, inputs, output):
 
 
 def _grads(ctx, grad_y, run):
-    """The autograd backward of both paths: ``run`` is the backward custom op or :func:`_backward_impl`."""
+    """The autograd backward of both paths: ``run`` is the backward custom op or :func:`_backward_impl`;
+    under vmap (``autograd.grad(..., is_grads_batched=True)``) the reference's, said so."""
     x, weight, bias, in_degrees, out_degrees, y = ctx.saved_tensors
     strict, activation, backend, x_sorted, y_sorted, has_bias = ctx.args
     need_dx, need_dw, need_db = ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]
-    dx, dw, db = run(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted,
-                     need_dx, need_dw, need_db, bias)
+    if batched_backward(grad_y):
+        note_reference_backward("masked_linear", backend, "transform")
+        dx, dw, db = _reference_backward(grad_y, x, weight, bias, in_degrees, out_degrees, strict, activation,
+                                         x_sorted, y_sorted, (need_dx, need_dw, need_db))
+    else:
+        dx, dw, db = run(grad_y, x, weight, y, in_degrees, out_degrees, strict, activation, backend, x_sorted,
+                         y_sorted, need_dx, need_dw, need_db, bias)
     return (dx if need_dx else None, dw if need_dw else None, db if need_db else None,
             None, None, None, None, None, None, None, None)
 
