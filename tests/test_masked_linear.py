@@ -123,6 +123,29 @@ def test_cache_follows_weight_and_degree_changes(backend):
 
 
 @backends
+def test_cache_reads_the_degrees_by_tensor_and_by_value(backend):
+    """A hit needs the build's degrees: the same tensors unwritten since (version counters), or
+    new tensors of equal values; new tensors of other values (which may reuse a freed tensor's
+    memory) and in-place writes rebuild."""
+    ml_ops.clear_cache()
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(6, 5, generator=g), torch.randn(3, 5, generator=g)
+    call = lambda din, dout: masked_linear(x, w, None, din, dout, False, "none", backend)  # noqa: E731
+    with torch.no_grad():
+        for _ in range(20):  # fresh degree tensors every call, freed right after
+            din, dout = torch.randint(1, 5, (5,), generator=g), torch.randint(0, 6, (6,), generator=g)
+            torch.testing.assert_close(call(din, dout), reference(x, w, None, din, dout, False, "none"))
+        call(din, dout)
+        builds = ml_ops.cache_info()["builds"]
+        call(din.clone(), dout.clone())  # equal values in new tensors
+        call(din, dout)
+        assert ml_ops.cache_info()["builds"] == builds
+        din.add_(1)  # written in place: the version counter moves
+        torch.testing.assert_close(call(din, dout), reference(x, w, None, din, dout, False, "none"))
+        assert ml_ops.cache_info()["builds"] > builds
+
+
+@backends
 def test_training_steps_use_fresh_weights(backend):
     torch.manual_seed(0)
     din, dout = torch.randint(1, 5, (12,)), torch.randint(1, 5, (8,))

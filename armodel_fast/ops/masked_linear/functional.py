@@ -16,7 +16,7 @@ computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
 backend (``csrc/masked_linear/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
 weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
-degree values. A forward that records a graph (training) always prepares anew
+degrees (the same degree tensors unwritten since, or equal values). A forward that records a graph (training) always prepares anew
 and its backward reuses that; calls without a graph (evaluation, sampling)
 reuse what an earlier such call built while the weights are unchanged. Any
 in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
@@ -27,8 +27,8 @@ counter too: every cache hit therefore also compares 64 connected weight
 entries (at fixed random positions) with their values when the entry was
 built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
 ``.data.copy_``, EMA updates); a ``.data`` write that changes only a few
-entries can still go unseen: call :func:`clear_cache` after those, or run
-inside ``with caching(False):``.
+entries can still go unseen, as can a degree tensor written through ``.data``:
+call :func:`clear_cache` after those, or run inside ``with caching(False):``.
 
 Non-finite values (docs/DESIGN.md section 9): the forward marks NaN where the
 reference's dense product has one (:func:`_nan_where_reference_is`). The kernels'
