@@ -389,12 +389,12 @@ def note_reference_backward(op: str, backend: str, why: str = "nonfinite") -> No
     """Record and warn (``RuntimeWarning``, shown once per op, backend and reason) that a backward
     of ``op`` asked of ``backend`` computed its gradients by the reference, for ``why`` (above)."""
     with _REFERENCE_BACKWARDS_LOCK:
-        _REFERENCE_BACKWARDS[(op, backend)] = _REFERENCE_BACKWARDS.get((op, backend), 0) + 1
+        _REFERENCE_BACKWARDS[(op, backend, why)] = _REFERENCE_BACKWARDS.get((op, backend, why), 0) + 1
     warnings.warn(f"{op}: " + _WHY_REFERENCE[why].format(b=backend) + "; its gradients were computed by the "
                   "reference (autograd of the plain PyTorch math)", RuntimeWarning, stacklevel=2)
 
 
-def reference_backwards() -> Dict[Tuple[str, str], int]:
-    """``{(op, backend): count}`` of the backwards run by the reference (:func:`note_reference_backward`)."""
+def reference_backwards(why: str = "nonfinite") -> Dict[Tuple[str, str], int]:
+    """``{(op, backend): count}`` of the backwards run by the reference for ``why`` (nonfinite, transform)."""
     with _REFERENCE_BACKWARDS_LOCK:
-        return dict(_REFERENCE_BACKWARDS)
+        return {(op, b): n for (op, b, w), n in _REFERENCE_BACKWARDS.items() if w == why}

@@ -2,6 +2,7 @@
 the prepared-weight cache, gradcheck, input validation."""
 import gc
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,26 +124,51 @@ def test_cache_follows_weight_and_degree_changes(backend):
 
 
 @backends
-def test_cache_reads_the_degrees_by_tensor_and_by_value(backend):
-    """A hit needs the build's degrees: the same tensors unwritten since (version counters), or
-    new tensors of equal values; new tensors of other values (which may reuse a freed tensor's
-    memory) and in-place writes rebuild."""
+def test_cache_compares_the_degree_values_at_every_hit(backend):
+    """A hit needs the build's degree values: new tensors of equal values hit; new tensors of
+    other values (which may reuse a freed tensor's memory), in-place writes and writes the
+    version counter does not see (through a NumPy array sharing the memory) rebuild."""
     ml_ops.clear_cache()
     g = torch.Generator().manual_seed(3)
     w, x = torch.randn(6, 5, generator=g), torch.randn(3, 5, generator=g)
     call = lambda din, dout: masked_linear(x, w, None, din, dout, False, "none", backend)  # noqa: E731
+    ref = lambda din, dout: reference(x, w, None, din, dout, False, "none")  # noqa: E731
     with torch.no_grad():
         for _ in range(20):  # fresh degree tensors every call, freed right after
             din, dout = torch.randint(1, 5, (5,), generator=g), torch.randint(0, 6, (6,), generator=g)
-            torch.testing.assert_close(call(din, dout), reference(x, w, None, din, dout, False, "none"))
-        call(din, dout)
+            torch.testing.assert_close(call(din, dout), ref(din, dout))
         builds = ml_ops.cache_info()["builds"]
         call(din.clone(), dout.clone())  # equal values in new tensors
         call(din, dout)
         assert ml_ops.cache_info()["builds"] == builds
         din.add_(1)  # written in place: the version counter moves
-        torch.testing.assert_close(call(din, dout), reference(x, w, None, din, dout, False, "none"))
+        torch.testing.assert_close(call(din, dout), ref(din, dout))
         assert ml_ops.cache_info()["builds"] > builds
+        shared = torch.from_numpy(np.array([1, 2, 3, 4, 5]))
+        call(shared, dout)
+        shared.numpy()[:] = 5  # a write the version counter does not see
+        torch.testing.assert_close(call(shared, dout), ref(shared, dout))
+
+
+@backends
+@pytest.mark.parametrize("B", [0, 3])
+@pytest.mark.parametrize("n_out, n_in", [(0, 5), (6, 0), (0, 0)])
+def test_empty_layers_and_batches(backend, B, n_out, n_in):
+    """No outputs, no inputs or no rows: the reference's result and gradients (a layer with no
+    outputs once killed the process with a division by zero)."""
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(n_out, n_in, generator=g), torch.randn(n_out, generator=g)
+    x = torch.randn(B, n_in, generator=g)
+    din, dout = torch.randint(1, 4, (n_in,), generator=g), torch.randint(0, 4, (n_out,), generator=g)
+    ours = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    refs = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    y = masked_linear(*ours, din, dout, False, "relu", backend)
+    r = reference(*refs, din, dout, False, "relu")
+    torch.testing.assert_close(y, r)
+    y.sum().backward()
+    r.sum().backward()
+    for t, tr in zip(ours, refs):
+        torch.testing.assert_close(t.grad, tr.grad)
 
 
 @backends
@@ -177,6 +203,8 @@ def test_frozen_weight_and_no_input_grad(backend):
     (dict(x=torch.randn(2, 4)), ValueError, "x must have shape"),
     (dict(x=torch.randn(2, 5, dtype=torch.float64)), TypeError, "same dtype"),
     (dict(x=torch.ones(2, 5, dtype=torch.long)), TypeError, "x must be a floating"),
+    (dict(weight=torch.randn(3, 5).to(torch.float8_e4m3fn)), TypeError, "weight must be a float16, bfloat16"),
+    (dict(weight=torch.ones(3, 5, dtype=torch.long)), TypeError, "weight must be a float16, bfloat16"),
     (dict(x=[1.0] * 5), TypeError, "x must be a torch.Tensor"),
     (dict(weight=torch.randn(3, 5, 1)), ValueError, "weight must have shape"),
     (dict(bias=torch.randn(4)), ValueError, "bias must have shape"),

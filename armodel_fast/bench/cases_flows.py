@@ -53,11 +53,26 @@ def peer_rsample_bytes(s: dict) -> float:
     return s["D"] * LAYERS * 4.0 * _weights(s)
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def _memory_bytes() -> float:
+    """The memory this process may use: the machine's, or its container's limit where lower
+    (cgroup v2 or v1); infinity where neither can be read."""
+    limits = []
     try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        limits.append(float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
     except (ValueError, OSError, AttributeError):
-        return float("inf")  # unknown: let it run
+        pass
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max": no limit
+            limits.append(float(text))
+    return min(limits, default=float("inf"))
 
 
 def _module_name(lib: str) -> str:

@@ -227,7 +227,7 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
     const int64_t* po = perm_out.const_data_ptr<int64_t>();
     const scalar_t* src = ys.const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B, std::max<int64_t>(1, 8192 / O), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, std::max<int64_t>(1, 8192 / std::max<int64_t>(O, 1)), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t i = 0; i < O; ++i) dst[b * O + po[i]] = src[b * O + i];
       }

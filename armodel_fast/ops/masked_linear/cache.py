@@ -2,9 +2,8 @@
 
 Entries are keyed per weight tensor and kind (``"cpp"``, ``"triton"``, ``"sorted"``):
 the tensor itself (weak reference), its version counter, data pointer and layout
-and the degrees (the very degree tensors the build read, unwritten since by their
-version counters, or else equal values); every hit also spot-checks 64 connected
-weight values, bit for bit (see :mod:`armodel_fast.ops.masked_linear` for the contract).
+and the degree values; every hit also spot-checks 64 connected weight values, bit
+for bit (see :mod:`armodel_fast.ops.masked_linear` for the contract).
 """
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ from ...reference.masked_linear import degree_mask
 
 class _Entry:
     """One cached build: ``key`` and spot values recorded BEFORE the build read the weight."""
-    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "degree_refs", "degree_stamps", "spot_index",
-                 "spot_live", "spot_values", "prepared", "training")
+    __slots__ = ("ref", "key", "in_degrees", "out_degrees", "spot_index", "spot_live", "spot_values", "prepared",
+                 "training")
 
 
 _SPOTS = 64  # weight entries compared at every cache hit (see the module docstring)
@@ -92,31 +91,25 @@ _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: 
          torch.bfloat16: torch.int16}
 
 
-def _same_degrees(entry: _Entry, in_degrees: Tensor, out_degrees: Tensor) -> bool:
-    """Whether the degrees are those of the build: the very tensors it read, unwritten since
-    (weak references, version counters: no tensor op), or else equal in value."""
-    refs = entry.degree_refs
-    if (refs is not None and refs[0]() is in_degrees and refs[1]() is out_degrees
-            and entry.degree_stamps == (_stamp(in_degrees), _stamp(out_degrees))):
-        return True
-    if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
-        return False
-    return bool(((entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all()).item())
-
-
 def _still_valid(entry: _Entry, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor) -> tuple:
-    """``(valid, spots_moved)``: same degrees and same spot-checked weight values. The spots are
-    compared bit for bit (a NaN still NaN has not moved), in one device sync."""
-    if not _same_degrees(entry, in_degrees, out_degrees):
+    """``(valid, spots_moved)``: the degree values of the build and the same spot-checked weight
+    values, compared bit for bit (a NaN still NaN has not moved). The degrees are compared by
+    value at every hit (a write the version counter does not see, through a NumPy array or
+    another tensor sharing the memory, must not leave a stale mask); on the CPU by
+    ``torch.equal``, elsewhere together with the spots in one device sync."""
+    if entry.in_degrees.shape != in_degrees.shape or entry.out_degrees.shape != out_degrees.shape:
         return False, False
     now, then = torch.take(weight.detach(), entry.spot_index), entry.spot_values
     bits = _BITS.get(now.dtype)
-    if bits is not None:
-        moved = now.view(bits) != then.view(bits)
+    moved = now.view(bits) != then.view(bits) if bits is not None else (now != then) & ~(now.isnan() & then.isnan())
+    moved = (moved & entry.spot_live).any()
+    if all(t.device.type == "cpu" for t in (weight, in_degrees, out_degrees, entry.in_degrees)):
+        same_degrees = torch.equal(entry.in_degrees, in_degrees) and torch.equal(entry.out_degrees, out_degrees)
+        spots_moved = same_degrees and bool(moved)
     else:
-        moved = (now != then) & ~(now.isnan() & then.isnan())
-    moved = bool((moved & entry.spot_live).any().item())
-    return not moved, moved
+        same = (entry.in_degrees == in_degrees).all() & (entry.out_degrees == out_degrees).all()
+        same_degrees, spots_moved = torch.stack([same.to(weight.device), moved]).tolist()
+    return same_degrees and not spots_moved, same_degrees and spots_moved
 
 
 def _key(weight: Tensor, strict: bool, max_blocks: int):
@@ -133,8 +126,6 @@ def _snapshot(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: b
     entry = _Entry()
     entry.key = _key(weight, strict, max_blocks)
     entry.in_degrees, entry.out_degrees = in_degrees.clone(), out_degrees.clone()
-    entry.degree_stamps = (_stamp(in_degrees), _stamp(out_degrees))
-    entry.degree_refs = None if None in entry.degree_stamps else (weakref.ref(in_degrees), weakref.ref(out_degrees))
     rows, cols, entry.spot_live = _spot_positions(weight, entry.in_degrees, entry.out_degrees, strict)
     entry.spot_index = rows * weight.shape[1] + cols  # row-major positions, as torch.take reads any layout
     entry.spot_values = torch.take(weight.detach(), entry.spot_index)

@@ -16,7 +16,7 @@ computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
 backend (``csrc/masked_linear/masked_linear_cuda.cu``, operands from :func:`prepare_sorted`). The prepared
 weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
-degrees (the same degree tensors unwritten since, or equal values). A forward that records a graph (training) always prepares anew
+degree values. A forward that records a graph (training) always prepares anew
 and its backward reuses that; calls without a graph (evaluation, sampling)
 reuse what an earlier such call built while the weights are unchanged. Any
 in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
@@ -27,8 +27,8 @@ counter too: every cache hit therefore also compares 64 connected weight
 entries (at fixed random positions) with their values when the entry was
 built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
 ``.data.copy_``, EMA updates); a ``.data`` write that changes only a few
-entries can still go unseen, as can a degree tensor written through ``.data``:
-call :func:`clear_cache` after those, or run inside ``with caching(False):``.
+entries can still go unseen: call :func:`clear_cache` after those, or run
+inside ``with caching(False):``.
 
 Non-finite values (docs/DESIGN.md section 9): the forward marks NaN where the
 reference's dense product has one (:func:`_nan_where_reference_is`). The kernels'
@@ -61,6 +61,7 @@ from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, degree_mask_for, mark_training
 from .launchers import ACTIVATIONS
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
 
 
@@ -316,8 +317,8 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if not weight.dtype.is_floating_point:
-        raise TypeError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be a float16, bfloat16, float32 or float64 tensor, got dtype {weight.dtype}")
     if weight.dim() != 2:
         raise ValueError(f"weight must have shape [out, in], got {tuple(weight.shape)}")
     n_out, n_in = weight.shape
@@ -349,7 +350,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
         mask = degree_mask_for(in_degrees, out_degrees, strict, weight.dtype, weight.device)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
-    y = masked_linear_call(x.reshape(-1, n_in), weight, bias, in_degrees, out_degrees, strict, activation, backend,
-                           fresh=fresh_weights(x, weight))
+    y = masked_linear_call(x.reshape(lead.numel(), n_in), weight, bias, in_degrees, out_degrees, strict, activation,
+                           backend, fresh=fresh_weights(x, weight))  # (numel: n_in may be 0)
     return y.reshape(*lead, n_out)
 
