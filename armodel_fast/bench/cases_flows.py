@@ -158,10 +158,10 @@ def _peer_skip(lib: str, s: dict, what: str):
     if what != "train step" and peer_sample_flops(s) > PEER_SAMPLE_FLOP_LIMIT:
         return (f"{LAYERS} x {s['D']} passes of the network on {s['n']} rows: ~{peer_sample_flops(s) / 1e12:.1f} "
                 "TFLOP, too long for the bench on a CPU (run a smaller n)")
-    if what == "rsample" and peer_rsample_bytes(s) > PEER_RSAMPLE_MEMORY_SHARE * _memory_bytes():
+    memory = _memory_bytes() if what == "rsample" else None
+    if memory is not None and peer_rsample_bytes(s) > PEER_RSAMPLE_MEMORY_SHARE * memory:
         return (f"its backward keeps the masked weights of all {LAYERS} x {s['D']} passes: "
-                f"~{peer_rsample_bytes(s) / 1e9:.0f} GB, more than half of this machine's "
-                f"{_memory_bytes() / 2**30:.0f} GiB")
+                f"~{peer_rsample_bytes(s) / 1e9:.0f} GB, more than half of this machine's {memory / 2**30:.0f} GiB")
     return None
 
 
