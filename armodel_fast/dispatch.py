@@ -40,16 +40,15 @@ _UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: 
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
-# ``auto``'s size rule on the CPU (README "Choosing a backend"): the masked layers' C++
-# kernels have a fixed cost per call (about 0.1-0.2 ms of bookkeeping) and, in training,
-# gather the weights each step unless the degrees are already sorted, so below a size the
-# dense reference wins. Measured on a 2-core CPU (``armodel-fast bench --sweep --family
-# masked_linear``, 2 threads, B=128; two sweeps, the second at commit f9ba342): fwd+bwd
-# with sorted degrees 0.79-0.87x at 12.5M (196->500), 1.05-1.11x at 32M (500->500),
-# 1.28-1.38x at 50M (784->500); evaluation 0.63-1.05x at 12.5M, 0.99-1.30x at 32M;
-# fwd+bwd with unsorted degrees (a random order's input or output layer) 0.57-0.72x at
-# 12.5M, 1.06-1.08x at 50M, 1.25-1.51x at 200M (784->2000).
-AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 25,  # multiply-adds of the dense layers, B * in * out
+# ``auto``'s size rule on the CPU (README "Choosing a backend", with the figures): the
+# masked layers' C++ kernels have a fixed cost per call (0.1-0.2 ms of bookkeeping) and, in
+# training, gather the weights each step unless the degrees are already sorted, so below a
+# size the dense reference wins. Thresholds that hold on both 2-core CPUs of the sweeps
+# (``armodel-fast bench --sweep --family masked_linear``): an AMD EPYC (commit f9ba342) and
+# an Intel Xeon with AVX-512 (commit d70129c), whose dense matmuls run near peak: there
+# sorted fwd+bwd 0.98x at 32M (500->500), 1.08x at 50M; evaluation 0.98-0.99x at 50M
+# (784->500; a MADE forward of 57M: 0.90x), 1.35x at 200M; unsorted fwd+bwd 0.82x at 50M.
+AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of the dense layers, B * in * out
                  "train_unsorted": 1 << 27}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 

@@ -267,12 +267,14 @@ def test_auto_size_rule():
     mid_unsorted = dispatch.Work(128 * 784 * 500, True, False)
     big_unsorted = dispatch.Work(128 * 784 * 2000, True, False)
     mid_eval = dispatch.Work(128 * 784 * 500, False, False)
+    big_eval = dispatch.Work(128 * 784 * 2000, False, False)
     resolve = lambda work, op="masked_linear": dispatch.resolve_backend("auto", op, "cpu", work=work)  # noqa: E731
     assert resolve(small) == "reference"
     assert resolve(mid_sorted) == "cpp"
     assert resolve(mid_unsorted) == "reference"
     assert resolve(big_unsorted) == "cpp"
-    assert resolve(mid_eval, "made") == "cpp"
+    assert resolve(mid_eval, "made") == "reference"  # evaluation: the kernels win from a larger size
+    assert resolve(big_eval, "made") == "cpp"
     assert dispatch.last_auto_pick() == ("made", "cpp", None)
     assert dispatch.resolve_backend("cpp", "masked_linear", "cpu", work=small) == "cpp"  # explicit: as asked
     assert "too small" in af.explain("masked_linear", "cpu", work=small)
