@@ -117,3 +117,23 @@ def test_conditional_bad_context_is_named():
         t.condition(torch.randn(2))(torch.randn(4, D))
     with pytest.raises(ValueError, match="context"):
         afp.ConditionalAffineAutoregressive(afp.affine_autoregressive(D).arn)
+
+
+def test_pyro_transform_options():
+    """pyro's own options: its defaults are accepted (positionally too, in pyro's order), the
+    rest raise naming the argument; a pyro network with skip connections is refused, not run
+    without them."""
+    arn = pyro.nn.AutoRegressiveNN(D, [8])
+    afp.AffineAutoregressive(arn, -5.0, 3.0, 2.0, False)
+    afp.affine_autoregressive(D, hidden_dims=[8], stable=False, log_scale_min_clip=-5.0, log_scale_max_clip=3.0,
+                              sigmoid_bias=1.5)  # sigmoid_bias acts only in pyro's stable form
+    for kw, name in (({"stable": True}, "stable"), ({"log_scale_min_clip": -4.0}, "log_scale_min_clip"),
+                     ({"log_scale_max_clip": 2.0}, "log_scale_max_clip")):
+        with pytest.raises(ValueError, match=name):
+            afp.affine_autoregressive(D, hidden_dims=[8], **kw)
+        with pytest.raises(ValueError, match=name):
+            afp.conditional_affine_autoregressive(D, 3, hidden_dims=[8], **kw)
+    with pytest.raises(ValueError, match="skip_connections"):
+        afp.AffineAutoregressive(pyro.nn.AutoRegressiveNN(D, [8], skip_connections=True))
+    with pytest.raises(ValueError, match="skip_connections"):
+        afp.ConditionalAffineAutoregressive(pyro.nn.ConditionalAutoRegressiveNN(D, 3, [8], skip_connections=True))

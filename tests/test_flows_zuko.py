@@ -141,3 +141,26 @@ def test_residual_blocks(backend, hidden):
     flow = afz.MAF(4, 3, transforms=2, hidden_features=hidden, residual=True, backend=backend).double()
     c = torch.randn(3, dtype=torch.float64)
     assert_grads_reach_every_parameter(flow, -flow(c).log_prob(x).mean() + flow(c).rsample((4,)).square().mean())
+
+
+def test_zukos_transform_attributes():
+    """order (the rank of each feature), passes, univariate, shapes and total read as on zuko's transform."""
+    for order in (None, torch.randperm(6, generator=torch.Generator().manual_seed(1))):
+        ours, theirs = afz.MaskedAutoregressiveTransform(6, 2, order=order), zuko.flows.MaskedAutoregressiveTransform(
+            6, 2, order=order)
+        assert torch.equal(ours.order, theirs.order)
+        for name in ("passes", "univariate", "shapes", "total"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+
+
+@backends
+def test_whole_flow_pickles(backend):
+    """torch.save(flow) / pickle of the whole model, as zuko's flows allow (not only the state_dict)."""
+    import io
+    import pickle
+    flow, c, x = maf(backend), torch.randn(5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    buf = io.BytesIO()
+    torch.save(flow, buf)
+    buf.seek(0)
+    for copy in (pickle.loads(pickle.dumps(flow)), torch.load(buf, weights_only=False)):
+        torch.testing.assert_close(copy(c).log_prob(x), flow(c).log_prob(x), rtol=0, atol=0)

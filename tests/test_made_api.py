@@ -229,3 +229,18 @@ def test_affine_sample_draws_z_in_the_model_dtype(scale):
     want, logdet = model.inverse(z, c)
     torch.testing.assert_close(x, want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lp, model.log_prob(x, c).detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_whole_model_pickles_with_its_mask_state():
+    """pickle / torch.save of the whole module (not only its state_dict) keeps the weights, the
+    current mask set and load_state_dict's hook (which must be picklable: no lambda)."""
+    import pickle
+    m = af.MADE(6, [8, 8], num_masks=3, out="gaussian", K=1, context_dim=2, residual="linear", seed=3)
+    m.next_mask()
+    copy = pickle.loads(pickle.dumps(m))
+    x, c = torch.randn(4, 6), torch.randn(4, 2)
+    assert int(copy.mask_index) == 1 and torch.equal(copy.order, m.order)
+    torch.testing.assert_close(copy.log_prob(x, c), m.log_prob(x, c), rtol=0, atol=0)
+    m.next_mask()
+    copy.load_state_dict(m.state_dict())  # the hook survived: the loaded mask set is the one used
+    torch.testing.assert_close(copy.log_prob(x, c), m.log_prob(x, c), rtol=0, atol=0)

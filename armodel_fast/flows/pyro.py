@@ -34,11 +34,25 @@ def _as_made(nn, backend: str, scale: str) -> MADE:
             raise ValueError("autoregressive_nn must be an af.MADE with out='gaussian' and K=1 (an affine layer)")
         return nn
     if isinstance(nn, _pyro_nn.ConditionalAutoRegressiveNN):
-        if list(getattr(nn, "param_dims", [1, 1])) != [1, 1] or getattr(nn, "skip_connections", False):
+        if list(getattr(nn, "param_dims", [1, 1])) != [1, 1] or getattr(nn, "skip_layer", None) is not None:
             raise ValueError("autoregressive_nn: only param_dims=[1, 1] without skip_connections maps to af.MADE")
         return affine_made(nn.input_dim, list(nn.hidden_dims), getattr(nn, "context_dim", 0),
                            order=nn.permutation.cpu(), activation=nn.f, backend=backend, scale=scale)
     raise TypeError(f"autoregressive_nn must be an af.MADE or a pyro AutoRegressiveNN, got {type(nn).__name__}")
+
+
+def _check_pyro_options(log_scale_min_clip, log_scale_max_clip, stable) -> None:
+    """pyro's transform options: its defaults are taken (sigmoid_bias only acts with stable=True);
+    the clamp bounds and the stable form are not implemented (the scale is ``scale=``'s)."""
+    if stable:
+        raise ValueError(f"stable={stable!r}: pyro's stable (sigmoid) variant is not implemented; "
+                         "use stable=False")
+    for name, value, default in (("log_scale_min_clip", log_scale_min_clip, -5.0),
+                                 ("log_scale_max_clip", log_scale_max_clip, 3.0)):
+        if value != default:
+            raise ValueError(f"{name}={value!r}: the log scale is bounded by scale='soft_clip' (|log scale| < "
+                             f"log(1e3)) or not at all (scale='raw'), not by pyro's clamp; only pyro's default "
+                             f"{default} is accepted")
 
 
 class _AffineMADE(_pt.TransformModule):
@@ -77,10 +91,13 @@ class _AffineMADE(_pt.TransformModule):
 class AffineAutoregressive(_AffineMADE):
     """``pyro.distributions.transforms.AffineAutoregressive`` on af.MADE (see the module doc).
 
-    ``backend`` / ``scale`` apply when ``autoregressive_nn`` is a pyro network.
+    ``backend`` / ``scale`` apply when ``autoregressive_nn`` is a pyro network; pyro's options
+    are accepted at their defaults (:func:`_check_pyro_options`).
     """
 
-    def __init__(self, autoregressive_nn, backend: str = "auto", scale: str = "soft_clip"):
+    def __init__(self, autoregressive_nn, log_scale_min_clip=-5.0, log_scale_max_clip=3.0, sigmoid_bias=2.0,
+                 stable=False, *, backend: str = "auto", scale: str = "soft_clip"):
+        _check_pyro_options(log_scale_min_clip, log_scale_max_clip, stable)
         super().__init__(_as_made(autoregressive_nn, backend, scale))
 
 
@@ -92,8 +109,10 @@ class ConditionalAffineAutoregressive(_conditional.ConditionalTransformModule):
     bijective = True
     event_dim = 1
 
-    def __init__(self, autoregressive_nn, backend: str = "auto", scale: str = "soft_clip"):
+    def __init__(self, autoregressive_nn, log_scale_min_clip=-5.0, log_scale_max_clip=3.0, sigmoid_bias=2.0,
+                 stable=False, *, backend: str = "auto", scale: str = "soft_clip"):
         super().__init__()
+        _check_pyro_options(log_scale_min_clip, log_scale_max_clip, stable)
         self.nn = _as_made(autoregressive_nn, backend, scale)
         if self.nn.context_dim == 0:
             raise ValueError("autoregressive_nn has no context (context_dim=0): use AffineAutoregressive")
@@ -107,17 +126,18 @@ def _hidden(input_dim: int, hidden_dims):
 
 
 def affine_autoregressive(input_dim: int, hidden_dims=None, backend: str = "auto", scale: str = "soft_clip",
-                          activation="relu"):
-    """pyro's helper: a random input permutation, hidden ``[3 * input_dim + 1]`` by default."""
+                          activation="relu", **kwargs):
+    """pyro's helper: a random input permutation, hidden ``[3 * input_dim + 1]`` by default;
+    ``kwargs``: pyro's transform options (:class:`AffineAutoregressive`)."""
     return AffineAutoregressive(affine_made(input_dim, _hidden(input_dim, hidden_dims), 0,
                                             order=torch.randperm(input_dim), activation=activation,
-                                            backend=backend, scale=scale))
+                                            backend=backend, scale=scale), **kwargs)
 
 
 def conditional_affine_autoregressive(input_dim: int, context_dim: int, hidden_dims=None, backend: str = "auto",
-                                      scale: str = "soft_clip", activation="relu"):
+                                      scale: str = "soft_clip", activation="relu", **kwargs):
     """pyro's conditional helper (hidden ``[10 * input_dim]`` by default, as pyro's)."""
     hidden = [10 * input_dim] if hidden_dims is None else list(hidden_dims)
     return ConditionalAffineAutoregressive(affine_made(input_dim, hidden, context_dim,
                                                        order=torch.randperm(input_dim), activation=activation,
-                                                       backend=backend, scale=scale))
+                                                       backend=backend, scale=scale), **kwargs)

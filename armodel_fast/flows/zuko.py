@@ -55,6 +55,13 @@ class MaskedAutoregressiveTransform(_flows.LazyTransform):
                                 activation=torch.nn.ReLU if activation is None else activation,
                                 backend=backend, scale=scale, residual="linear" if residual else None)
 
+    # zuko's attributes: the rank of each feature, one pass per feature, the affine univariate
+    # transform of two scalars (its ``hyper`` network is ``made`` here, called as af.MADE)
+    order = property(lambda self: torch.argsort(self.made.order, stable=True))
+    passes = property(lambda self: self.made.D)
+    univariate = _transforms.MonotonicAffineTransform
+    shapes, total = ((), ()), 2
+
     def forward(self, c=None) -> MADEAffine:
         return MADEAffine(self.made, c)
 

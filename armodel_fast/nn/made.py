@@ -24,6 +24,10 @@ SCALES = {"soft_clip": "affine", "raw": "affine_raw"}
 FLOW_HEAD_INIT = 1e-2
 
 
+def _sync_after_load(module, _incompatible_keys) -> None:  # load_state_dict's post hook
+    module._sync_mask_mirror()
+
+
 class MADE(AutoregressiveModel):
     """MADE with ``num_masks`` fixed mask sets, optional direct connections and context.
 
@@ -100,7 +104,7 @@ class MADE(AutoregressiveModel):
             self.register_buffer(f"degrees_{l}", deg.to(device))
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long, device=device))
         self._sync_mask_mirror()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_mask_mirror())
+        self.register_load_state_dict_post_hook(_sync_after_load)  # module-level: the model pickles whole
         self._register_load_state_dict_pre_hook(self._drop_flow_logit_rows)
 
         fk = {"device": device, "dtype": dtype}
@@ -208,8 +212,7 @@ class MADE(AutoregressiveModel):
         return x
 
     def _masked_layers(self) -> list:
-        """The masked layers (hidden, output, direct), read from the module dict: every forward
-        walks them, and ``nn.Module.__getattr__`` costs microseconds per name."""
+        """The masked layers (hidden, output, direct), read from the module dict (fast)."""
         mods = self._modules
         return list(mods["layers"]) + [mods["output"]] + ([mods["direct"]] if mods.get("direct") is not None else [])
 
