@@ -46,10 +46,11 @@ _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than
 # size the dense reference wins. Thresholds that hold on both 2-core CPUs of the sweeps
 # (``armodel-fast bench --sweep --family masked_linear``): an AMD EPYC (commit f9ba342) and
 # an Intel Xeon with AVX-512 (commit d70129c), whose dense matmuls run near peak: there
-# sorted fwd+bwd 0.98x at 32M (500->500), 1.08x at 50M; evaluation 0.98-0.99x at 50M
-# (784->500; a MADE forward of 57M: 0.90x), 1.35x at 200M; unsorted fwd+bwd 0.82x at 50M.
+# sorted fwd+bwd 0.98x at 32M (500->500), 1.00x at 37M, 1.08x at 50M; evaluation 0.98-0.99x
+# at 50M (a MADE forward of 57M: 0.90x), 1.35x at 200M; unsorted fwd+bwd 0.82x at 50M, 0.92x
+# at 140M, 1.00-1.05x at 200M, 1.02x at 276M, 1.17x at 401M (a random-order MADE [1000]: 0.90x).
 AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of the dense layers, B * in * out
-                 "train_unsorted": 1 << 27}
+                 "train_unsorted": 1 << 28}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 
 

@@ -265,13 +265,14 @@ def test_auto_size_rule():
     small = dispatch.Work(128 * 8 * 16, True, True)
     mid_sorted = dispatch.Work(128 * 784 * 500, True, True)
     mid_unsorted = dispatch.Work(128 * 784 * 500, True, False)
-    big_unsorted = dispatch.Work(128 * 784 * 2000, True, False)
+    big_unsorted = dispatch.Work(512 * 784 * 2000, True, False)
     mid_eval = dispatch.Work(128 * 784 * 500, False, False)
     big_eval = dispatch.Work(128 * 784 * 2000, False, False)
     resolve = lambda work, op="masked_linear": dispatch.resolve_backend("auto", op, "cpu", work=work)  # noqa: E731
     assert resolve(small) == "reference"
     assert resolve(mid_sorted) == "cpp"
     assert resolve(mid_unsorted) == "reference"
+    assert resolve(dispatch.Work(128 * 784 * 2000, True, False)) == "reference"  # unsorted: from 2^28
     assert resolve(big_unsorted) == "cpp"
     assert resolve(mid_eval, "made") == "reference"  # evaluation: the kernels win from a larger size
     assert resolve(big_eval, "made") == "cpp"
