@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .._validate import tensor_is_finite
+from .._validate import tensor_is_finite, transform_active
 
 
 def any_nonfinite(t) -> bool:
     """Whether ``t`` holds a NaN or an infinity: on the CPU one pass without temporaries (the
-    C++ extension's bit test, when built), elsewhere the input checks' test (``tensor_is_finite``)."""
+    C++ extension's bit test, when built), elsewhere, and under torch.func transforms (whose
+    wrapped tensors have no data to bit-test), the input checks' test (``tensor_is_finite``)."""
     t = t.detach()
-    if t.device.type == "cpu":
+    if t.device.type == "cpu" and not transform_active():
         ext = _ext.get_ext()
         if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
             return ext.masked_linear_any_nonfinite(t)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import dispatch
-from ..._validate import check_order, check_real_x, check_tensor, check_uniforms, transform_active
+from ..._validate import check_order, check_real_x, check_tensor, check_uniforms
 from ...reference import made as _ref
 from .._autograd import any_nonfinite
 from ..masked_linear import ACTIVATIONS
@@ -132,9 +132,8 @@ def check_finite_parameters(hidden_layers, output_layer, direct_layer, context_w
         named.append(("the direct layer weight", direct_layer[0]))
     if context_weights is not None:
         named += [(f"context_weights[{i}]", t) for i, t in enumerate(context_weights)]
-    plain = not transform_active()  # torch.func's wrapped tensors: no data to bit-test
     for name, t in named:
-        if t is not None and t.numel() and (any_nonfinite(t) if plain else not bool(torch.isfinite(t).all())):
+        if t is not None and t.numel() and any_nonfinite(t):
             raise ValueError(f"{name} holds NaN or inf: MADE/FVSBN sampling needs finite parameters "
                              "(log_prob and forward give the reference's NaN/inf pattern instead)")
 
