@@ -124,12 +124,24 @@ def check_x_shape(name: str, x, D: int, device: torch.device, trailing: tuple = 
     return x
 
 
+def is_binary(x: torch.Tensor) -> bool:
+    """Whether every value of x is 0 or 1: on the CPU one pass over the bits without temporaries
+    (the C++ extension's ``any_nonbinary``, when built), elsewhere and under torch.func transforms
+    (wrapped tensors have no data to read) the torch form; both exact."""
+    if x.device.type == "cpu" and not transform_active():
+        from . import _ext  # (lazy: _ext imports torch extensions)
+        ext = _ext.get_ext()
+        if ext is not None and hasattr(ext, "any_nonbinary"):
+            return not ext.any_nonbinary(x.detach())
+    return bool(((x == 0) | (x == 1)).all())
+
+
 def check_binary_x(x, D: int, device: torch.device, dtype: torch.dtype, name: str = "x") -> torch.Tensor:
     """x: [B, D] with values in {0, 1} (any real or bool dtype) -> ``dtype``."""
     check_x_shape(name, x, D, device)
     if x.dtype == torch.bool:
         return x.to(dtype)
-    if not values_pass(lambda: bool(((x == 0) | (x == 1)).all())):
+    if not values_pass(lambda: is_binary(x)):
         raise ValueError(f"{name} must be binary (values 0 or 1) for a Bernoulli model")
     return x.to(dtype)
 

@@ -142,3 +142,47 @@ def test_masked_linear_checks():
         layer(torch.zeros(2, 4))
     with pytest.raises(TypeError, match="x must be a floating-point"):
         layer(torch.zeros(2, 3, dtype=torch.long))
+
+
+_BINARY_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
+                  torch.int16, torch.int32, torch.int64, torch.bool]
+
+
+@pytest.mark.parametrize("dtype", _BINARY_DTYPES, ids=str)
+def test_binary_check_is_exact(dtype):
+    """The one-pass bit test (the extension's ``any_nonbinary``) agrees with ``(x == 0) | (x == 1)``
+    for every dtype, contiguous or not, small or split over threads; -0.0 counts as 0."""
+    from armodel_fast import _ext
+    from armodel_fast._validate import is_binary
+
+    torch_form = lambda t: bool(((t == 0) | (t == 1)).all())  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    floating = dtype.is_floating_point
+    bad_values = [0.5, 2.0, -1.0, float("nan"), float("inf"), 1e-30] if floating else [2, 3]
+    if dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
+        bad_values.append(-1)
+    for shape in [(3, 5), (300, 301)]:  # 90,300 values: more than one thread's share
+        base = torch.randint(0, 2, shape, generator=g).to(dtype)
+        if floating:
+            base[0, 1] = -0.0
+        for t in (base, base.t()):
+            assert is_binary(t) and torch_form(t)
+        if dtype == torch.bool:
+            continue
+        for value in bad_values:
+            for pos in [(0, 0), (shape[0] // 2, shape[1] // 3), (shape[0] - 1, shape[1] - 1)]:
+                t = base.clone()
+                t[pos] = value
+                want = torch_form(t)
+                assert is_binary(t) == want and is_binary(t.t()) == want, (value, pos)
+    if _ext.get_ext() is not None:
+        assert hasattr(_ext.get_ext(), "any_nonbinary")  # the fast test is what runs on the CPU
+
+
+@pytest.mark.parametrize("value", [0.5, float("nan"), 2.0, -1.0])
+def test_binary_models_reject_one_bad_value_anywhere(value):
+    x = torch.randint(0, 2, (64, 50)).float()
+    x[37, 41] = value
+    for model in [af.NADE(50, 8), af.MADE(50, [16]), af.FVSBN(50)]:
+        with pytest.raises(ValueError, match="x must be binary"):
+            model.log_prob(x)

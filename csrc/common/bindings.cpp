@@ -103,6 +103,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The masked copies of W[r0:r1, c0:c1] of each block (flat), for in_place kernels.");
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),
         "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
+  m.def("any_nonbinary", &af::any_nonbinary, py::arg("t"),
+        "Whether t holds a value other than 0 and 1 (exact, one pass over the bits, no temporary).");
   m.def("affine_density_forward", &af::affine_density_forward, py::arg("x"), py::arg("raw"), py::arg("clip"),
         "The affine MADE's density direction: (z, log|det dz/dx|, 1/sigma, x - mu) from x and the raw outputs.");
   m.def("affine_density_backward", &af::affine_density_backward, py::arg("grad_z"), py::arg("grad_logdet"),

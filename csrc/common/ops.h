@@ -80,6 +80,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_p
     const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks);
 at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks);
 bool masked_linear_any_nonfinite(const at::Tensor& t);
+// Whether t holds a value other than 0 and 1 (common/value_checks_cpu.cpp).
+bool any_nonbinary(const at::Tensor& t);
 // CPU, for tests (masked_linear_tileref_cpu.cpp): the CUDA kernels' tile code
 // (masked_linear_math.h, masked_linear_glue.h) run serially.
 at::Tensor masked_linear_tileref_forward(const at::Tensor& x, const at::Tensor& w_sorted,
