@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import armodel_fast as af
+from armodel_fast.ops.made.inverse_grad import _sweep as _torch_sweep
 from made_cases import SKIP_WITHOUT_FAST, backends, data, pair
 
 pytestmark = SKIP_WITHOUT_FAST
@@ -86,10 +87,21 @@ FLOW_VARIANTS = {
 @backends
 @pytest.mark.parametrize("variant", list(FLOW_VARIANTS))
 @pytest.mark.parametrize("D", [1, 2, 9])
-def test_inverse_adjoint_sweep_matches_reference(backend, variant, D):
+@pytest.mark.parametrize("sweep", ["extension", "torch"])
+def test_inverse_adjoint_sweep_matches_reference(backend, variant, D, sweep, monkeypatch):
     """The backward's reverse sweep over degrees (ops/made/inverse_grad.py) on other layer counts,
     activations, scales, narrow layers (degrees with no unit) and D=1: the gradients equal the
-    reference's autograd through its D passes."""
+    reference's autograd through its D passes. ``sweep``: the extension's C++ sweep (what runs on
+    the CPU) or the torch form (other devices, no extension), each checked to be the one that ran."""
+    from types import SimpleNamespace
+
+    from armodel_fast.ops.made import inverse_grad
+    torch_sweeps = []
+    monkeypatch.setattr(inverse_grad, "_sweep", lambda *a: torch_sweeps.append(1) or _torch_sweep(*a))
+    if sweep == "torch":
+        monkeypatch.setattr(inverse_grad, "_ext", SimpleNamespace(get_ext=lambda: None))
+    elif not hasattr(inverse_grad._ext.get_ext(), "made_inverse_sweep"):
+        pytest.skip("the extension is not built")
     kw = dict(FLOW_VARIANTS[variant])
     hidden = kw.pop("hidden")
     ref = af.MADE(D, hidden, out="gaussian", seed=3, dtype=torch.float64, **kw)
@@ -114,3 +126,4 @@ def test_inverse_adjoint_sweep_matches_reference(backend, variant, D):
         assert (gr is None) == (gf is None), name
         if gr is not None:
             torch.testing.assert_close(gf, gr, rtol=1e-7, atol=1e-9, msg=lambda m: f"d{name}: {m}")
+    assert bool(torch_sweeps) == (sweep == "torch")

@@ -105,6 +105,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
   m.def("any_nonbinary", &af::any_nonbinary, py::arg("t"),
         "Whether t holds a value other than 0 and 1 (exact, one pass over the bits, no temporary).");
+  m.def("made_inverse_sweep", &af::made_inverse_sweep, py::arg("weights"), py::arg("act_in"), py::arg("skip"),
+        py::arg("unit_bounds"), py::arg("reaches"), py::arg("acc"), py::arg("acc_act"), py::arg("in_derivs"),
+        py::arg("derivs"), py::arg("deltas"), py::arg("acc_x"), py::arg("c_out"), py::arg("head"), py::arg("gl_ds"),
+        py::arg("w_out"), py::arg("out_reach"), py::arg("w_dir"), py::arg("dir_reach"), py::arg("D"), py::arg("top"),
+        "The reverse sweep of the affine MADE inverse's adjoint (ops/made/inverse_grad.py), in place on acc, "
+        "acc_act, deltas, acc_x and c_out.");
   m.def("affine_density_forward", &af::affine_density_forward, py::arg("x"), py::arg("raw"), py::arg("clip"),
         "The affine MADE's density direction: (z, log|det dz/dx|, 1/sigma, x - mu) from x and the raw outputs.");
   m.def("affine_density_backward", &af::affine_density_backward, py::arg("grad_z"), py::arg("grad_logdet"),

@@ -82,6 +82,16 @@ at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_r
 bool masked_linear_any_nonfinite(const at::Tensor& t);
 // Whether t holds a value other than 0 and 1 (common/value_checks_cpu.cpp).
 bool any_nonbinary(const at::Tensor& t);
+// The affine MADE inverse's adjoint: the reverse sweep over the degrees (made/inverse_grad_cpu.cpp).
+void made_inverse_sweep(const std::vector<at::Tensor>& weights, const std::vector<bool>& act_in,
+                        const std::vector<bool>& skip, const at::Tensor& unit_bounds, const at::Tensor& reaches,
+                        const std::vector<at::Tensor>& acc, const std::vector<std::optional<at::Tensor>>& acc_act,
+                        const std::vector<std::optional<at::Tensor>>& in_derivs,
+                        const std::vector<std::optional<at::Tensor>>& derivs, const std::vector<at::Tensor>& deltas,
+                        const at::Tensor& acc_x, const at::Tensor& c_out, const at::Tensor& head,
+                        const at::Tensor& gl_ds, const at::Tensor& w_out, const at::Tensor& out_reach,
+                        const std::optional<at::Tensor>& w_dir, const std::optional<at::Tensor>& dir_reach, int64_t D,
+                        int64_t top);
 // CPU, for tests (masked_linear_tileref_cpu.cpp): the CUDA kernels' tile code
 // (masked_linear_math.h, masked_linear_glue.h) run serially.
 at::Tensor masked_linear_tileref_forward(const at::Tensor& x, const at::Tensor& w_sorted,

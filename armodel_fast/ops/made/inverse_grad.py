@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ... import _ext
+from ..._validate import transform_active
 from ...reference.made import ACT_IN, ACT_OUT, ACTIVATIONS, LOG_SCALE_BOUND, SKIP
 from ...reference.masked_linear import degree_mask
 
@@ -48,17 +50,57 @@ def _sorted_layer(weight: Tensor, din: Tensor, dout: Tensor, strict: bool):
     return w, dout_s, perm_out, perm_in, din_s
 
 
-def _slices(degrees_sorted: Tensor, top: int) -> List[Tuple[int, int]]:
-    """[k] -> (begin, end) of the units of degree k in sorted order, k = 0..top."""
+def _bounds(degrees_sorted: Tensor, top: int) -> Tensor:
+    """[top + 2] int64 (CPU): the units of degree k are ``[b[k], b[k + 1])`` in sorted order, k = 0..top."""
     ks = torch.arange(top + 2, device=degrees_sorted.device)
-    bounds = torch.searchsorted(degrees_sorted, ks).tolist()
-    return [(bounds[k], bounds[k + 1]) for k in range(top + 1)]
+    return torch.searchsorted(degrees_sorted, ks).cpu()
 
 
-def _reach(in_sorted: Tensor, top: int, strict: bool) -> List[int]:
-    """[k] -> how many sorted inputs a unit of degree k reads (a prefix), k = 0..top."""
+def _reach(in_sorted: Tensor, top: int, strict: bool) -> Tensor:
+    """[top + 1] int64 (CPU): how many sorted inputs a unit of degree k reads (a prefix), k = 0..top."""
     ks = torch.arange(top + 1, device=in_sorted.device)
-    return torch.searchsorted(in_sorted, ks, right=not strict).tolist()
+    return torch.searchsorted(in_sorted, ks, right=not strict).cpu()
+
+
+def _no_layers(width: int) -> Tensor:
+    return torch.zeros(0, width, dtype=torch.long)
+
+
+def _sweep(weights, act_in, skip, unit_bounds, reaches, acc, acc_act, in_derivs, derivs, deltas, acc_x, c_out, head,
+           gl_ds, w_out, out_reach, w_dir, dir_reach, D: int, top: int) -> None:
+    """The reverse sweep over the degrees, in place on ``acc``, ``acc_act``, ``deltas``, ``acc_x`` and
+    ``c_out``: ``w = gx + d/dx <c_out, raw>`` with ``c_out`` the outputs' cotangent, which depends on
+    w (mu rows: w_k; log sigma rows: w_k head_k + gl ds_k). The extension's ``made_inverse_sweep``
+    runs the same steps on the CPU; this is it on other devices and without the extension."""
+    bounds, reach, out_reach = unit_bounds.tolist(), reaches.tolist(), out_reach.tolist()
+    dir_reach = None if dir_reach is None else dir_reach.tolist()
+    below_out = acc[-1] if weights else acc_x
+    for k in range(top, 0, -1):
+        for i in range(len(weights) - 1, -1, -1):  # hidden units of degree k, top layer first
+            b0, b1 = bounds[i][k], bounds[i][k + 1]
+            if b0 == b1:
+                continue
+            g = acc[i][:, b0:b1]
+            if acc_act[i] is not None:  # read through the activation by layer i+1
+                g = g + acc_act[i][:, b0:b1] * in_derivs[i + 1][:, b0:b1]
+            delta = g * derivs[i][:, b0:b1] if derivs[i] is not None else g
+            deltas[i][:, b0:b1] = delta
+            if skip[i]:  # the block's input (layer i-2, same units) was added unchanged
+                acc[i - 2][:, b0:b1] += delta
+            r = reach[i][k]
+            if r:
+                below = acc_x if i == 0 else (acc_act[i - 1] if act_in[i] else acc[i - 1])
+                below[:, :r].addmm_(delta, weights[i][b0:b1, :r])
+        if k > D:
+            continue
+        wk = acc_x[:, k - 1]  # dimension order[k-1]: complete
+        coef = c_out[:, 2 * (k - 1):2 * k]
+        coef[:, 0] = wk
+        coef[:, 1] = wk * head[:, k - 1] + gl_ds[:, k - 1]
+        if out_reach[k]:
+            below_out[:, :out_reach[k]].addmm_(coef, w_out[2 * (k - 1):2 * k, :out_reach[k]])
+        if dir_reach is not None and dir_reach[k]:
+            acc_x[:, :dir_reach[k]].addmm_(coef, w_dir[2 * (k - 1):2 * k, :dir_reach[k]])
 
 
 def _unsort(t_sorted: Tensor, perm_rows: Optional[Tensor], perm_cols: Optional[Tensor]) -> Tensor:
@@ -134,8 +176,8 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     # The reverse sweep: w = gx + d/dx <c_out, raw> with c_out the outputs' cotangent, which
     # depends on w (mu rows: w_k; log sigma rows: w_k head_k + gl ds_k); deltas of every unit.
     top = max([D] + [int(lay[1][-1]) for lay in layers if lay[1].numel()])
-    unit_slices = [_slices(lay[1], top) for lay in layers]
-    reaches = [_reach(lay[4], top, False) for lay in layers]
+    unit_bounds = torch.stack([_bounds(lay[1], top) for lay in layers]) if layers else _no_layers(top + 2)
+    reaches = torch.stack([_reach(lay[4], top, False) for lay in layers]) if layers else _no_layers(top + 1)
     out_reach = _reach(din_out, top, True)
     dir_reach = _reach(din_dir, top, True) if direct_layer is not None else None
     acc = [torch.zeros_like(inp) for inp in inputs[1:]]  # d loss / d h (each layer's output), as units complete
@@ -145,34 +187,12 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     deltas = [torch.zeros_like(a) for a in acc]  # d loss / d pre-activation
     acc_x = gx.index_select(1, perm_x).clone()
     c_out = raw.new_zeros(raw.shape)
-    below_out = acc[-1] if layers else acc_x
-    for k in range(top, 0, -1):
-        for i in range(len(layers) - 1, -1, -1):  # hidden units of degree k, top layer first
-            b0, b1 = unit_slices[i][k]
-            if b0 == b1:
-                continue
-            g = acc[i][:, b0:b1]
-            if acc_act[i] is not None:  # read through the activation by layer i+1
-                g = g + acc_act[i][:, b0:b1] * in_derivs[i + 1][:, b0:b1]
-            delta = g * derivs[i][:, b0:b1] if derivs[i] is not None else g
-            deltas[i][:, b0:b1] = delta
-            if flags[i] & SKIP:  # the block's input (layer i-2, same units) was added unchanged
-                acc[i - 2][:, b0:b1] += delta
-            r = reaches[i][k]
-            if r:
-                below = acc_x if i == 0 else (acc_act[i - 1] if flags[i] & ACT_IN else acc[i - 1])
-                below[:, :r].addmm_(delta, layers[i][0][b0:b1, :r])
-        if k > D:
-            continue
-        wk = acc_x[:, k - 1]  # dimension order[k-1]: complete
-        rows = slice(2 * (k - 1), 2 * k)
-        coef = c_out[:, rows]
-        coef[:, 0] = wk
-        coef[:, 1] = wk * head[:, k - 1] + gl_ds[:, k - 1]
-        if out_reach[k]:
-            below_out[:, :out_reach[k]].addmm_(coef, w_out[rows, :out_reach[k]])
-        if dir_reach is not None and dir_reach[k]:
-            acc_x[:, :dir_reach[k]].addmm_(coef, w_dir[rows, :dir_reach[k]])
+    ext = _ext.get_ext()
+    on_cpu = x.device.type == "cpu" and not transform_active()  # (wrapped tensors: the torch form)
+    sweep = ext.made_inverse_sweep if on_cpu and ext is not None and hasattr(ext, "made_inverse_sweep") else _sweep
+    sweep([lay[0] for lay in layers], [bool(f & ACT_IN) for f in flags], [bool(f & SKIP) for f in flags],
+          unit_bounds, reaches, acc, acc_act, in_derivs, derivs, deltas, acc_x, c_out, head, gl_ds, w_out, out_reach,
+          w_dir, dir_reach, D, top)
     ws = acc_x
 
     # Parameter gradients at fixed x: the masked products of each layer, back in the caller's layout.
