@@ -12,6 +12,7 @@ orders and ranges again, so compiled code still fails loudly on bad data.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
 import torch
@@ -25,9 +26,23 @@ def check_tensor(name: str, t) -> torch.Tensor:
     return t
 
 
+def as_int(v) -> Optional[int]:
+    """``v`` as a Python int when it is an integer (int, numpy or 0-d integer torch scalar; not a
+    bool), else None."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_" or not hasattr(v, "__index__"):
+        return None
+    if isinstance(v, torch.Tensor) and (v.dim() or v.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
 def check_positive_int(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    if (n := as_int(v)) is None:
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = n
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return v
@@ -41,10 +56,10 @@ def check_bool(name: str, v) -> bool:
 
 def check_seed(seed, name: str = "seed") -> int:
     """An int seed (bool and None refused: a seed must reproduce the same draw)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if (n := as_int(seed)) is None:
         raise TypeError(f"{name} must be an int, got {type(seed).__name__} "
                         f"(None is not accepted: pass an explicit int for reproducible masks)")
-    return seed
+    return n
 
 
 def check_order(order: OrderLike, D: int, name: str = "order") -> torch.Tensor:
@@ -188,7 +203,7 @@ def check_uniforms(u, n: int, D: int, trailing: tuple, device: torch.device, dty
 
 def check_context(context, B: int, context_dim: int, device: torch.device, dtype: torch.dtype,
                   name: str = "context") -> Optional[torch.Tensor]:
-    """context: [B, context_dim] when the model was built with context_dim > 0, else None."""
+    """context: [B, context_dim] finite real values when the model was built with context_dim > 0, else None."""
     if context_dim == 0:
         if context is not None:
             raise ValueError(f"{name} was given but the model has context_dim=0")
@@ -202,4 +217,6 @@ def check_context(context, B: int, context_dim: int, device: torch.device, dtype
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {context.dtype}")
     if context.device != device:
         raise ValueError(f"{name} is on {context.device} but the model's parameters are on {device}")
+    if not values_pass(lambda: tensor_is_finite(context)):  # (the samplers would not reproduce the reference's NaNs)
+        raise ValueError(f"{name} must be finite")
     return context.to(dtype)

@@ -3,13 +3,12 @@
 A backend is one of ``reference`` (plain PyTorch, always present), ``cpp`` (the C++ CPU extension
 ``armodel_fast._C``), ``triton`` (CPU tensors only under ``TRITON_INTERPRET=1``) and ``cuda``.
 
-The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator,
-:func:`register`, from the op folders (``ops/nade``, ``ops/masked_linear``,
-``ops/made``), with the parameter dtypes each launcher takes and the native
-function it calls. A backend implements ``op`` when it has a usable launcher for
-every stage of ``op``. Modules resolve ``backend="auto"`` (or check an explicit
-name) once per call with :func:`resolve_backend` and pass the concrete name
-down; :func:`launcher` then finds the function. Nothing falls back silently: an explicit
+The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator, :func:`register`,
+from the op folders (``ops/nade``, ``ops/masked_linear``, ``ops/made``), with the parameter
+dtypes each launcher takes and the native function it calls. A backend implements ``op`` when
+it has a usable launcher for every stage of ``op``. Modules resolve ``backend="auto"`` (or check
+an explicit name) once per call with :func:`resolve_backend` and pass the concrete name down;
+:func:`launcher` then finds the function. Nothing falls back silently: an explicit
 backend that cannot run raises :class:`BackendUnavailableError` with the reason and the fix;
 the one exception, stated, counted and warned about: a fast backward that meets NaN/inf
 (DESIGN.md 9) or runs under vmap computes its gradients through the reference
@@ -52,6 +51,7 @@ _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than
 AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of the dense layers, B * in * out
                  "train_unsorted": 1 << 28}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
+OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "made_sample", "arrnn")  # arrnn: reference
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def size_rule_says(op: str, work: Optional[Work]) -> Optional[str]:
     if op not in SIZE_RULE_OPS or work is None:
         return None
     kind = ("train" if work.sorted else "train_unsorted") if work.training else "eval"
-    need = AUTO_MIN_WORK[kind]
-    if work.macs < need:
+    if work.macs < (need := AUTO_MIN_WORK[kind]):
         what = {"train": "training", "eval": "evaluation",
                 "train_unsorted": "training with unsorted degrees (a random order's input or output layer: the "
                                   "kernels gather the weights every step)"}[kind]
@@ -91,9 +90,8 @@ class BackendStatus:
     ops: tuple = field(default_factory=tuple)
 
     def __str__(self) -> str:
-        state = "available" if self.available else "unavailable"
         ops = ", ".join(self.ops) if self.ops else "no ops yet"
-        return f"{self.name}: {state} ({self.reason}); ops: {ops}"
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason}); ops: {ops}"
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,8 @@ _TABLE: Dict[Tuple[str, str], Dict[str, Launcher]] = {}
 def register(op: str, stage: str, backend: str, dtypes=None, requires=()) -> Callable:
     """Decorator: the function launches ``stage`` of ``op`` on ``backend`` (stack it for
     several backends). A ``reference`` entry is optional: the reference runs every op."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS or op not in OPS:
+        raise ValueError(f"backend must be one of {BACKENDS} and op one of {OPS}, got {backend!r}, {op!r}")
     requires = (requires,) if isinstance(requires, str) else tuple(requires)
 
     def deco(fn: Callable) -> Callable:
@@ -351,6 +349,8 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
     parameters, when given) and why not, then what ``auto`` picks and, where a rule chose the reference
     (the GPU rule; the CPU size rule for ``masked_linear`` / ``fvsbn`` / ``made`` given ``work``), why."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
     device = torch.device(device)
     lines = []
     for name in BACKENDS:

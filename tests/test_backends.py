@@ -125,3 +125,11 @@ def test_the_gpu_rule_is_not_cited_where_no_kernel_could_run(monkeypatch):
     assert dispatch.resolve_backend("auto", "made", torch.device("cuda")) == "reference"
     assert dispatch.last_auto_pick() == ("made", "reference", None)
     assert "not built here" in _backend_note("made", "reference", "auto", "cuda")
+
+
+def test_explain_refuses_an_unknown_op_and_knows_every_model():
+    with pytest.raises(ValueError, match="op must be one of"):
+        af.explain("foo")
+    for model in (af.NADE(3, 2), af.FVSBN(3), af.MADE(3, [4]), af.ARRNN(3, 2), af.RNADE(3, 2, 2),
+                  af.CategoricalNADE(3, 2, 3)):
+        assert af.explain(type(model).op).splitlines()[0].startswith("reference: yes")

@@ -223,3 +223,15 @@ def test_bad_inputs(kwargs, err, match):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         masked_linear(**args)
+
+
+@backends
+@pytest.mark.parametrize("shift", [2 ** 40, -2 ** 40])
+def test_degrees_beyond_int32_mean_what_they_mean_everywhere(backend, shift):
+    """Only how degrees compare matters: shifted far past int32, every backend computes the
+    reference's layer (the Triton staircase replaces such degrees by their ranks)."""
+    g = torch.Generator().manual_seed(3)
+    din, dout = torch.randint(0, 5, (7,), generator=g), torch.randint(0, 5, (6,), generator=g)
+    x, w, b = torch.randn(3, 7, generator=g), torch.randn(6, 7, generator=g), torch.randn(6, generator=g)
+    for strict in (False, True):
+        compare(backend, x, w, b, din + shift, dout + shift, strict, "relu")

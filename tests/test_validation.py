@@ -68,6 +68,12 @@ def test_made_argument_checks():
         af.MADE(4, [5], K=3)
     with pytest.raises(ValueError, match="num_masks"):
         af.MADE(4, [5], num_masks=0)
+    with pytest.raises(ValueError, match=r"activation nn.ELU\(alpha=5.0\)"):  # the kernels fuse alpha=1 only
+        af.MADE(4, [5], activation=torch.nn.ELU(alpha=5.0))
+    assert af.MADE(4, [5], activation=torch.nn.ELU(alpha=1.0)).activation == "elu"
+    for out, K in (("bernoulli", None), ("gaussian", 2), ("categorical", 3)):  # no scale to bound there
+        with pytest.raises(ValueError, match="scale"):
+            af.MADE(4, [5], out=out, K=K, scale="raw")
     m = af.MADE(4, [5], num_masks=2)
     with pytest.raises(ValueError, match="ensemble"):
         m.log_prob(torch.zeros(1, 4), ensemble=3)
@@ -186,3 +192,20 @@ def test_binary_models_reject_one_bad_value_anywhere(value):
     for model in [af.NADE(50, 8), af.MADE(50, [16]), af.FVSBN(50)]:
         with pytest.raises(ValueError, match="x must be binary"):
             model.log_prob(x)
+
+
+def test_integer_arguments_take_numpy_and_torch_integers():
+    """Sizes and seeds read from numpy configs (np.int64) or 0-d integer tensors are ints;
+    bools, floats and 1-D tensors are still refused."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    a = af.MADE(5, 7, seed=3)
+    torch.manual_seed(0)
+    b = af.MADE(np.int64(5), [np.int32(7)], seed=torch.tensor(3))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert type(af.NADE(np.int64(4), np.int64(3)).D) is int
+    for bad in (True, 4.0, np.bool_(True), torch.tensor([4])):
+        with pytest.raises(TypeError, match="D must be an int"):
+            af.NADE(bad, 3)
+    with pytest.raises(TypeError, match="hidden"):
+        af.MADE(4, [np.float32(5)])

@@ -127,3 +127,21 @@ def test_made_seed_must_be_an_int(seed):
     """``seed`` is an int; None is refused (masks must be reproducible from the arguments)."""
     with pytest.raises(TypeError, match="seed must be an int"):
         af.MADE(4, [5], seed=seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_context_is_refused_everywhere(backend, value):
+    """A NaN/inf context: "context must be finite" from every method on every backend (the
+    one-pass samplers would otherwise draw other samples than the reference's NaN logits give)."""
+    for out in ("bernoulli", "gaussian"):
+        m = af.MADE(3, [4], out=out, context_dim=2, backend=backend)
+        c = torch.tensor([[0.5, value]])
+        x = torch.zeros(1, 3)
+        calls = [lambda: m.log_prob(x, context=c), lambda: m(x, context=c),
+                 lambda: m.sample(1, u=torch.full((1, 3) + ((2,) if out == "gaussian" else ()), 0.3), context=c)]
+        if out == "gaussian":
+            calls += [lambda: m.transform(x, c), lambda: m.inverse(x, c)]
+        for call in calls:
+            with pytest.raises(ValueError, match="context must be finite"):
+                call()

@@ -185,12 +185,15 @@ def _ml_dw_kernel(g_ptr, x_ptr, dw_ptr, in_deg_ptr, out_deg_ptr, reach_ptr, coun
 def staircase(in_deg: torch.Tensor, out_deg: torch.Tensor, strict: bool):
     """``(in_deg, out_deg, reach [N], col_start [K])``, all int32, of ascending integer degree
     vectors: sorted row n is connected to the inputs ``[0, reach[n])``, input k to the rows
-    ``[col_start[k], N)``. Checks the order and the int32 range (one device sync)."""
+    ``[col_start[k], N)``. Checks the order; degrees beyond int32 are replaced by their ranks among
+    both vectors (the mask depends only on how degrees compare)."""
     for name, d in (("in_deg", in_deg), ("out_deg", out_deg)):
         if d.numel() > 1 and not bool((d[1:] >= d[:-1]).all()):
             raise ValueError(f"{name} must be sorted ascending (the op layer sorts units by degree)")
-        if d.numel() and not (-2 ** 31 <= int(d[0]) and int(d[-1]) < 2 ** 31):
-            raise ValueError(f"{name} must fit in int32, got values in [{int(d[0])}, {int(d[-1])}]")
+    both = torch.cat([in_deg.reshape(-1), out_deg.reshape(-1)])
+    if both.numel() and not (-2 ** 31 <= int(both.min()) and int(both.max()) < 2 ** 31):
+        ranks = torch.unique(both, sorted=True, return_inverse=True)[1]
+        in_deg, out_deg = ranks[:in_deg.numel()], ranks[in_deg.numel():]
     in_deg, out_deg = in_deg.to(torch.int32).contiguous(), out_deg.to(torch.int32).contiguous()
     reach = torch.searchsorted(in_deg, out_deg, right=not strict).to(torch.int32)
     col_start = torch.searchsorted(out_deg, in_deg, right=strict).to(torch.int32)

@@ -91,8 +91,8 @@ class MADE(AutoregressiveModel):
         self.P = {"bernoulli": 1, "categorical": self.K, "gaussian": 3 * (self.K or 1)}[out] if not self._affine else 2
         self.context_dim = check_positive_int("context_dim", context_dim, minimum=0)
         self.activation = activation_name(activation)
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+        if scale not in SCALES or (scale != "soft_clip" and not self._affine):  # only the affine head has one
+            raise ValueError(f"scale must be one of {tuple(SCALES)} (out='gaussian', K=1 only), got {scale!r}, {out=}")
         self.scale = scale
         check_bool("direct", direct)
         self.seed = check_seed(seed)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import as_int
 from ..reference.made import ACTIVATIONS, RESIDUAL
 
 _BY_OBJECT = {nn.ReLU: "relu", nn.ELU: "elu", nn.Tanh: "tanh", nn.Identity: "none",
@@ -24,13 +25,14 @@ _BY_OBJECT = {nn.ReLU: "relu", nn.ELU: "elu", nn.Tanh: "tanh", nn.Identity: "non
 
 def check_hidden(hidden) -> list:
     """``hidden`` as a list of positive ints (an int is one hidden layer)."""
-    if isinstance(hidden, int) and not isinstance(hidden, bool):
+    if as_int(hidden) is not None:
         hidden = [hidden]
     if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
         raise TypeError(f"hidden must be an int or a list of ints, e.g. hidden=[500, 500], got {hidden!r}")
-    hidden = list(hidden)
-    if not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+    sizes = [as_int(h) for h in hidden]
+    if any(h is None for h in sizes):
         raise TypeError(f"hidden must be an int or a list of ints, e.g. hidden=[500, 500], got {hidden!r}")
+    hidden = sizes
     if len(hidden) == 0 or min(hidden) < 1:
         raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
     return hidden
@@ -44,10 +46,14 @@ def activation_name(activation) -> str:
     else:
         key = type(activation) if isinstance(activation, nn.Module) else activation
         try:
-            if key in _BY_OBJECT:
-                return _BY_OBJECT[key]
+            name = _BY_OBJECT.get(key)
         except TypeError:  # unhashable
-            pass
+            name = None
+        if isinstance(activation, nn.ELU) and float(activation.alpha) != 1.0:
+            raise ValueError(f"activation nn.ELU(alpha={activation.alpha}) is not supported: the kernels fuse "
+                             f"elu with alpha=1 (pass nn.ELU() or 'elu')")
+        if name is not None:
+            return name
     raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, nn.ReLU/nn.ELU/nn.Tanh/nn.Identity "
                      f"(class or instance) or F.relu/F.elu/torch.tanh, got {activation!r}")
 
