@@ -12,6 +12,14 @@ import os
 class UserError(ValueError):
     """A user error: printed by the CLI as one ``error: ...`` line, exit status 2."""
 
+    exit_code = 2
+
+
+class Interrupted(UserError):
+    """Ctrl-C, with what to do next: one ``error: ...`` line, exit status 130 (as a shell's SIGINT)."""
+
+    exit_code = 130
+
 
 def writable_dir(path: str, flag: str) -> None:
     """Create the directory ``path`` now (for the option ``flag``), or raise :class:`UserError`

@@ -13,6 +13,7 @@ import torch
 
 from .dispatch import (AUTO_ORDER, BACKENDS, BackendUnavailableError, auto_rule_says, explain, last_auto_pick,
                        resolve_backend)
+from ._files import atomic_write_text
 from ._user_errors import UserError, writable_dir
 
 
@@ -64,10 +65,12 @@ def cmd_train(args, out) -> int:
 
 def cmd_eval(args, out) -> int:
     from .training.commands import cmd_eval as run
+    if args.json:
+        _writable_file(args.json, "--json")
     try:
         return run(args, out)
     except BackendUnavailableError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(f"--backend {args.backend}: {e}") from None
 
 
 # ---------------------------------------------------------------------------- sample
@@ -78,13 +81,15 @@ def cmd_sample(args, out) -> int:
     from .training.checkpoint import CheckpointError
     from .training.commands import load_model
 
-    try:
-        model, ckpt = load_model(args.checkpoint, backend=args.backend)
-    except (CheckpointError, BackendUnavailableError) as e:
-        raise CLIError(str(e)) from e
     if os.path.isdir(args.out):
         raise CLIError(f"--out {args.out} is a directory; give the image's file name (e.g. {args.out}/samples.png)")
-    writable_dir(os.path.dirname(args.out) or ".", "--out")
+    _writable_file(args.out, "--out", ".png")
+    try:
+        model, ckpt = load_model(args.checkpoint, backend=args.backend)
+    except BackendUnavailableError as e:
+        raise CLIError(f"--backend {args.backend}: {e}") from None
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
     gen = torch.Generator().manual_seed(args.seed)
     x, log_prob = model.sample(args.n, generator=gen, return_log_prob=True)
     name = ckpt["config"].get("name", "model")
@@ -126,7 +131,7 @@ def cmd_bench(args, out) -> int:
         paths = {k: v or os.path.join(args.out, defaults[k]) for k, v in paths.items()}
     for flag, path in paths.items():  # every output path is checked before the benchmark runs
         if path:
-            _writable_file(path, f"--{flag}")
+            _writable_file(path, f"--{flag}", ".png" if flag == "plot" else None)
     rows = bench.all_rows(cfg)
     if not rows:
         raise CLIError(f"--filter {args.filter!r} selects no rows (it matches 'op provider', "
@@ -142,18 +147,20 @@ def cmd_bench(args, out) -> int:
         out.print(f"wrote {path}")
     if args.profile and args.out:
         path = os.path.join(args.out, "profile.txt")
-        with open(path, "w") as f:
-            f.write(bench.profiles_text(results))
+        atomic_write_text(path, bench.profiles_text(results))
         out.print(f"wrote {path}")
     elif args.profile:
         out.print(bench.profiles_text(results))
     return 0
 
 
-def _writable_file(path: str, flag: str) -> None:
-    """``path`` can be written as a file: not a directory, its folder writable."""
+def _writable_file(path: str, flag: str, suffix: str = None) -> None:
+    """``path`` can be written as a file (ending in ``suffix``, when given): not a directory, its
+    folder writable (checked before any work; the write itself is atomic: ``_files``)."""
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path} is a directory; give a file name inside it")
+    if suffix and not path.lower().endswith(suffix):
+        raise CLIError(f"{flag} {path}: the file is written as {suffix[1:].upper()}; give a name ending in {suffix}")
     writable_dir(os.path.dirname(path) or ".", flag)
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise CLIError(f"{flag}: file {path} is not writable; choose another path")
@@ -175,8 +182,26 @@ def _positive_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {s}")
+    return v
+
+
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {s}")
+    return v
+
+
+def _threads(s: str) -> int:
+    v = _positive_int(s)
+    limit = 4 * (os.cpu_count() or 1)
+    if v > limit:
+        raise argparse.ArgumentTypeError(f"must be at most {limit} (4 per CPU core here), got {v}")
     return v
 
 
@@ -203,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
     s.add_argument("--checkpoint", required=True, help="model.pt written by train")
     s.add_argument("--n", type=_positive_int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--backend", choices=backends, default="auto")
     s.set_defaults(func=cmd_sample)
@@ -221,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden units of every op; MADE gets [H, H] (default: per op)")
     b.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per row (median reported)")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=_positive_int, default=None,
+    b.add_argument("--seed", type=_seed, default=0)
+    b.add_argument("--threads", type=_threads, default=None,
                    help="torch threads per row (default: torch's default)")
     group = b.add_mutually_exclusive_group()
     group.add_argument("--compile", dest="compile", action="store_true", default=None,
@@ -260,7 +285,8 @@ def _train_parser(sub, backends) -> None:
                        description="Train any model on built-in or your own data. Options left out come from "
                        "--recipe, then from the run being resumed, then the defaults.")
     g = t.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS + ("categorical_nade",), help="default nade")
+    g.add_argument("--model", choices=MODELS + ("categorical_nade",), metavar="{" + ",".join(MODELS) + "}",
+                   help="default nade")
     g.add_argument("--head", choices=HEADS, help="MADE's output: bernoulli (default), categorical, gaussian")
     g.add_argument("--K", type=_positive_int, help="classes (categorical) or mixture components (rnade, "
                    "gaussian MADE); categorical default: read from the data")
@@ -301,9 +327,9 @@ def _train_parser(sub, backends) -> None:
     g.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     g.add_argument("--checkpoint-every", type=_positive_int, help="also checkpoint every N steps")
     g.add_argument("--backend", choices=backends)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=_seed)
     g.add_argument("--device", help="cpu (default), cuda, cuda:N; under torchrun cuda is each rank's GPU")
-    g.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    g.add_argument("--threads", type=_threads, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-validation lines")
     t.set_defaults(func=cmd_train)
 
@@ -328,4 +354,11 @@ def main(argv=None) -> int:
         return args.func(args, _console())
     except UserError as e:  # CLIError and training.commands' UserError alike
         _console(stderr=True).print(f"error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _console(stderr=True).print("error: interrupted")
+        return 130
+    except OSError as e:  # a write that failed (disk full, a path that cannot hold files): the old file stays
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        _console(stderr=True).print(f"error: cannot write{where}: {e.strerror or e}")
         return 2

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import save_figure
+
 
 def _to_numpy(x) -> np.ndarray:
     """Tensor or array-like → float32 numpy array (on CPU, detached)."""
@@ -77,8 +79,7 @@ def save_sample_grid(x, image_shape, path, nrow=None, title=None) -> Path:
         fig.suptitle(str(title), fontsize=10, y=0.99, va="top")
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    save_figure(fig, out)
     return out
 
 
@@ -99,8 +100,5 @@ def save_learning_curve(records, path, D=None) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(out)
+    save_figure(fig, out)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import atomic_write_text, save_figure
 from .core import BenchConfig
 from .measure import MEMORY_METHOD
 
@@ -127,11 +128,10 @@ def print_tables(results: list, cfg: BenchConfig, console, info: dict = None) ->
 
 def write_json(path, results: list, cfg: BenchConfig, info: dict = None) -> None:
     info = info or machine_info(cfg)
-    with open(path, "w") as f:
-        json.dump({"machine": info, "config": asdict(cfg), "torch": torch.__version__,
-                   "threads": info["threads"], "memory_method": MEMORY_METHOD if cfg.memory else None,
-                   "ratio": RATIO_NOTE, "rows": [{k: v for k, v in r.items() if k != "profile"} for r in results]},
-                  f, indent=2)
+    atomic_write_text(path, json.dumps(
+        {"machine": info, "config": asdict(cfg), "torch": torch.__version__, "threads": info["threads"],
+         "memory_method": MEMORY_METHOD if cfg.memory else None, "ratio": RATIO_NOTE,
+         "rows": [{k: v for k, v in r.items() if k != "profile"} for r in results]}, indent=2))
 
 
 def profiles_text(results: list) -> str:
@@ -162,7 +162,7 @@ def markdown_table(results: list, cfg: BenchConfig, info: dict) -> str:
 
 
 def write_markdown(path, results: list, cfg: BenchConfig, info: dict = None) -> None:
-    Path(path).write_text(markdown_table(results, cfg, info or machine_info(cfg)))
+    atomic_write_text(path, markdown_table(results, cfg, info or machine_info(cfg)))
 
 
 def write_plot(path, results: list, cfg: BenchConfig, info: dict = None) -> None:
@@ -216,7 +216,7 @@ def write_plot(path, results: list, cfg: BenchConfig, info: dict = None) -> None
         ax.set_title(op, fontsize=9, loc="left")
         ax.set_ylabel("speedup vs best\neager reference", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def write_outputs(results: list, cfg: BenchConfig, info: dict, json_path=None, markdown_path=None,

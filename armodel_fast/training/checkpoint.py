@@ -16,32 +16,14 @@ import random
 import numpy as np
 import torch
 
+from .._files import atomic_write_bytes
+
 FORMAT = "armodel-fast-checkpoint-v2"
 MODEL_KEYS = ("config", "state_dict", "image_shape", "metrics")
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, damaged or does not fit; the message names the file."""
-
-
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save(path: str, obj: dict) -> None:

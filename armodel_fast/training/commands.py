@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 
-from .._user_errors import UserError, writable_dir
+from .._files import atomic_write_text
+from ..dispatch import BackendUnavailableError
+from .._user_errors import Interrupted, UserError, writable_dir
 from . import checkpoint as ckpt
 from .datasets import DataError, check_compatible, load_dataset
 from .distributed import setup
-from .loop import DivergedError, Settings, Trainer, split_nll
-from .models import build_model, canonical, check_orders, data_kind
+from .loop import OPTIMIZERS, SCHEDULES, DivergedError, Settings, Trainer, split_nll
+from .models import ALIASES, MODELS, build_model, canonical, check_orders, data_kind
 from .recipes import load_recipe
 
 # Options that fix what a run is; a resumed run must not change them.
@@ -57,13 +60,11 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
             raise UserError(str(e)) from None
         if "trainer" not in saved:
             raise UserError(f"--resume {args.resume}: last.pt holds no training state; start a new run")
-        for key in IDENTITY:
-            if key in given and given[key] != saved["args"].get(key):
-                raise UserError(f"--resume {args.resume}: the run was made with --{key.replace('_', '-')} "
-                                f"{saved['args'].get(key)}, not {given[key]}; drop --{key.replace('_', '-')} "
-                                "or start a new run with another --out")
     opts = {**DEFAULTS, **(saved["args"] if saved else {}), **recipe, **given}
+    check_options(opts, {k: f"--recipe {args.recipe}" for k in recipe if k not in given}, set(recipe) | set(given))
     opts["model"] = canonical(opts["model"])
+    if saved is not None:
+        _check_resume(args.resume, saved, {**recipe, **given})
     if opts["lr"] is None:
         opts["lr"] = DEFAULT_LR.get(opts["data"], 1e-3)
     if run_dir is None:
@@ -72,6 +73,104 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
         raise UserError(f"--out {run_dir} already holds a run (last.pt); continue it with --resume {run_dir}, "
                         "choose another --out, or add --overwrite")
     return opts, saved, run_dir
+
+
+def _check_resume(run: str, saved: dict, asked: dict) -> None:
+    """What a resumed run cannot change (from the command line or a recipe): what the run is
+    (IDENTITY), its optimizer's settings (restored with the optimizer's state), a cosine schedule's
+    length, and the epochs already done."""
+    for key in IDENTITY + ("lr", "momentum", "weight_decay"):
+        if key in asked and asked[key] != saved["args"].get(key):
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"--resume {run}: the run was made with {flag} {saved['args'].get(key)}, not "
+                            f"{asked[key]} (a resumed run keeps its settings and its optimizer's state); drop {flag} "
+                            "or start a new run with another --out")
+    done, epochs = saved["trainer"].get("epoch", 0), asked.get("epochs")
+    if epochs is not None and epochs != saved["args"].get("epochs"):
+        if saved["args"].get("schedule") == "cosine":
+            raise UserError(f"--epochs {epochs}: the run's cosine schedule was laid out over "
+                            f"{saved['args'].get('epochs')} epochs and extending it would restart the cycle; "
+                            "resume without --epochs, or start a new run")
+        if epochs <= done:
+            raise UserError(f"--epochs {epochs}: the run has done {done} epochs already; give more to "
+                            "continue it")
+
+
+_POSITIVE_INT = ("epochs", "batch_size", "num_masks")
+_OPTIONAL_POSITIVE_INT = ("K", "eval_every", "patience", "checkpoint_every", "max_steps")
+_OPTIONAL_POSITIVE_FLOAT = ("clip", "max_minutes")
+_CHOICES = {"model": MODELS + tuple(ALIASES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+            "head": ("bernoulli", "categorical", "gaussian"), "cell": ("gru", "lstm", "rnn"),
+            "data_type": (None, "binary", "categorical", "real"), "backend": ("auto", "reference", "cpp", "triton",
+                                                                              "cuda")}
+
+
+def split_fractions(split) -> tuple:
+    """``"0.8,0.1,0.1"`` (the command line) or ``[0.8, 0.1, 0.1]`` (a recipe) as floats."""
+    return tuple(float(v) for v in (split.split(",") if isinstance(split, str) else split))
+
+
+def check_options(opts: dict, source: dict, asked=()) -> None:
+    """Every option's type and range, whichever of the command line, a recipe (``source[key]``
+    names it) or the resumed run set it, and that each option ``asked`` for (command line or
+    recipe) applies to this model and data; the error names the option and where it came from."""
+    def bad(key, why):
+        where = f" (from {source[key]})" if key in source else ""
+        return UserError(f"--{key.replace('_', '-')} {opts[key]!r}{where}: {why}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    for key in _POSITIVE_INT + _OPTIONAL_POSITIVE_INT:
+        if not (opts[key] is None and key in _OPTIONAL_POSITIVE_INT) and not (is_int(opts[key]) and opts[key] >= 1):
+            raise bad(key, "must be a positive integer")
+    for key in _OPTIONAL_POSITIVE_FLOAT + ("lr",):
+        if opts[key] is not None and not (is_number(opts[key]) and opts[key] > 0):
+            raise bad(key, "must be a positive finite number")
+    if not (is_number(opts["momentum"]) and 0 <= opts["momentum"] < 1):
+        raise bad("momentum", "must be a number in [0, 1)")
+    if not (is_number(opts["weight_decay"]) and opts["weight_decay"] >= 0):
+        raise bad("weight_decay", "must be a finite number >= 0")
+    if not (is_int(opts["seed"]) and 0 <= opts["seed"] < 2 ** 63):
+        raise bad("seed", "must be an integer in [0, 2**63)")
+    if is_int(opts["hidden"]):  # a recipe's ``hidden = 500``: one layer
+        opts["hidden"] = [opts["hidden"]]
+    hidden = opts["hidden"]
+    if hidden is not None and not (isinstance(hidden, (list, tuple)) and hidden and all(is_int(h) and h >= 1
+                                                                                       for h in hidden)):
+        raise bad("hidden", "must be a list of positive integers, e.g. [500, 500]")
+    if not isinstance(opts["direct"], bool):
+        raise bad("direct", "must be true or false")
+    for key, choices in _CHOICES.items():
+        if opts[key] not in choices:
+            raise bad(key, f"must be one of {[c for c in choices if c is not None]}")
+    try:
+        parts = list(split_fractions(opts["split"]))
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 3 or not all(math.isfinite(v) and v >= 0 for v in parts) or not parts[0] > 0:
+        raise bad("split", "must be three fractions train,valid,test (>= 0, train > 0), e.g. 0.8,0.1,0.1")
+    model, head = canonical(opts["model"]), opts["head"]
+    applies = {"split": (opts["data"] not in ("digits", "mnist"), "it splits a file holding one array; "
+                         f"--data {opts['data']} comes with its own splits"),
+               "data_path": (opts["data"] == "mnist", "it is where --data mnist is read from"),
+               "K": (model in ("categorical-nade", "rnade") or (model == "made" and head != "bernoulli"),
+                     "only categorical models, RNADE and MADE's categorical/gaussian heads have K"),
+               "cell": (model == "arrnn", "only --model arrnn has a cell"),
+               "momentum": (opts["optimizer"] == "sgd", f"--optimizer {opts['optimizer']} has no momentum")}
+    for key, (ok, why) in applies.items():
+        if key in asked and not ok:
+            raise bad(key, f"does not apply here: {why}")
+    binarize = opts["binarize"]
+    if binarize not in (None, "fixed", "dynamic", "stochastic"):
+        try:
+            threshold = float(binarize)
+        except (TypeError, ValueError):
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise bad("binarize", "must be fixed, dynamic, stochastic or a finite threshold number")
 
 
 def _read_order(order):
@@ -116,7 +215,7 @@ def cmd_train(args, out, note_backend=None) -> int:
         torch.set_num_threads(args.threads)
     if ctx.is_main:
         writable_dir(run_dir, "--resume" if saved else "--out")  # before any work
-    split = tuple(float(v) for v in str(opts["split"]).split(","))
+    split = split_fractions(opts["split"])
     try:
         data = load_dataset(opts["data"], opts["data_path"], opts["data_type"], opts["binarize"], split,
                             K=opts["K"] if data_kind(opts["model"], opts["head"]) == "categorical" else None,
@@ -133,13 +232,58 @@ def cmd_train(args, out, note_backend=None) -> int:
                           progress=not args.quiet and out.is_terminal)
     except ValueError as e:
         raise UserError(str(e)) from None
+    replaced = None
     if saved is not None:
         trainer.resume(saved)
     elif args.overwrite and ctx.is_main:  # only now that the options and data were accepted
-        for name in ("last.pt", "best.pt", "model.pt", "metrics.jsonl", "metrics.json", "learning_curve.png"):
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.unlink(os.path.join(run_dir, name))
+        replaced = _set_aside(run_dir)
     ctx.barrier()
+    try:
+        _fit_and_save(args, out, ctx, opts, saved, run_dir, data, model, trainer, note_backend)
+    except BaseException as e:
+        if replaced is not None and not os.path.exists(os.path.join(run_dir, "last.pt")):
+            _restore(run_dir, replaced)  # the new run saved nothing: a failed replacement destroys nothing
+            out.print(f"--overwrite: the new run stopped before its first checkpoint; the previous run in "
+                      f"{run_dir} is restored")
+        elif replaced is not None:  # the new run's checkpoint resumes it; the old one stays until it finishes
+            out.print(f"--overwrite: the previous run is kept in {replaced} until this one finishes")
+        if isinstance(e, KeyboardInterrupt):
+            has_ckpt = os.path.exists(os.path.join(run_dir, "last.pt"))
+            raise Interrupted(f"interrupted; continue with --resume {run_dir}" if has_ckpt else
+                              "interrupted before the first checkpoint; nothing to resume") from None
+        raise
+    if ctx.is_main:  # finished: a run this one replaced (--overwrite) goes now
+        shutil.rmtree(os.path.join(run_dir, ".replaced"), ignore_errors=True)
+    ctx.close()
+    return 0
+
+
+RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.jsonl", "metrics.json", "learning_curve.png")
+
+
+def _set_aside(run_dir: str):
+    """Move the run files of ``run_dir`` into ``run_dir/.replaced`` (None: there were none)."""
+    present = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
+    if not present:
+        return None
+    keep = os.path.join(run_dir, ".replaced")
+    shutil.rmtree(keep, ignore_errors=True)
+    os.makedirs(keep)
+    for name in present:
+        os.replace(os.path.join(run_dir, name), os.path.join(keep, name))
+    return keep
+
+
+def _restore(run_dir: str, keep: str) -> None:
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.unlink(os.path.join(run_dir, name))
+    for name in os.listdir(keep):
+        os.replace(os.path.join(keep, name), os.path.join(run_dir, name))
+    os.rmdir(keep)
+
+
+def _fit_and_save(args, out, ctx, opts, saved, run_dir, data, model, trainer, note_backend) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     if ctx.is_main:
         out.print(f"train {opts['model']} on {opts['data']} ({data.kind}, D={data.dim}; {len(data.train)}/"
@@ -161,7 +305,11 @@ def cmd_train(args, out, note_backend=None) -> int:
         raise UserError(str(e)) from None
     best = os.path.join(run_dir, "best.pt")
     if os.path.exists(best):
-        model.load_state_dict(ckpt.load(best)["state_dict"])  # (copied onto the model's device)
+        try:
+            model.load_state_dict(ckpt.load(best)["state_dict"])  # (copied onto the model's device)
+        except (ckpt.CheckpointError, RuntimeError, KeyError) as e:
+            raise UserError(f"{best} is not a checkpoint of this run's model ({str(e).splitlines()[0]}); "
+                            "move it away and resume") from None
         if hasattr(model, "set_mask"):
             model.set_mask(int(model.mask_index))
     valid = split_nll(model, data, "valid")
@@ -173,14 +321,12 @@ def cmd_train(args, out, note_backend=None) -> int:
                "backend_ran": model.last_backend, "options": opts}
     if ctx.is_main:
         ckpt.save(os.path.join(run_dir, "model.pt"), trainer.model_file(summary))
-        with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
         out.print(f"{state['stopped'] or 'finished'}: {state['step']} steps in {state['seconds']:.1f} s; "
                   f"validation NLL {summary['valid_nll']:.3f} nats ({summary['valid_bits_per_dim']:.4f} bits/dim) "
                   f"with the model of step {state['best_step'] or state['step']}; backend {model.last_backend}")
-        out.print(f"run folder {run_dir}: model.pt, best.pt, last.pt, metrics.jsonl, learning_curve.png")
-    ctx.close()
-    return 0
+        written = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
+        out.print(f"run folder {run_dir}: {', '.join(written)}")
 
 
 # ---------------------------------------------------------------------------- eval
@@ -200,6 +346,8 @@ def load_model(path: str, backend=None):
         model = build_model(**config)
         model.load_state_dict(saved["state_dict"])
         check_orders(model)
+    except BackendUnavailableError:
+        raise  # (the machine, not the checkpoint)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ckpt.CheckpointError(f"checkpoint {path} does not match its config: {e}") from None
     shape = saved.get("image_shape")
@@ -253,6 +401,5 @@ def cmd_eval(args, out) -> int:
     text = json.dumps(result, indent=2)
     out.print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(args.json, text + "\n")
     return 0

@@ -93,6 +93,9 @@ class Dataset:
 
 
 # ---------------------------------------------------------------------------- type and checks
+MAX_CLASSES = 1 << 16  # categorical levels (K): beyond, the D x K output layer would not fit anywhere
+
+
 def infer_kind(split: Split) -> tuple[str, int]:
     """('binary'|'categorical'|'real', max value + 1) read from the values."""
     is_binary = is_integer = True
@@ -273,7 +276,13 @@ def _binarizer(binarize, raw: list, seed: int, where: str) -> dict:
             return {"dynamic": True, "scale": scale, "eval_splits":
                     [(rng.random(s.shape) < s / scale).astype(np.float32) for s in raw[1:]]}
         return {"threshold": 0.5, "scale": scale}
-    return {"threshold": float(binarize)}
+    t = float(binarize)
+    lo = min((float(s.min()) for s in raw if s.size), default=0.0)
+    hi = max((float(s.max()) for s in raw if s.size), default=0.0)
+    if not lo <= t < hi:  # x > t would make every value 1 (t < lo) or 0 (t >= hi)
+        raise DataError(f"{where}: --binarize {binarize} makes every value {1 if t < lo else 0} (the values lie "
+                        f"in [{lo:g}, {hi:g}]); give a threshold in [{lo:g}, {hi:g})")
+    return {"threshold": t}
 
 
 def load_dataset(source: str, data_path=None, data_type=None, binarize=None, split=(0.8, 0.1, 0.1),
@@ -321,10 +330,12 @@ def load_dataset(source: str, data_path=None, data_type=None, binarize=None, spl
                 splits = splits[:1] + [Split(a) for a in fields.pop("eval_splits")]
             kind = "binary"
     if data_type is not None and data_type != kind:
-        if not (data_type == "real" and kind in ("binary", "categorical")):
+        widens = (data_type == "real" and kind in ("binary", "categorical")) or (data_type, kind) == (
+            "categorical", "binary")  # 0/1 are the levels of two classes
+        if not widens:
             raise DataError(f"{where}: --data-type {data_type} but the values are {kind}"
                             f"{' (use --binarize to threshold reals)' if data_type == 'binary' else ''}")
-        kind = "real"
+        kind = data_type
     if kind == "categorical":
         for s in splits[1:]:
             if len(s):
@@ -333,6 +344,10 @@ def load_dataset(source: str, data_path=None, data_type=None, binarize=None, spl
             raise DataError(f"{where}: labels go up to {top - 1} but --K is {K}; labels must lie in "
                             f"[0, K): use --K {top}")
         K = int(K) if K is not None else max(top, 2)
+        if K > MAX_CLASSES:
+            raise DataError(f"{where}: {K} classes (labels up to {top - 1}) is more than the {MAX_CLASSES} a "
+                            "categorical model here takes (its output layer has D x K units); map the values to "
+                            "fewer levels, or treat them as reals with --data-type real")
     return Dataset(*splits, kind=kind, name=os.path.basename(str(source)), K=K, image_shape=shape,
                    spec=spec, **fields)
 
