@@ -153,3 +153,21 @@ def test_a_threshold_that_makes_the_data_constant_is_refused(tmp_path, capsys):
         assert main(["train", "--data", str(tmp_path / "real.npy"), "--binarize", t, "--epochs", "1",
                      "--out", str(tmp_path / "o"), "--quiet"]) == 2
         assert "makes every value" in _error(capsys)
+
+
+def test_a_failed_first_run_leaves_no_empty_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    assert _train("--out", str(out), "--data", str(tmp_path / "missing.npy")) == 2
+    _error(capsys)
+    assert not out.exists()
+
+
+def test_a_best_checkpoint_of_another_model_is_one_error_line(run, tmp_path, capsys):
+    import shutil
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run, mixed)
+    other = tmp_path / "other"
+    assert main(["train", "--model", "nade", "--epochs", "1", "--out", str(other), "--quiet"]) == 0
+    shutil.copy(other / "best.pt", mixed / "best.pt")  # last.pt (the run's) resumes; best.pt is NADE's
+    assert main(["train", "--resume", str(mixed), "--quiet"]) == 2  # (all epochs done: best.pt is read at once)
+    assert "best.pt is not a checkpoint of this run's model" in _error(capsys)

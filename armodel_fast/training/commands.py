@@ -207,10 +207,20 @@ def _device(ctx, requested):
 
 
 def cmd_train(args, out, note_backend=None) -> int:
-    import torch
-
     ctx = setup()
     opts, saved, run_dir = _resolve(args)
+    created = not os.path.exists(run_dir)
+    try:
+        return _train(args, out, note_backend, ctx, opts, saved, run_dir)
+    except BaseException:
+        if created and ctx.is_main and os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)  # a run that wrote nothing leaves no empty folder behind
+        raise
+
+
+def _train(args, out, note_backend, ctx, opts, saved, run_dir) -> int:
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if ctx.is_main:
