@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "
                    "'made sample', cpp), plus the eager reference rows of those ops (for the ratio)")
     b.add_argument("--family", action="append", choices=tuple(ROW_BUILDERS),
-                   help="only this op family (repeatable; default: all of them)")
+                   help="only this op family (repeatable; default: all but flows, which is opt-in)")
     b.add_argument("--json", help="write the results (and machine info) to this JSON file")
     b.add_argument("--markdown", help="write a markdown table (for README.md) to this file")
     b.add_argument("--plot", help="write a PNG of speedups vs the best eager reference to this file")
@@ -353,7 +353,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args, _console())
     except UserError as e:  # CLIError and training.commands' UserError alike
-        _console(stderr=True).print(f"error: {e}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process finds it: one line
+            _console(stderr=True).print(f"error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         _console(stderr=True).print("error: interrupted")

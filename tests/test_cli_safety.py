@@ -171,3 +171,13 @@ def test_a_best_checkpoint_of_another_model_is_one_error_line(run, tmp_path, cap
     shutil.copy(other / "best.pt", mixed / "best.pt")  # last.pt (the run's) resumes; best.pt is NADE's
     assert main(["train", "--resume", str(mixed), "--quiet"]) == 2  # (all epochs done: best.pt is read at once)
     assert "best.pt is not a checkpoint of this run's model" in _error(capsys)
+
+
+def test_resuming_a_run_that_reached_max_steps_says_so(tmp_path, capsys):
+    out = tmp_path / "ms"
+    assert _train("--epochs", "3", "--max-steps", "5", "--out", str(out)) == 0
+    assert main(["train", "--resume", str(out), "--quiet"]) == 2
+    assert "--max-steps 5" in _error(capsys)
+    assert main(["train", "--resume", str(out), "--max-steps", "8", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["backend_ran"] == "reference" and metrics["eval_backend"] == "reference"

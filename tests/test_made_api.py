@@ -244,3 +244,44 @@ def test_whole_model_pickles_with_its_mask_state():
     m.next_mask()
     copy.load_state_dict(m.state_dict())  # the hook survived: the loaded mask set is the one used
     torch.testing.assert_close(copy.log_prob(x, c), m.log_prob(x, c), rtol=0, atol=0)
+
+
+def test_parametrized_layers_run_on_every_backend():
+    """parametrize / weight_norm / spectral_norm on MADE's layers (the weight is no longer in the
+    layer's parameter dict): the same log-probs and gradients on the kernels as on the reference."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+    x = (torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    results = []
+    for backend in ["reference"] + (["cpp"] if af.explain("made").splitlines()[1].startswith("cpp: yes") else []):
+        torch.manual_seed(0)
+        m = af.MADE(5, [8, 8], backend=backend)
+        parametrize.register_parametrization(m.layers[0], "weight", Double())
+        weight_norm(m.layers[1])
+        spectral_norm(m.output)
+        lp = m.log_prob(x)
+        lp.sum().backward()
+        results.append((lp.detach(), m.layers[0].parametrizations.weight.original.grad))
+    for lp, g in results[1:]:
+        torch.testing.assert_close(lp, results[0][0])
+        torch.testing.assert_close(g, results[0][1])
+
+
+def test_averaged_model_with_buffers_follows_the_mask_set():
+    """AveragedModel(use_buffers=True) copies mask_index without set_mask: the copy's Python mirror
+    of it follows (its sampling and log-probs use the copied mask set)."""
+    from torch.optim.swa_utils import AveragedModel
+    torch.manual_seed(0)
+    m = af.MADE(5, [8], num_masks=3, order="random")
+    avg = AveragedModel(m, use_buffers=True)
+    m.next_mask()
+    avg.update_parameters(m)
+    x = torch.ones(2, 5)
+    torch.testing.assert_close(avg.module.log_prob(x), m.log_prob(x))
+    assert torch.equal(avg.module.order, m.order)
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(avg.module.sample(3, generator=g), m.sample(3, generator=torch.Generator().manual_seed(0)))

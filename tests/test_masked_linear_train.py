@@ -300,3 +300,34 @@ def test_auto_size_rule_lets_large_models_take_the_kernels(monkeypatch):
     for model in (af.FVSBN(8, backend="auto"), af.MADE(8, [16], backend="auto")):
         model.log_prob(torch.ones(2, 8))
         assert model.last_backend == "cpp", type(model).__name__
+
+
+@pytest.mark.parametrize("backend", [b for b in dispatch.BACKENDS[1:]
+                                     if dispatch._why_not(b, "masked_linear", torch.device("cpu")) is None])
+@pytest.mark.parametrize("sorted_degrees", [False, True])
+def test_evaluation_between_backward_and_a_fused_step_is_not_stale(backend, sorted_degrees):
+    """backward, an evaluation (which rebuilds the entry), then a fused optimizer step (no version
+    bump) that moves one unit's weights only (the 64-entry spot check may miss it): the next
+    evaluation must see the step (the global optimizer post-step hook marks the entry)."""
+    g = torch.Generator().manual_seed(0)
+    din = torch.randint(1, 6, (40,), generator=g)
+    dout = torch.randint(1, 6, (64,), generator=g)
+    if sorted_degrees:
+        din, dout = din.sort().values, dout.sort().values
+    x = torch.randn(8, 40, generator=g)
+    for row in range(0, 64, 7):
+        af.clear_cache()
+        torch.manual_seed(1)
+        m = af.nn.MaskedLinear(40, 64, din, dout, backend=backend)
+        keep = torch.zeros(64, 1)
+        keep[row] = 1
+        m.weight.register_hook(lambda grad: grad * keep)  # fine-tune one unit
+        opt = torch.optim.Adam([m.weight], lr=0.1, fused=True)
+        opt.zero_grad()
+        m(x).square().sum().backward()
+        with torch.no_grad():
+            m(x)  # an evaluation before the step
+        opt.step()
+        with torch.no_grad():
+            got = m(x)
+        torch.testing.assert_close(got, F.linear(x, m.weight * m.mask(), m.bias), msg=f"unit {row}")

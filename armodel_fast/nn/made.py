@@ -4,23 +4,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._validate import (check_binary_x, check_bool, check_categorical_x, check_context, check_order,
-                         check_positive_int, check_real_x, check_seed, check_tensor, values_pass)
+                         check_positive_int, check_real_x, check_seed, values_pass)
 from ..dispatch import Work
 from ..ops import made as fast
 from ..ops.masked_linear import degrees_sorted
 from ..reference import heads
 from ..reference import made as ref
 from .base import AutoregressiveModel
-from .made_shapes import activation_name, check_hidden, check_residual, drop_flow_logit_rows, flatten_batch
+from .made_shapes import activation_name, check_hidden, check_residual, drop_flow_logit_rows, flatten_batch, layer_param
 from .masked_linear import MaskedLinear
 
 OUTPUTS = ("bernoulli", "categorical", "gaussian")
-# scale= of the affine flow (out="gaussian", K=1) -> the sampler head that computes it
-SCALES = {"soft_clip": "affine", "raw": "affine_raw"}
+SCALES = {"soft_clip": "affine", "raw": "affine_raw"}  # scale= of the affine flow (K=1) -> its sampler head
 FLOW_HEAD_INIT = 1e-2
 
 
@@ -42,25 +40,21 @@ class MADE(AutoregressiveModel):
       zuko's bound: sigma within about [1e-3, 1e3]; ``forward``, ``log_prob``,
       ``sample`` use the same) or the raw output (``scale="raw"``).
 
-    Inputs may have any leading batch shape (``x [..., D]``, unbatched ``x [D]``),
-    and a context ``[..., C]`` broadcasts against it (``c [C]`` with ``x [B, D]``).
-    ``hidden``: an int or a list of ints; ``activation``: a name, an ``nn`` module
-    class/instance or function of relu / elu / tanh / identity.
+    Inputs may have any leading batch shape (``x [..., D]``, unbatched ``x [D]``), and a context
+    ``[..., C]`` broadcasts against it (``c [C]`` with ``x [B, D]``). ``hidden``: an int or a list of
+    ints; ``activation``: a name, an ``nn`` class/instance or function of relu / elu / tanh / identity.
 
-    ``order``: None (natural), a permutation, or ``"random"`` (each mask set
-    draws its own ordering: order-agnostic training). Degrees of all mask sets
-    are drawn once from ``seed`` and stored as buffers; :meth:`next_mask`
-    switches to the next set (call it every minibatch for connectivity-agnostic
-    training). ``seed`` must be an int (None is refused: the masks must be reproducible
-    from the constructor's arguments). ``context [B, context_dim]`` enters unmasked,
-    into the first hidden layer and directly into the outputs.
+    ``order``: None (natural), a permutation, or ``"random"`` (each mask set draws its own ordering:
+    order-agnostic training). Degrees of all mask sets are drawn once from ``seed`` (an int: the masks
+    must be reproducible) and stored as buffers; :meth:`next_mask` switches to the next set (call it
+    every minibatch for connectivity-agnostic training). ``context [B, context_dim]`` enters
+    unmasked, into the first hidden layer and directly into the outputs.
 
-    ``residual``: None (or False) for the plain MLP; ``"linear"`` (zuko's residual MADE) or
-    ``"preact"`` (nflows' residual blocks; ``True`` means this one) for a first layer
-    ``h = W x + b`` followed, per entry of ``hidden``, by a block
-    ``h <- h + W2 act(W1 g(h) + b1) + b2`` (``g`` the identity or the activation), with a
-    projection where the width changes (``reference.made.layer_program``). ``layers`` then
-    holds every masked layer of the program; a block's layers keep its input's degrees.
+    ``residual``: None (or False) for the plain MLP; ``"linear"`` (zuko's residual MADE) or ``"preact"``
+    (nflows' residual blocks; ``True`` means this one) for a first layer ``h = W x + b`` followed, per
+    entry of ``hidden``, by a block ``h <- h + W2 act(W1 g(h) + b1) + b2`` (``g`` the identity or the
+    activation), with a projection where the width changes (``reference.made.layer_program``);
+    ``layers`` then holds every masked layer of the program (a block's keep its input's degrees).
     """
 
     op = "made"
@@ -163,15 +157,21 @@ class MADE(AutoregressiveModel):
         the buffers' values (which would break the graph)."""
         self._mask = int(self.mask_index)
         self._order_lists = self.orders.tolist()
+        self._mirror_of = (self.mask_index._version, self.orders._version)
+
+    def _mask_now(self) -> int:  # the mirror, refreshed after a buffer copy that skips set_mask (AveragedModel)
+        if not torch.compiler.is_compiling() and self._mirror_of != (self.mask_index._version, self.orders._version):
+            self._sync_mask_mirror()
+        return self._mask
 
     @property
     def order(self) -> torch.Tensor:
         """The current mask set's ordering, [D]."""
-        return self.orders[self._mask]
+        return self.orders[self._mask_now()]
 
     def degrees(self) -> list:
         """Current degrees ``[m0, m1, ..., mL]`` (m0 per input dimension)."""
-        i = self._mask
+        i = self._mask_now()
         return [ref.input_degrees(self.order)] + [getattr(self, f"degrees_{l}")[i] for l in range(len(self._new_degrees))]
 
     def _apply_mask(self) -> None:
@@ -219,13 +219,12 @@ class MADE(AutoregressiveModel):
     def _layer_args(self):
         """(hidden layers, output layer, direct layer, context weights) as the functional forms take them."""
         def lay(m):
-            p, b = m._parameters, m._buffers
-            return p["weight"], p["bias"], b["in_degrees"], b["out_degrees"]
+            b = m._buffers
+            return layer_param(m), layer_param(m, "bias"), b["in_degrees"], b["out_degrees"]
         mods = self._modules
         d = mods.get("direct")  # None is a plain attribute, not a module
-        direct = None if d is None else (d._parameters["weight"], d._buffers["in_degrees"], d._buffers["out_degrees"])
-        ctx = None if self.context_dim == 0 else (mods["context_hidden"]._parameters["weight"],
-                                                  mods["context_out"]._parameters["weight"])
+        direct = None if d is None else (layer_param(d), d._buffers["in_degrees"], d._buffers["out_degrees"])
+        ctx = None if self.context_dim == 0 else (layer_param(mods["context_hidden"]), layer_param(mods["context_out"]))
         return [lay(m) for m in mods["layers"]], lay(mods["output"]), direct, ctx
 
     def _raw(self, x, context):
@@ -254,7 +253,7 @@ class MADE(AutoregressiveModel):
         return Work(batch * self._sorted_memo[2], training, self._sorted_memo[1])
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
-        return self._modules["output"]._parameters["weight"]
+        return layer_param(self._modules["output"])
 
     @property
     def _affine(self) -> bool:
@@ -376,7 +375,7 @@ class MADE(AutoregressiveModel):
         if backend == "reference":
             hidden, output, direct, ctx_w = self._layer_args()
             values_pass(lambda: fast.check_finite_parameters(hidden, output, direct, ctx_w) or True)  # as every sampler
-            return ref.made_sample(hidden, output, self._order_lists[self._mask], z, self.affine_head, None,
+            return ref.made_sample(hidden, output, self._order_lists[self._mask_now()], z, self.affine_head, None,
                                    self.activation, direct, context, ctx_w, program=self._program)
         wants_grad = torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in self.parameters())
                                                   or (context is not None and context.requires_grad))

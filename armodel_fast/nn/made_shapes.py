@@ -109,3 +109,10 @@ def drop_flow_logit_rows(made, state_dict, prefix) -> None:
         t = state_dict.get(prefix + name)
         if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == 3 * made.D:
             state_dict[prefix + name] = t.unflatten(0, (made.D, 3))[:, 1:].flatten(0, 1).clone()
+
+
+def layer_param(m, name: str = "weight"):
+    """A layer's parameter from its dict (fast), or through the attribute where a parametrization
+    (``torch.nn.utils.parametrize``, weight_norm, spectral_norm) replaced it."""
+    p = m._parameters
+    return p[name] if name in p else getattr(m, name)

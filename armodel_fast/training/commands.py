@@ -20,13 +20,11 @@ from .._user_errors import Interrupted, UserError, writable_dir
 from . import checkpoint as ckpt
 from .datasets import DataError, check_compatible, load_dataset
 from .distributed import setup
-from .loop import OPTIMIZERS, SCHEDULES, DivergedError, Settings, Trainer, split_nll
-from .models import ALIASES, MODELS, build_model, canonical, check_orders, data_kind
+from .loop import DivergedError, Settings, Trainer, split_nll
+from .models import build_model, canonical, check_orders, data_kind
+from .options import check_options, check_resume, split_fractions
 from .recipes import load_recipe
 
-# Options that fix what a run is; a resumed run must not change them.
-IDENTITY = ("model", "head", "K", "hidden", "num_masks", "direct", "order", "cell", "data", "data_path",
-            "data_type", "binarize", "split", "seed", "batch_size", "optimizer", "schedule")
 DEFAULTS = {"model": "nade", "head": "bernoulli", "K": None, "hidden": None, "num_masks": 1, "direct": False,
             "order": "natural", "cell": "gru", "data": "digits", "data_path": None, "data_type": None,
             "binarize": None, "split": "0.8,0.1,0.1", "epochs": 10, "batch_size": 100, "lr": None,
@@ -64,7 +62,7 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
     check_options(opts, {k: f"--recipe {args.recipe}" for k in recipe if k not in given}, set(recipe) | set(given))
     opts["model"] = canonical(opts["model"])
     if saved is not None:
-        _check_resume(args.resume, saved, {**recipe, **given})
+        check_resume(args.resume, saved, {**recipe, **given})
     if opts["lr"] is None:
         opts["lr"] = DEFAULT_LR.get(opts["data"], 1e-3)
     if run_dir is None:
@@ -73,104 +71,6 @@ def _resolve(args) -> tuple[dict, dict | None, str]:
         raise UserError(f"--out {run_dir} already holds a run (last.pt); continue it with --resume {run_dir}, "
                         "choose another --out, or add --overwrite")
     return opts, saved, run_dir
-
-
-def _check_resume(run: str, saved: dict, asked: dict) -> None:
-    """What a resumed run cannot change (from the command line or a recipe): what the run is
-    (IDENTITY), its optimizer's settings (restored with the optimizer's state), a cosine schedule's
-    length, and the epochs already done."""
-    for key in IDENTITY + ("lr", "momentum", "weight_decay"):
-        if key in asked and asked[key] != saved["args"].get(key):
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"--resume {run}: the run was made with {flag} {saved['args'].get(key)}, not "
-                            f"{asked[key]} (a resumed run keeps its settings and its optimizer's state); drop {flag} "
-                            "or start a new run with another --out")
-    done, epochs = saved["trainer"].get("epoch", 0), asked.get("epochs")
-    if epochs is not None and epochs != saved["args"].get("epochs"):
-        if saved["args"].get("schedule") == "cosine":
-            raise UserError(f"--epochs {epochs}: the run's cosine schedule was laid out over "
-                            f"{saved['args'].get('epochs')} epochs and extending it would restart the cycle; "
-                            "resume without --epochs, or start a new run")
-        if epochs <= done:
-            raise UserError(f"--epochs {epochs}: the run has done {done} epochs already; give more to "
-                            "continue it")
-
-
-_POSITIVE_INT = ("epochs", "batch_size", "num_masks")
-_OPTIONAL_POSITIVE_INT = ("K", "eval_every", "patience", "checkpoint_every", "max_steps")
-_OPTIONAL_POSITIVE_FLOAT = ("clip", "max_minutes")
-_CHOICES = {"model": MODELS + tuple(ALIASES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-            "head": ("bernoulli", "categorical", "gaussian"), "cell": ("gru", "lstm", "rnn"),
-            "data_type": (None, "binary", "categorical", "real"), "backend": ("auto", "reference", "cpp", "triton",
-                                                                              "cuda")}
-
-
-def split_fractions(split) -> tuple:
-    """``"0.8,0.1,0.1"`` (the command line) or ``[0.8, 0.1, 0.1]`` (a recipe) as floats."""
-    return tuple(float(v) for v in (split.split(",") if isinstance(split, str) else split))
-
-
-def check_options(opts: dict, source: dict, asked=()) -> None:
-    """Every option's type and range, whichever of the command line, a recipe (``source[key]``
-    names it) or the resumed run set it, and that each option ``asked`` for (command line or
-    recipe) applies to this model and data; the error names the option and where it came from."""
-    def bad(key, why):
-        where = f" (from {source[key]})" if key in source else ""
-        return UserError(f"--{key.replace('_', '-')} {opts[key]!r}{where}: {why}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    for key in _POSITIVE_INT + _OPTIONAL_POSITIVE_INT:
-        if not (opts[key] is None and key in _OPTIONAL_POSITIVE_INT) and not (is_int(opts[key]) and opts[key] >= 1):
-            raise bad(key, "must be a positive integer")
-    for key in _OPTIONAL_POSITIVE_FLOAT + ("lr",):
-        if opts[key] is not None and not (is_number(opts[key]) and opts[key] > 0):
-            raise bad(key, "must be a positive finite number")
-    if not (is_number(opts["momentum"]) and 0 <= opts["momentum"] < 1):
-        raise bad("momentum", "must be a number in [0, 1)")
-    if not (is_number(opts["weight_decay"]) and opts["weight_decay"] >= 0):
-        raise bad("weight_decay", "must be a finite number >= 0")
-    if not (is_int(opts["seed"]) and 0 <= opts["seed"] < 2 ** 63):
-        raise bad("seed", "must be an integer in [0, 2**63)")
-    if is_int(opts["hidden"]):  # a recipe's ``hidden = 500``: one layer
-        opts["hidden"] = [opts["hidden"]]
-    hidden = opts["hidden"]
-    if hidden is not None and not (isinstance(hidden, (list, tuple)) and hidden and all(is_int(h) and h >= 1
-                                                                                       for h in hidden)):
-        raise bad("hidden", "must be a list of positive integers, e.g. [500, 500]")
-    if not isinstance(opts["direct"], bool):
-        raise bad("direct", "must be true or false")
-    for key, choices in _CHOICES.items():
-        if opts[key] not in choices:
-            raise bad(key, f"must be one of {[c for c in choices if c is not None]}")
-    try:
-        parts = list(split_fractions(opts["split"]))
-    except (TypeError, ValueError):
-        parts = []
-    if len(parts) != 3 or not all(math.isfinite(v) and v >= 0 for v in parts) or not parts[0] > 0:
-        raise bad("split", "must be three fractions train,valid,test (>= 0, train > 0), e.g. 0.8,0.1,0.1")
-    model, head = canonical(opts["model"]), opts["head"]
-    applies = {"split": (opts["data"] not in ("digits", "mnist"), "it splits a file holding one array; "
-                         f"--data {opts['data']} comes with its own splits"),
-               "data_path": (opts["data"] == "mnist", "it is where --data mnist is read from"),
-               "K": (model in ("categorical-nade", "rnade") or (model == "made" and head != "bernoulli"),
-                     "only categorical models, RNADE and MADE's categorical/gaussian heads have K"),
-               "cell": (model == "arrnn", "only --model arrnn has a cell"),
-               "momentum": (opts["optimizer"] == "sgd", f"--optimizer {opts['optimizer']} has no momentum")}
-    for key, (ok, why) in applies.items():
-        if key in asked and not ok:
-            raise bad(key, f"does not apply here: {why}")
-    binarize = opts["binarize"]
-    if binarize not in (None, "fixed", "dynamic", "stochastic"):
-        try:
-            threshold = float(binarize)
-        except (TypeError, ValueError):
-            threshold = math.nan
-        if not math.isfinite(threshold):
-            raise bad("binarize", "must be fixed, dynamic, stochastic or a finite threshold number")
 
 
 def _read_order(order):
@@ -251,16 +151,17 @@ def _train(args, out, note_backend, ctx, opts, saved, run_dir) -> int:
     try:
         _fit_and_save(args, out, ctx, opts, saved, run_dir, data, model, trainer, note_backend)
     except BaseException as e:
-        if replaced is not None and not os.path.exists(os.path.join(run_dir, "last.pt")):
+        has_ckpt = os.path.exists(os.path.join(run_dir, "last.pt"))  # (the new run's, before any restore)
+        if replaced is not None and not has_ckpt:
             _restore(run_dir, replaced)  # the new run saved nothing: a failed replacement destroys nothing
             out.print(f"--overwrite: the new run stopped before its first checkpoint; the previous run in "
                       f"{run_dir} is restored")
         elif replaced is not None:  # the new run's checkpoint resumes it; the old one stays until it finishes
             out.print(f"--overwrite: the previous run is kept in {replaced} until this one finishes")
         if isinstance(e, KeyboardInterrupt):
-            has_ckpt = os.path.exists(os.path.join(run_dir, "last.pt"))
             raise Interrupted(f"interrupted; continue with --resume {run_dir}" if has_ckpt else
-                              "interrupted before the first checkpoint; nothing to resume") from None
+                              "interrupted before the first checkpoint" + ("; the previous run is back"
+                                                                           if replaced is not None else "")) from None
         raise
     if ctx.is_main:  # finished: a run this one replaced (--overwrite) goes now
         shutil.rmtree(os.path.join(run_dir, ".replaced"), ignore_errors=True)
@@ -328,13 +229,16 @@ def _fit_and_save(args, out, ctx, opts, saved, run_dir, data, model, trainer, no
                "steps_per_s": state["step"] / state["seconds"] if state["seconds"] else None,
                "best_step": state["best_step"], "valid_nll": float(valid.mean()),
                "valid_bits_per_dim": float(valid.mean()) / (data.dim * math.log(2)),
-               "backend_ran": model.last_backend, "options": opts}
+               "backend_ran": state.get("train_backend") or model.last_backend, "eval_backend": model.last_backend,
+               "options": opts}
     if ctx.is_main:
         ckpt.save(os.path.join(run_dir, "model.pt"), trainer.model_file(summary))
         atomic_write_text(os.path.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
         out.print(f"{state['stopped'] or 'finished'}: {state['step']} steps in {state['seconds']:.1f} s; "
                   f"validation NLL {summary['valid_nll']:.3f} nats ({summary['valid_bits_per_dim']:.4f} bits/dim) "
-                  f"with the model of step {state['best_step'] or state['step']}; backend {model.last_backend}")
+                  f"with the model of step {state['best_step'] or state['step']}; backend {summary['backend_ran']}")
+        if model.last_backend != summary["backend_ran"]:  # auto's size rule: a validation batch is larger
+            out.print(f"(the validation ran on {model.last_backend}: auto decides per call, by size)")
         written = [n for n in RUN_FILES if os.path.exists(os.path.join(run_dir, n))]
         out.print(f"run folder {run_dir}: {', '.join(written)}")
 

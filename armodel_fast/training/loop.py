@@ -236,6 +236,7 @@ class Trainer:
                     if self.switch_masks:
                         self.model.next_mask()
                     value = self._step(self.data.batch("train", batches[k], self._generator(st["epoch"], k)))
+                    st["train_backend"] = getattr(self.model, "last_backend", None)
                     if st["first_loss"] is None:
                         st["first_loss"] = value
                     check_divergence(value, st["first_loss"], self.model.D, st["step"] + 1, s.lr)

@@ -14,6 +14,7 @@ import weakref
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..._validate import transform_active
 from ...reference.masked_linear import degree_mask
@@ -165,6 +166,24 @@ def mark_training(weight: Tensor) -> None:
             entry = _CACHE.get((id(weight), kind))
             if entry is not None and entry.ref() is weight:
                 entry.training = True
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    """Every optimizer's step (a global post-step hook): a fused one (``Adam(fused=True)``) updates
+    its parameters without bumping their version counters, so their entries are marked as after
+    training and the next evaluation rebuilds, whenever the step comes (also after an evaluation
+    that followed the backward). Other steps bump the versions themselves: nothing to do."""
+    if not _CACHE or not any(group.get("fused") for group in optimizer.param_groups):
+        return
+    with _LOCK:
+        cached = {ck[0] for ck in _CACHE}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in cached:
+                mark_training(p)
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 def _cached(kind: str, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int,
