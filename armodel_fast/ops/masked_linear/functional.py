@@ -22,7 +22,8 @@ reuse what an earlier such call built while the weights are unchanged. Any
 in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
 ``no_grad``) or a degree change (MADE's ``next_mask``) invalidates the entry,
 and so does a training step, even with a fused optimizer, whose updates the
-version counter does not see. Writes through ``weight.data`` bypass the version
+version counter does not see (a training forward marks the entry, and a global
+optimizer post-step hook marks the parameters of every fused step: ``cache.py``). Writes through ``weight.data`` bypass the version
 counter too: every cache hit therefore also compares 64 connected weight
 entries (at fixed random positions) with their values when the entry was
 built, which catches bulk writes (``.data.mul_``, ``.data.normal_()``,
