@@ -167,34 +167,27 @@ def _writable_file(path: str, flag: str, suffix: str = None) -> None:
 
 
 # ---------------------------------------------------------------------------- parser
-def _positive_int(s: str) -> int:
+def _number(s: str, kind, ok, want: str):
+    """``kind(s)`` if it parses and ``ok`` holds for it, else argparse's error saying ``want``."""
     try:
-        v = int(s)
+        v = kind(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+        raise argparse.ArgumentTypeError(f"must be {want}, got {s!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {want}, got {s}")
     return v
+
+
+def _positive_int(s: str) -> int:
+    return _number(s, int, lambda v: v >= 1, "a positive integer")
 
 
 def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {s}")
-    return v
+    return _number(s, float, lambda v: 0 < v < float("inf"), "a positive finite number")
 
 
 def _seed(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
-    if not 0 <= v < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {s}")
-    return v
+    return _number(s, int, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)")
 
 
 def _threads(s: str) -> int:
