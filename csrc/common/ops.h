@@ -74,13 +74,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     const at::Tensor& perm_in, const at::Tensor& perm_out, const at::Tensor& row_reach, const at::Tensor& blocks,
     int64_t activation, bool x_sorted, bool y_sorted, bool need_dx, bool need_dw, bool need_db,
     const std::optional<at::Tensor>& slabs, bool in_place);
-// Training path on the caller's weights (identity permutations): the plan (no weights),
-// the masked slabs of one weight version, and an exact non-finite check.
+// Training path on the caller's weights (identity permutations): the plan (no weights) and
+// the masked slabs of one weight version.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_plan(
     const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks);
 at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks);
+// Exact one-pass value checks (common/value_checks_cpu.cpp): whether t holds NaN/inf, or a
+// value other than 0 and 1.
 bool masked_linear_any_nonfinite(const at::Tensor& t);
-// Whether t holds a value other than 0 and 1 (common/value_checks_cpu.cpp).
 bool any_nonbinary(const at::Tensor& t);
 // The affine MADE inverse's adjoint: the reverse sweep over the degrees (made/inverse_grad_cpu.cpp).
 void made_inverse_sweep(const std::vector<at::Tensor>& weights, const std::vector<bool>& act_in,

@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -173,26 +172,6 @@ Plan make_plan(const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool
   return plan;
 }
 
-// Whether any element of t is NaN or +-inf (exponent bits all ones), without a
-// temporary: integer ops on the bit patterns (chunks of 4096 fit any bits_t count).
-template <typename scalar_t, typename bits_t>
-bool any_nonfinite_bits(const at::Tensor& t, bits_t exp_mask) {
-  const at::Tensor c = t.contiguous();
-  const bits_t* p = reinterpret_cast<const bits_t*>(c.const_data_ptr<scalar_t>());
-  const int64_t n = c.numel();
-  std::atomic<bool> found{false};
-  at::parallel_for(0, n, 1 << 16, [&](int64_t a, int64_t b) {
-    constexpr int64_t kChunk = 4096;
-    for (int64_t s = a; s < b && !found.load(std::memory_order_relaxed); s += kChunk) {
-      const int64_t e = std::min(b, s + kChunk);
-      bits_t hits = 0;  // compare-and-count: SSE2 vectorises it (a max of unsigned lanes it does not)
-      for (int64_t i = s; i < e; ++i) hits += static_cast<bits_t>((p[i] & exp_mask) == exp_mask);
-      if (hits != 0) found.store(true, std::memory_order_relaxed);
-    }
-  });
-  return found.load();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_linear_prepare(
@@ -263,22 +242,6 @@ at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_r
     });
   });
   return slabs;
-}
-
-bool masked_linear_any_nonfinite(const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "t must be a CPU tensor, got ", t.device());
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return any_nonfinite_bits<float, uint32_t>(t, 0x7f800000u);
-    case at::kDouble:
-      return any_nonfinite_bits<double, uint64_t>(t, 0x7ff0000000000000ull);
-    case at::kHalf:
-      return any_nonfinite_bits<at::Half, uint16_t>(t, 0x7c00u);
-    case at::kBFloat16:
-      return any_nonfinite_bits<at::BFloat16, uint16_t>(t, 0x7f80u);
-    default:
-      return !at::isfinite(t).all().item<bool>();
-  }
 }
 
 }  // namespace af
