@@ -139,15 +139,22 @@ def check_x_shape(name: str, x, D: int, device: torch.device, trailing: tuple = 
     return x
 
 
+def cpu_extension(name: str, t: torch.Tensor):
+    """The C++ extension's function ``name`` where it can run on ``t``: a CPU tensor outside torch.func
+    transforms (their wrapped tensors have no data to read), with the extension built. Else None,
+    and the caller runs the torch form of the same exact computation."""
+    if t.device.type != "cpu" or transform_active():
+        return None
+    from . import _ext  # (lazy: _ext imports the compiled extension)
+    return getattr(_ext.get_ext(), name, None)
+
+
 def is_binary(x: torch.Tensor) -> bool:
-    """Whether every value of x is 0 or 1: on the CPU one pass over the bits without temporaries
-    (the C++ extension's ``any_nonbinary``, when built), elsewhere and under torch.func transforms
-    (wrapped tensors have no data to read) the torch form; both exact."""
-    if x.device.type == "cpu" and not transform_active():
-        from . import _ext  # (lazy: _ext imports torch extensions)
-        ext = _ext.get_ext()
-        if ext is not None and hasattr(ext, "any_nonbinary"):
-            return not ext.any_nonbinary(x.detach())
+    """Whether every value of x is 0 or 1: one pass over the bits without temporaries (the
+    extension's ``any_nonbinary``) where it runs (:func:`cpu_extension`), else the torch form."""
+    any_nonbinary = cpu_extension("any_nonbinary", x)
+    if any_nonbinary is not None:
+        return not any_nonbinary(x.detach())
     return bool(((x == 0) | (x == 1)).all())
 
 

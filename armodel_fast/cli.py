@@ -346,13 +346,12 @@ def main(argv=None) -> int:
     try:
         return args.func(args, _console())
     except UserError as e:  # CLIError and training.commands' UserError alike
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process finds it: one line
-            _console(stderr=True).print(f"error: {e}")
-        return e.exit_code
+        message, status = str(e), e.exit_code
     except KeyboardInterrupt:
-        _console(stderr=True).print("error: interrupted")
-        return 130
+        message, status = "interrupted", 130
     except OSError as e:  # a write that failed (disk full, a path that cannot hold files): the old file stays
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        _console(stderr=True).print(f"error: cannot write{where}: {e.strerror or e}")
-        return 2
+        message, status = f"cannot write{where}: {e.strerror or e}", 2
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process finds it: one line
+        _console(stderr=True).print(f"error: {message}")
+    return status

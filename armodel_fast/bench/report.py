@@ -225,7 +225,6 @@ def write_outputs(results: list, cfg: BenchConfig, info: dict, json_path=None, m
     written = []
     for path, writer in ((json_path, write_json), (markdown_path, write_markdown), (plot_path, write_plot)):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            writer(path, results, cfg, info)
+            writer(path, results, cfg, info)  # (atomic writes create the folder: _files)
             written.append(str(path))
     return written

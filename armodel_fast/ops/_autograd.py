@@ -3,20 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from .._validate import tensor_is_finite, transform_active
+from .._validate import cpu_extension, tensor_is_finite
 
 
 def any_nonfinite(t) -> bool:
-    """Whether ``t`` holds a NaN or an infinity: on the CPU one pass without temporaries (the
-    C++ extension's bit test, when built), elsewhere, and under torch.func transforms (whose
-    wrapped tensors have no data to bit-test), the input checks' test (``tensor_is_finite``)."""
+    """Whether ``t`` holds a NaN or an infinity: one pass over the bits without temporaries (the
+    extension's bit test) where it runs (``cpu_extension``), else the input checks' test
+    (``tensor_is_finite``)."""
     t = t.detach()
-    if t.device.type == "cpu" and not transform_active():
-        ext = _ext.get_ext()
-        if ext is not None and hasattr(ext, "masked_linear_any_nonfinite"):
-            return ext.masked_linear_any_nonfinite(t)
-    return not tensor_is_finite(t)
+    bit_test = cpu_extension("masked_linear_any_nonfinite", t)
+    return bit_test(t) if bit_test is not None else not tensor_is_finite(t)
 
 
 def all_finite(*tensors) -> bool:

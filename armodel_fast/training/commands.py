@@ -32,6 +32,7 @@ DEFAULTS = {"model": "nade", "head": "bernoulli", "K": None, "hidden": None, "nu
             "eval_every": None, "patience": None, "checkpoint_every": None, "max_steps": None,
             "max_minutes": None, "backend": "auto", "seed": 0}
 DEFAULT_LR = {"digits": 1e-2}  # anything else: 1e-3
+RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.jsonl", "metrics.json", "learning_curve.png")
 
 
 def _resolve(args) -> tuple[dict, dict | None, str]:
@@ -167,9 +168,6 @@ def _train(args, out, note_backend, ctx, opts, saved, run_dir) -> int:
         shutil.rmtree(os.path.join(run_dir, ".replaced"), ignore_errors=True)
     ctx.close()
     return 0
-
-
-RUN_FILES = ("last.pt", "best.pt", "model.pt", "metrics.jsonl", "metrics.json", "learning_curve.png")
 
 
 def _set_aside(run_dir: str):

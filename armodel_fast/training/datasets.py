@@ -262,7 +262,7 @@ def _mnist(path: str):
 
 def _binarizer(binarize, raw: list, seed: int, where: str) -> dict:
     """Dataset fields (threshold/dynamic/scale) and maybe new splits for --binarize."""
-    if binarize in (None, "fixed", "dynamic", "stochastic"):
+    if binarize is None or binarize in BINARIZE:
         top = max((float(s.max()) for s in raw if s.size), default=0.0)
         scale = 255.0 if top > 1.0 else 1.0
         if top > 255.0:

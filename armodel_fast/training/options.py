@@ -7,8 +7,12 @@ import math
 import os
 
 from .._user_errors import UserError
+from .._validate import as_int
+from ..dispatch import BACKENDS
+from ..nn.arrnn import CELLS
+from .datasets import BINARIZE, KINDS
 from .loop import OPTIMIZERS, SCHEDULES
-from .models import ALIASES, MODELS, canonical
+from .models import ALIASES, HEADS, MODELS, canonical
 
 # Options that fix what a run is; a resumed run must not change them.
 IDENTITY = ("model", "head", "K", "hidden", "num_masks", "direct", "order", "cell", "data", "data_path",
@@ -31,7 +35,7 @@ def check_resume(run: str, saved: dict, asked: dict) -> None:
     if max_steps is not None and step >= max_steps and finished:  # (killed before its last validation: resumes)
         raise UserError(f"--resume {run}: the run stopped at --max-steps {max_steps} (it counts all the run's "
                         "steps); give a larger --max-steps to continue it")
-    done, epochs = saved["trainer"].get("epoch", 0), asked.get("epochs")
+    done, epochs = trainer.get("epoch", 0), asked.get("epochs")
     if epochs is not None and epochs != saved["args"].get("epochs"):
         if saved["args"].get("schedule") == "cosine":
             raise UserError(f"--epochs {epochs}: the run's cosine schedule was laid out over "
@@ -45,10 +49,8 @@ def check_resume(run: str, saved: dict, asked: dict) -> None:
 _POSITIVE_INT = ("epochs", "batch_size", "num_masks")
 _OPTIONAL_POSITIVE_INT = ("K", "eval_every", "patience", "checkpoint_every", "max_steps")
 _OPTIONAL_POSITIVE_FLOAT = ("clip", "max_minutes")
-_CHOICES = {"model": MODELS + tuple(ALIASES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-            "head": ("bernoulli", "categorical", "gaussian"), "cell": ("gru", "lstm", "rnn"),
-            "data_type": (None, "binary", "categorical", "real"), "backend": ("auto", "reference", "cpp", "triton",
-                                                                              "cuda")}
+_CHOICES = {"model": MODELS + tuple(ALIASES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "head": HEADS,
+            "cell": tuple(CELLS), "data_type": (None,) + KINDS, "backend": ("auto",) + BACKENDS}
 
 
 def split_fractions(split) -> tuple:
@@ -65,7 +67,7 @@ def check_options(opts: dict, source: dict, asked=()) -> None:
         return UserError(f"--{key.replace('_', '-')} {opts[key]!r}{where}: {why}")
 
     def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+        return as_int(v) is not None
 
     def is_number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -110,7 +112,7 @@ def check_options(opts: dict, source: dict, asked=()) -> None:
         if key in asked and not ok:
             raise bad(key, f"does not apply here: {why}")
     binarize = opts["binarize"]
-    if binarize not in (None, "fixed", "dynamic", "stochastic"):
+    if binarize is not None and binarize not in BINARIZE:
         try:
             threshold = float(binarize)
         except (TypeError, ValueError):

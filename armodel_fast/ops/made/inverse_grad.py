@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ... import _ext
-from ..._validate import transform_active
+from ..._validate import cpu_extension
 from ...reference.made import ACT_IN, ACT_OUT, ACTIVATIONS, LOG_SCALE_BOUND, SKIP
 from ...reference.masked_linear import degree_mask
 
@@ -187,9 +186,7 @@ def affine_inverse_backward(hidden_layers: Sequence, output_layer, direct_layer,
     deltas = [torch.zeros_like(a) for a in acc]  # d loss / d pre-activation
     acc_x = gx.index_select(1, perm_x).clone()
     c_out = raw.new_zeros(raw.shape)
-    ext = _ext.get_ext()
-    on_cpu = x.device.type == "cpu" and not transform_active()  # (wrapped tensors: the torch form)
-    sweep = ext.made_inverse_sweep if on_cpu and ext is not None and hasattr(ext, "made_inverse_sweep") else _sweep
+    sweep = cpu_extension("made_inverse_sweep", x) or _sweep
     sweep([lay[0] for lay in layers], [bool(f & ACT_IN) for f in flags], [bool(f & SKIP) for f in flags],
           unit_bounds, reaches, acc, acc_act, in_derivs, derivs, deltas, acc_x, c_out, head, gl_ds, w_out, out_reach,
           w_dir, dir_reach, D, top)
