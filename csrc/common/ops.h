@@ -79,6 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_plan(
     const at::Tensor& in_degrees, const at::Tensor& out_degrees, bool strict, int64_t max_blocks);
 at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks);
+// Which kernels that path runs for fp32: "avx512" (register tiles, no slabs read) or "blas".
+const char* masked_linear_train_kernels();
 // Exact one-pass value checks (common/value_checks_cpu.cpp): whether t holds NaN/inf, or a
 // value other than 0 and 1.
 bool masked_linear_any_nonfinite(const at::Tensor& t);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "masked_linear/masked_linear_avx512.h"
 #include "masked_linear/masked_linear_math.h"
 #include "common/ops.h"
 #include "masked_linear/masked_linear_threads.h"
@@ -163,6 +164,11 @@ at::Tensor masked_linear_forward(const at::Tensor& x, const at::Tensor& w_sorted
   TORCH_CHECK_VALUE(x.size(1) == I, "x must have shape [B, ", I, "], got ", x.sizes());
   TORCH_CHECK_VALUE(activation >= ml::kNone && activation <= ml::kTanh, "activation must be 0..3, got ", activation);
   if (in_place) x_sorted = y_sorted = true;  // identity permutations: sorted order is the caller's
+  if (ml_avx512::runs(in_place, x, row_reach, O)) {  // register tiles instead of BLAS per block
+    at::Tensor y = ml_avx512::forward(x, w_sorted, bias, row_reach, python_dispatch({&x, &w_sorted}));
+    activate_(y, activation);
+    return y;
+  }
   const std::vector<Block> bl = read_blocks(blocks, slabs);
   const at::Tensor xc = x.contiguous();
   at::Tensor bias_s;
@@ -251,7 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
   TORCH_CHECK_VALUE(activation == ml::kNone || (y.has_value() && y->defined()),
                     "y (the forward output) is required for an activation");
   if (in_place) x_sorted = y_sorted = true;
-  const std::vector<Block> bl = read_blocks(blocks, slabs);
+  const bool avx512 = ml_avx512::runs(in_place, x, row_reach, O);
+  const std::vector<Block> bl = avx512 ? std::vector<Block>() : read_blocks(blocks, slabs);
   const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());
   const at::Tensor yc = activation == ml::kNone ? at::Tensor() : y->contiguous();
   int64_t cmax = 0;
@@ -279,6 +286,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward(
     if (!need_dx && !need_dw) return;
     const bool serial = python_dispatch({&x, &grad_y, &w_sorted});
     const at::Tensor xc = x.contiguous();
+    if (avx512) {
+      std::tie(dx, dw) = ml_avx512::backward(gs, xc, w_sorted, row_reach, need_dx, need_dw, serial);
+      return;
+    }
     at::Tensor xs = xc;
     if (need_dw && !x_sorted) {
       xs = at::empty({B, cmax}, x.options());

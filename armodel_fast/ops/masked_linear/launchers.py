@@ -12,6 +12,7 @@ unmasked sorted weights they mask per tile (:func:`prepare_triton`,
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -201,15 +202,31 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use:
 # block's ragged slab (no sorted copy of W per step; grad W written in place, zero outside
 # the staircase). Otherwise the prepared (gathered, masked) weights as in evaluation.
 
+def _slabs(w: Tensor, ip: Plan):
+    """The masked slabs the in-place path's BLAS kernels read; None where the AVX-512 kernels run."""
+    return None if _avx512_runs(w) else _cpp().masked_linear_slabs(w, ip.row_reach, ip.blocks)
+
+
+def _avx512_runs(w: Tensor) -> bool:
+    """Whether the in-place path runs the AVX-512 register-tile kernels (fp32 on a CPU with
+    AVX-512: ``masked_linear_train_kernels``), which read W as stored, rather than BLAS per block."""
+    return w.dtype == torch.float32 and _train_kernels() == "avx512"
+
+
+@functools.lru_cache(maxsize=None)
+def _train_kernels() -> str:
+    """The in-place path's fp32 kernels in this process ("avx512" or "blas"; an older build: "blas")."""
+    kernels = getattr(_cpp(), "masked_linear_train_kernels", None)
+    return kernels() if kernels is not None else "blas"
+
+
 @register("masked_linear", "forward", "cpp", requires="masked_linear_plan")
 def _cpp_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, x_sorted, y_sorted, use):
     ip = _in_place_plan(weight, in_degrees, out_degrees, strict) if use != "eval" else None
     if ip is not None:
         w = weight.detach()
-        ext = _cpp()
-        return ext.masked_linear_forward(x, w, bias, ip.perm_in, ip.perm_out, ip.row_reach, ip.blocks,
-                                         ACTIVATIONS[activation], True, True,
-                                         slabs=ext.masked_linear_slabs(w, ip.row_reach, ip.blocks), in_place=True)
+        return _cpp().masked_linear_forward(x, w, bias, ip.perm_in, ip.perm_out, ip.row_reach, ip.blocks,
+                                            ACTIVATIONS[activation], True, True, slabs=_slabs(w, ip), in_place=True)
     p = prepare(weight, in_degrees, out_degrees, strict, TRAIN_BLOCKS if use == "train" else None, use=use)
     return _cpp().masked_linear_forward(x, p.w_sorted, bias, p.perm_in, p.perm_out, p.row_reach, p.blocks,
                                         ACTIVATIONS[activation], x_sorted, y_sorted)
@@ -222,10 +239,10 @@ def _cpp_backward(grad_y, x, weight, y, in_degrees, out_degrees, strict, activat
     if ip is not None:
         mark_training(weight)  # an (unseen, fused) optimizer step may follow: evaluation rebuilds
         w = weight.detach()
-        ext = _cpp()
-        slabs = ext.masked_linear_slabs(w, ip.row_reach, ip.blocks) if need_dx else None
-        blocks = ip.blocks if need_dx else ip.blocks[:, [0, 1, 3]].contiguous()  # grad W reads no slab
-        return ext.masked_linear_backward(grad_y, x, y, w, ip.perm_in, ip.perm_out, ip.row_reach, blocks,
+        slabs = _slabs(w, ip) if need_dx else None
+        blocks = ip.blocks if slabs is not None or _avx512_runs(w) else ip.blocks[:, [0, 1, 3]].contiguous()
+        # (the BLAS kernels' grad W alone reads no slab)
+        return _cpp().masked_linear_backward(grad_y, x, y, w, ip.perm_in, ip.perm_out, ip.row_reach, blocks,
                                           ACTIVATIONS[activation], True, True, need_dx, need_dw, need_db,
                                           slabs=slabs, in_place=True)
     # the forward's block count: the training one when it prepared anew (fresh_weights: x or W

@@ -1,0 +1,111 @@
+"""The masked layer's AVX-512 training kernels (csrc/masked_linear/masked_linear_avx512_cpu.cpp).
+
+With degree-sorted layers in fp32 on a CPU with AVX-512, the C++ training path runs register
+tiles over the staircase instead of a BLAS call per block; ``ARMODEL_FAST_ISA=avx2`` (or a CPU
+without AVX-512) keeps the BLAS kernels. Both must give the reference's values and gradients,
+grad W exactly zero outside the mask, on every tile edge (batch, units and inputs that are not
+multiples of the 12 x 32 tiles, rows that reach no input or every input).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import armodel_fast as af
+from armodel_fast import _ext
+from armodel_fast.ops.masked_linear import launchers, masked_linear
+from armodel_fast.reference.masked_linear import degree_mask
+
+EXT = _ext.get_ext()
+pytestmark = pytest.mark.skipif(EXT is None or not hasattr(EXT, "masked_linear_train_kernels"),
+                                reason=f"no cpp masked_linear training path here:\n{af.explain('masked_linear')}")
+ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+
+
+def cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512vl", "avx512dq", "avx512bw"))
+
+
+def test_the_kernels_in_use_follow_the_cpu_and_the_isa_setting():
+    want = "avx512" if cpu_has_avx512() and os.environ.get("ARMODEL_FAST_ISA", "avx512") == "avx512" else "blas"
+    assert EXT.masked_linear_train_kernels() == want
+    assert launchers._avx512_runs(torch.zeros(1)) == (want == "avx512")
+    assert not launchers._avx512_runs(torch.zeros(1, dtype=torch.float64))  # fp32 only
+
+
+def check(B, n_in, n_out, D, strict, act, bias, seed, x_view=False, w_view=False):
+    """The cpp training path on sorted degrees against the reference in float64."""
+    g = torch.Generator().manual_seed(seed)
+    din = torch.randint(0, D + 2, (n_in,), generator=g).sort().values  # rows may reach nothing or all
+    dout = torch.randint(0, D + 2, (n_out,), generator=g).sort().values
+    w_full = torch.randn(n_out, n_in + (5 if w_view else 0), generator=g)
+    w = w_full[:, :n_in].detach().requires_grad_() if w_view else w_full.requires_grad_()
+    x_full = torch.randn(n_in, B, generator=g)
+    x = (x_full.t() if x_view else x_full.t().contiguous()).requires_grad_()
+    b = torch.randn(n_out, generator=g).requires_grad_() if bias else None
+    gy = torch.randn(B, n_out, generator=g)
+    y = masked_linear(x, w, b, din, dout, strict, act, backend="cpp")
+    y.backward(gy)
+    mask = degree_mask(din, dout, strict, torch.float64)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    y64 = ACT[act](F.linear(x64, w64 * mask, b64))
+    y64.backward(gy.double())
+    tol = {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(y.double(), y64, **tol)
+    torch.testing.assert_close(x.grad.double(), x64.grad, **tol)
+    torch.testing.assert_close(w.grad.double(), w64.grad, **tol)
+    if bias:
+        torch.testing.assert_close(b.grad.double(), b64.grad, **tol)
+    assert bool((w.grad[mask == 0] == 0).all()), "grad W must be exactly zero outside the mask"
+    reached = (mask != 0).any(0)
+    assert bool((x.grad[:, ~reached] == 0).all()), "inputs no unit reaches get exactly zero gradient"
+
+
+@pytest.mark.parametrize("B, n_in, n_out", [(1, 1, 1), (12, 32, 12), (13, 33, 13), (33, 31, 25), (100, 70, 50),
+                                            (128, 64, 40), (7, 200, 3)])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("act", ["none", "relu", "elu", "tanh"])
+def test_tile_edges_match_reference(B, n_in, n_out, strict, act):
+    check(B, n_in, n_out, D=min(n_in, 20), strict=strict, act=act, bias=act != "none", seed=B * 1000 + n_in)
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 70), n_in=st.integers(1, 90), n_out=st.integers(1, 60), D=st.integers(1, 40),
+       strict=st.booleans(), act=st.sampled_from(sorted(ACT)), bias=st.booleans(), seed=st.integers(0, 2**16),
+       x_view=st.booleans(), w_view=st.booleans())
+def test_random_layers_match_reference(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view):
+    check(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view)
+
+
+def test_large_batch_and_threads_match_reference():
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 3):
+            torch.set_num_threads(nt)
+            check(1100, 40, 30, 20, False, "relu", True, seed=nt)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_blas_kernels_when_the_isa_is_lowered():
+    """ARMODEL_FAST_ISA=avx2: the BLAS-per-block kernels run, with the same results."""
+    code = ("import torch, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import test_masked_linear_avx512 as t\n"
+            "assert t.EXT.masked_linear_train_kernels() == 'blas'\n"
+            "t.check(33, 70, 50, 20, False, 'tanh', True, seed=3)\n"
+            "t.check(12, 31, 13, 10, True, 'none', False, seed=4, x_view=True, w_view=True)\n")
+    env = {**os.environ, "ARMODEL_FAST_ISA": "avx2"}
+    done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
