@@ -9,7 +9,9 @@ torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
 ``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
 degree (a permutation invisible to the caller), which turns the mask into a
 staircase, and runs one BLAS matmul per block of rows over only the inputs
-the block reaches (docs/DESIGN.md section 4). The Triton backend
+the block reaches (docs/DESIGN.md section 4); training with degrees already in
+order runs, in fp32 on a CPU with AVX-512, register tiles over the staircase
+instead (``csrc/masked_linear/masked_linear_avx512_cpu.cpp``). The Triton backend
 (``kernels/masked_linear_triton.py``) gets the same stable degree sort from
 :func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
 computes the mask inside each tile, skipping all-zero tiles; so does the CUDA

@@ -198,9 +198,10 @@ def prepare_sorted(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, use:
 # ---- launchers -------------------------------------------------------------------------
 
 # The training path (``use="train"`` forwards and every backward): where the degrees are
-# already sorted, the kernels run on the caller's weights with a small masked copy of each
-# block's ragged slab (no sorted copy of W per step; grad W written in place, zero outside
-# the staircase). Otherwise the prepared (gathered, masked) weights as in evaluation.
+# already sorted, the kernels run on the caller's weights (no sorted copy of W per step;
+# grad W written in place, zero outside the staircase): AVX-512 register tiles in fp32
+# where the CPU has them, else BLAS per block with a small masked copy of each block's
+# ragged slab. Otherwise the prepared (gathered, masked) weights as in evaluation.
 
 def _slabs(w: Tensor, ip: Plan):
     """The masked slabs the in-place path's BLAS kernels read; None where the AVX-512 kernels run."""
