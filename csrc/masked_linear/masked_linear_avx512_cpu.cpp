@@ -21,6 +21,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -115,6 +116,8 @@ void grad_weight(const float*, const float*, int64_t, int64_t, int64_t, int64_t,
 }  // namespace af
 #else
 #pragma GCC push_options
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12: the intrinsics' undefined pass-through operands
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
 
 namespace af {
@@ -123,7 +126,8 @@ namespace {
 
 constexpr int kMR = 12;  // tile rows: kMR x 2 accumulators + 2 loaded vectors fit the 32 zmm registers
 constexpr int kNR = 32;  // tile columns: 2 vectors
-constexpr int64_t kKC = 192;  // reduction chunk: a [kKC, 32] panel and a [kKC, kMR] slice of A fit L1 together
+constexpr int64_t kKC = 192;
+constexpr int64_t kPanelFirstBytes = 512 * 1024;  // grad W: g packed by tiles up to this size stays in L2  // reduction chunk: a [kKC, 32] panel and a [kKC, kMR] slice of A fit L1 together
 
 // Mask of the first n (clamped to [0, 16]) lanes.
 inline __mmask16 first_lanes(int64_t n) {
@@ -145,11 +149,48 @@ void with_rows(int rows, const F& f) {
   }
 }
 
-// ---- forward: y.T rows [j0, j0 + MR) x batch columns [b0, b0 + 16 NV) --------------------
+// r[i][j] -> r[j][i] for a 16 x 16 block of floats held in 16 registers.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved by 32-bit lanes
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // then by 64-bit lanes
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int h = 0; h < 2; ++h) {  // then by 128-bit quarters, twice
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
+      t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
 
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (both <= 16); rows past `rows` read as zeros.
+inline void transpose_block(const float* src, int64_t lds, int rows, int cols, float* dst, int64_t ldd) {
+  __m512 r[16];
+  const __mmask16 in = first_lanes(cols);
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(in, src + i * lds) : _mm512_setzero_ps();
+  transpose16(r);
+  for (int c = 0; c < cols; ++c) _mm512_storeu_ps(dst + c * ldd, r[c]);
+}
+
+// ---- forward: units [j0, j0 + MR) x batch rows [b0, b0 + 16 NV), computed as y.T ----------
+
+// y: row b0, unit j0 of the output (rows ldy); nb: the batch rows of the panel that exist.
 template <int MR, int NV>
-void forward_tile(const float* W, int64_t ldw, const int64_t* reach, const float* xt, int64_t ldxt, float* yt,
-                  int64_t ldyt) {
+void forward_tile(const float* W, int64_t ldw, const int64_t* reach, const float* xt, int64_t ldxt,
+                  const float* bias, float* y, int64_t ldy, int64_t nb) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
@@ -179,10 +220,18 @@ void forward_tile(const float* W, int64_t ldw, const int64_t* reach, const float
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, b[v], acc[m][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
+  // y[b, j0 + m] = acc[m][b] + bias: each 16-batch half transposed in registers, stored row by row
+  const __mmask16 units = first_lanes(MR);
+  const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(units, bias) : _mm512_setzero_ps();
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + m * ldyt + 16 * v, acc[m][v]);
+  for (int v = 0; v < NV; ++v) {
+    __m512 r[16];
+    for (int m = 0; m < 16; ++m) r[m] = m < MR ? acc[m][v] : _mm512_setzero_ps();
+    transpose16(r);
+    for (int l = 0; l < 16 && 16 * v + l < nb; ++l) {
+      _mm512_mask_storeu_ps(y + (16 * v + l) * ldy, units, _mm512_add_ps(r[l], bv));
+    }
+  }
 }
 
 
@@ -228,10 +277,6 @@ void grad_weight_tile(const float* gp, const float* xp, int64_t B, const int64_t
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)  // the output lines, fetched while the tile computes
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(dw + m * lddw + k0 + 16 * v), _MM_HINT_T0);
   for (int64_t b = 0; b < B; ++b) {
     __m512 xv[NV];
 #pragma GCC unroll 4
@@ -243,13 +288,19 @@ void grad_weight_tile(const float* gp, const float* xp, int64_t B, const int64_t
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, xv[v], acc[m][v]);
     }
   }
+  if (width == 16 * NV && reach[0] >= k0 + 16 * NV) {  // every row reaches the whole panel
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(dw + m * lddw + k0 + 16 * v, acc[m][v]);
+    return;
+  }
   // zero past each row's reach (the mask), nothing past the layer's last input
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      float* out = dw + m * lddw + k0 + 16 * v;
-      _mm512_mask_storeu_ps(out, first_lanes(width - 16 * v),
+      _mm512_mask_storeu_ps(dw + m * lddw + k0 + 16 * v, first_lanes(width - 16 * v),
                             _mm512_maskz_mov_ps(first_lanes(reach[m] - k0 - 16 * v), acc[m][v]));
     }
 }
@@ -267,42 +318,40 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
   const int64_t z = first_reaching(reach, O);
   const int64_t cmax = O > 0 ? reach[O - 1] : 0;
   const int64_t Bp = (B + 15) / 16 * 16;
-  const int64_t npanels = (Bp + kNR - 1) / kNR;  // batch panels of 32 columns (the last may have 16)
+  const int64_t npanels = (Bp + kNR - 1) / kNR;  // batch panels of 32 rows (the last may have 16)
   auto panel_width = [&](int64_t p) { return std::min<int64_t>(kNR, Bp - p * kNR); };
-  // x.T by batch panels: panel p holds [cmax, width] from offset p * 32 * cmax (zero-padded columns).
+  // x.T by batch panels: panel p holds [cmax, width] from offset p * 32 * cmax (zero-padded columns),
+  // transposed in 16 x 16 blocks.
   std::vector<float> xt(static_cast<size_t>(std::max<int64_t>(cmax * Bp, 1)));
-  std::vector<float> yt(static_cast<size_t>(std::max<int64_t>(O * Bp, 1)));  // y.T [O, Bp]
-  over_items(std::vector<double>(npanels, 1.0), serial, [&](int64_t p) {
-    const int64_t b0 = p * kNR, wd = panel_width(p), nb = std::min(B - b0, wd);
-    float* dst = xt.data() + b0 * cmax;
-    for (int64_t k = 0; k < cmax; ++k) {
-      for (int64_t c = 0; c < nb; ++c) dst[k * wd + c] = x[(b0 + c) * ldx + k];
-      for (int64_t c = nb; c < wd; ++c) dst[k * wd + c] = 0.0f;
+  const int64_t kblocks = (cmax + 15) / 16;
+  over_items(std::vector<double>(npanels * kblocks, 1.0), serial, [&](int64_t item) {
+    const int64_t p = item / kblocks, k0 = (item % kblocks) * 16, b0 = p * kNR, wd = panel_width(p);
+    for (int64_t c0 = 0; c0 < wd; c0 += 16) {
+      const int rows = static_cast<int>(std::clamp<int64_t>(B - b0 - c0, 0, 16));
+      transpose_block(x + (b0 + c0) * ldx + k0, ldx, rows, static_cast<int>(std::min<int64_t>(16, cmax - k0)),
+                      xt.data() + b0 * cmax + k0 * wd + c0, wd);
     }
   });
-  std::fill(yt.begin(), yt.begin() + z * Bp, 0.0f);
+  for (int64_t j = 0; j < z; ++j) {  // units that reach no input: the bias
+    for (int64_t b = 0; b < B; ++b) y[b * O + j] = bias ? bias[j] : 0.0f;
+  }
   const int64_t ntiles = (O - z + kMR - 1) / kMR;
   std::vector<double> cost;
   for (int64_t t = 0; t < ntiles; ++t) cost.push_back(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) + 16.0);
   over_items(cost, serial, [&](int64_t t) {
     const int64_t j0 = z + t * kMR;
     const int rows = static_cast<int>(std::min<int64_t>(kMR, O - j0));
+    const float* bj = bias ? bias + j0 : nullptr;
     for (int64_t p = 0; p < npanels; ++p) {
       const int64_t b0 = p * kNR, wd = panel_width(p);
       const float* xp = xt.data() + b0 * cmax;
       with_rows(rows, [&](auto r) {
         if (wd == kNR) {
-          forward_tile<decltype(r)::value, 2>(W + j0 * ldw, ldw, reach + j0, xp, wd, yt.data() + j0 * Bp + b0, Bp);
+          forward_tile<decltype(r)::value, 2>(W + j0 * ldw, ldw, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
         } else {
-          forward_tile<decltype(r)::value, 1>(W + j0 * ldw, ldw, reach + j0, xp, wd, yt.data() + j0 * Bp + b0, Bp);
+          forward_tile<decltype(r)::value, 1>(W + j0 * ldw, ldw, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
         }
       });
-    }
-  });
-  over_items(std::vector<double>((B + 7) / 8, 1.0), serial, [&](int64_t c) {  // y = y.T.T + bias
-    for (int64_t b = c * 8; b < std::min(B, (c + 1) * 8); ++b) {
-      float* dst = y + b * O;
-      for (int64_t j = 0; j < O; ++j) dst[j] = yt[j * Bp + b] + (bias ? bias[j] : 0.0f);
     }
   });
 }
@@ -333,8 +382,8 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
     for (int64_t j = jb; j < O; ++j) {
       const int64_t lim = std::min(reach[j] - k0, width);
       float* dst = wp.data() + (j - jb) * kNR;
-      std::copy(W + j * ldw + k0, W + j * ldw + k0 + lim, dst);
-      std::fill(dst + lim, dst + kNR, 0.0f);
+      _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(first_lanes(lim), W + j * ldw + k0));
+      _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(first_lanes(lim - 16), W + j * ldw + k0 + 16));
     }
     // the units in chunks of kKC: a chunk's panel and the tile's g stay in L1 over the batch tiles
     for (int64_t c0 = jb; c0 < O || c0 == jb; c0 += kKC) {
@@ -367,23 +416,55 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
   });
   for (int64_t j = 0; j < z; ++j) std::fill(dw + j * I, dw + (j + 1) * I, 0.0f);
   const int64_t ntiles = (O - z + kMR - 1) / kMR;
-  std::vector<double> cost;
-  for (int64_t t = 0; t < ntiles; ++t) cost.push_back(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) + 16.0);
-  over_items(cost, serial, [&](int64_t t) {
+  auto tile = [&](const float* gp, int64_t t, int64_t k0) {
     const int64_t j0 = z + t * kMR;
-    const int rows = static_cast<int>(std::min<int64_t>(kMR, O - j0));
-    thread_local std::vector<float> gp;  // g's columns of the tile, [B, rows]
+    with_rows(static_cast<int>(std::min<int64_t>(kMR, O - j0)), [&](auto r) {
+      grad_weight_tile<decltype(r)::value, 2>(gp, xp.data() + k0 * B, B, reach + j0, k0, std::min<int64_t>(kNR, I - k0),
+                                              dw + j0 * I, I);
+    });
+  };
+  auto pack_g = [&](int64_t t, float* dst) {  // g's columns of tile t, [B, rows]
+    const int64_t j0 = z + t * kMR;
+    const __mmask16 units = first_lanes(std::min<int64_t>(kMR, O - j0));
+    const int64_t rows = std::min<int64_t>(kMR, O - j0);
+    for (int64_t b = 0; b < B; ++b) _mm512_mask_storeu_ps(dst + b * rows, units, _mm512_maskz_loadu_ps(units, g + b * O + j0));
+  };
+  if (B * (O - z) * 4 <= kPanelFirstBytes) {
+    // g packed by tiles fits L2: each panel of 32 inputs over the tiles that reach it (the panel
+    // stays in L1); rows before the first such tile are zero there, the rest masked at each reach.
+    std::vector<float> gp(static_cast<size_t>(std::max<int64_t>(B * (O - z), 1)));
+    over_items(std::vector<double>(ntiles, 1.0), serial, [&](int64_t t) { pack_g(t, gp.data() + t * kMR * B); });
+    auto first_tile = [&](int64_t k0) {
+      return std::min(ntiles, (std::upper_bound(reach, reach + O, k0) - reach - z) / kMR);
+    };
+    const int64_t all_panels = (I + kNR - 1) / kNR;
+    std::vector<double> cost;
+    for (int64_t p = 0; p < all_panels; ++p) {  // a tile's product, or (about 0.15 of that) zeroing its rows
+      const int64_t t0 = p < npanels ? first_tile(p * kNR) : ntiles;
+      cost.push_back(static_cast<double>(ntiles - t0) + 0.15 * static_cast<double>(t0 + z / kMR) + 0.25);
+    }
+    over_items(cost, serial, [&](int64_t p) {
+      const int64_t k0 = p * kNR, width = std::min<int64_t>(kNR, I - k0);
+      const int64_t t0 = p < npanels ? first_tile(k0) : ntiles;
+      for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) std::fill(dw + j * I + k0, dw + j * I + k0 + width, 0.0f);
+      for (int64_t t = t0; t < ntiles; ++t) tile(gp.data() + t * kMR * B, t, k0);
+    });
+    return;
+  }
+  // Else each tile of units over the panels it reaches (its columns of g stay in L1, x's panels
+  // come from L2), then zeros to the end of its rows.
+  std::vector<double> cost;
+  for (int64_t t = 0; t < ntiles; ++t) {  // its products, plus (about 0.15 of a product) zeroing the rest
+    const double panels = std::ceil(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) / kNR);
+    cost.push_back(panels + 0.15 * (static_cast<double>(I) / kNR - panels) + 0.5);
+  }
+  over_items(cost, serial, [&](int64_t t) {
+    const int64_t j0 = z + t * kMR, rows = std::min<int64_t>(kMR, O - j0);
+    thread_local std::vector<float> gp;
     gp.resize(static_cast<size_t>(std::max<int64_t>(B * rows, 1)));
-    for (int64_t b = 0; b < B; ++b) {
-      for (int m = 0; m < rows; ++m) gp[b * rows + m] = g[b * O + j0 + m];
-    }
+    pack_g(t, gp.data());
     const int64_t end = std::min(I, (reach[j0 + rows - 1] + kNR - 1) / kNR * kNR);  // panels computed: [0, end)
-    for (int64_t k0 = 0; k0 < end; k0 += kNR) {
-      with_rows(rows, [&](auto r) {
-        grad_weight_tile<decltype(r)::value, 2>(gp.data(), xp.data() + k0 * B, B, reach + j0, k0,
-                                                std::min<int64_t>(kNR, I - k0), dw + j0 * I, I);
-      });
-    }
+    for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.data(), t, k0);
     for (int64_t j = j0; j < j0 + rows; ++j) std::fill(dw + j * I + end, dw + (j + 1) * I, 0.0f);
   });
 }
@@ -391,5 +472,6 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
 }  // namespace ml_avx512
 }  // namespace af
 
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif

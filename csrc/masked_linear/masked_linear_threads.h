@@ -36,16 +36,14 @@ void per_thread(int64_t nt, const F& run) {
   });
 }
 
-// Runs body(k) for k in [0, cost.size()), cut into one contiguous run per thread of
-// about equal cost: each item's matmuls then run on one thread, in one parallel region
-// per call, instead of every small matmul split over the threads with a barrier each.
-// ``serial``: all on this thread (python_dispatch).
+// Runs body(lo, hi) on contiguous runs [lo, hi) of the items [0, cost.size()), one run per
+// thread, of about equal cost. ``serial``: one run, on this thread (python_dispatch).
 template <typename F>
-void parallel_runs(const std::vector<double>& cost, bool serial, const F& body) {
+void parallel_ranges(const std::vector<double>& cost, bool serial, const F& body) {
   const int64_t n = static_cast<int64_t>(cost.size());
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), n);
   if (serial || nt <= 1 || at::in_parallel_region()) {
-    for (int64_t k = 0; k < n; ++k) body(k);
+    if (n > 0) body(int64_t(0), n);
     return;
   }
   std::vector<double> area(n + 1, 0.0);
@@ -59,7 +57,18 @@ void parallel_runs(const std::vector<double>& cost, bool serial, const F& body) 
     cut[t] = std::max(cut[t - 1], (k < n && area[k + 1] - want < want - area[k]) ? k + 1 : k);
   }
   per_thread(nt, [&](int64_t t) {
-    for (int64_t k = cut[t]; k < cut[t + 1]; ++k) body(k);
+    if (cut[t] < cut[t + 1]) body(cut[t], cut[t + 1]);
+  });
+}
+
+// Runs body(k) for k in [0, cost.size()), cut into one contiguous run per thread of
+// about equal cost: each item's matmuls then run on one thread, in one parallel region
+// per call, instead of every small matmul split over the threads with a barrier each.
+// ``serial``: all on this thread (python_dispatch).
+template <typename F>
+void parallel_runs(const std::vector<double>& cost, bool serial, const F& body) {
+  parallel_ranges(cost, serial, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) body(k);
   });
 }
 
