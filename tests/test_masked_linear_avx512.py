@@ -109,3 +109,19 @@ def test_blas_kernels_when_the_isa_is_lowered():
     done = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("B, n_in, n_out", [(0, 5, 4), (3, 0, 4), (3, 5, 0), (0, 0, 0)])
+def test_empty_shapes_match_reference(B, n_in, n_out):
+    x = torch.randn(B, n_in, requires_grad=True)
+    w = torch.randn(n_out, n_in, requires_grad=True)
+    b = torch.randn(n_out, requires_grad=True)
+    y = masked_linear(x, w, b, torch.arange(n_in), torch.arange(n_out), False, "relu", backend="cpp")
+    y.sum().backward()
+    mask = degree_mask(torch.arange(n_in), torch.arange(n_out), False, torch.float32)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    y2 = F.relu(F.linear(x2, w2 * mask, b2))
+    y2.sum().backward()
+    torch.testing.assert_close(y, y2)
+    for got, want in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        torch.testing.assert_close(got, want if want is not None else torch.zeros_like(got))
