@@ -6,14 +6,19 @@
 // staircase (row i reaches the inputs [0, reach[i]), reach non-decreasing) decides
 // which tiles exist and masks their ragged edge in registers:
 //   forward  y.T [O, B] = W [O, I] @ x.T: m = unit, n = batch, k = input; a tile of
-//            rows reaches [0, reach of its last row), the rows before masked per k;
-//            x.T is packed once per call (the only copy).
-//   grad x   dx [B, I] = g [B, O] @ W: m = batch, n = input, k = unit; the units
-//            reaching a 32-input panel are a suffix of the rows, W's rows are read as
-//            they are stored, with masked loads on the rows that end inside the panel.
-//   grad W   dw [O, I] = g.T @ x: m = unit, n = input, k = batch; panels past a
-//            row's reach are stored as zeros (masked stores), the row's tail filled.
+//            rows reaches [0, reach of its last row), the rows that end earlier skip
+//            the last steps; x.T is packed by 16 x 16 register transposes, and each
+//            tile goes back to y [B, O] (+ bias) through one more.
+//   grad x   dx [B, I] = g [B, O] @ (W * M): m = batch, n = input, k = unit; the units
+//            reaching a 32-input panel are a suffix of the rows, packed once per panel
+//            with zeros past each row's reach (g packed by batch tiles, in chunks of
+//            kKC units that stay in L1).
+//   grad W   dw [O, I] = g.T @ x: m = unit, n = input, k = batch; stored through a lane
+//            mask that is zero past each row's reach, the rest of the row filled with
+//            zeros; by input panels (a panel of x in L1) while g fits L2, else by tiles
+//            of units (their g in L1).
 // Threads take contiguous runs of equal work (rows or panels), one region per product.
+// The tiles themselves: masked_linear_avx512_tiles.inc.
 #include "masked_linear/masked_linear_avx512.h"
 
 #include <ATen/ATen.h>
@@ -118,193 +123,14 @@ void grad_weight(const float*, const float*, int64_t, int64_t, int64_t, int64_t,
 #pragma GCC push_options
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12: the intrinsics' undefined pass-through operands
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
 
 namespace af {
 namespace ml_avx512 {
 namespace {
 
-constexpr int kMR = 12;  // tile rows: kMR x 2 accumulators + 2 loaded vectors fit the 32 zmm registers
-constexpr int kNR = 32;  // tile columns: 2 vectors
-constexpr int64_t kKC = 192;
-constexpr int64_t kPanelFirstBytes = 512 * 1024;  // grad W: g packed by tiles up to this size stays in L2  // reduction chunk: a [kKC, 32] panel and a [kKC, kMR] slice of A fit L1 together
-
-// Mask of the first n (clamped to [0, 16]) lanes.
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
-
-// Contiguous runs of items of about equal cost, one per thread (ml_threads::parallel_runs).
-template <typename F>
-void over_items(const std::vector<double>& cost, bool serial, const F& body) {
-  ml_threads::parallel_runs(cost, serial, body);
-}
-
-// f(std::integral_constant<int, rows>{}): a tile of 1..kMR rows, its height a compile-time constant.
-template <int R = kMR, typename F>
-void with_rows(int rows, const F& f) {
-  if constexpr (R >= 1) {
-    if (rows == R) return f(std::integral_constant<int, R>{});
-    with_rows<R - 1>(rows, f);
-  }
-}
-
-// r[i][j] -> r[j][i] for a 16 x 16 block of floats held in 16 registers.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {  // pairs of rows interleaved by 32-bit lanes
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // then by 64-bit lanes
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  for (int h = 0; h < 2; ++h) {  // then by 128-bit quarters, twice
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
-      t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
-    }
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-  }
-}
-
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (both <= 16); rows past `rows` read as zeros.
-inline void transpose_block(const float* src, int64_t lds, int rows, int cols, float* dst, int64_t ldd) {
-  __m512 r[16];
-  const __mmask16 in = first_lanes(cols);
-  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(in, src + i * lds) : _mm512_setzero_ps();
-  transpose16(r);
-  for (int c = 0; c < cols; ++c) _mm512_storeu_ps(dst + c * ldd, r[c]);
-}
-
-// ---- forward: units [j0, j0 + MR) x batch rows [b0, b0 + 16 NV), computed as y.T ----------
-
-// y: row b0, unit j0 of the output (rows ldy); nb: the batch rows of the panel that exist.
-template <int MR, int NV>
-void forward_tile(const float* W, int64_t ldw, const int64_t* reach, const float* xt, int64_t ldxt,
-                  const float* bias, float* y, int64_t ldy, int64_t nb) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
-  const int64_t k_all = reach[0], k_end = reach[MR - 1];  // every row reaches [0, k_all)
-  for (int64_t k = 0; k < k_all; ++k) {
-    __m512 b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(xt + k * ldxt + 16 * v);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const __m512 a = _mm512_set1_ps(W[m * ldw + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, b[v], acc[m][v]);
-    }
-  }
-  for (int64_t k = k_all; k < k_end; ++k) {  // the ragged edge: rows that end before k add nothing
-    __m512 b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(xt + k * ldxt + 16 * v);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      if (k >= reach[m]) continue;
-      const __m512 a = _mm512_set1_ps(W[m * ldw + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, b[v], acc[m][v]);
-    }
-  }
-  // y[b, j0 + m] = acc[m][b] + bias: each 16-batch half transposed in registers, stored row by row
-  const __mmask16 units = first_lanes(MR);
-  const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(units, bias) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    __m512 r[16];
-    for (int m = 0; m < 16; ++m) r[m] = m < MR ? acc[m][v] : _mm512_setzero_ps();
-    transpose16(r);
-    for (int l = 0; l < 16 && 16 * v + l < nb; ++l) {
-      _mm512_mask_storeu_ps(y + (16 * v + l) * ldy, units, _mm512_add_ps(r[l], bv));
-    }
-  }
-}
-
-
-// ---- grad x: dx rows [b0, b0 + MR) x input columns [k0, k0 + 16 NV) -------------------------
-
-// wp [K, 32]: the panel's rows of W * M, packed (zeros past each row's reach); gt [K, MR]: the
-// tile's rows of g, transposed.
-template <int MR, int NV>
-void grad_input_tile(const float* gt, const float* wp, int64_t K, int64_t width, float* dx, int64_t lddx,
-                     bool add) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      acc[m][v] = add ? _mm512_maskz_loadu_ps(first_lanes(width - 16 * v), dx + m * lddx + 16 * v) : _mm512_setzero_ps();
-  for (int64_t j = 0; j < K; ++j) {
-    __m512 b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(wp + j * kNR + 16 * v);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const __m512 a = _mm512_set1_ps(gt[j * MR + m]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, b[v], acc[m][v]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(dx + m * lddx + 16 * v, first_lanes(width - 16 * v), acc[m][v]);
-}
-
-
-// ---- grad W: dw rows [j0, j0 + MR) x input columns [k0, k0 + 16 NV) --------------------------
-
-// xp [B, 32]: x's panel, packed (zeros past the last input); gp [B, MR]: g's columns of the tile.
-template <int MR, int NV>
-void grad_weight_tile(const float* gp, const float* xp, int64_t B, const int64_t* reach, int64_t k0, int64_t width,
-                      float* dw, int64_t lddw) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < B; ++b) {
-    __m512 xv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xp + b * kNR + 16 * v);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const __m512 a = _mm512_set1_ps(gp[b * MR + m]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, xv[v], acc[m][v]);
-    }
-  }
-  if (width == 16 * NV && reach[0] >= k0 + 16 * NV) {  // every row reaches the whole panel
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(dw + m * lddw + k0 + 16 * v, acc[m][v]);
-    return;
-  }
-  // zero past each row's reach (the mask), nothing past the layer's last input
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      _mm512_mask_storeu_ps(dw + m * lddw + k0 + 16 * v, first_lanes(width - 16 * v),
-                            _mm512_maskz_mov_ps(first_lanes(reach[m] - k0 - 16 * v), acc[m][v]));
-    }
-}
-
+#include "masked_linear/masked_linear_avx512_tiles.inc"
 
 // First row reaching any input (rows before it are all-zero rows of W * M).
 int64_t first_reaching(const int64_t* reach, int64_t O) {
