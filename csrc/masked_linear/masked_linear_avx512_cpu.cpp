@@ -26,6 +26,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -48,10 +49,14 @@ bool usable() {
 #ifdef AF_ML_AVX512
   static const bool ok = [] {
     __builtin_cpu_init();
-    const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                     __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-    const char* env = std::getenv("ARMODEL_FAST_ISA");  // "avx2" / "base" lower the choice (nade_cpu_common.h)
-    return cpu && (env == nullptr || std::string(env) == "avx512");
+    const bool cpu =  // every feature the target pragma below compiles for
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+    // ARMODEL_FAST_ISA=avx2 or base lowers the choice, as for the NADE kernels (nade_cpu_common.h)
+    const char* env = std::getenv("ARMODEL_FAST_ISA");
+    const std::string want = env == nullptr ? "" : env;
+    return cpu && want != "avx2" && want != "base";
   }();
   return ok;
 #else
@@ -148,14 +153,14 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
   auto panel_width = [&](int64_t p) { return std::min<int64_t>(kNR, Bp - p * kNR); };
   // x.T by batch panels: panel p holds [cmax, width] from offset p * 32 * cmax (zero-padded columns),
   // transposed in 16 x 16 blocks.
-  std::vector<float> xt(static_cast<size_t>(std::max<int64_t>(cmax * Bp, 1)));
+  const std::unique_ptr<float[]> xt = scratch(cmax * Bp);
   const int64_t kblocks = (cmax + 15) / 16;
-  over_items(std::vector<double>(npanels * kblocks, 1.0), serial, [&](int64_t item) {
+  ml_threads::parallel_runs(std::vector<double>(npanels * kblocks, 1.0), serial, [&](int64_t item) {
     const int64_t p = item / kblocks, k0 = (item % kblocks) * 16, b0 = p * kNR, wd = panel_width(p);
     for (int64_t c0 = 0; c0 < wd; c0 += 16) {
       const int rows = static_cast<int>(std::clamp<int64_t>(B - b0 - c0, 0, 16));
       transpose_block(x + (b0 + c0) * ldx + k0, ldx, rows, static_cast<int>(std::min<int64_t>(16, cmax - k0)),
-                      xt.data() + b0 * cmax + k0 * wd + c0, wd);
+                      xt.get() + b0 * cmax + k0 * wd + c0, wd);
     }
   });
   for (int64_t j = 0; j < z; ++j) {  // units that reach no input: the bias
@@ -163,14 +168,16 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
   }
   const int64_t ntiles = (O - z + kMR - 1) / kMR;
   std::vector<double> cost;
-  for (int64_t t = 0; t < ntiles; ++t) cost.push_back(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) + 16.0);
-  over_items(cost, serial, [&](int64_t t) {
+  for (int64_t t = 0; t < ntiles; ++t) {  // the inputs the tile's last row reaches (+ a tile's fixed cost)
+    cost.push_back(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) + 16.0);
+  }
+  ml_threads::parallel_runs(cost, serial, [&](int64_t t) {
     const int64_t j0 = z + t * kMR;
     const int rows = static_cast<int>(std::min<int64_t>(kMR, O - j0));
     const float* bj = bias ? bias + j0 : nullptr;
     for (int64_t p = 0; p < npanels; ++p) {
       const int64_t b0 = p * kNR, wd = panel_width(p);
-      const float* xp = xt.data() + b0 * cmax;
+      const float* xp = xt.get() + b0 * cmax;
       with_rows(rows, [&](auto r) {
         if (wd == kNR) {
           forward_tile<decltype(r)::value, 2>(W + j0 * ldw, ldw, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
@@ -186,10 +193,10 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
                 float* dx, bool serial) {
   const int64_t npanels = (I + kNR - 1) / kNR;
   // g by batch tiles: tile t (rows [12 t, 12 t + rows)) is [O, rows] from offset 12 t * O
-  std::vector<float> gt(static_cast<size_t>(std::max<int64_t>(B * O, 1)));
-  over_items(std::vector<double>((B + kMR - 1) / kMR, 1.0), serial, [&](int64_t t) {
+  const std::unique_ptr<float[]> gt = scratch(B * O);
+  ml_threads::parallel_runs(std::vector<double>((B + kMR - 1) / kMR, 1.0), serial, [&](int64_t t) {
     const int64_t b0 = t * kMR, rows = std::min<int64_t>(kMR, B - b0);
-    float* dst = gt.data() + b0 * O;
+    float* dst = gt.get() + b0 * O;
     for (int64_t j = 0; j < O; ++j) {
       for (int64_t m = 0; m < rows; ++m) dst[j * rows + m] = g[(b0 + m) * O + j];
     }
@@ -197,17 +204,16 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
   std::vector<double> cost;
   for (int64_t p = 0; p < npanels; ++p) {
     const int64_t jb = std::upper_bound(reach, reach + O, p * kNR) - reach;
-    cost.push_back(static_cast<double>(O - jb) + 4.0);
+    cost.push_back(static_cast<double>(O - jb) + 4.0);  // the units reaching the panel (+ its packing)
   }
-  over_items(cost, serial, [&](int64_t p) {
+  ml_threads::parallel_runs(cost, serial, [&](int64_t p) {
     const int64_t k0 = p * kNR, width = std::min<int64_t>(kNR, I - k0);
     const int64_t jb = std::upper_bound(reach, reach + O, k0) - reach;  // the units reaching input k0: [jb, O)
     // W * M's panel, packed (a row read once here instead of once per batch tile)
-    thread_local std::vector<float> wp;
-    wp.resize(static_cast<size_t>(std::max<int64_t>((O - jb) * kNR, 1)));
+    const std::unique_ptr<float[]> wp = scratch((O - jb) * kNR);
     for (int64_t j = jb; j < O; ++j) {
       const int64_t lim = std::min(reach[j] - k0, width);
-      float* dst = wp.data() + (j - jb) * kNR;
+      float* dst = wp.get() + (j - jb) * kNR;
       _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(first_lanes(lim), W + j * ldw + k0));
       _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(first_lanes(lim - 16), W + j * ldw + k0 + 16));
     }
@@ -217,7 +223,7 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
       for (int64_t b0 = 0; b0 < B; b0 += kMR) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, B - b0));
         with_rows(rows, [&](auto r) {
-          grad_input_tile<decltype(r)::value, 2>(gt.data() + b0 * O + c0 * rows, wp.data() + (c0 - jb) * kNR, kc,
+          grad_input_tile<decltype(r)::value, 2>(gt.get() + b0 * O + c0 * rows, wp.get() + (c0 - jb) * kNR, kc,
                                                  width, dx + b0 * I + k0, I, c0 > jb);
         });
       }
@@ -231,10 +237,10 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
   const int64_t cmax = O > 0 ? reach[O - 1] : 0;
   const int64_t npanels = (cmax + kNR - 1) / kNR;
   // x by input panels: panel p is [B, 32] from offset p * 32 * B (zeros past the last input)
-  std::vector<float> xp(static_cast<size_t>(std::max<int64_t>(npanels * kNR * B, 1)));
-  over_items(std::vector<double>(npanels, 1.0), serial, [&](int64_t p) {
+  const std::unique_ptr<float[]> xp = scratch(npanels * kNR * B);
+  ml_threads::parallel_runs(std::vector<double>(npanels, 1.0), serial, [&](int64_t p) {
     const int64_t k0 = p * kNR, wd = std::min<int64_t>(kNR, I - k0);
-    float* dst = xp.data() + p * kNR * B;
+    float* dst = xp.get() + p * kNR * B;
     for (int64_t b = 0; b < B; ++b) {
       std::copy(x + b * ldx + k0, x + b * ldx + k0 + wd, dst + b * kNR);
       std::fill(dst + b * kNR + wd, dst + (b + 1) * kNR, 0.0f);
@@ -245,7 +251,7 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
   auto tile = [&](const float* gp, int64_t t, int64_t k0) {
     const int64_t j0 = z + t * kMR;
     with_rows(static_cast<int>(std::min<int64_t>(kMR, O - j0)), [&](auto r) {
-      grad_weight_tile<decltype(r)::value, 2>(gp, xp.data() + k0 * B, B, reach + j0, k0, std::min<int64_t>(kNR, I - k0),
+      grad_weight_tile<decltype(r)::value, 2>(gp, xp.get() + k0 * B, B, reach + j0, k0, std::min<int64_t>(kNR, I - k0),
                                               dw + j0 * I, I);
     });
   };
@@ -253,13 +259,16 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const int64_t j0 = z + t * kMR;
     const __mmask16 units = first_lanes(std::min<int64_t>(kMR, O - j0));
     const int64_t rows = std::min<int64_t>(kMR, O - j0);
-    for (int64_t b = 0; b < B; ++b) _mm512_mask_storeu_ps(dst + b * rows, units, _mm512_maskz_loadu_ps(units, g + b * O + j0));
+    for (int64_t b = 0; b < B; ++b) {
+      _mm512_mask_storeu_ps(dst + b * rows, units, _mm512_maskz_loadu_ps(units, g + b * O + j0));
+    }
   };
   if (B * (O - z) * 4 <= kPanelFirstBytes) {
     // g packed by tiles fits L2: each panel of 32 inputs over the tiles that reach it (the panel
     // stays in L1); rows before the first such tile are zero there, the rest masked at each reach.
-    std::vector<float> gp(static_cast<size_t>(std::max<int64_t>(B * (O - z), 1)));
-    over_items(std::vector<double>(ntiles, 1.0), serial, [&](int64_t t) { pack_g(t, gp.data() + t * kMR * B); });
+    const std::unique_ptr<float[]> gp = scratch(B * (O - z));
+    ml_threads::parallel_runs(std::vector<double>(ntiles, 1.0), serial,
+                              [&](int64_t t) { pack_g(t, gp.get() + t * kMR * B); });
     auto first_tile = [&](int64_t k0) {
       return std::min(ntiles, (std::upper_bound(reach, reach + O, k0) - reach - z) / kMR);
     };
@@ -268,12 +277,14 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     for (int64_t p = 0; p < all_panels; ++p) {  // a tile's product, or (about 0.15 of that) zeroing its rows
       const int64_t t0 = p < npanels ? first_tile(p * kNR) : ntiles;
       cost.push_back(static_cast<double>(ntiles - t0) + 0.15 * static_cast<double>(t0 + z / kMR) + 0.25);
+      // (0.15: a [12, 32] block of zeros written against 12 x 32 x B multiply-adds, measured; 0.25 a panel's
+      // fixed cost)
     }
-    over_items(cost, serial, [&](int64_t p) {
+    ml_threads::parallel_runs(cost, serial, [&](int64_t p) {
       const int64_t k0 = p * kNR, width = std::min<int64_t>(kNR, I - k0);
       const int64_t t0 = p < npanels ? first_tile(k0) : ntiles;
       for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) std::fill(dw + j * I + k0, dw + j * I + k0 + width, 0.0f);
-      for (int64_t t = t0; t < ntiles; ++t) tile(gp.data() + t * kMR * B, t, k0);
+      for (int64_t t = t0; t < ntiles; ++t) tile(gp.get() + t * kMR * B, t, k0);
     });
     return;
   }
@@ -284,13 +295,12 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const double panels = std::ceil(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) / kNR);
     cost.push_back(panels + 0.15 * (static_cast<double>(I) / kNR - panels) + 0.5);
   }
-  over_items(cost, serial, [&](int64_t t) {
+  ml_threads::parallel_runs(cost, serial, [&](int64_t t) {
     const int64_t j0 = z + t * kMR, rows = std::min<int64_t>(kMR, O - j0);
-    thread_local std::vector<float> gp;
-    gp.resize(static_cast<size_t>(std::max<int64_t>(B * rows, 1)));
-    pack_g(t, gp.data());
+    const std::unique_ptr<float[]> gp = scratch(B * rows);
+    pack_g(t, gp.get());
     const int64_t end = std::min(I, (reach[j0 + rows - 1] + kNR - 1) / kNR * kNR);  // panels computed: [0, end)
-    for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.data(), t, k0);
+    for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.get(), t, k0);
     for (int64_t j = j0; j < j0 + rows; ++j) std::fill(dw + j * I + end, dw + (j + 1) * I, 0.0f);
   });
 }
