@@ -193,6 +193,14 @@ def test_any_nonfinite_is_exact(dtype, bad):
         assert ext.masked_linear_any_nonfinite(u.t())  # non-contiguous
 
 
+def test_any_nonfinite_checks_broadcast_tensors_without_materialising_them():
+    from armodel_fast.ops._autograd import any_nonfinite
+    assert not any_nonfinite(torch.ones(()).expand(128, 500))  # the gradient of .sum()
+    assert any_nonfinite(torch.tensor([[1.0], [float("nan")], [2.0]]).expand(3, 5))
+    assert any_nonfinite(torch.tensor([1.0, -float("inf")]).expand(4, 2))
+    assert not any_nonfinite(torch.zeros(0, 3).expand(0, 3))
+
+
 def test_hidden_degrees_are_sorted_and_drawn_as_before():
     """Hidden units are numbered in degree order; the multiset drawn per layer is unchanged."""
     m0 = ref_made.input_degrees(torch.randperm(50, generator=torch.Generator().manual_seed(0)))
