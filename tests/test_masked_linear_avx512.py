@@ -183,3 +183,42 @@ def test_nonfinite_values_on_sorted_layers_match_reference():
         torch.testing.assert_close(y, y_ref, equal_nan=True)
         for got, want in zip(leaves, ref):
             torch.testing.assert_close(got.grad, want.grad, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def _big_layer(seed):
+    """A sorted layer whose grad W (512 x 512 fp32, 1 MiB) is large enough for the kept blocks."""
+    g = torch.Generator().manual_seed(seed)
+    din, dout = torch.arange(512), torch.randint(0, 520, (512,), generator=g).sort().values
+    w = torch.randn(512, 512, generator=g).requires_grad_()
+    return w, din, dout, degree_mask(din, dout, False, torch.float32)
+
+
+LOOSE = {"rtol": 1e-3, "atol": 1e-3}  # sums of 8 x 512 squares' gradients; aliasing would be off by O(1)
+
+
+def test_reused_grad_weight_blocks_never_alias_live_gradients():
+    """grad W's block is written again only when nothing references it: gradients that are kept
+    (accumulated in .grad, returned by autograd.grad and held) stay as they were."""
+    w, din, dout, mask = _big_layer(0)
+    xs = [torch.randn(8, 512, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def grad_of(x):  # the reference's gradient
+        w2 = w.detach().clone().requires_grad_()
+        F.linear(x, w2 * mask).square().sum().backward()
+        return w2.grad
+
+    # accumulation without zeroing: .grad keeps the sum
+    for x in xs[:3]:
+        masked_linear(x, w, None, din, dout, False, backend="cpp").square().sum().backward()
+    torch.testing.assert_close(w.grad, sum(grad_of(x) for x in xs[:3]), **LOOSE)
+    # set_to_none between steps (blocks reused): each step's gradient is its own
+    for x in xs:
+        w.grad = None
+        masked_linear(x, w, None, din, dout, False, backend="cpp").square().sum().backward()
+        torch.testing.assert_close(w.grad, grad_of(x), **LOOSE)
+    # gradients held by the caller are not overwritten by later calls
+    held = [torch.autograd.grad(masked_linear(x, w, None, din, dout, False, backend="cpp").square().sum(), w)[0]
+            for x in xs]
+    for x, got in zip(xs, held):
+        torch.testing.assert_close(got, grad_of(x), **LOOSE)
+    assert len({t.data_ptr() for t in held}) == len(held)

@@ -26,9 +26,10 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <memory>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -89,6 +90,33 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const std::optional
   return y;
 }
 
+namespace {
+
+// grad W's [O, I] buffer. A block that an earlier call returned and that nothing references any
+// more (its gradient was dropped, e.g. by zero_grad(set_to_none=True), or added into .grad) is
+// written again, under a new tensor, instead of a fresh one: a fresh multi-MB block comes back
+// from the system as page faults at every training step (hundreds per step). Blocks of 1 MiB and
+// more, the last kKeptBlocks, are kept.
+at::Tensor grad_weight_buffer(int64_t O, int64_t I, const at::TensorOptions& options) {
+  constexpr size_t kKeptBlocks = 8;
+  static std::mutex lock;
+  static auto* kept = new std::vector<at::Tensor>();  // never destroyed: no tensor freed at exit
+  const std::lock_guard<std::mutex> guard(lock);
+  for (const at::Tensor& t : *kept) {
+    if (t.size(0) == O && t.size(1) == I && t.dtype() == options.dtype() && t.storage().use_count() == 1) {
+      return at::empty({0}, options).set_(t.storage(), 0, {O, I}, {I, 1});
+    }
+  }
+  at::Tensor fresh = at::empty({O, I}, options);
+  if (O * I * static_cast<int64_t>(fresh.element_size()) >= (int64_t(1) << 20)) {
+    if (kept->size() >= kKeptBlocks) kept->erase(kept->begin());
+    kept->push_back(at::empty({0}, options).set_(fresh.storage(), 0, {O, I}, {I, 1}));
+  }
+  return fresh;
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gs, const at::Tensor& x, const at::Tensor& w,
                                             const at::Tensor& row_reach, bool need_dx, bool need_dw, bool serial) {
   TORCH_CHECK(usable(), "masked_linear: the AVX-512 kernels do not run here");
@@ -102,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gs, const at::Tens
   }
   if (need_dw) {
     const at::Tensor xc = x.contiguous();
-    dw = at::empty({O, I}, x.options());
+    dw = grad_weight_buffer(O, I, x.options());
     grad_weight(gs.const_data_ptr<float>(), xc.const_data_ptr<float>(), I, B, O, I, reach,
                 dw.mutable_data_ptr<float>(), serial);
   }
