@@ -222,3 +222,19 @@ def test_reused_grad_weight_blocks_never_alias_live_gradients():
     for x, got in zip(xs, held):
         torch.testing.assert_close(got, grad_of(x), **LOOSE)
     assert len({t.data_ptr() for t in held}) == len(held)
+
+
+def test_clear_cache_releases_the_kept_blocks_but_not_held_gradients():
+    w, din, dout, mask = _big_layer(1)
+    x = torch.randn(8, 512)
+    masked_linear(x, w, None, din, dout, False, backend="cpp").sum().backward()
+    held = w.grad.clone()
+    af.clear_cache()  # w.grad still holds its block: nothing to free, and its values stay
+    assert EXT.masked_linear_release_buffers() == 0
+    torch.testing.assert_close(w.grad, held)
+    w.grad = None
+    masked_linear(x, w, None, din, dout, False, backend="cpp").sum().backward()
+    w.grad = None  # dropped: the block is only kept now
+    if EXT.masked_linear_train_kernels() == "avx512":
+        assert EXT.masked_linear_release_buffers() >= 512 * 512 * 4
+    assert EXT.masked_linear_release_buffers() == 0

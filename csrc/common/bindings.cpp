@@ -101,6 +101,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(row_begin, row_end, c0, c1), identity).");
   m.def("masked_linear_slabs", &af::masked_linear_slabs, py::arg("weight"), py::arg("row_reach"), py::arg("blocks"),
         "The masked copies of W[r0:r1, c0:c1] of each block (flat), for in_place kernels.");
+  m.def("masked_linear_release_buffers", &af::masked_linear_release_buffers,
+        "Drop the grad W blocks kept for reuse by the AVX-512 training kernels; returns the bytes freed.");
   m.def("masked_linear_train_kernels", &af::masked_linear_train_kernels,
         "The in_place (degree-sorted) path's fp32 kernels here: 'avx512' (register tiles, slabs unused) or 'blas'.");
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),

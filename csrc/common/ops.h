@@ -81,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_p
 at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_reach, const at::Tensor& blocks);
 // Which kernels that path runs for fp32: "avx512" (register tiles, no slabs read) or "blas".
 const char* masked_linear_train_kernels();
+// Drops the grad W blocks the AVX-512 path keeps for reuse; the bytes freed (blocks nothing else held).
+int64_t masked_linear_release_buffers();
 // Exact one-pass value checks (common/value_checks_cpu.cpp): whether t holds NaN/inf, or a
 // value other than 0 and 1.
 bool masked_linear_any_nonfinite(const at::Tensor& t);

@@ -97,20 +97,29 @@ namespace {
 // written again, under a new tensor, instead of a fresh one: a fresh multi-MB block comes back
 // from the system as page faults at every training step (hundreds per step). Blocks of 1 MiB and
 // more, the last kKeptBlocks, are kept.
+struct KeptBlocks {
+  std::mutex lock;
+  std::vector<at::Tensor> blocks;  // at most kKeptBlocks, oldest first
+};
+
+KeptBlocks& kept() {
+  static auto* k = new KeptBlocks();  // never destroyed: no tensor freed at exit
+  return *k;
+}
+
 at::Tensor grad_weight_buffer(int64_t O, int64_t I, const at::TensorOptions& options) {
   constexpr size_t kKeptBlocks = 8;
-  static std::mutex lock;
-  static auto* kept = new std::vector<at::Tensor>();  // never destroyed: no tensor freed at exit
-  const std::lock_guard<std::mutex> guard(lock);
-  for (const at::Tensor& t : *kept) {
+  KeptBlocks& k = kept();
+  const std::lock_guard<std::mutex> guard(k.lock);
+  for (const at::Tensor& t : k.blocks) {
     if (t.size(0) == O && t.size(1) == I && t.dtype() == options.dtype() && t.storage().use_count() == 1) {
       return at::empty({0}, options).set_(t.storage(), 0, {O, I}, {I, 1});
     }
   }
   at::Tensor fresh = at::empty({O, I}, options);
   if (O * I * static_cast<int64_t>(fresh.element_size()) >= (int64_t(1) << 20)) {
-    if (kept->size() >= kKeptBlocks) kept->erase(kept->begin());
-    kept->push_back(at::empty({0}, options).set_(fresh.storage(), 0, {O, I}, {I, 1}));
+    if (k.blocks.size() >= kKeptBlocks) k.blocks.erase(k.blocks.begin());
+    k.blocks.push_back(at::empty({0}, options).set_(fresh.storage(), 0, {O, I}, {I, 1}));
   }
   return fresh;
 }
@@ -138,6 +147,17 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gs, const at::Tens
 }
 
 }  // namespace ml_avx512
+
+int64_t masked_linear_release_buffers() {
+  ml_avx512::KeptBlocks& k = ml_avx512::kept();
+  const std::lock_guard<std::mutex> guard(k.lock);
+  int64_t freed = 0;
+  for (const at::Tensor& t : k.blocks) {
+    if (t.storage().use_count() == 1) freed += static_cast<int64_t>(t.storage().nbytes());
+  }
+  k.blocks.clear();  // blocks still held as gradients stay theirs
+  return freed;
+}
 
 const char* masked_linear_train_kernels() { return ml_avx512::usable() ? "avx512" : "blas"; }
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ... import _ext
 from ..._validate import transform_active
 from ...reference.masked_linear import degree_mask
 
@@ -53,10 +54,14 @@ def caching(enabled: bool):
 
 
 def clear_cache() -> None:
-    """Drop every cached prepared weight and reference mask (needed only after writes through ``.data``)."""
+    """Drop every cached prepared weight and reference mask (needed only after writes through ``.data``),
+    and the grad W blocks the C++ training kernels keep for reuse (memory back, e.g. after training)."""
     with _LOCK:
         _CACHE.clear()
         _MASKS.clear()
+    release = getattr(_ext.get_ext(), "masked_linear_release_buffers", None)
+    if release is not None:
+        release()
 
 
 def cache_info() -> dict:
