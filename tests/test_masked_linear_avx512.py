@@ -238,3 +238,106 @@ def test_clear_cache_releases_the_kept_blocks_but_not_held_gradients():
     if EXT.masked_linear_train_kernels() == "avx512":
         assert EXT.masked_linear_release_buffers() >= 512 * 512 * 4
     assert EXT.masked_linear_release_buffers() == 0
+
+
+# ---- the one-call training entries (csrc/masked_linear/masked_linear_train_cpu.cpp) ------------------------
+
+needs_one_call = pytest.mark.skipif(EXT is None or not launchers._one_call(),
+                                    reason="the one-call training path runs with the AVX-512 kernels only")
+
+
+class CountingExt:
+    """The extension, counting the calls of its one-call training entries."""
+
+    def __init__(self):
+        self.calls = {"masked_linear_train_forward": 0, "masked_linear_train_backward": 0}
+
+    def __getattr__(self, name):
+        fn = getattr(EXT, name)
+        if name not in self.calls:
+            return fn
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+
+@needs_one_call
+@pytest.mark.parametrize("act", sorted(ACT))
+def test_a_sorted_training_call_is_one_extension_call_each_way(monkeypatch, act):
+    counting = CountingExt()
+    monkeypatch.setattr(launchers, "_cpp", lambda: counting)
+    check(45, 70, 50, 20, False, act, act != "tanh", seed=11)
+    assert counting.calls == {"masked_linear_train_forward": 1, "masked_linear_train_backward": 1}
+
+
+@needs_one_call
+def test_made_training_steps_take_the_one_call_path(monkeypatch):
+    counting = CountingExt()
+    monkeypatch.setattr(launchers, "_cpp", lambda: counting)
+    model = af.MADE(12, [20, 20], order=torch.arange(12), backend="cpp")
+    x = torch.bernoulli(torch.full((9, 12), 0.5))
+    (-model.log_prob(x).mean()).backward()
+    assert counting.calls == {"masked_linear_train_forward": 3, "masked_linear_train_backward": 3}
+
+
+def _layer(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    din, dout = torch.arange(1, 33), torch.randint(0, 34, (24,), generator=g).sort().values
+    reach = launchers.plan(din, dout, False).row_reach
+    return torch.randn(6, 32, generator=g), torch.randn(24, 32, generator=g), reach, degree_mask(din, dout, False,
+                                                                                                 torch.float32)
+
+
+@needs_one_call
+def test_one_call_forward_refuses_what_the_kernels_would_not_carry_as_the_reference():
+    x, w, reach, mask = _layer()
+    y, ok = EXT.masked_linear_train_forward(x, w, None, reach, 0)
+    assert ok
+    torch.testing.assert_close(y, x @ (w * mask).t(), rtol=1e-5, atol=1e-5)
+    bad_x = x.clone()
+    bad_x[2, 31] = float("nan")
+    assert EXT.masked_linear_train_forward(bad_x, w, None, reach, 0) == (None, False)
+    i, j = (mask == 0).nonzero()[-1].tolist()  # a masked-out weight
+    bad_w = w.clone()
+    bad_w[i, j] = float("-inf")
+    assert EXT.masked_linear_train_forward(x, bad_w, None, reach, 0) == (None, False)
+    # a connected NaN/inf weight: the kernels carry it as the reference does (computed)
+    i, j = mask.nonzero()[0].tolist()
+    live_w = w.clone()
+    live_w[i, j] = float("inf")
+    y, ok = EXT.masked_linear_train_forward(x, live_w, None, reach, 0)
+    assert ok
+    torch.testing.assert_close(y, x @ (live_w * mask).t(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    # a weight that is a column slice: NaN in the parent's other columns is not the layer's
+    parent = torch.cat([w, torch.full((24, 3), float("nan"))], 1)
+    y, ok = EXT.masked_linear_train_forward(x, parent[:, :32], None, reach, 0)
+    assert ok
+    torch.testing.assert_close(y, x @ (w * mask).t(), rtol=1e-5, atol=1e-5)
+
+
+@needs_one_call
+def test_one_call_backward_refuses_nonfinite_gradients_and_bias_and_checks_inputs_when_asked():
+    x, w, reach, mask = _layer(1)
+    b, gy = torch.randn(24), torch.randn(6, 24)
+    dx, dw, db, ok = EXT.masked_linear_train_backward(gy, x, None, w, b, reach, 0, True, True, True, True)
+    assert ok
+    torch.testing.assert_close(dx, gy @ (w * mask), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dw, (gy.t() @ x) * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db, gy.sum(0))
+    for name, bad in (("grad_y", gy), ("bias", b)):
+        bad = bad.clone()
+        bad.view(-1)[3] = float("nan")
+        args = (bad, b) if name == "grad_y" else (gy, bad)
+        assert EXT.masked_linear_train_backward(args[0], x, None, w, args[1], reach, 0, True, True, True, False)[3] \
+            is False, name
+    bad_x = x.clone()
+    bad_x[0, 0] = float("inf")
+    assert EXT.masked_linear_train_backward(gy, bad_x, None, w, b, reach, 0, True, True, True, True)[3] is False
+    assert EXT.masked_linear_train_backward(gy, bad_x, None, w, b, reach, 0, True, True, True, False)[3] is True
+    # the gradient of .sum(): one value broadcast, checked without materialising it
+    ones = torch.ones(()).expand(6, 24)
+    assert EXT.masked_linear_train_backward(ones, x, None, w, None, reach, 0, True, True, False, False)[3] is True
+    nan = torch.full((), float("nan")).expand(6, 24)
+    assert EXT.masked_linear_train_backward(nan, x, None, w, None, reach, 0, True, True, False, False)[3] is False

@@ -105,6 +105,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Drop the grad W blocks kept for reuse by the AVX-512 training kernels; returns the bytes freed.");
   m.def("masked_linear_train_kernels", &af::masked_linear_train_kernels,
         "The in_place (degree-sorted) path's fp32 kernels here: 'avx512' (register tiles, slabs unused) or 'blas'.");
+  m.def("masked_linear_train_forward", &af::masked_linear_train_forward, py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
+        "Training forward on a degree-sorted fp32 layer (AVX-512 kernels): (y, ok); ok False (y None, nothing "
+        "computed) when x or a masked-out weight holds NaN/inf.");
+  m.def("masked_linear_train_backward", &af::masked_linear_train_backward, py::arg("grad_y"), py::arg("x"),
+        py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
+        py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"), py::arg("check_inputs"),
+        "Its backward: (dx, dW (masked), db, ok); ok False (nothing computed) when grad_y or the bias (with "
+        "check_inputs also x or a masked-out weight) holds NaN/inf.");
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),
         "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
   m.def("any_nonbinary", &af::any_nonbinary, py::arg("t"),

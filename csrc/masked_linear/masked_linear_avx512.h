@@ -47,4 +47,10 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
                  const int64_t* reach, float* dw, bool serial);
 
 }  // namespace ml_avx512
+
+// The activations in place and their backward from the output (masked_linear_cpu.cpp; ATen's
+// kernels, as the reference's F.relu / F.elu / torch.tanh): act 0 none, 1 relu, 2 elu, 3 tanh.
+void activate_(at::Tensor& t, int64_t act);
+at::Tensor activation_backward(const at::Tensor& grad, const at::Tensor& y, int64_t act);
+
 }  // namespace af

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ... import _ext
+from ..._validate import transform_active
 from ...dispatch import BackendUnavailableError, register
 from .cache import _cached, mark_training
 
@@ -219,6 +220,52 @@ def _train_kernels() -> str:
     """The in-place path's fp32 kernels in this process ("avx512" or "blas"; an older build: "blas")."""
     kernels = getattr(_cpp(), "masked_linear_train_kernels", None)
     return kernels() if kernels is not None else "blas"
+
+
+def _train_reach(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
+    """The staircase (``row_reach``) of a training call that the cpp backend runs in one extension
+    call per direction (``masked_linear_train_forward`` / ``_backward``): fp32 CPU tensors outside
+    torch.func transforms, the AVX-512 kernels, degrees already in order; else None."""
+    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu"
+            or not _one_call() or transform_active()):
+        return None
+    ip = _in_place_plan(weight, in_degrees, out_degrees, strict)
+    return None if ip is None else ip.row_reach
+
+
+@functools.lru_cache(maxsize=None)
+def _one_call() -> bool:
+    return _train_kernels() == "avx512" and hasattr(_cpp(), "masked_linear_train_forward")
+
+
+def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation):
+    """A training forward of the cpp backend in one call, checks included: y, or None where
+    that path does not apply or x / a masked-out weight holds NaN/inf (nothing computed: the
+    general path then reproduces the reference's NaNs, docs/DESIGN.md section 9)."""
+    reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
+    if reach is None:
+        return None
+    y, ok = _cpp().masked_linear_train_forward(x, weight.detach(), None if bias is None else bias.detach(), reach,
+                                               ACTIVATIONS[activation])
+    if ok:
+        mark_training(weight)  # as the general path: an (unseen, fused) optimizer step follows
+    return y if ok else None
+
+
+def cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
+                       need_db, check_inputs):
+    """Its backward: (dx, dw, db), or None where that path does not apply or grad_y or the bias
+    (with ``check_inputs`` also x or a masked-out weight) holds NaN/inf."""
+    reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
+    if reach is None or grad_y.dtype != torch.float32 or grad_y.device.type != "cpu":
+        return None
+    dx, dw, db, ok = _cpp().masked_linear_train_backward(
+        grad_y, x, y, weight.detach(), None if bias is None else bias.detach(), reach, ACTIVATIONS[activation],
+        need_dx, need_dw, need_db, check_inputs)
+    if not ok:
+        return None
+    mark_training(weight)
+    return dx, dw, db
 
 
 @register("masked_linear", "forward", "cpp", requires="masked_linear_plan")

@@ -1,0 +1,111 @@
+// The training path's one-call entries (docs/DESIGN.md sections 4 and 9): on degree-sorted
+// fp32 layers where the AVX-512 kernels run, the NaN/inf checks that decide whether the
+// kernels give the reference's result, then the products, in one extension call per layer
+// and direction (a training step otherwise spends about as long in a chain of Python checks
+// as a small layer's products take). A check that finds NaN/inf returns ok = false having
+// computed nothing; the caller then takes the general path, which reproduces the reference's
+// NaNs (section 9).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "common/checks.h"
+#include "common/ops.h"
+#include "masked_linear/masked_linear_avx512.h"
+#include "masked_linear/masked_linear_threads.h"
+
+namespace af {
+namespace {
+
+// t with each broadcast (stride-0) dimension narrowed to one copy: the same values, not
+// materialised (the gradient of .sum() is one value expanded to [B, O]).
+at::Tensor distinct_values(at::Tensor t) {
+  if (t.numel() <= 1) return t;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) == 0 && t.size(d) > 1) t = t.narrow(d, 0, 1);
+  }
+  return t;
+}
+
+bool any_nonfinite(const at::Tensor& t) { return masked_linear_any_nonfinite(distinct_values(t)); }
+
+// Whether a masked-out weight (W[i, j], j >= reach[i]) is NaN/inf: the reference's dense
+// x @ (W * M).T turns it into NaN (inf * 0), the kernels never read it.
+bool masked_out_nonfinite(const at::Tensor& w, const int64_t* reach) {
+  const int64_t O = w.size(0), I = w.size(1), ldw = w.stride(0);
+  const uint32_t* bits = static_cast<const uint32_t*>(w.const_data_ptr());  // fp32 read as its bits
+  std::atomic<bool> found{false};
+  at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(I, 1)), [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b && !found.load(std::memory_order_relaxed); ++i) {
+      const uint32_t* row = bits + i * ldw;
+      uint32_t hits = 0;  // counted, not an early exit per element: the loop vectorises
+      for (int64_t j = std::min(reach[i], I); j < I; ++j) hits += (row[j] & 0x7f800000u) == 0x7f800000u;
+      if (hits != 0) found.store(true, std::memory_order_relaxed);
+    }
+  });
+  return found.load();
+}
+
+void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& row_reach) {
+  check_float_tensor(x, "x", 2);
+  check_float_tensor(w, "weight", 2);
+  check_same_dtype(x, "x", w, "weight");
+  TORCH_CHECK_VALUE(x.size(1) == w.size(1), "x must have shape [B, ", w.size(1), "], got ", x.sizes());
+  TORCH_CHECK_VALUE(w.stride(1) == 1 && w.stride(0) >= w.size(1), "weight must have unit column stride");
+  TORCH_CHECK(ml_avx512::runs(true, x, row_reach, w.size(0)),
+              "masked_linear_train_*: fp32 layers on a CPU where the AVX-512 kernels run only");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                         const std::optional<at::Tensor>& bias,
+                                                         const at::Tensor& row_reach, int64_t activation) {
+  const at::NoGradGuard no_grad;
+  check_layer(x, weight, row_reach);
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
+  if (any_nonfinite(x) || masked_out_nonfinite(weight, row_reach.const_data_ptr<int64_t>())) {
+    return {at::Tensor(), false};
+  }
+  at::Tensor y = ml_avx512::forward(x, weight, bias, row_reach, ml_threads::python_dispatch({&x, &weight}));
+  activate_(y, activation);
+  return {y, true};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_train_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& row_reach, int64_t activation, bool need_dx,
+    bool need_dw, bool need_db, bool check_inputs) {
+  const at::NoGradGuard no_grad;
+  check_layer(x, weight, row_reach);
+  const int64_t B = x.size(0), O = weight.size(0);
+  check_float_tensor(grad_y, "grad_y", 2);
+  TORCH_CHECK_VALUE(grad_y.size(0) == B && grad_y.size(1) == O, "grad_y must have shape [", B, ", ", O, "]");
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
+  TORCH_CHECK_VALUE(activation == 0 || (y.has_value() && y->defined()),
+                    "y (the forward output) is required for an activation");
+  // The bias enters no gradient; it is checked as the general path checks it (section 9).
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (any_nonfinite(grad_y) || (has_bias && any_nonfinite(*bias)) ||
+      (check_inputs && (any_nonfinite(x) || masked_out_nonfinite(weight, row_reach.const_data_ptr<int64_t>())))) {
+    return {at::Tensor(), at::Tensor(), at::Tensor(), false};
+  }
+  const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());
+  const at::Tensor gpre = activation_backward(gy, activation == 0 ? at::Tensor() : y->contiguous(), activation)
+                              .contiguous();  // d loss / d pre-activation
+  at::Tensor dx, dw, db;
+  if (need_db) db = gpre.sum(0);
+  if (need_dx || need_dw) {
+    const bool serial = ml_threads::python_dispatch({&x, &grad_y, &weight});
+    std::tie(dx, dw) = ml_avx512::backward(gpre, x.contiguous(), weight, row_reach, need_dx, need_dw, serial);
+  }
+  return {dx, dw, db, true};
+}
+
+}  // namespace af
