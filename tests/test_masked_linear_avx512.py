@@ -336,6 +336,11 @@ def test_one_call_backward_refuses_nonfinite_gradients_and_bias_and_checks_input
     bad_x[0, 0] = float("inf")
     assert EXT.masked_linear_train_backward(gy, bad_x, None, w, b, reach, 0, True, True, True, True)[3] is False
     assert EXT.masked_linear_train_backward(gy, bad_x, None, w, b, reach, 0, True, True, True, False)[3] is True
+    i, j = mask.nonzero()[0].tolist()  # a connected weight: checked with the inputs (every parameter)
+    live_w = w.clone()
+    live_w[i, j] = float("nan")
+    assert EXT.masked_linear_train_backward(gy, x, None, live_w, b, reach, 0, True, True, True, True)[3] is False
+    assert EXT.masked_linear_train_backward(gy, x, None, live_w, b, reach, 0, True, True, True, False)[3] is True
     # the gradient of .sum(): one value broadcast, checked without materialising it
     ones = torch.ones(()).expand(6, 24)
     assert EXT.masked_linear_train_backward(ones, x, None, w, None, reach, 0, True, True, False, False)[3] is True

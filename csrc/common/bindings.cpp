@@ -113,7 +113,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
         py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"), py::arg("check_inputs"),
         "Its backward: (dx, dW (masked), db, ok); ok False (nothing computed) when grad_y or the bias (with "
-        "check_inputs also x or a masked-out weight) holds NaN/inf.");
+        "check_inputs also x or any weight) holds NaN/inf.");
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),
         "Whether t holds a NaN or an infinity (exact, one pass, no temporary).");
   m.def("any_nonbinary", &af::any_nonbinary, py::arg("t"),

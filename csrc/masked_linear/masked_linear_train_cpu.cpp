@@ -35,9 +35,10 @@ at::Tensor distinct_values(at::Tensor t) {
 
 bool any_nonfinite(const at::Tensor& t) { return masked_linear_any_nonfinite(distinct_values(t)); }
 
-// Whether a masked-out weight (W[i, j], j >= reach[i]) is NaN/inf: the reference's dense
-// x @ (W * M).T turns it into NaN (inf * 0), the kernels never read it.
-bool masked_out_nonfinite(const at::Tensor& w, const int64_t* reach) {
+// Whether a weight W[i, j], j >= from[i], is NaN/inf; from == nullptr: any weight. The masked-out
+// ones (from = reach): the reference's dense x @ (W * M).T turns them into NaN (inf * 0), the
+// kernels never read them. Row by row: W may be a column slice (row stride > I).
+bool nonfinite_weight(const at::Tensor& w, const int64_t* from) {
   const int64_t O = w.size(0), I = w.size(1), ldw = w.stride(0);
   const uint32_t* bits = static_cast<const uint32_t*>(w.const_data_ptr());  // fp32 read as its bits
   std::atomic<bool> found{false};
@@ -45,7 +46,9 @@ bool masked_out_nonfinite(const at::Tensor& w, const int64_t* reach) {
     for (int64_t i = a; i < b && !found.load(std::memory_order_relaxed); ++i) {
       const uint32_t* row = bits + i * ldw;
       uint32_t hits = 0;  // counted, not an early exit per element: the loop vectorises
-      for (int64_t j = std::min(reach[i], I); j < I; ++j) hits += (row[j] & 0x7f800000u) == 0x7f800000u;
+      for (int64_t j = from == nullptr ? 0 : std::min(from[i], I); j < I; ++j) {
+        hits += (row[j] & 0x7f800000u) == 0x7f800000u;
+      }
       if (hits != 0) found.store(true, std::memory_order_relaxed);
     }
   });
@@ -70,7 +73,7 @@ std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, co
   const at::NoGradGuard no_grad;
   check_layer(x, weight, row_reach);
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
-  if (any_nonfinite(x) || masked_out_nonfinite(weight, row_reach.const_data_ptr<int64_t>())) {
+  if (any_nonfinite(x) || nonfinite_weight(weight, row_reach.const_data_ptr<int64_t>())) {
     return {at::Tensor(), false};
   }
   at::Tensor y = ml_avx512::forward(x, weight, bias, row_reach, ml_threads::python_dispatch({&x, &weight}));
@@ -90,10 +93,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_train_backwar
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
   TORCH_CHECK_VALUE(activation == 0 || (y.has_value() && y->defined()),
                     "y (the forward output) is required for an activation");
-  // The bias enters no gradient; it is checked as the general path checks it (section 9).
+  // As the general path: grad_y and the bias, and x and all of W unless the forward found them
+  // finite (section 9; a connected NaN/inf weight is carried by the kernels as by the reference,
+  // but the contract is a check of every parameter, said so when it fails).
   const bool has_bias = bias.has_value() && bias->defined();
   if (any_nonfinite(grad_y) || (has_bias && any_nonfinite(*bias)) ||
-      (check_inputs && (any_nonfinite(x) || masked_out_nonfinite(weight, row_reach.const_data_ptr<int64_t>())))) {
+      (check_inputs && (any_nonfinite(x) || nonfinite_weight(weight, nullptr)))) {
     return {at::Tensor(), at::Tensor(), at::Tensor(), false};
   }
   const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());

@@ -42,6 +42,9 @@ over each) and, if one holds NaN/inf, computes the gradients as the reference's 
 does (``torch.func.vjp`` of the dense ``act(x @ (W * M).T + bias)``) and says so
 (:func:`armodel_fast.dispatch.note_reference_backward`: a ``RuntimeWarning`` and a
 count). The check runs inside the op, so compiled graphs (``torch.compile``) get it too.
+On the cpp backend's AVX-512 training path (fp32, degrees in order) the checks and the
+products are one extension call each way (``launchers.cpp_train_forward`` / ``_backward``);
+where a check finds NaN/inf nothing is computed and the path above runs.
 
 Files: ``cache.py`` (the prepared-weight cache), ``launchers.py`` (each backend's
 prepare / forward / backward, in the dispatch table), ``functional.py`` (the

@@ -255,7 +255,7 @@ def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activati
 def cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
                        need_db, check_inputs):
     """Its backward: (dx, dw, db), or None where that path does not apply or grad_y or the bias
-    (with ``check_inputs`` also x or a masked-out weight) holds NaN/inf."""
+    (with ``check_inputs``, when the forward did not check them, also x or any weight) holds NaN/inf."""
     reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
     if reach is None or grad_y.dtype != torch.float32 or grad_y.device.type != "cpu":
         return None
