@@ -5,8 +5,9 @@ A backend is one of ``reference`` (plain PyTorch, always present), ``cpp`` (the 
 
 The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator, :func:`register`,
 from the op folders (``ops/nade``, ``ops/masked_linear``, ``ops/made``), with the parameter
-dtypes each launcher takes and the native function it calls. A backend implements ``op`` when
-it has a usable launcher for every stage of ``op``. Modules resolve ``backend="auto"`` (or check
+dtypes each launcher takes and the native function it calls. A backend implements ``op`` when it
+has a usable launcher for every stage of ``op`` but the optional ones (:func:`optional_launcher`).
+Modules resolve ``backend="auto"`` (or check
 an explicit name) once per call with :func:`resolve_backend` and pass the concrete name down;
 :func:`launcher` then finds the function. Nothing falls back silently: an explicit
 backend that cannot run raises :class:`BackendUnavailableError` with the reason and the fix;
@@ -30,24 +31,17 @@ from ._validate import transform_active
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}  # auto's order per device,
-# or, for these ops, in this order. On an H100 (README "GPU results"): Triton beat CUDA in every
-# NADE-family row; the masked-layer kernels ran at 0.05-0.47x the dense reference (masked_linear,
-# MADE; FVSBN, one masked layer, by analogy); the one-launch samplers keep CUDA first (15.7x).
+# or, for these ops, in this order. On an H100 (README "GPU results"): Triton beat CUDA in every NADE-family
+# row; the masked-layer kernels ran at 0.05-0.47x the dense reference (FVSBN, one masked layer, by analogy).
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
 _UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch rules"
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
-# ``auto``'s size rule on the CPU (README "Choosing a backend", with the figures): the
-# masked layers' C++ kernels have a fixed cost per call (0.1-0.2 ms of bookkeeping) and, in
-# training, gather the weights each step unless the degrees are already sorted, so below a
-# size the dense reference wins. Thresholds that hold on both 2-core CPUs of the sweeps
-# (``armodel-fast bench --sweep --family masked_linear``): an AMD EPYC (commit f9ba342) and
-# an Intel Xeon with AVX-512 (commit d70129c), whose dense matmuls run near peak: there
-# sorted fwd+bwd 0.98x at 32M (500->500), 1.00x at 37M, 1.08x at 50M; evaluation 0.98-0.99x
-# at 50M (a MADE forward of 57M: 0.90x), 1.35x at 200M; unsorted fwd+bwd 0.82x at 50M, 0.92x
-# at 140M, 1.00-1.05x at 200M, 1.02x at 276M, 1.17x at 401M (a random-order MADE [1000]: 0.90x).
+# ``auto``'s size rule on the CPU: below a size the kernels' fixed cost per call (and, in training on
+# unsorted degrees, the weights' gather) makes the dense reference faster. Thresholds that hold on both
+# 2-core CPUs of the sweeps (an AMD EPYC, an Intel Xeon with AVX-512): README "Choosing a backend".
 AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of the dense layers, B * in * out
                  "train_unsorted": 1 << 28}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
@@ -56,9 +50,8 @@ OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "m
 
 @dataclass(frozen=True)
 class Work:
-    """What ``auto``'s size rule looks at: ``macs`` (B * in * out of the dense layers),
-    ``training`` (a graph is recorded: the weights change every step) and ``sorted``
-    (every masked layer's degrees already sorted: the training path runs on the weights as stored)."""
+    """What ``auto``'s size rule looks at: ``macs`` (B * in * out of the dense layers), ``training`` (a
+    graph is recorded) and ``sorted`` (every masked layer's degrees sorted: no gather of the weights)."""
     macs: int
     training: bool
     sorted: bool
@@ -90,8 +83,8 @@ class BackendStatus:
     ops: tuple = field(default_factory=tuple)
 
     def __str__(self) -> str:
-        ops = ", ".join(self.ops) if self.ops else "no ops yet"
-        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason}); ops: {ops}"
+        return (f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason}); "
+                f"ops: {', '.join(self.ops) if self.ops else 'no ops yet'}")
 
 
 @dataclass(frozen=True)
@@ -104,20 +97,30 @@ class Launcher:
 
 
 _TABLE: Dict[Tuple[str, str], Dict[str, Launcher]] = {}
+_OPTIONAL_STAGES: set = set()  # (op, stage) that a backend may leave out
 
 
-def register(op: str, stage: str, backend: str, dtypes=None, requires=()) -> Callable:
-    """Decorator: the function launches ``stage`` of ``op`` on ``backend`` (stack it for
-    several backends). A ``reference`` entry is optional: the reference runs every op."""
+def register(op: str, stage: str, backend: str, dtypes=None, requires=(), optional=False) -> Callable:
+    """Decorator: the function launches ``stage`` of ``op`` on ``backend`` (stack it for several
+    backends; the reference runs every op without one). ``optional``: backends may leave it out."""
     if backend not in BACKENDS or op not in OPS:
         raise ValueError(f"backend must be one of {BACKENDS} and op one of {OPS}, got {backend!r}, {op!r}")
     requires = (requires,) if isinstance(requires, str) else tuple(requires)
+    if optional:
+        _OPTIONAL_STAGES.add((op, stage))
 
     def deco(fn: Callable) -> Callable:
         _TABLE.setdefault((op, stage), {})[backend] = Launcher(fn, None if dtypes is None else tuple(dtypes),
                                                                requires)
         return fn
     return deco
+
+
+def optional_launcher(op: str, stage: str, backend: str) -> Optional[Callable]:
+    """An optional stage's function on ``backend`` (a faster form of the required stages where it
+    applies), or None where it has none or the build lacks what it calls."""
+    entry = _TABLE.get((op, stage), {}).get(backend)
+    return entry.fn if _usable(backend, entry) else None
 
 
 def launcher(op: str, stage: str, backend: str) -> Callable:
@@ -181,7 +184,7 @@ def implements(name: str, op: str) -> bool:
     """Whether ``name`` has a usable launcher for every stage of ``op`` (reference: always)."""
     if name == "reference":
         return True
-    stages = [table for (o, _), table in _TABLE.items() if o == op]
+    stages = [table for (o, s), table in _TABLE.items() if o == op and (o, s) not in _OPTIONAL_STAGES]
     return bool(stages) and all(_usable(name, table.get(name)) for table in stages)
 
 
@@ -281,8 +284,7 @@ def auto_order(op: str, device_type: str) -> tuple:  # the backends ``auto`` tri
 
 
 def auto_rule_says(op: str, device: torch.device) -> Optional[str]:
-    """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule: a torch.func transform, or
-    the GPU measurement though a kernel could run (None: neither)."""
+    """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule (a transform; the GPU measurement)."""
     if transform_active():
         return _UNDER_TRANSFORM
     kernels = [b for b in AUTO_ORDER.get(device.type, ()) if b != "reference"]
@@ -376,8 +378,7 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
 
 # ---- gradients through the reference (NaN/inf, DESIGN.md section 9; batched backwards) -----
 
-_REFERENCE_BACKWARDS: Dict[Tuple[str, str], int] = {}
-_REFERENCE_BACKWARDS_LOCK = threading.Lock()
+_REFERENCE_BACKWARDS, _REFERENCE_BACKWARDS_LOCK = {}, threading.Lock()  # {(op, backend, why): count}
 _WHY_REFERENCE = {  # why a fast backward computed its gradients through the reference
     "nonfinite": "NaN/inf among the parameters, inputs or upstream gradients of a {b!r} backward (the kernels skip "
                  "terms such as NaN * 0 that the reference's dense products keep; docs/DESIGN.md section 9)",
@@ -386,8 +387,7 @@ _WHY_REFERENCE = {  # why a fast backward computed its gradients through the ref
 
 
 def note_reference_backward(op: str, backend: str, why: str = "nonfinite") -> None:
-    """Record and warn (``RuntimeWarning``, shown once per op, backend and reason) that a backward
-    of ``op`` asked of ``backend`` computed its gradients by the reference, for ``why`` (above)."""
+    """Count and warn (``RuntimeWarning``, once per op, backend and ``why``) of a reference backward."""
     with _REFERENCE_BACKWARDS_LOCK:
         _REFERENCE_BACKWARDS[(op, backend, why)] = _REFERENCE_BACKWARDS.get((op, backend, why), 0) + 1
     warnings.warn(f"{op}: " + _WHY_REFERENCE[why].format(b=backend) + "; its gradients were computed by the "

@@ -43,7 +43,8 @@ does (``torch.func.vjp`` of the dense ``act(x @ (W * M).T + bias)``) and says so
 (:func:`armodel_fast.dispatch.note_reference_backward`: a ``RuntimeWarning`` and a
 count). The check runs inside the op, so compiled graphs (``torch.compile``) get it too.
 On the cpp backend's AVX-512 training path (fp32, degrees in order) the checks and the
-products are one extension call each way (``launchers.cpp_train_forward`` / ``_backward``);
+products are one extension call each way (the optional stages ``train_forward`` /
+``train_backward``, ``launchers.cpp_train_forward`` / ``_backward``);
 where a check finds NaN/inf nothing is computed and the path above runs.
 
 Files: ``cache.py`` (the prepared-weight cache), ``launchers.py`` (each backend's
@@ -65,7 +66,7 @@ from ..._validate import batched_backward, check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, degree_mask_for, mark_training
-from .launchers import ACTIVATIONS, cpp_train_backward, cpp_train_forward
+from .launchers import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -88,8 +89,9 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
 def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
     """(y, whether x and the weight hold no NaN/inf that the kernels would not carry as the
     reference does: the backward need not check them again)."""
-    if fresh and backend == "cpp":  # a training call, checks and products in one extension call
-        y = cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation)
+    one_call = dispatch.optional_launcher("masked_linear", "train_forward", backend) if fresh else None
+    if one_call is not None:  # a training call: checks and products in one extension call, where it applies
+        y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation)
         if y is not None:
             return y, True
     use = "train" if fresh else "eval"
@@ -168,9 +170,10 @@ def _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activa
     """(dx, dw, db), empty where not needed: the backend's kernels, or with NaN/inf among the
     inputs the reference's gradients (module docstring). ``known_finite``: the forward found x
     and the weight finite (they are saved unchanged), so only the bias and grad_y are checked."""
-    if backend == "cpp":  # checks and products in one extension call where that path applies
-        grads = cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx,
-                                   need_dw, need_db, not known_finite)
+    one_call = dispatch.optional_launcher("masked_linear", "train_backward", backend)
+    if one_call is not None:  # checks and products in one extension call, where it applies
+        grads = one_call(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
+                         need_db, not known_finite)
         if grads is not None:
             return tuple(g if need else x.new_empty(0) for g, need in zip(grads, (need_dx, need_dw, need_db)))
     if not (all_finite(bias, grad_y) if known_finite else all_finite(weight, bias, x, grad_y)):

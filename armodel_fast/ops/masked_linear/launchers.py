@@ -238,6 +238,11 @@ def _one_call() -> bool:
     return _train_kernels() == "avx512" and hasattr(_cpp(), "masked_linear_train_forward")
 
 
+# The optional stages ``train_forward`` / ``train_backward`` (dispatch.optional_launcher): a training
+# call in one extension call each way, checks included, where it applies; else None, and the
+# caller runs the required stages.
+
+@register("masked_linear", "train_forward", "cpp", requires="masked_linear_train_forward", optional=True)
 def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation):
     """A training forward of the cpp backend in one call, checks included: y, or None where
     that path does not apply or x / a masked-out weight holds NaN/inf (nothing computed: the
@@ -252,6 +257,7 @@ def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activati
     return y if ok else None
 
 
+@register("masked_linear", "train_backward", "cpp", requires="masked_linear_train_backward", optional=True)
 def cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
                        need_db, check_inputs):
     """Its backward: (dx, dw, db), or None where that path does not apply or grad_y or the bias
