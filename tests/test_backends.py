@@ -133,3 +133,18 @@ def test_explain_refuses_an_unknown_op_and_knows_every_model():
     for model in (af.NADE(3, 2), af.FVSBN(3), af.MADE(3, [4]), af.ARRNN(3, 2), af.RNADE(3, 2, 2),
                   af.CategoricalNADE(3, 2, 3)):
         assert af.explain(type(model).op).splitlines()[0].startswith("reference: yes")
+
+
+def test_optional_stages_are_not_required_of_a_backend(monkeypatch):
+    """An optional stage (a faster form of the required ones where it applies) may be left out:
+    a backend without it still implements the op, and optional_launcher says None."""
+    monkeypatch.setattr(dispatch, "_TABLE", {})
+    monkeypatch.setattr(dispatch, "_OPTIONAL_STAGES", set())
+    dispatch.register("made", "forward", "reference")(lambda: "required")
+    dispatch.register("made", "forward", "triton")(lambda: "required")
+    dispatch.register("made", "fast_forward", "reference", optional=True)(lambda: "fast")
+    assert dispatch.implements("triton", "made")
+    assert dispatch.optional_launcher("made", "fast_forward", "triton") is None
+    assert dispatch.optional_launcher("made", "fast_forward", "reference")() == "fast"
+    dispatch.register("made", "backward", "reference")(lambda: "required")  # a required stage triton lacks
+    assert not dispatch.implements("triton", "made")
