@@ -155,12 +155,14 @@ def test_strided_bias_and_upstream_gradient_match_reference():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_nonfinite_values_on_sorted_layers_match_reference():
-    """NaN/inf in x, in masked-out weights, in the bias or upstream gradient: the reference's NaN pattern."""
+@pytest.mark.parametrize("act", ["relu", "elu", "tanh"])
+def test_nonfinite_values_on_sorted_layers_match_reference(act):
+    """NaN/inf in x, in a masked-out or a connected weight, in the bias or upstream gradient: the
+    reference's NaN pattern, and the backward says it ran the reference's (DESIGN.md section 9)."""
     g = torch.Generator().manual_seed(8)
     din, dout = torch.arange(1, 33), torch.randint(0, 34, (24,), generator=g).sort().values
     mask = degree_mask(din, dout, False, torch.float32)
-    for where in ("x", "w_masked", "bias", "grad"):
+    for where in ("x", "w_masked", "w_connected", "bias", "grad"):
         x = torch.randn(13, 32, generator=g)
         w = torch.randn(24, 32, generator=g)
         b = torch.randn(24, generator=g)
@@ -168,17 +170,21 @@ def test_nonfinite_values_on_sorted_layers_match_reference():
         if where == "x":
             x[3, 30] = float("nan")
         elif where == "w_masked":
-            w[(mask == 0).nonzero()[0].tolist()] = float("inf")
+            w[tuple((mask == 0).nonzero()[0].tolist())] = float("inf")  # one entry (a list would pick rows)
+        elif where == "w_connected":  # NaN pre-activations: the reference's NaN * 0 reach masked-out gradients
+            w[tuple(mask.nonzero()[0].tolist())] = float("nan")
         elif where == "bias":
             b[5] = float("nan")
         else:
             gy[2, 7] = float("nan")
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
         ref = [t.clone().requires_grad_() for t in (x, w, b)]
+        before = sum(af.dispatch.reference_backwards().values())
         with pytest.warns(RuntimeWarning):  # the kernels hand NaN/inf backwards to the reference
-            y = masked_linear(*leaves[:2], leaves[2], din, dout, False, "relu", backend="cpp")
+            y = masked_linear(*leaves[:2], leaves[2], din, dout, False, act, backend="cpp")
             y.backward(gy)
-        y_ref = F.relu(F.linear(ref[0], ref[1] * mask, ref[2]))
+        assert sum(af.dispatch.reference_backwards().values()) == before + 1, where
+        y_ref = ACT[act](F.linear(ref[0], ref[1] * mask, ref[2]))
         y_ref.backward(gy)
         torch.testing.assert_close(y, y_ref, equal_nan=True)
         for got, want in zip(leaves, ref):
@@ -291,7 +297,7 @@ def _layer(seed=0):
 
 
 @needs_one_call
-def test_one_call_forward_refuses_what_the_kernels_would_not_carry_as_the_reference():
+def test_one_call_forward_refuses_nonfinite_inputs_and_weights():
     x, w, reach, mask = _layer()
     y, ok = EXT.masked_linear_train_forward(x, w, None, reach, 0)
     assert ok
@@ -303,13 +309,10 @@ def test_one_call_forward_refuses_what_the_kernels_would_not_carry_as_the_refere
     bad_w = w.clone()
     bad_w[i, j] = float("-inf")
     assert EXT.masked_linear_train_forward(x, bad_w, None, reach, 0) == (None, False)
-    # a connected NaN/inf weight: the kernels carry it as the reference does (computed)
-    i, j = mask.nonzero()[0].tolist()
+    i, j = mask.nonzero()[0].tolist()  # a connected one too: every parameter is checked (section 9)
     live_w = w.clone()
     live_w[i, j] = float("inf")
-    y, ok = EXT.masked_linear_train_forward(x, live_w, None, reach, 0)
-    assert ok
-    torch.testing.assert_close(y, x @ (live_w * mask).t(), rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert EXT.masked_linear_train_forward(x, live_w, None, reach, 0) == (None, False)
     # a weight that is a column slice: NaN in the parent's other columns is not the layer's
     parent = torch.cat([w, torch.full((24, 3), float("nan"))], 1)
     y, ok = EXT.masked_linear_train_forward(x, parent[:, :32], None, reach, 0)
@@ -346,3 +349,19 @@ def test_one_call_backward_refuses_nonfinite_gradients_and_bias_and_checks_input
     assert EXT.masked_linear_train_backward(ones, x, None, w, None, reach, 0, True, True, False, False)[3] is True
     nan = torch.full((), float("nan")).expand(6, 24)
     assert EXT.masked_linear_train_backward(nan, x, None, w, None, reach, 0, True, True, False, False)[3] is False
+
+
+@needs_one_call
+def test_one_call_entries_refuse_a_reach_that_is_no_staircase_within_the_inputs():
+    x, w, reach, _ = _layer(2)
+    for bad in (reach.flip(0), reach + 33, reach - 40):
+        if bool((bad == reach).all()):
+            continue
+        with pytest.raises(ValueError, match="row_reach"):
+            EXT.masked_linear_train_forward(x, w, None, bad.contiguous(), 0)
+        with pytest.raises(ValueError, match="row_reach"):
+            EXT.masked_linear_train_backward(torch.ones(6, 24), x, None, w, None, bad.contiguous(), 0, True, True,
+                                             False, False)
+    with pytest.raises(ValueError, match="y must have shape"):
+        EXT.masked_linear_train_backward(torch.ones(6, 24), x, torch.ones(6, 23), w, None, reach, 1, True, True,
+                                         False, False)

@@ -108,7 +108,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_train_forward", &af::masked_linear_train_forward, py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
         "Training forward on a degree-sorted fp32 layer (AVX-512 kernels): (y, ok); ok False (y None, nothing "
-        "computed) when x or a masked-out weight holds NaN/inf.");
+        "computed) when x or W holds NaN/inf.");
   m.def("masked_linear_train_backward", &af::masked_linear_train_backward, py::arg("grad_y"), py::arg("x"),
         py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
         py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"), py::arg("check_inputs"),

@@ -84,9 +84,8 @@ const char* masked_linear_train_kernels();
 // Drops the grad W blocks the AVX-512 path keeps for reuse; the bytes freed (blocks nothing else held).
 int64_t masked_linear_release_buffers();
 // That path in one call per direction (masked_linear_train_cpu.cpp; fp32, AVX-512 kernels):
-// the NaN/inf checks first (forward: x and the masked-out weights; backward: grad_y and the
-// bias, with check_inputs also x and all of W), ok = false with nothing computed where one
-// finds NaN/inf.
+// the NaN/inf checks first (forward: x and W; backward: grad_y and the bias, with check_inputs
+// also x and W), ok = false with nothing computed where one finds NaN/inf.
 std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias,
                                                          const at::Tensor& row_reach, int64_t activation);

@@ -1,16 +1,17 @@
 // The training path's one-call entries (docs/DESIGN.md sections 4 and 9): on degree-sorted
-// fp32 layers where the AVX-512 kernels run, the NaN/inf checks that decide whether the
-// kernels give the reference's result, then the products, in one extension call per layer
-// and direction (a training step otherwise spends about as long in a chain of Python checks
-// as a small layer's products take). A check that finds NaN/inf returns ok = false having
-// computed nothing; the caller then takes the general path, which reproduces the reference's
-// NaNs (section 9).
+// fp32 layers where the AVX-512 kernels run, the general path's NaN/inf checks (the forward:
+// x and W; the backward: grad_y and the bias), then the products, in one extension call per
+// layer and direction (a training step otherwise spends about as long in a chain of Python
+// checks as a small layer's products take). A check that finds NaN/inf returns ok = false
+// having computed nothing; the caller then takes the general path, which gives the
+// reference's NaNs and gradients (section 9).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -35,20 +36,16 @@ at::Tensor distinct_values(at::Tensor t) {
 
 bool any_nonfinite(const at::Tensor& t) { return masked_linear_any_nonfinite(distinct_values(t)); }
 
-// Whether a weight W[i, j], j >= from[i], is NaN/inf; from == nullptr: any weight. The masked-out
-// ones (from = reach): the reference's dense x @ (W * M).T turns them into NaN (inf * 0), the
-// kernels never read them. Row by row: W may be a column slice (row stride > I).
-bool nonfinite_weight(const at::Tensor& w, const int64_t* from) {
+// Whether a weight is NaN/inf, row by row (W may be a column slice: row stride > I).
+bool nonfinite_weight(const at::Tensor& w) {
   const int64_t O = w.size(0), I = w.size(1), ldw = w.stride(0);
-  const uint32_t* bits = static_cast<const uint32_t*>(w.const_data_ptr());  // fp32 read as its bits
+  const float* base = w.const_data_ptr<float>();
   std::atomic<bool> found{false};
   at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(I, 1)), [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b && !found.load(std::memory_order_relaxed); ++i) {
-      const uint32_t* row = bits + i * ldw;
+      const float* row = base + i * ldw;
       uint32_t hits = 0;  // counted, not an early exit per element: the loop vectorises
-      for (int64_t j = from == nullptr ? 0 : std::min(from[i], I); j < I; ++j) {
-        hits += (row[j] & 0x7f800000u) == 0x7f800000u;
-      }
+      for (int64_t j = 0; j < I; ++j) hits += (std::bit_cast<uint32_t>(row[j]) & 0x7f800000u) == 0x7f800000u;
       if (hits != 0) found.store(true, std::memory_order_relaxed);
     }
   });
@@ -63,6 +60,11 @@ void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& row
   TORCH_CHECK_VALUE(w.stride(1) == 1 && w.stride(0) >= w.size(1), "weight must have unit column stride");
   TORCH_CHECK(ml_avx512::runs(true, x, row_reach, w.size(0)),
               "masked_linear_train_*: fp32 layers on a CPU where the AVX-512 kernels run only");
+  const int64_t* reach = row_reach.const_data_ptr<int64_t>();  // a staircase within the inputs
+  for (int64_t i = 0; i < w.size(0); ++i) {
+    TORCH_CHECK_VALUE(reach[i] >= (i > 0 ? reach[i - 1] : 0) && reach[i] <= w.size(1),
+                      "row_reach must be non-decreasing within [0, ", w.size(1), "], got ", reach[i], " at row ", i);
+  }
 }
 
 }  // namespace
@@ -73,7 +75,7 @@ std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, co
   const at::NoGradGuard no_grad;
   check_layer(x, weight, row_reach);
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
-  if (any_nonfinite(x) || nonfinite_weight(weight, row_reach.const_data_ptr<int64_t>())) {
+  if (any_nonfinite(x) || nonfinite_weight(weight)) {
     return {at::Tensor(), false};
   }
   at::Tensor y = ml_avx512::forward(x, weight, bias, row_reach, ml_threads::python_dispatch({&x, &weight}));
@@ -93,12 +95,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_train_backwar
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
   TORCH_CHECK_VALUE(activation == 0 || (y.has_value() && y->defined()),
                     "y (the forward output) is required for an activation");
-  // As the general path: grad_y and the bias, and x and all of W unless the forward found them
-  // finite (section 9; a connected NaN/inf weight is carried by the kernels as by the reference,
-  // but the contract is a check of every parameter, said so when it fails).
+  if (activation != 0) {
+    check_same_dtype(*y, "y", x, "x");
+    TORCH_CHECK_VALUE(y->dim() == 2 && y->size(0) == B && y->size(1) == O, "y must have shape [", B, ", ", O, "]");
+  }
+  // As the general path (section 9): grad_y and the bias, and x and W unless the forward found
+  // them finite.
   const bool has_bias = bias.has_value() && bias->defined();
   if (any_nonfinite(grad_y) || (has_bias && any_nonfinite(*bias)) ||
-      (check_inputs && (any_nonfinite(x) || nonfinite_weight(weight, nullptr)))) {
+      (check_inputs && (any_nonfinite(x) || nonfinite_weight(weight)))) {
     return {at::Tensor(), at::Tensor(), at::Tensor(), false};
   }
   const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());

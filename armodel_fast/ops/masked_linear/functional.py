@@ -87,8 +87,7 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
 
 
 def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
-    """(y, whether x and the weight hold no NaN/inf that the kernels would not carry as the
-    reference does: the backward need not check them again)."""
+    """(y, whether x and the weight hold no NaN/inf: the backward need not check them again)."""
     one_call = dispatch.optional_launcher("masked_linear", "train_forward", backend) if fresh else None
     if one_call is not None:  # a training call: checks and products in one extension call, where it applies
         y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation)

@@ -245,8 +245,8 @@ def _one_call() -> bool:
 @register("masked_linear", "train_forward", "cpp", requires="masked_linear_train_forward", optional=True)
 def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation):
     """A training forward of the cpp backend in one call, checks included: y, or None where
-    that path does not apply or x / a masked-out weight holds NaN/inf (nothing computed: the
-    general path then reproduces the reference's NaNs, docs/DESIGN.md section 9)."""
+    that path does not apply or x or the weight holds NaN/inf (nothing computed: the general
+    path then gives the reference's NaNs, docs/DESIGN.md section 9)."""
     reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
     if reach is None:
         return None
