@@ -362,6 +362,10 @@ def test_one_call_entries_refuse_a_reach_that_is_no_staircase_within_the_inputs(
         with pytest.raises(ValueError, match="row_reach"):
             EXT.masked_linear_train_backward(torch.ones(6, 24), x, None, w, None, bad.contiguous(), 0, True, True,
                                              False, False)
+        ip = launchers.plan(torch.arange(1, 33), torch.arange(24), False)  # the older in-place entry too
+        with pytest.raises(ValueError, match="row_reach"):
+            EXT.masked_linear_forward(x, w, None, ip.perm_in, ip.perm_out, bad.contiguous(), ip.blocks, 0, True, True,
+                                      slabs=None, in_place=True)
     with pytest.raises(ValueError, match="y must have shape"):
         EXT.masked_linear_train_backward(torch.ones(6, 24), x, torch.ones(6, 23), w, None, reach, 1, True, True,
                                          False, False)

@@ -22,7 +22,7 @@ namespace ml_avx512 {
 bool usable();
 
 // Whether masked_linear_cpu.cpp's call runs them: the in-place path (identity permutations),
-// fp32 and usable(); checks row_reach [O] (int64, contiguous).
+// fp32 and usable(); checks row_reach [O] (int64, contiguous, non-decreasing within [0, I]).
 bool runs(bool in_place, const at::Tensor& x, const at::Tensor& row_reach, int64_t O);
 
 // Tensor-level entry points: y [B, O] = x @ (W * M).T + bias (no activation); (dx, dw) from

@@ -69,6 +69,11 @@ bool runs(bool in_place, const at::Tensor& x, const at::Tensor& row_reach, int64
   if (!in_place || x.scalar_type() != at::kFloat || !usable()) return false;
   TORCH_CHECK_VALUE(row_reach.scalar_type() == at::kLong && row_reach.is_contiguous() && row_reach.numel() == O,
                     "row_reach must be a contiguous int64 tensor of length ", O);
+  const int64_t* reach = row_reach.const_data_ptr<int64_t>();  // a staircase within the inputs
+  for (int64_t i = 0; i < O; ++i) {
+    TORCH_CHECK_VALUE(reach[i] >= (i > 0 ? reach[i - 1] : 0) && reach[i] <= x.size(1),
+                      "row_reach must be non-decreasing within [0, ", x.size(1), "], got ", reach[i], " at row ", i);
+  }
   return true;
 }
 

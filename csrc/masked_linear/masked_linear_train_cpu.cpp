@@ -58,13 +58,8 @@ void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& row
   check_same_dtype(x, "x", w, "weight");
   TORCH_CHECK_VALUE(x.size(1) == w.size(1), "x must have shape [B, ", w.size(1), "], got ", x.sizes());
   TORCH_CHECK_VALUE(w.stride(1) == 1 && w.stride(0) >= w.size(1), "weight must have unit column stride");
-  TORCH_CHECK(ml_avx512::runs(true, x, row_reach, w.size(0)),
+  TORCH_CHECK(ml_avx512::runs(true, x, row_reach, w.size(0)),  // (which checks row_reach)
               "masked_linear_train_*: fp32 layers on a CPU where the AVX-512 kernels run only");
-  const int64_t* reach = row_reach.const_data_ptr<int64_t>();  // a staircase within the inputs
-  for (int64_t i = 0; i < w.size(0); ++i) {
-    TORCH_CHECK_VALUE(reach[i] >= (i > 0 ? reach[i - 1] : 0) && reach[i] <= w.size(1),
-                      "row_reach must be non-decreasing within [0, ", w.size(1), "], got ", reach[i], " at row ", i);
-  }
 }
 
 }  // namespace
