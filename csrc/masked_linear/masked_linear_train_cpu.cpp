@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <tuple>
 
@@ -36,6 +36,13 @@ at::Tensor distinct_values(at::Tensor t) {
 
 bool any_nonfinite(const at::Tensor& t) { return masked_linear_any_nonfinite(distinct_values(t)); }
 
+// A float's bit pattern (std::bit_cast is C++20; builds against older torch use C++17).
+inline uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
 // Whether a weight is NaN/inf, row by row (W may be a column slice: row stride > I).
 bool nonfinite_weight(const at::Tensor& w) {
   const int64_t O = w.size(0), I = w.size(1), ldw = w.stride(0);
@@ -45,7 +52,7 @@ bool nonfinite_weight(const at::Tensor& w) {
     for (int64_t i = a; i < b && !found.load(std::memory_order_relaxed); ++i) {
       const float* row = base + i * ldw;
       uint32_t hits = 0;  // counted, not an early exit per element: the loop vectorises
-      for (int64_t j = 0; j < I; ++j) hits += (std::bit_cast<uint32_t>(row[j]) & 0x7f800000u) == 0x7f800000u;
+      for (int64_t j = 0; j < I; ++j) hits += (bits_of(row[j]) & 0x7f800000u) == 0x7f800000u;
       if (hits != 0) found.store(true, std::memory_order_relaxed);
     }
   });
