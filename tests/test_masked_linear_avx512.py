@@ -248,7 +248,8 @@ def test_clear_cache_releases_the_kept_blocks_but_not_held_gradients():
 
 # ---- the one-call training entries (csrc/masked_linear/masked_linear_train_cpu.cpp) ------------------------
 
-needs_one_call = pytest.mark.skipif(EXT is None or not launchers._one_call(),
+needs_one_call = pytest.mark.skipif(EXT is None or not launchers._avx512_runs(torch.zeros(1))
+                                    or af.dispatch.optional_launcher("masked_linear", "train_forward", "cpp") is None,
                                     reason="the one-call training path runs with the AVX-512 kernels only")
 
 

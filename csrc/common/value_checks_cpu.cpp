@@ -48,8 +48,14 @@ bool any_other_bits(const at::Tensor& t, bits_t zero_neg, bits_t one) {
 
 }  // namespace
 
-bool masked_linear_any_nonfinite(const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "t must be a CPU tensor, got ", t.device());
+bool masked_linear_any_nonfinite(const at::Tensor& values) {
+  TORCH_CHECK_VALUE(values.device().is_cpu(), "t must be a CPU tensor, got ", values.device());
+  // One copy of each broadcast (stride-0) dimension: the same values, not materialised by the
+  // contiguous read below (the gradient of .sum() is one value expanded to [B, O]).
+  at::Tensor t = values;
+  for (int64_t d = 0; d < t.dim() && t.numel() > 1; ++d) {
+    if (t.stride(d) == 0 && t.size(d) > 1) t = t.narrow(d, 0, 1);
+  }
   switch (t.scalar_type()) {
     case at::kFloat:
       return any_exponent_all_ones<uint32_t>(t, 0x7f800000u);

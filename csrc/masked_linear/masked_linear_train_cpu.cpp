@@ -6,13 +6,9 @@
 // having computed nothing; the caller then takes the general path, which gives the
 // reference's NaNs and gradients (section 9).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <tuple>
 
@@ -23,41 +19,6 @@
 
 namespace af {
 namespace {
-
-// t with each broadcast (stride-0) dimension narrowed to one copy: the same values, not
-// materialised (the gradient of .sum() is one value expanded to [B, O]).
-at::Tensor distinct_values(at::Tensor t) {
-  if (t.numel() <= 1) return t;
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.stride(d) == 0 && t.size(d) > 1) t = t.narrow(d, 0, 1);
-  }
-  return t;
-}
-
-bool any_nonfinite(const at::Tensor& t) { return masked_linear_any_nonfinite(distinct_values(t)); }
-
-// A float's bit pattern (std::bit_cast is C++20; builds against older torch use C++17).
-inline uint32_t bits_of(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-
-// Whether a weight is NaN/inf, row by row (W may be a column slice: row stride > I).
-bool nonfinite_weight(const at::Tensor& w) {
-  const int64_t O = w.size(0), I = w.size(1), ldw = w.stride(0);
-  const float* base = w.const_data_ptr<float>();
-  std::atomic<bool> found{false};
-  at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(I, 1)), [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b && !found.load(std::memory_order_relaxed); ++i) {
-      const float* row = base + i * ldw;
-      uint32_t hits = 0;  // counted, not an early exit per element: the loop vectorises
-      for (int64_t j = 0; j < I; ++j) hits += (bits_of(row[j]) & 0x7f800000u) == 0x7f800000u;
-      if (hits != 0) found.store(true, std::memory_order_relaxed);
-    }
-  });
-  return found.load();
-}
 
 void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& row_reach) {
   check_float_tensor(x, "x", 2);
@@ -77,7 +38,7 @@ std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, co
   const at::NoGradGuard no_grad;
   check_layer(x, weight, row_reach);
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "activation must be 0..3, got ", activation);
-  if (any_nonfinite(x) || nonfinite_weight(weight)) {
+  if (masked_linear_any_nonfinite(x) || masked_linear_any_nonfinite(weight)) {
     return {at::Tensor(), false};
   }
   at::Tensor y = ml_avx512::forward(x, weight, bias, row_reach, ml_threads::python_dispatch({&x, &weight}));
@@ -104,8 +65,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_train_backwar
   // As the general path (section 9): grad_y and the bias, and x and W unless the forward found
   // them finite.
   const bool has_bias = bias.has_value() && bias->defined();
-  if (any_nonfinite(grad_y) || (has_bias && any_nonfinite(*bias)) ||
-      (check_inputs && (any_nonfinite(x) || nonfinite_weight(weight)))) {
+  if (masked_linear_any_nonfinite(grad_y) || (has_bias && masked_linear_any_nonfinite(*bias)) ||
+      (check_inputs && (masked_linear_any_nonfinite(x) || masked_linear_any_nonfinite(weight)))) {
     return {at::Tensor(), at::Tensor(), at::Tensor(), false};
   }
   const at::Tensor gy = grad_y.contiguous().to(x.scalar_type());

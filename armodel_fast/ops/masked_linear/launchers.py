@@ -226,16 +226,11 @@ def _train_reach(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Ten
     """The staircase (``row_reach``) of a training call that the cpp backend runs in one extension
     call per direction (``masked_linear_train_forward`` / ``_backward``): fp32 CPU tensors outside
     torch.func transforms, the AVX-512 kernels, degrees already in order; else None."""
-    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu"
-            or not _one_call() or transform_active()):
+    if (x.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu" or not _avx512_runs(weight)
+            or transform_active()):
         return None
     ip = _in_place_plan(weight, in_degrees, out_degrees, strict)
     return None if ip is None else ip.row_reach
-
-
-@functools.lru_cache(maxsize=None)
-def _one_call() -> bool:
-    return _train_kernels() == "avx512" and hasattr(_cpp(), "masked_linear_train_forward")
 
 
 # The optional stages ``train_forward`` / ``train_backward`` (dispatch.optional_launcher): a training
