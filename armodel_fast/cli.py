@@ -117,7 +117,7 @@ def cmd_bench(args, out) -> int:
                                 seed=args.seed, threads=args.threads, compile=compile_mode,
                                 memory=not args.no_memory, filter=args.filter, sweep=args.sweep, quick=args.quick,
                                 families=tuple(args.family or ()), interleave=args.interleave,
-                                profile=args.profile)
+                                profile=args.profile, allocator=args.allocator)
     except ValueError as e:
         raise CLIError(str(e)) from e
     if cfg.device.startswith("cuda"):
@@ -255,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the providers of each op and size in turns, one call each per round, in a "
                         "new (seeded) order each round (a slow spell of a shared machine then hits them alike; "
                         "the ratios are steadier)")
+    b.add_argument("--allocator", choices=("pinned", "default"), default="pinned",
+                   help="pinned (default): fix glibc's malloc thresholds before timing (mmap 32 MiB, trim 64 MiB), "
+                        "so a row's time does not depend on which rows ran before it; default: glibc's dynamic "
+                        "thresholds, as a fresh process has them (rows that free a few MiB per call may then pay "
+                        "page faults on every call)")
     b.add_argument("--no-memory", action="store_true",
                    help="time in this process and skip the per-row subprocess memory measurement")
     b.add_argument("--filter", help="only rows whose 'op provider' contains this text (e.g. masked_linear, "

@@ -27,6 +27,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-compile", choices=("auto", "on", "off"), default="auto",
                     help="torch.compile rows: auto (default; D-step loops only at small D), on, off")
     group.addoption("--bench-filter", default=None, help="only rows whose 'op provider' contains this text")
+    group.addoption("--bench-allocator", choices=("pinned", "default"), default="pinned",
+                    help="glibc malloc thresholds: pinned before timing (default) or glibc's dynamic default")
 
 
 def pytest_collect_file(file_path, parent):
@@ -40,7 +42,8 @@ def bench_config(config, families) -> BenchConfig:
     """The :class:`BenchConfig` of this pytest run's ``--bench-*`` options."""
     return BenchConfig(device=config.getoption("--bench-device"), sweep=config.getoption("--bench-sweep"),
                        quick=config.getoption("--bench-quick"), compile=config.getoption("--bench-compile"),
-                       filter=config.getoption("--bench-filter"), memory=False, families=tuple(families))
+                       filter=config.getoption("--bench-filter"), memory=False, families=tuple(families),
+                       allocator=config.getoption("--bench-allocator"))
 
 
 def pytest_generate_tests(metafunc):

@@ -35,11 +35,15 @@ such as the seconds-long reference MADE sampler: one call) after warm-up (one
 call; two for torch.compile rows, whose first call compiles), with CUDA
 synchronised.
 
+Allocator (``allocator="pinned"``, the default; ``--allocator default`` leaves it):
+before timing, glibc's malloc thresholds are fixed where its own dynamic rule
+ends up (:func:`.measure.pin_allocator`), so a row's time does not depend on the
+rows timed before it in the same process.
+
 Peak memory (MEMORY_METHOD): each row runs in a fresh subprocess. On CPU it is
 the rise of the process's resident-set high-water mark during one call, after
 warm-up: VmHWM is reset through ``/proc/self/clear_refs`` and compared with
-VmRSS just before the call. Before that reading (and after the timing, which
-runs with the default allocator) glibc is told, through ``mallopt``, to mmap
+VmRSS just before the call. Before that reading (and after the timing) glibc is told, through ``mallopt``, to mmap
 every allocation of 64 KiB or more and its free heap is trimmed, so freed
 tensors leave the RSS and are not silently reused. It counts
 everything the call touches (outputs, tensors saved for backward, gradients,
@@ -50,12 +54,14 @@ torch's CPU allocations. On CUDA it is ``torch.cuda.max_memory_allocated``
 minus the allocation before the call.
 """
 from .core import COMPILE_AUTO_MAX_D, BenchConfig, Family, Row, kernel_skip_reasons
-from .measure import MEMORY_METHOD, add_ratios, child_main, measure, profile_call, run_bench, synchronized_call
+from .measure import (MEMORY_METHOD, add_ratios, allocator_state, child_main, measure, pin_allocator, profile_call,
+                      run_bench, synchronized_call)
 from .report import (machine_info, machine_line, markdown_table, print_tables, profiles_text, write_json,
                      write_markdown, write_outputs, write_plot)
 from .rows import FAMILIES, ROW_BUILDERS, SIZES, all_rows, find_row, sizes
 
 __all__ = ["BenchConfig", "COMPILE_AUTO_MAX_D", "FAMILIES", "Family", "MEMORY_METHOD", "ROW_BUILDERS", "Row",
-           "SIZES", "add_ratios", "all_rows", "child_main", "find_row", "kernel_skip_reasons", "machine_info",
-           "machine_line", "markdown_table", "measure", "print_tables", "profile_call", "profiles_text", "run_bench",
-           "sizes", "synchronized_call", "write_json", "write_markdown", "write_outputs", "write_plot"]
+           "SIZES", "add_ratios", "all_rows", "allocator_state", "child_main", "find_row", "kernel_skip_reasons",
+           "machine_info", "machine_line", "markdown_table", "measure", "pin_allocator", "print_tables",
+           "profile_call", "profiles_text", "run_bench", "sizes", "synchronized_call", "write_json",
+           "write_markdown", "write_outputs", "write_plot"]

@@ -37,12 +37,15 @@ class BenchConfig:
     families: tuple = ()  # op families to run (keys of rows.FAMILIES); empty: all
     interleave: bool = False  # time the providers of one op and size in turns (see measure.run_bench)
     profile: bool = False  # also profile one call of each kernel row (measure.profile_call)
+    allocator: str = "pinned"  # "pinned": glibc malloc thresholds fixed before timing (measure.pin_allocator)
 
     def __post_init__(self):
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be 'auto', 'on' or 'off', got {self.compile!r}")
+        if self.allocator not in ("pinned", "default"):
+            raise ValueError(f"allocator must be 'pinned' or 'default', got {self.allocator!r}")
         if self.profile and self.interleave:
             raise ValueError("--profile profiles the rows one by one: it does not run with --interleave")
 

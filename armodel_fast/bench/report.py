@@ -17,7 +17,7 @@ import torch
 
 from .._files import atomic_write_text, save_figure
 from .core import BenchConfig
-from .measure import MEMORY_METHOD
+from .measure import MEMORY_METHOD, allocator_state
 
 RATIO_NOTE = ("vs best ref: time of the fastest eager reference form of the op at that size / this row's time "
               "(>1 = faster)")
@@ -60,7 +60,7 @@ def machine_info(cfg: BenchConfig) -> dict:
             "cuda": torch.version.cuda if gpu else None, "python": platform.python_version(),
             "platform": platform.platform(), "commit": commit, "dirty": dirty,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "loadavg_start": load}
+            "loadavg_start": load, "allocator": allocator_state(cfg)}
 
 
 def machine_line(info: dict, cfg: BenchConfig) -> str:
@@ -79,7 +79,8 @@ def machine_line(info: dict, cfg: BenchConfig) -> str:
                 "the CPU, timings are unreliable (multi-threaded rows suffer most; compare with --threads 1)")
     return (f"{where}, {info['cores']} cores, {info['threads']} torch threads, torch {info['torch']}, {commit}, "
             f"{info['date']}; device {cfg.device}, median of up to {cfg.repeats} calls after warm-up"
-            f"{', the providers of each op and size timed in turns' if cfg.interleave else ''}{load}{busy}")
+            f"{', the providers of each op and size timed in turns' if cfg.interleave else ''}"
+            f"{'; ' + info['allocator'] if info.get('allocator') else ''}{load}{busy}")
 
 
 def _groups(results: list) -> list:
