@@ -42,7 +42,7 @@ _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than
 # ``auto``'s size rule on the CPU: below a size the kernels' fixed cost per call (and, in training on
 # unsorted degrees, the weights' gather) makes the dense reference faster. Thresholds that hold on both
 # 2-core CPUs of the sweeps (an AMD EPYC, an Intel Xeon with AVX-512): README "Choosing a backend".
-AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of the dense layers, B * in * out
+AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of a dense layer, B * in * out
                  "train_unsorted": 1 << 28}
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "made_sample", "arrnn")  # arrnn: reference
@@ -50,8 +50,8 @@ OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "m
 
 @dataclass(frozen=True)
 class Work:
-    """What ``auto``'s size rule looks at: ``macs`` (B * in * out of the dense layers), ``training`` (a
-    graph is recorded) and ``sorted`` (every masked layer's degrees sorted: no gather of the weights)."""
+    """What ``auto``'s size rule looks at: ``macs`` (B * in * out of a masked layer; a MADE's mean over its
+    layers), ``training`` (a graph is recorded) and ``sorted`` (every layer's degrees sorted: no gather)."""
     macs: int
     training: bool
     sorted: bool
@@ -66,8 +66,8 @@ def size_rule_says(op: str, work: Optional[Work]) -> Optional[str]:
         what = {"train": "training", "eval": "evaluation",
                 "train_unsorted": "training with unsorted degrees (a random order's input or output layer: the "
                                   "kernels gather the weights every step)"}[kind]
-        return (f"too small: B*in*out = {work.macs} < {need} ({what}; the kernels' fixed cost per call makes the "
-                "dense reference faster below this)")
+        return (f"too small: B*in*out per layer = {work.macs} < {need} ({what}; the kernels' fixed cost per "
+                "call makes the dense reference faster below this)")
     return None
 
 
@@ -368,7 +368,7 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
         elif work is not None:
             lines.append("auto: cpp - large enough for the kernels (size rule: README, 'Choosing a backend')")
         else:
-            lines.append("auto: cpp, or reference where the size rule says so (B*in*out below "
+            lines.append("auto: cpp, or reference where the size rule says so (B*in*out per layer below "
                          f"{AUTO_MIN_WORK['train']} in training, {AUTO_MIN_WORK['train_unsorted']} in training on "
                          f"unsorted degrees, {AUTO_MIN_WORK['eval']} in evaluation); pass work=Work(...) for one case")
     else:

@@ -310,6 +310,20 @@ def test_auto_size_rule_lets_large_models_take_the_kernels(monkeypatch):
         assert model.last_backend == "cpp", type(model).__name__
 
 
+def test_made_size_rule_takes_the_mean_per_layer():
+    """A MADE's work for the rule is the mean B*in*out of its masked layers (each pays the kernels'
+    fixed cost): D=256 [400, 400] at B=128 (47M summed, where the kernels measured 0.88x in
+    training) stays on the reference; D=784 [500] at B=100 (39M per layer) takes the kernels."""
+    small, big = af.MADE(256, [400, 400], backend="auto"), af.MADE(784, [500], backend="auto")
+    work = small.auto_work(128)
+    assert work.macs == 128 * (256 * 400 + 400 * 400 + 400 * 256) // 3 and work.training and work.sorted
+    assert "B*in*out per layer" in dispatch.size_rule_says("made", work)
+    assert big.auto_work(100).macs == 100 * 784 * 500
+    small.log_prob(torch.ones(128, 256))
+    big.log_prob(torch.ones(100, 784))
+    assert small.last_backend == "reference" and big.last_backend == "cpp"
+
+
 @pytest.mark.parametrize("backend", [b for b in dispatch.BACKENDS[1:]
                                      if dispatch._why_not(b, "masked_linear", torch.device("cpu")) is None])
 @pytest.mark.parametrize("sorted_degrees", [False, True])

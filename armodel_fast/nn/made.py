@@ -248,9 +248,9 @@ class MADE(AutoregressiveModel):
         degrees = [d for m in layers for d in (m._buffers["in_degrees"], m._buffers["out_degrees"])]
         stamp = tuple((id(d), d._version) for d in degrees)  # the degrees change by set_mask / load_state_dict
         if getattr(self, "_sorted_memo", (None,))[0] != stamp:
-            macs = sum(m.in_features * m.out_features for m in layers)
+            macs = sum(m.in_features * m.out_features for m in layers) / len(layers)  # per layer: each pays its call
             self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees), macs)
-        return Work(batch * self._sorted_memo[2], training, self._sorted_memo[1])
+        return Work(round(batch * self._sorted_memo[2]), training, self._sorted_memo[1])
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
         return layer_param(self._modules["output"])
