@@ -297,13 +297,21 @@ class MADE(AutoregressiveModel):
 
     def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
         """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets
-        (the current one and the next k-1), leaving the current mask unchanged."""
+        (the current one and the next k-1), leaving the current mask unchanged (under
+        torch.compile that part runs eagerly: a graph break)."""
         x, context, lead = self._flat(x, context)
         check_positive_int("ensemble", ensemble)
         if ensemble > self.num_masks:
             raise ValueError(f"ensemble must be <= num_masks={self.num_masks}, got {ensemble}")
         if ensemble == 1:  # the current mask: no switching (keeps torch.compile's graph whole)
             return self._head_log_prob(self._params(x, context), x).sum(-1).reshape(lead)
+        return self._ensemble_log_prob(x, context, ensemble).reshape(lead)
+
+    @torch.compiler.disable(reason="MADE.log_prob(ensemble>1) switches the mask sets in place (eager: a graph "
+                            "break); compile a log_prob per mask set instead for fullgraph=True")
+    def _ensemble_log_prob(self, x, context, ensemble: int) -> torch.Tensor:
+        """The k mask sets' log-mean-exp, [B]; eager under torch.compile, whose graph would save degrees
+        that set_mask then changes in place (backward refused them)."""
         start, lps = int(self.mask_index), []
         try:
             for k in range(ensemble):
@@ -311,7 +319,7 @@ class MADE(AutoregressiveModel):
                 lps.append(self._head_log_prob(self._params(x, context), x).sum(-1))
         finally:
             self.set_mask(start)
-        return ref.made_ensemble_log_prob(lps).reshape(lead)
+        return ref.made_ensemble_log_prob(lps)
 
     # ---- sampling and flows -------------------------------------------------
     def sample(self, n: int, u=None, generator=None, context=None, return_log_prob: bool = False):
