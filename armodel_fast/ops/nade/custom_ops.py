@@ -93,6 +93,8 @@ def _attach_autograd(spec: NadeSpec, ops: NadeOps) -> None:
         grads = run(grad_log_prob.contiguous(), None if grad_outputs is None else grad_outputs.contiguous(),
                     x, W, c, V, b, order, outputs, ctx.backend)
         dx = grads[4] if with_dx else None
+        if order.shape[0] == 1:  # D = 1: no step reads W (the reference leaves its gradient None)
+            need = (need[0], False) + tuple(need[2:])
         return tuple(g if need[i] else None for i, g in enumerate((dx,) + tuple(grads[:4]))) + (None, None)
 
     ops.forward.register_autograd(backward, setup_context=setup_context)
