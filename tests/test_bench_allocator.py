@@ -67,7 +67,7 @@ def test_pinned_allocator_keeps_freed_memory_for_reuse():
 
 
 def test_report_says_which_allocator_timed_the_rows(tmp_path):
-    for allocator, words in (("pinned", "glibc malloc thresholds pinned"), ("default", "dynamic (its default)")):
+    for allocator, words in (("pinned", "glibc malloc thresholds pinned"), ("default", "as the process has them")):
         cfg = bench.BenchConfig(device="cpu", allocator=allocator)
         info = bench.machine_info(cfg)
         assert words in info["allocator"] and words in bench.machine_line(info, cfg)

@@ -70,12 +70,14 @@ def pin_allocator() -> bool:
 
 
 def allocator_state(cfg: BenchConfig) -> str:
-    """What the timed calls' allocator was (for the report)."""
+    """What the timed calls' allocator is (for the report); with ``cfg.allocator == "pinned"``
+    this pins it here too (the interleaved rows are timed in this process)."""
     if _glibc() is None:
-        return "allocator: not glibc, as is"
+        return "allocator: not glibc, as it is"
     if cfg.allocator == "pinned":
-        return "glibc malloc thresholds pinned (mmap 32 MiB, trim 64 MiB)"
-    return "glibc malloc thresholds dynamic (its default)"
+        return "glibc malloc thresholds pinned (mmap 32 MiB, trim 64 MiB)" if pin_allocator() else \
+            "glibc malloc thresholds NOT pinned (mallopt refused)"
+    return "glibc malloc thresholds as the process has them (dynamic by default; --allocator default)"
 
 
 def _peak_memory_mib(fn, device: str) -> Optional[float]:
