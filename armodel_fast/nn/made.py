@@ -122,10 +122,8 @@ class MADE(AutoregressiveModel):
 
     @torch.no_grad()
     def _init_flow_head(self) -> None:
-        """Affine flow: the weights into mu and log sigma start at FLOW_HEAD_INIT times their
-        default, so a fresh layer is close to x = b_mu + exp(s(b_ls)) z and samples stay
-        finite even at D=784 (the chain x_d = mu(x_<d) + ... does not amplify); the hidden
-        layers still get gradients at the first step."""
+        """Affine flow: the weights into mu and log sigma start at FLOW_HEAD_INIT times their default (x
+        close to b_mu + exp(s(b_ls)) z: samples stay finite at D=784; every layer still gets gradients)."""
         for layer in (self.output, self.direct, self.context_out):
             if layer is not None:
                 layer.weight.mul_(FLOW_HEAD_INIT)
@@ -153,8 +151,7 @@ class MADE(AutoregressiveModel):
         return torch.stack(orders), [torch.stack(m) for m in per_layer]
 
     def _sync_mask_mirror(self) -> None:
-        """Python copies of the mask index and orderings: torch.compile reads these instead of
-        the buffers' values (which would break the graph)."""
+        """Python copies of the mask index and orderings (torch.compile reads these, not the buffers)."""
         self._mask = int(self.mask_index)
         self._order_lists = self.orders.tolist()
         self._mirror_of = (self.mask_index._version, self.orders._version)
@@ -296,9 +293,8 @@ class MADE(AutoregressiveModel):
         return ref.HEAD_LOG_LIK[self.out](p, x)
 
     def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
-        """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets
-        (the current one and the next k-1), leaving the current mask unchanged (under
-        torch.compile that part runs eagerly: a graph break)."""
+        """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets (the current
+        one and the next k-1; eagerly under torch.compile), leaving the current mask unchanged."""
         x, context, lead = self._flat(x, context)
         check_positive_int("ensemble", ensemble)
         if ensemble > self.num_masks:
@@ -307,11 +303,8 @@ class MADE(AutoregressiveModel):
             return self._head_log_prob(self._params(x, context), x).sum(-1).reshape(lead)
         return self._ensemble_log_prob(x, context, ensemble).reshape(lead)
 
-    @torch.compiler.disable(reason="MADE.log_prob(ensemble>1) switches the mask sets in place (eager: a graph "
-                            "break); compile a log_prob per mask set instead for fullgraph=True")
-    def _ensemble_log_prob(self, x, context, ensemble: int) -> torch.Tensor:
-        """The k mask sets' log-mean-exp, [B]; eager under torch.compile, whose graph would save degrees
-        that set_mask then changes in place (backward refused them)."""
+    @torch.compiler.disable(reason="MADE.log_prob(ensemble>1) switches the mask sets in place")
+    def _ensemble_log_prob(self, x, context, ensemble: int) -> torch.Tensor:  # compiled, backward saw changed degrees
         start, lps = int(self.mask_index), []
         try:
             for k in range(ensemble):
