@@ -7,13 +7,12 @@ The table ``(op, stage) -> {backend: Launcher}`` is filled by one decorator, :fu
 from the op folders (``ops/nade``, ``ops/masked_linear``, ``ops/made``), with the parameter
 dtypes each launcher takes and the native function it calls. A backend implements ``op`` when it
 has a usable launcher for every stage of ``op`` but the optional ones (:func:`optional_launcher`).
-Modules resolve ``backend="auto"`` (or check
-an explicit name) once per call with :func:`resolve_backend` and pass the concrete name down;
-:func:`launcher` then finds the function. Nothing falls back silently: an explicit
-backend that cannot run raises :class:`BackendUnavailableError` with the reason and the fix;
-the one exception, stated, counted and warned about: a fast backward that meets NaN/inf
-(DESIGN.md 9) or runs under vmap computes its gradients through the reference
-(:func:`note_reference_backward`).
+Modules resolve ``backend="auto"`` (or check an explicit name) once per call with
+:func:`resolve_backend` and pass the concrete name down; :func:`launcher` then finds the
+function. Nothing falls back silently: an explicit backend that cannot run raises
+:class:`BackendUnavailableError` with the reason and the fix; the one exception, stated, counted
+and warned about: a fast backward that meets NaN/inf (DESIGN.md 9) or runs under vmap computes
+its gradients through the reference (:func:`note_reference_backward`).
 """
 from __future__ import annotations
 
@@ -57,10 +56,12 @@ class Work:
     sorted: bool
 
 
-def size_rule_says(op: str, work: Optional[Work]) -> Optional[str]:
-    """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (None: it need not)."""
+def size_rule_says(op: str, work) -> Optional[str]:
+    """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (a :class:`Work`, or a
+    callable returning one, called only for the ops the rule covers; None: it need not)."""
     if op not in SIZE_RULE_OPS or work is None:
         return None
+    work = work() if callable(work) else work
     kind = ("train" if work.sorted else "train_unsorted") if work.training else "eval"
     if work.macs < (need := AUTO_MIN_WORK[kind]):
         what = {"train": "training", "eval": "evaluation",
@@ -134,8 +135,7 @@ def launcher(op: str, stage: str, backend: str) -> Callable:
 
 # ---- the platform: is a backend usable on this machine at all? ---------------------
 
-# Looked up once: torch.compile (torch 2.11) refuses to trace importlib.util.find_spec,
-# which would break the graph of every forward that resolves its backend.
+# Looked up once: torch.compile (torch 2.11) refuses to trace find_spec (a graph break in every forward).
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
@@ -322,11 +322,12 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     the CPU size rule (:func:`size_rule_says`); an explicit name that cannot run raises with the
     reason (a dtype it does not take is left to the op, whose ``TypeError`` names the argument).
     Under ``torch.compile`` the registry stays out of the graph: ``auto`` is a trace-time
-    constant, explicit names pass as given.
+    constant (the size rule included: a guard on the shapes), explicit names pass as given.
     """
     auto = backend == "auto"
     if torch.compiler.is_compiling():
-        return _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
+        picked = _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
+        return "reference" if auto and picked == "cpp" and size_rule_says(op, work) else picked
     check_backend_name(backend)
     device = torch.device(device)
     if auto:
@@ -334,11 +335,9 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
         if picked == "reference" and (why := auto_rule_says(op, device)):
             _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
-        if picked == "cpp" and work is not None and op in SIZE_RULE_OPS:
-            why = size_rule_says(op, work() if callable(work) else work)
-            if why is not None:
-                _LAST_AUTO[0] = (op, "reference", why)
-                return "reference"
+        if picked == "cpp" and (why := size_rule_says(op, work)) is not None:
+            _LAST_AUTO[0] = (op, "reference", why)
+            return "reference"
         _LAST_AUTO[0] = (op, picked, None)
         return picked
     why = _why_not(backend, op, device)

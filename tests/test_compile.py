@@ -86,3 +86,29 @@ def test_compiled_ensemble_log_prob_and_its_gradient(backend):
     for g, w in zip(torch.autograd.grad(got.sum(), list(model.parameters())), want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert int(model.mask_index) == 0 and model.last_backend == backend
+
+
+def test_auto_under_compile_applies_the_size_rule(monkeypatch):
+    """Compiled, ``auto`` keeps the CPU size rule (sized from the shapes; the degrees' values are not
+    read, so fullgraph holds): a tiny MADE / MaskedLinear / FVSBN traces the reference, and with the
+    thresholds at 0 the kernels (the graph calls the custom op)."""
+    from armodel_fast import dispatch
+
+    def models():
+        yield af.MADE(8, [16], backend="auto"), torch.ones(3, 8)
+        yield af.FVSBN(8, backend="auto"), torch.ones(3, 8)
+        layer = af.MaskedLinear(8, 16, torch.arange(8), torch.arange(16) % 8, backend="auto")
+        yield layer, torch.randn(3, 8)
+
+    for thresholds, want in (({}, "reference"), ({"train": 0, "eval": 0, "train_unsorted": 0}, "cpp")):
+        if thresholds:
+            monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", thresholds)
+        for model, x in models():
+            graphs = []
+            torch._dynamo.reset()
+            f = model.log_prob if hasattr(model, "log_prob") else model
+            out = torch.compile(f, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
+            out.sum().backward()
+            code = "\n".join(g.code for g in graphs)
+            assert ("armodel_fast." in code) == (want == "cpp"), (type(model).__name__, want, code)
+            assert model.last_backend == want, type(model).__name__

@@ -237,17 +237,17 @@ class MADE(AutoregressiveModel):
         return self._bound_scale(ref.made_params_split(raw, "affine" if self._affine else self.out, self.D, self.K))
 
     def auto_work(self, batch: int) -> Work:
-        """What ``backend="auto"``'s size rule looks at for a forward of ``batch`` rows (dispatch.Work;
-        a training step when grad mode is on and a parameter requires grad)."""
+        """``dispatch.Work`` of a forward of ``batch`` rows (training: grad on, a parameter requiring it)."""
         layers = self._masked_layers()
-        training = torch.is_grad_enabled() and any(p.requires_grad for m in layers for p in m._parameters.values()
-                                                   if p is not None)
+        training = torch.is_grad_enabled() and any(p.requires_grad for m in layers for p in m.parameters(False))
+        macs = batch * sum(m.in_features * m.out_features for m in layers) // len(layers)  # each layer pays a call
+        if torch.compiler.is_compiling():  # the degrees' values unread (a graph break): sized as sorted
+            return Work(macs, training, True)
         degrees = [d for m in layers for d in (m._buffers["in_degrees"], m._buffers["out_degrees"])]
         stamp = tuple((id(d), d._version) for d in degrees)  # the degrees change by set_mask / load_state_dict
         if getattr(self, "_sorted_memo", (None,))[0] != stamp:
-            macs = sum(m.in_features * m.out_features for m in layers) / len(layers)  # per layer: each pays its call
-            self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees), macs)
-        return Work(round(batch * self._sorted_memo[2]), training, self._sorted_memo[1])
+            self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees))
+        return Work(macs, training, self._sorted_memo[1])
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
         return layer_param(self._modules["output"])

@@ -306,10 +306,11 @@ def degrees_sorted(d: Tensor) -> bool:
 
 
 def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: Tensor) -> "dispatch.Work":
-    """What ``backend="auto"``'s size rule looks at for one masked layer call (:class:`dispatch.Work`)."""
+    """What ``backend="auto"``'s size rule looks at for one masked layer call (:class:`dispatch.Work`);
+    under torch.compile the degrees' values are not read (a graph break): sized as sorted."""
     n_out, n_in = weight.shape
     return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, _records_graph(x, weight, bias),
-                         degrees_sorted(in_degrees) and degrees_sorted(out_degrees))
+                         torch.compiler.is_compiling() or (degrees_sorted(in_degrees) and degrees_sorted(out_degrees)))
 
 
 def _check_degrees(name: str, d, n: int) -> Tensor:
