@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def write_plot(path, results: list, cfg: BenchConfig, info: dict = None) -> None
             ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xlim(-0.5, len(labels) - 0.5)
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 20) for lab in labels], fontsize=7)  # long ones: 2 lines
         ax.set_title(op, fontsize=9, loc="left")
         ax.set_ylabel("speedup vs best\neager reference", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
