@@ -214,7 +214,9 @@ def write_plot(path, results: list, cfg: BenchConfig, info: dict = None) -> None
             ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xlim(-0.5, len(labels) - 0.5)
-        ax.set_xticks(range(len(labels)), [textwrap.fill(lab, 20) for lab in labels], fontsize=7)  # long ones: 2 lines
+        width = max(6, 110 // max(len(labels), 1))  # characters per line of a size label: no overlaps
+        ticks = [textwrap.fill(lab, width, break_long_words=False) for lab in labels]
+        ax.set_xticks(range(len(labels)), ticks, fontsize=7)
         ax.set_title(op, fontsize=9, loc="left")
         ax.set_ylabel("speedup vs best\neager reference", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
