@@ -11,11 +11,13 @@ def any_nonfinite(t) -> bool:
     extension's bit test) where it runs (``cpu_extension``), else the input checks' test
     (``tensor_is_finite``)."""
     t = t.detach()
+    bit_test = cpu_extension("masked_linear_any_nonfinite", t)
+    if bit_test is not None:
+        return bit_test(t)  # it reads one copy of each broadcast (stride-0) dimension itself
     for d, stride in enumerate(t.stride() if t.numel() > 1 else ()):
         if stride == 0 and t.shape[d] > 1:  # a broadcast dimension repeats the same values (e.g. the
             t = t.narrow(d, 0, 1)  # gradient of .sum()): one copy of them is checked, not materialised
-    bit_test = cpu_extension("masked_linear_any_nonfinite", t)
-    return bit_test(t) if bit_test is not None else not tensor_is_finite(t)
+    return not tensor_is_finite(t)
 
 
 def all_finite(*tensors) -> bool:
