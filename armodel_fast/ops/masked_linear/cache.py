@@ -263,9 +263,14 @@ def degree_mask_for(in_degrees: Tensor, out_degrees: Tensor, strict: bool, dtype
         return degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
     key, slot = (*stamps, strict, dtype, torch.device(device)), id(out_degrees)
     entry = _MASKS.get(slot)
-    if entry is not None and entry[0]() is out_degrees and entry[1]() is in_degrees and entry[2] == key:
+    if (entry is not None and entry[0]() is out_degrees and entry[1]() is in_degrees and entry[2] == key
+            and (entry[4] is None or (torch.equal(entry[4][0], in_degrees) and torch.equal(entry[4][1], out_degrees)))):
         return entry[3]
     mask = degree_mask(in_degrees, out_degrees, strict, dtype).to(device)
     forget = lambda _ref: _MASKS.pop(slot, None)  # noqa: E731
-    _MASKS[slot] = (weakref.ref(out_degrees, forget), weakref.ref(in_degrees), key, mask)
+    # CPU degrees are also compared with a copy at each hit (a `.data` write bumps no version); on a GPU
+    # that comparison would synchronise every call, so there only the version counter is trusted.
+    values = (in_degrees.clone(), out_degrees.clone()) if in_degrees.device.type == out_degrees.device.type == "cpu" \
+        else None
+    _MASKS[slot] = (weakref.ref(out_degrees, forget), weakref.ref(in_degrees), key, mask, values)
     return mask
