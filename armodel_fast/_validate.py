@@ -29,6 +29,8 @@ def check_tensor(name: str, t) -> torch.Tensor:
 def as_int(v) -> Optional[int]:
     """``v`` as a Python int when it is an integer (int, numpy or 0-d integer torch scalar; not a
     bool), else None."""
+    if torch.compiler.is_compiling() and isinstance(v, int) and not isinstance(v, bool):
+        return v  # (an int argument that dynamic=True made symbolic: Dynamo cannot trace hasattr on it)
     if isinstance(v, bool) or type(v).__name__ == "bool_" or not hasattr(v, "__index__"):
         return None
     if isinstance(v, torch.Tensor) and (v.dim() or v.dtype == torch.bool):

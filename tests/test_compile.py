@@ -112,3 +112,28 @@ def test_auto_under_compile_applies_the_size_rule(monkeypatch):
             code = "\n".join(g.code for g in graphs)
             assert ("armodel_fast." in code) == (want == "cpp"), (type(model).__name__, want, code)
             assert model.last_backend == want, type(model).__name__
+
+
+def _dynamic_cases():
+    D = 6
+    bits = lambda B: (torch.rand(B, D) < 0.5).float()  # noqa: E731
+    for backend in ("reference", "cpp"):
+        yield f"fvsbn-{backend}", lambda b=backend: af.FVSBN(D, backend=b), bits
+        yield f"nade-{backend}", lambda b=backend: af.NADE(D, 5, order=torch.randperm(D), backend=b), bits
+        yield f"made-{backend}", lambda b=backend: af.MADE(D, [12], order="random", backend=b), bits
+        yield f"rnade-{backend}", lambda b=backend: af.RNADE(D, 5, 2, backend=b), lambda B: torch.randn(B, D)
+        yield (f"categorical_nade-{backend}", lambda b=backend: af.CategoricalNADE(D, 5, 3, backend=b),
+               lambda B: torch.randint(0, 3, (B, D)))
+
+
+@pytest.mark.parametrize("name,make,data", list(_dynamic_cases()), ids=lambda v: v if isinstance(v, str) else "")
+def test_dynamic_fullgraph_compile(name, make, data):
+    """``torch.compile(..., dynamic=True, fullgraph=True)``: the batch and the int arguments
+    (``ensemble``) are symbolic; the reference loops index with them. One graph, eager's values."""
+    torch.manual_seed(0)
+    model = randomize(make(), 0.5)
+    torch._dynamo.reset()
+    compiled = torch.compile(model.log_prob, dynamic=True, fullgraph=True)
+    for B in (3, 5):
+        x = data(B)
+        torch.testing.assert_close(compiled(x), model.log_prob(x), rtol=1e-5, atol=1e-5)

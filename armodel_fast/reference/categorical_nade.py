@@ -14,7 +14,7 @@ from .nade import exclusive_cumsum_hidden, inverse_order
 
 def _column(W, d, xd):
     """``W[:, d, xd]`` for a batch of classes xd [B] -> [B, H]."""
-    return W[:, d, :].t()[xd]
+    return W.select(1, d).t()[xd]
 
 
 def categorical_nade_logits_loop(x, W, c, V, b, order) -> torch.Tensor:
@@ -23,8 +23,8 @@ def categorical_nade_logits_loop(x, W, c, V, b, order) -> torch.Tensor:
     a = c.expand(B, -1)
     logits = []
     for d in order.tolist():
-        logits.append(b[d] + torch.sigmoid(a) @ V[d].t())
-        a = a + _column(W, d, x[:, d])
+        logits.append(b.select(0, d) + torch.sigmoid(a) @ V.select(0, d).t())
+        a = a + _column(W, d, x.select(1, d))
     return torch.stack(logits, dim=1)[:, inverse_order(order).to(x.device)]
 
 

@@ -38,8 +38,8 @@ def nade_logits_loop(x, W, c, V, b, order) -> torch.Tensor:
     logits = []
     for d in steps:
         h = torch.sigmoid(a)
-        logits.append(b[d] + h @ V[d])
-        a = a + x[:, d:d + 1] * W[:, d]
+        logits.append(b.select(0, d) + h @ V.select(0, d))
+        a = a + x.narrow(1, d, 1) * W.select(1, d)
     return torch.stack(logits, dim=1)[:, inverse_order(order).to(x.device)]
 
 

@@ -14,7 +14,7 @@ from .nade import exclusive_cumsum_hidden, inverse_order
 
 def _head(V, b, d, h):
     """Mixture parameters of dimension d for hidden states h [B, H] -> [B, 3, K]."""
-    return b[d] + torch.einsum("bh,jkh->bjk", h, V[d])
+    return b.select(0, d) + torch.einsum("bh,jkh->bjk", h, V.select(0, d))
 
 
 def rnade_params_loop(x, W, c, V, b, order) -> torch.Tensor:
@@ -24,7 +24,7 @@ def rnade_params_loop(x, W, c, V, b, order) -> torch.Tensor:
     params = []
     for d in order.tolist():
         params.append(_head(V, b, d, torch.sigmoid(a)))
-        a = a + x[:, d:d + 1] * W[:, d]
+        a = a + x.narrow(1, d, 1) * W.select(1, d)
     return torch.stack(params, dim=1)[:, inverse_order(order).to(x.device)]
 
 
