@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 
 #include "common/ops.h"
 
@@ -20,14 +21,18 @@ namespace {
 template <typename bits_t, typename Hit>
 bool any_bits(const at::Tensor& t, const Hit& hit) {
   const at::Tensor c = t.contiguous();
-  const bits_t* p = static_cast<const bits_t*>(c.const_data_ptr());
+  const auto* bytes = static_cast<const unsigned char*>(c.const_data_ptr());
   std::atomic<bool> found{false};
   at::parallel_for(0, c.numel(), 1 << 16, [&](int64_t a, int64_t b) {
     constexpr int64_t kChunk = 4096;
     for (int64_t s = a; s < b && !found.load(std::memory_order_relaxed); s += kChunk) {
       const int64_t e = std::min(b, s + kChunk);
       bits_t hits = 0;
-      for (int64_t i = s; i < e; ++i) hits += static_cast<bits_t>(hit(p[i]));
+      for (int64_t i = s; i < e; ++i) {
+        bits_t v;  // the element's bits, copied (not read through a bits_t*: no aliasing of the float storage)
+        std::memcpy(&v, bytes + i * static_cast<int64_t>(sizeof(bits_t)), sizeof(bits_t));
+        hits += static_cast<bits_t>(hit(v));
+      }
       if (hits != 0) found.store(true, std::memory_order_relaxed);
     }
   });
