@@ -27,14 +27,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "common/ops.h"
 #include "masked_linear/masked_linear_threads.h"
 
@@ -48,16 +47,9 @@ namespace ml_avx512 {
 
 bool usable() {
 #ifdef AF_ML_AVX512
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    const bool cpu =  // every feature the target pragma below compiles for
-        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
-    // ARMODEL_FAST_ISA=avx2 or base lowers the choice, as for the NADE kernels (nade_cpu_common.h)
-    const char* env = std::getenv("ARMODEL_FAST_ISA");
-    const std::string want = env == nullptr ? "" : env;
-    return cpu && want != "avx2" && want != "base";
+  static const bool ok = [] {  // the AVX-512 ISA (common/cpu_isa.h, ARMODEL_FAST_ISA included) and the
+    __builtin_cpu_init();       // bit-manipulation features the target pragma below also compiles for
+    return isa() == Isa::kAvx512 && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   }();
   return ok;
 #else

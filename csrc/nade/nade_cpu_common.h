@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cpu_isa.h"
 #include "nade/nade_math.h"
 
 namespace af {
@@ -38,34 +39,9 @@ namespace nade_cpu {
 
 // ---------------------------------------------------------------- ISA dispatch
 
-enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-inline Isa detect_isa() {
-  Isa best = Isa::kBase;
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
-  if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    best = Isa::kAvx512;
-#endif
-  const char* env = std::getenv("ARMODEL_FAST_ISA");
-  if (env != nullptr) {
-    const std::string want(env);
-    const Isa cap = want == "base" ? Isa::kBase : want == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
-    best = std::min(best, cap);
-  }
-  return best;
-}
-
-inline Isa isa() {
-  static const Isa chosen = detect_isa();
-  return chosen;
-}
-
-inline const char* isa_name(Isa i) {
-  return i == Isa::kAvx512 ? "avx512" : i == Isa::kAvx2 ? "avx2" : "base";
-}
+using ::af::Isa;  // (common/cpu_isa.h: shared with the masked layer's AVX-512 kernels)
+using ::af::isa;
+using ::af::isa_name;
 
 // A kernel .cpp compiles its loops (nade_simd.inc + its own .inc) once per ISA,
 // inside namespaces avx512 / avx2 / base:
