@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import armodel_fast as af
 from armodel_fast import _ext, dispatch
 from armodel_fast.ops import masked_linear as ml_ops
-from armodel_fast.ops.masked_linear import degrees_sorted, masked_linear
+from armodel_fast.ops.masked_linear import masked_linear
 from armodel_fast.reference import made as ref_made
 from armodel_fast.reference.masked_linear import degree_mask
 
@@ -237,23 +237,24 @@ def test_degrees_beyond_int32_mean_what_they_mean_everywhere(backend, shift):
         compare(backend, x, w, b, din + shift, dout + shift, strict, "relu")
 
 
-@pytest.mark.skipif(_ext.get_ext() is None, reason="needs the C++ extension")
-def test_degree_writes_that_bypass_the_version_counter_reach_the_mask():
-    """The plan, sortedness and reference-mask memos find a degree tensor by identity but confirm
-    its values on the CPU: a ``.data`` write (no version bump) between two training calls changes
-    the mask used, on the kernels and on the reference."""
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=pytest.mark.skipif(
+    _ext.get_ext() is None, reason="needs the C++ extension"))])
+def test_degree_writes_that_bypass_the_version_counter_reach_the_mask(backend):
+    """Degree tensors rewritten through ``.data`` (no version bump) between training calls: the
+    next call uses the new mask, in its output and its gradients (the reference's mask cache
+    confirms CPU degree values; the kernels' plans are keyed on them)."""
     g = torch.Generator().manual_seed(3)
     din, dout = torch.arange(1, 9), torch.randint(1, 9, (6,), generator=g).sort().values
     w = torch.randn(6, 8, generator=g, requires_grad=True)
     x = torch.randn(5, 8, generator=g, requires_grad=True)
+    r = torch.randn(5, 6, generator=g)
     for step in range(3):
-        masked_linear(x, w, None, din, dout, False, backend="cpp").sum().backward()  # the memos hold din, dout
+        y = masked_linear(x, w, None, din, dout, False, backend=backend)
+        (y * r).sum().backward()
         mask = (dout[:, None] >= din[None, :]).float()
-        torch.testing.assert_close(w.grad, x.detach().sum(0).expand(6, 8) * mask)  # d sum(y) / dW = (1^T x) * M
-        w.grad = None
-        masked_linear(x, w, None, din, dout, False, backend="reference").sum().backward()  # its mask cache too
-        torch.testing.assert_close(w.grad, x.detach().sum(0).expand(6, 8) * mask)
-        assert degrees_sorted(dout) == bool((dout[1:] >= dout[:-1]).all())
-        w.grad = None
+        torch.testing.assert_close(y, x.detach() @ (w.detach() * mask).T)
+        torch.testing.assert_close(w.grad, (r.T @ x.detach()) * mask)
+        torch.testing.assert_close(x.grad, r @ (w.detach() * mask))
+        x.grad = w.grad = None
         new = torch.randint(1, 9, (6,), generator=g)
         dout.data.copy_(new if step == 1 else new.sort().values)  # no version bump; unsorted at step 1

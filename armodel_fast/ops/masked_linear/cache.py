@@ -32,8 +32,10 @@ _SPOTS = 64  # weight entries compared at every cache hit (see the module docstr
 
 _CACHE: dict = {}  # (id(weight), kind) -> _Entry; kind "cpp", "triton" or "sorted" (cuda)
 # The reference backend's masks. id(out_degrees) -> (weakref to out_degrees, weakref to in_degrees,
-# key, mask): the last mask built for a degree pair, reused while both tensors live and neither was
-# written (version counters; a write through .data needs clear_cache, as for the weights).
+# key, mask, copies of both degree vectors or None): the last mask built for a degree pair, reused while
+# both tensors live and neither was written: version counters, and on the CPU also the values (a write
+# through .data bumps no version); on a GPU, where comparing would synchronise, a .data write needs
+# clear_cache, as for the weights.
 _MASKS: dict = {}
 _stats = {"hits": 0, "builds": 0, "stale": 0, "discarded": 0}
 # Guards _CACHE and _stats, never a build (builds of different threads run in parallel).

@@ -66,7 +66,7 @@ from ..._validate import batched_backward, check_bool
 from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, degree_mask_for, mark_training
-from .launchers import ACTIVATIONS, same_values
+from .launchers import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -300,22 +300,9 @@ def _records_graph(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
 
 # ---- public function ---------------------------------------------------------------
 
-_SORTED_MEMO: dict = {}  # id of a degree tensor -> (its values then, whether sorted); a few entries
-
-
 def degrees_sorted(d: Tensor) -> bool:
-    """Whether a degree vector is already in (non-decreasing) order: the kernels' stable sort is the identity.
-    Memoised per tensor, confirmed on its values (``auto`` asks at every call)."""
-    if d.numel() < 2:
-        return True
-    last = _SORTED_MEMO.get(id(d))
-    if last is not None and same_values(last[0], d):
-        return last[1]
-    result = bool((d[1:] >= d[:-1]).all())
-    if len(_SORTED_MEMO) >= 64:
-        _SORTED_MEMO.pop(next(iter(_SORTED_MEMO)))
-    _SORTED_MEMO[id(d)] = (d.detach().clone(), result)
-    return result
+    """Whether a degree vector is already in (non-decreasing) order: the kernels' stable sort is the identity."""
+    return d.numel() < 2 or bool((d[1:] >= d[:-1]).all())
 
 
 def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: Tensor) -> "dispatch.Work":
