@@ -41,16 +41,20 @@ def test_early_stopping_keeps_the_best_model(tmp_path, capsys):
         assert torch.equal(final["state_dict"][k], v)
 
 
-def test_adam_is_torchs_fused_adam_and_matches_the_unfused_one():
-    """--optimizer adam builds torch's fused Adam (one pass per parameter) for CPU floating-point
-    parameters; its steps equal the unfused Adam's to float tolerance."""
+@pytest.mark.parametrize("name,plain", [
+    ("adam", lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01)),
+    ("sgd", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=0.01)),
+    ("adagrad", lambda p: torch.optim.Adagrad(p, lr=0.01, weight_decay=0.01))])
+def test_optimizers_are_torchs_fused_ones_and_match_the_unfused_ones(name, plain):
+    """--optimizer adam / sgd / adagrad build torch's fused optimizer (one pass per parameter) for CPU
+    floating-point parameters; its steps equal the unfused one's to float tolerance."""
     from armodel_fast.training.loop import make_optimizer
     torch.manual_seed(0)
     a = torch.nn.Linear(5, 3)
     b = torch.nn.Linear(5, 3)
     b.load_state_dict(a.state_dict())
-    opt_a = make_optimizer(a.parameters(), Settings(optimizer="adam", lr=0.01))
-    opt_b = torch.optim.Adam(b.parameters(), lr=0.01)
+    opt_a = make_optimizer(a.parameters(), Settings(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01))
+    opt_b = plain(b.parameters())
     assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
     x = torch.randn(8, 5)
     for _ in range(5):

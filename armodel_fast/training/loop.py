@@ -51,16 +51,23 @@ class Settings:
 
 
 def make_optimizer(params, s: Settings):
+    """torch's fused optimizers where they run: one pass over each parameter instead of a chain of
+    foreach ops, each a pass with its temporaries (a [2000, 2000] MADE's Adam update measured
+    18.3 -> 3.1 ms on 2 CPU cores; Adagrad on 5.6M parameters 34.6 -> 5.5 ms). Adam and SGD on CPU
+    and CUDA floating-point parameters, Adagrad on the CPU (its fused kernel's only device)."""
+    params = list(params)
+
+    def fused_on(*devices):
+        ok = bool(params) and all(p.dtype.is_floating_point and p.device.type in devices for p in params)
+        return ok or None
+
     if s.optimizer == "adam":
-        params = list(params)
-        # torch's fused Adam: one pass over each parameter instead of a dozen ops (a [2000, 2000] MADE's
-        # update measured 18.3 -> 3.1 ms on 2 CPU cores); CPU and CUDA floating-point parameters
-        fused = bool(params) and all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused or None)
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused_on("cpu", "cuda"))
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                               fused=fused_on("cpu", "cuda"))
     if s.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.Adagrad(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused_on("cpu"))
     raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {s.optimizer!r}")
 
 
