@@ -100,6 +100,40 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
 
 
+def test_a_write_that_fails_halfway_leaves_the_old_file(tmp_path, monkeypatch):
+    """The checkpoint is serialised straight into the temporary file: a failure part way through
+    (disk full, interrupt) leaves the old file whole and no temporary file behind."""
+    path = tmp_path / "c.pt"
+    C.save(path, {"v": torch.ones(3)})
+    real_open = open
+
+    class HalfFull:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 200:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: HalfFull(real_open(*a, **k)))
+    with pytest.raises(OSError, match="No space"):
+        C.save(path, {"v": torch.zeros(1000)})
+    monkeypatch.undo()
+    assert torch.equal(C.load(path)["v"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
 def test_overwrite_starts_afresh(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--model", "fvsbn", "--epochs", "1", "--out", str(run), "--quiet"]) == 0

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
+from .._files import atomic_write_bytes
 from .._user_errors import UserError
 from . import checkpoint as ckpt
 from .distributed import Context
@@ -158,7 +159,7 @@ class Trainer:
                 self.state["step"] - 1
             with open(self.path("metrics.jsonl")) as f:
                 keep = [line for line in f if line.strip() and json.loads(line)["step"] <= last]
-            ckpt.atomic_write_bytes(self.path("metrics.jsonl"), "".join(keep).encode())
+            atomic_write_bytes(self.path("metrics.jsonl"), "".join(keep).encode())
 
     def model_file(self, metrics: dict) -> dict:
         return {**{k: self.meta[k] for k in ("config", "image_shape", "data")}, "metrics": metrics,
