@@ -101,8 +101,8 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 
 def test_a_write_that_fails_halfway_leaves_the_old_file(tmp_path, monkeypatch):
-    """The checkpoint is serialised straight into the temporary file: a failure part way through
-    (disk full, interrupt) leaves the old file whole and no temporary file behind."""
+    """A write of the temporary file that fails part way (disk full) raises that OSError and leaves
+    the old file whole and no temporary file behind."""
     path = tmp_path / "c.pt"
     C.save(path, {"v": torch.ones(3)})
     real_open = open

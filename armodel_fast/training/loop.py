@@ -55,7 +55,8 @@ def make_optimizer(params, s: Settings):
     """torch's fused optimizers where they run: one pass over each parameter instead of a chain of
     foreach ops, each a pass with its temporaries (a [2000, 2000] MADE's Adam update measured
     18.3 -> 3.1 ms on 2 CPU cores; Adagrad on 5.6M parameters 34.6 -> 5.5 ms). Adam and SGD on CPU
-    and CUDA floating-point parameters, Adagrad on the CPU (its fused kernel's only device)."""
+    and CUDA floating-point parameters, Adagrad on the CPU (torch 2.13 documents a CUDA fused Adagrad
+    too; not taken here until it has been run on a GPU)."""
     params = list(params)
 
     def fused_on(*devices):
