@@ -53,6 +53,12 @@ class AutoregressiveModel(nn.Module):
         object.__setattr__(self, "last_backend", picked)  # a plain attribute: nn.Module.__setattr__'s checks cost more
         return picked
 
+    @property
+    def _fused_heads(self) -> bool:
+        """Whether the output heads run as one autograd node each (``ops.made.bernoulli_log_prob``,
+        ``ops.made.affine_density``): with every backend but "reference", which stays plain PyTorch."""
+        return self.backend != "reference"
+
     def uniforms_shape(self, n: int) -> tuple:
         """Shape of the uniforms ``sample(n, u=...)`` takes: ``[n, D, *uniform_trailing]``."""
         return (n, self.D) + tuple(self.uniform_trailing)

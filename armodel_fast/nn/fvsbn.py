@@ -48,7 +48,10 @@ class FVSBN(AutoregressiveModel):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats, [B]."""
-        return bernoulli_log_prob(self(x), check_binary_x(x, self.D, self.device, self.dtype)).sum(-1)
+        x = check_binary_x(x, self.D, self.device, self.dtype)
+        if self._fused_heads:  # the reference's head in one autograd node (ops/made/bernoulli_head.py)
+            return fast.bernoulli_log_prob(self(x), x)
+        return bernoulli_log_prob(self(x), x).sum(-1)
 
     def sample(self, n: int, u=None, generator=None, return_log_prob: bool = False):
         """Draw n samples from uniforms ``u [n, D]`` (``x_d = 1{u_d < p_d}``)."""

@@ -152,8 +152,7 @@ class MADE(AutoregressiveModel):
 
     def _sync_mask_mirror(self) -> None:
         """Python copies of the mask index and orderings (torch.compile reads these, not the buffers)."""
-        self._mask = int(self.mask_index)
-        self._order_lists = self.orders.tolist()
+        self._mask, self._order_lists = int(self.mask_index), self.orders.tolist()
         self._mirror_of = (self.mask_index._version, self.orders._version)
 
     def _mask_now(self) -> int:  # the mirror, refreshed after a buffer copy that skips set_mask (AveragedModel)
@@ -289,8 +288,9 @@ class MADE(AutoregressiveModel):
             return tuple(t.reshape(*lead, *t.shape[1:]) for t in p)
         return p.reshape(*lead, *p.shape[1:])
 
-    def _head_log_prob(self, p, x):
-        return ref.HEAD_LOG_LIK[self.out](p, x)
+    def _head_log_prob(self, p, x):  # log p(x) [B]; the Bernoulli head fused (ops/made/bernoulli_head.py)
+        fused = self.out == "bernoulli" and self._fused_heads
+        return fast.bernoulli_log_prob(p, x) if fused else ref.HEAD_LOG_LIK[self.out](p, x).sum(-1)
 
     def log_prob(self, x: torch.Tensor, context=None, ensemble: int = 1) -> torch.Tensor:
         """log p(x) in nats, [B]; ``ensemble=k`` averages the probabilities of k mask sets (the current
@@ -300,7 +300,7 @@ class MADE(AutoregressiveModel):
         if ensemble > self.num_masks:
             raise ValueError(f"ensemble must be <= num_masks={self.num_masks}, got {ensemble}")
         if ensemble == 1:  # the current mask: no switching (keeps torch.compile's graph whole)
-            return self._head_log_prob(self._params(x, context), x).sum(-1).reshape(lead)
+            return self._head_log_prob(self._params(x, context), x).reshape(lead)
         return self._ensemble_log_prob(x, context, ensemble).reshape(lead)
 
     @torch.compiler.disable(reason="MADE.log_prob(ensemble>1) switches the mask sets in place")
@@ -309,7 +309,7 @@ class MADE(AutoregressiveModel):
         try:
             for k in range(ensemble):
                 self.set_mask((start + k) % self.num_masks)
-                lps.append(self._head_log_prob(self._params(x, context), x).sum(-1))
+                lps.append(self._head_log_prob(self._params(x, context), x))
         finally:
             self.set_mask(start)
         return ref.made_ensemble_log_prob(lps)
@@ -355,7 +355,7 @@ class MADE(AutoregressiveModel):
         self._check_flow()
         x, context, lead = self._flat(x, context)
         raw = self._raw(x, context)  # [B, 2D]: mu and raw log sigma per dimension
-        if self.backend == "reference":
+        if not self._fused_heads:
             z, logdet = ref.affine_transform(x, raw, self._bounded)
         else:  # the same values and gradients in one autograd node (ops/made/affine_density.py)
             z, logdet = fast.affine_density(x, raw, self._bounded)

@@ -140,6 +140,12 @@ std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<a
                                                            const at::Tensor& raw, const at::Tensor& inv_sigma,
                                                            const at::Tensor& centered, bool clip, bool need_dx);
 
+// ---- the Bernoulli head of MADE / FVSBN (made/bernoulli_head_cpu.cpp) ----
+// log p(x) [B] = sum_d x*l - softplus(l) of the logits [B, D]; the backward gives
+// dl = grad[:, None] (x - sigmoid(l)). float32 / float64, CPU.
+at::Tensor bernoulli_log_prob_forward(const at::Tensor& logits, const at::Tensor& x);
+at::Tensor bernoulli_log_prob_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& x);
+
 // ---- MADE / FVSBN sampling in O(parameters) (made/) ----
 // CPU (made_cpu.cpp) and CUDA (made_torch_cuda.cpp, one launch): the same operands.
 std::tuple<at::Tensor, at::Tensor> made_sample(const std::vector<at::Tensor>& weights,

@@ -20,6 +20,7 @@ from ...reference.made import ACTIVATIONS as _REF_ACT
 from ..masked_linear import fresh_weights, masked_linear, masked_linear_call
 from ..masked_linear.cache import degree_mask_for
 from .launchers import FAST_BACKENDS
+from .train import train_chain
 
 
 def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
@@ -84,6 +85,18 @@ def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, c
     return _direct_and_context(h.reshape(*lead, h.shape[-1]), x, direct_layer, context, context_weights, backend)
 
 
+def _cpp_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend,
+                 program=None):
+    """The cpp backend: a plain MADE's training forward as one autograd node where it applies
+    (``train.py``), else the chained layers."""
+    if program is None and direct_layer is None and context is None:
+        raw = train_chain(x, hidden_layers, output_layer, activation)
+        if raw is not None:
+            return raw
+    return _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights,
+                            backend, program)
+
+
 def _residual_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend,
                       program):
     """``reference.made.made_forward``'s program with each layer by the masked-linear op of ``backend``
@@ -133,6 +146,8 @@ def fvsbn_logits(x: Tensor, weight: Tensor, bias: Tensor, degrees: Tensor, backe
     return masked_linear(x, weight, bias, degrees, degrees, True, "none", backend)
 
 
+dispatch.register("made", "forward", "cpp", requires=FAST_BACKENDS["cpp"])(_cpp_forward)
 for _backend, _needs in FAST_BACKENDS.items():
-    dispatch.register("made", "forward", _backend, requires=_needs)(_chained_forward)
+    if _backend != "cpp":
+        dispatch.register("made", "forward", _backend, requires=_needs)(_chained_forward)
     dispatch.register("fvsbn", "forward", _backend, requires=_needs)(fvsbn_logits)
