@@ -353,3 +353,29 @@ def test_evaluation_between_backward_and_a_fused_step_is_not_stale(backend, sort
         with torch.no_grad():
             got = m(x)
         torch.testing.assert_close(got, F.linear(x, m.weight * m.mask(), m.bias), msg=f"unit {row}")
+
+
+@pytest.mark.skipif(not CPP or launchers._train_kernels() != "avx512", reason="the one-node training path runs the "
+                    "AVX-512 training kernels, which do not run here")
+@pytest.mark.parametrize("sorted_in, sorted_out", [(True, True), (False, True)])
+def test_a_training_call_with_sorted_degrees_is_one_node(sorted_in, sorted_out):
+    """``masked_linear`` in training on sorted degrees: one autograd node (ops/masked_linear/chain.py)
+    with the reference's values and gradients, leading batch dimensions included; unsorted
+    degrees: the per-layer node."""
+    g = torch.Generator().manual_seed(3)
+    din, dout = degrees(40, 60, 30, sorted_in, sorted_out, g)
+    w = torch.randn(60, 40, generator=g, requires_grad=True)
+    b = torch.randn(60, generator=g, requires_grad=True)
+    x = torch.randn(2, 5, 40, generator=g, requires_grad=True)
+    y = masked_linear(x, w, b, din, dout, False, "elu", backend="cpp")
+    fused = degrees_sorted(din) and degrees_sorted(dout)
+    names = {type(y.grad_fn).__name__} | {type(n).__name__ for n, _ in y.grad_fn.next_functions if n is not None}
+    assert ("_MaskedChainBackward" in names) == fused, names
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y_ref = F.elu(F.linear(leaves[0], leaves[1] * degree_mask(din, dout, False, torch.float32), leaves[2]))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn(y.shape, generator=g)
+    y.backward(gy)
+    y_ref.backward(gy)
+    for got, want in zip((x, w, b), leaves):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5)

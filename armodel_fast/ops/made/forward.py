@@ -19,8 +19,8 @@ from ...reference import made as _ref
 from ...reference.made import ACTIVATIONS as _REF_ACT
 from ..masked_linear import fresh_weights, masked_linear, masked_linear_call
 from ..masked_linear.cache import degree_mask_for
+from ..masked_linear.chain import masked_chain
 from .launchers import FAST_BACKENDS
-from .train import train_chain
 
 
 def made_forward(x: Tensor, hidden_layers, output_layer, activation: str = "relu", direct_layer=None,
@@ -88,9 +88,10 @@ def _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, c
 def _cpp_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights, backend,
                  program=None):
     """The cpp backend: a plain MADE's training forward as one autograd node where it applies
-    (``train.py``), else the chained layers."""
+    (``masked_linear/chain.py``), else the chained layers."""
     if program is None and direct_layer is None and context is None:
-        raw = train_chain(x, hidden_layers, output_layer, activation)
+        layers = [(*layer, False, activation) for layer in hidden_layers] + [(*output_layer, True, "none")]
+        raw = masked_chain(x, layers)
         if raw is not None:
             return raw
     return _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights,

@@ -67,6 +67,7 @@ from ...reference.masked_linear import degree_mask
 from .._autograd import all_finite, any_nonfinite, forbid_double_backward
 from .cache import _cached, degree_mask_for, mark_training
 from .launchers import ACTIVATIONS
+from . import chain  # noqa: F401 - registers the optional stage ("masked_linear", "train_chain", "cpp")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REF_ACT = {"none": lambda t: t, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -369,7 +370,11 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
         mask = degree_mask_for(in_degrees, out_degrees, strict, weight.dtype, weight.device)
         return _REF_ACT[activation](F.linear(x, weight * mask, bias))
     lead = x.shape[:-1]
-    y = masked_linear_call(x.reshape(lead.numel(), n_in), weight, bias, in_degrees, out_degrees, strict, activation,
-                           backend, fresh=fresh_weights(x, weight))  # (numel: n_in may be 0)
+    x2 = x.reshape(lead.numel(), n_in)  # (numel: n_in may be 0)
+    one_node = dispatch.optional_launcher("masked_linear", "train_chain", backend)  # training in one node (chain.py)
+    y = one_node(x2, [(weight, bias, in_degrees, out_degrees, strict, activation)]) if one_node is not None else None
+    if y is None:
+        y = masked_linear_call(x2, weight, bias, in_degrees, out_degrees, strict, activation, backend,
+                               fresh=fresh_weights(x, weight))
     return y.reshape(*lead, n_out)
 

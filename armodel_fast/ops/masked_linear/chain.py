@@ -1,23 +1,24 @@
-"""A MADE's training forward as one autograd node on the cpp backend (docs/DESIGN.md sections 4 and 9).
+"""A chain of masked layers in training as one autograd node on the cpp backend (docs/DESIGN.md
+sections 4 and 9): one layer (:func:`~.functional.masked_linear`) or a MADE's layers
+(``ops/made/forward.py``).
 
-The chained path (``forward._chained_forward``) runs each masked layer through its own
-autograd node (``masked_linear_call``): per layer a custom ``autograd.Function``, its
-checks, saved degree clones and a backward of the same weight. At MNIST's size that
-Python costs about as much as a [500]-unit MADE's smallest masked product. Here the
-whole chain is one node: its forward calls ``masked_linear_train_forward`` layer by
-layer (NaN/inf checks and the AVX-512 products in one extension call each), its
-backward ``masked_linear_train_backward`` in reverse. The values are the chained path's
-bit for bit (the same kernels in the same order).
+Through ``masked_linear_call`` each layer is its own autograd node: a custom
+``autograd.Function`` with its launcher lookups, checks, saved degree clones and a
+backward of the same weight. At MNIST's size that Python costs about as much as a
+[500]-unit MADE's smallest masked product. Here the whole chain is one node: its forward
+calls ``masked_linear_train_forward`` layer by layer (NaN/inf checks and the AVX-512
+products in one extension call each), its backward ``masked_linear_train_backward`` in
+reverse. The values are those of ``masked_linear_call`` bit for bit (the same kernels in
+the same order).
 
-It applies to a plain MADE (no direct layer, context or residual program) whose layers
-the in-place training kernels take: grad recording, fp32 CPU tensors, the AVX-512
-kernels, degrees already in order (``launchers._train_reach``), outside torch.compile
-and torch.func transforms. Otherwise :func:`train_chain` returns None and the caller
-runs the chained path. Within it, a layer whose kernel call finds NaN/inf (forward:
-x or W; backward: the gradient or the bias) takes the general path of that layer
-(``functional._forward_impl`` / ``_backward_impl``: the reference's NaNs, said so), and
-a backward that records a graph (``create_graph=True``) or runs batched goes through
-the per-layer backward op as the chained path does.
+It applies where every layer takes the in-place training kernels: grad recording, fp32
+CPU tensors, the AVX-512 kernels, degrees already in order (``launchers._train_reach``),
+outside torch.compile and torch.func transforms. Otherwise :func:`masked_chain` returns
+None and the caller runs each layer through ``masked_linear_call``. Within it, a layer
+whose kernel call finds NaN/inf (forward: x or W; backward: the gradient or the bias)
+takes that layer's general path (``functional._forward_impl`` / ``_backward_impl``: the
+reference's NaNs, said so), and a backward that records a graph (``create_graph=True``)
+or runs batched goes through the per-layer backward op as ``masked_linear_call`` does.
 """
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ import torch
 from torch import Tensor
 
 from ..._validate import batched_backward, transform_active
-from ..masked_linear import functional as _ml
-from ..masked_linear.cache import mark_training
-from ..masked_linear import launchers as _launchers
-from ..masked_linear.launchers import ACTIVATIONS
+from ...dispatch import register
+from . import launchers as _launchers
+from .cache import mark_training
+from .launchers import ACTIVATIONS
 
 
 class _Layer(SimpleNamespace):
@@ -40,7 +41,7 @@ class _Layer(SimpleNamespace):
     not reach it), strict, activation name and the staircase the kernels read."""
 
 
-class _MadeTrainChain(torch.autograd.Function):
+class _MaskedChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, layers, *params: Optional[Tensor]):
         ext = _launchers._cpp()
@@ -52,6 +53,7 @@ class _MadeTrainChain(torch.autograd.Function):
             if ok:
                 mark_training(w)  # as the chained path: an (unseen, fused) optimizer step follows
             else:  # NaN/inf in h or W: this layer's general path gives the reference's NaNs
+                from . import functional as _ml  # (functional imports this module)
                 y, ok = _ml._forward_impl(h, w, b, layer.din, layer.dout, layer.strict, layer.act, "cpp", False,
                                           False, True)
             finite.append(ok)
@@ -82,6 +84,7 @@ class _MadeTrainChain(torch.autograd.Function):
                     ACTIVATIONS[layer.act], *need, not ctx.finite[i])
                 got = (dx, dw, db) if ok else None
             if got is None:  # the per-layer node's backward: recorded, batched, or NaN/inf found
+                from . import functional as _ml  # (functional imports this module)
                 run = (_ml._masked_linear_backward_op if recorded
                        else functools.partial(_ml._backward_impl, known_finite=ctx.finite[i]))
                 one = SimpleNamespace(saved_tensors=(inputs[i], w, b, layer.din, layer.dout, outputs[i]),
@@ -92,24 +95,21 @@ class _MadeTrainChain(torch.autograd.Function):
         return (grad, None, *grads)
 
 
-def train_chain(x: Tensor, hidden_layers, output_layer, activation: str) -> Optional[Tensor]:
-    """Raw MADE outputs [B, D*P] of ``reference.made.made_forward(x, hidden_layers, output_layer,
-    activation)`` (layer tuples ``(weight, bias, in_degrees, out_degrees)``) as one autograd node,
-    or None where this path does not apply (module docstring)."""
-    layers = list(hidden_layers) + [output_layer]
-    params = [t for w, b, _, _ in layers for t in (w, b)]
+@register("masked_linear", "train_chain", "cpp", requires="masked_linear_train_forward", optional=True)
+def masked_chain(x: Tensor, layers) -> Optional[Tensor]:
+    """``act_n(... act_1(x @ (W_1 * M_1).T + b_1) ...)`` for x [B, in] and layers
+    ``(weight, bias or None, in_degrees, out_degrees, strict, activation)``, as one autograd
+    node; None where this path does not apply (module docstring)."""
+    params = [t for w, b, *_ in layers for t in (w, b)]
     if (not torch.is_grad_enabled() or torch.compiler.is_compiling() or transform_active() or x.dim() != 2
-            or activation not in ACTIVATIONS
             or not (x.requires_grad or any(p is not None and p.requires_grad for p in params))):
         return None
     chain = []
-    for i, (w, b, din, dout) in enumerate(layers):
-        last = i == len(layers) - 1
-        if b is not None and (b.dtype != w.dtype or b.device != w.device):
+    for w, b, din, dout, strict, act in layers:
+        if act not in ACTIVATIONS or (b is not None and (b.dtype != w.dtype or b.device != w.device)):
             return None
-        reach = _launchers._train_reach(x, w, din, dout, last)  # (every layer's input has x's dtype and device)
+        reach = _launchers._train_reach(x, w, din, dout, strict)  # (every layer's input has x's dtype and device)
         if reach is None:
             return None
-        chain.append(_Layer(din=din.clone(), dout=dout.clone(), strict=last, act="none" if last else activation,
-                            reach=reach))
-    return _MadeTrainChain.apply(x, chain, *params)
+        chain.append(_Layer(din=din.clone(), dout=dout.clone(), strict=strict, act=act, reach=reach))
+    return _MaskedChain.apply(x, chain, *params)
