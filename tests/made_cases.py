@@ -1,5 +1,6 @@
 """MADE test models shared by test_made_fast.py and test_made_inverse.py: named configurations, a
-(reference, fast) pair with equal parameters, data, and the fast backends that run here."""
+(reference, fast) pair with equal parameters, data, the fast backends that run here, and the
+autograd nodes behind a result (graph_nodes)."""
 import pytest
 import torch
 
@@ -53,3 +54,13 @@ def data(model, B, seed=1):
 
 def as_tuple(p):
     return p if isinstance(p, tuple) else (p,)
+
+
+def graph_nodes(t, depth=30):
+    """Names of the autograd nodes within ``depth`` steps of t's grad_fn."""
+    names, frontier = set(), [t.grad_fn]
+    for _ in range(depth):
+        frontier = [n for n in frontier if n is not None]
+        names |= {type(n).__name__ for n in frontier}
+        frontier = [m for n in frontier for m, _ in n.next_functions]
+    return names

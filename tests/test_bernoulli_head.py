@@ -7,20 +7,11 @@ import armodel_fast as af
 from armodel_fast import _ext
 from armodel_fast.ops.made import bernoulli_log_prob
 from armodel_fast.reference import heads
+from made_cases import graph_nodes
 
 EXT = _ext.get_ext() is not None and hasattr(_ext.get_ext(), "bernoulli_log_prob_forward")
 pytestmark = pytest.mark.skipif(not EXT, reason=f"no cpp Bernoulli head here:\n{af.explain('made')}")
-TOL = {torch.float32: {"rtol": 2e-6, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-10}}  # (sigmoid(25) is 1 - 1e-11: the reference says 1)
-
-
-def graph_nodes(t, depth=3):
-    """Names of the autograd nodes within ``depth`` steps of t's grad_fn."""
-    names, frontier = set(), [t.grad_fn]
-    for _ in range(depth):
-        frontier = [n for n in frontier if n is not None]
-        names |= {type(n).__name__ for n in frontier}
-        frontier = [m for n in frontier for m, _ in n.next_functions]
-    return names
+TOL = {torch.float32: {"rtol": 2e-6, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
 
 
 def reference(logits, x):
@@ -76,6 +67,33 @@ def test_non_finite_logits_give_the_references_values_and_gradients():
         want = grads(reference, logits[:, col:col + 1], x[:, col:col + 1], g)
         for a, b in zip(got[:2], want[:2]):
             torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_and_extreme_logits_in_the_vector_loops(dtype):
+    """Each value across a row of 40 (whole vectors and a tail), against the reference; the
+    exp clamp at -87 leaves a gradient of about -2e-38 where the reference's is below that."""
+    values = [float("inf"), -float("inf"), float("nan"), 0.0, 21.0, -21.0, 88.0, 89.0, -87.5, -200.0, 1e30, -1e30]
+    logits = torch.tensor(values, dtype=dtype)[:, None].expand(-1, 40).contiguous()
+    x = (torch.arange(40) % 2).to(dtype).expand(len(values), -1).contiguous()
+    g = torch.linspace(0.5, 2.0, len(values), dtype=dtype)
+    got, want = grads(bernoulli_log_prob, logits, x, g), grads(reference, logits, x, g)
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_an_infinite_upstream_gradient_gives_the_references_nans(create_graph):
+    logits = torch.tensor([[0.0, 3.0, -3.0, 25.0, -100.0]] * 2)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]] * 2)
+    g = torch.tensor([float("inf"), -float("inf")])
+    got = []
+    for fn in (bernoulli_log_prob, reference):
+        l_ = logits.clone().requires_grad_()
+        (gl,) = torch.autograd.grad(fn(l_, x), l_, g, create_graph=create_graph)
+        got.append(gl.detach())
+    assert bool(got[1].isnan().all())
+    torch.testing.assert_close(got[0], got[1], equal_nan=True)
 
 
 def test_gradients_of_gradients_and_batched_gradients():

@@ -10,21 +10,12 @@ import torch
 import armodel_fast as af
 from armodel_fast import _ext
 from armodel_fast.ops.masked_linear import launchers
+from made_cases import graph_nodes as nodes
 
 AVX512 = _ext.get_ext() is not None and launchers._train_kernels() == "avx512"
 pytestmark = pytest.mark.skipif(not AVX512, reason="the one-node training path runs the AVX-512 training "
                                                    f"kernels, which do not run here:\n{af.explain('masked_linear')}")
 TOL = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def nodes(t, depth=30):
-    """Names of the autograd nodes within ``depth`` steps of t's grad_fn."""
-    names, frontier = set(), [t.grad_fn]
-    for _ in range(depth):
-        frontier = [n for n in frontier if n is not None]
-        names |= {type(n).__name__ for n in frontier}
-        frontier = [m for n in frontier for m, _ in n.next_functions]
-    return names
 
 
 def pair(seed=0, **kw):
@@ -107,6 +98,16 @@ def test_no_graph_and_frozen_parameters():
         for p in m.parameters():
             p.requires_grad_(False)
     assert fast.log_prob(x).grad_fn is None
+
+
+@pytest.mark.parametrize("frozen", [[0], [0, 1], [1]])
+def test_frozen_leading_layers(frozen):
+    """Layers before the first trainable one get no gradient, and the backward stops there."""
+    fast, ref = pair(D=10, hidden=[20, 20])
+    for m in (fast, ref):
+        for i in frozen:
+            m.layers[i].requires_grad_(False)
+    compare(fast, ref, data(fast), fused=True)
 
 
 def test_the_backward_keeps_the_forwards_mask():
@@ -205,5 +206,12 @@ def test_a_training_forward_marks_the_evaluation_cache():
     weights = [m.weight for m in (fast.layers[0], fast.output)]
     entries = [e for (i, _), e in cache._CACHE.items() if i in {id(w) for w in weights}]
     assert len(entries) >= 2 and not any(e.training for e in entries)
-    assert "_MaskedChainBackward" in nodes(fast.log_prob(x))
+    lp = fast.log_prob(x)
+    assert "_MaskedChainBackward" in nodes(lp)
+    assert all(e.training for e in entries)
+    with torch.no_grad():  # an evaluation between forward and backward rebuilds the entries ...
+        fast.log_prob(x)
+    entries = [e for (i, _), e in cache._CACHE.items() if i in {id(w) for w in weights}]
+    assert not any(e.training for e in entries)
+    lp.sum().backward()  # ... and the backward marks them again, as the per-layer path's does
     assert all(e.training for e in entries)

@@ -1,5 +1,5 @@
-// The Bernoulli head of MADE and FVSBN on the CPU (docs/DESIGN.md section 1): log p(x) [B] =
-// sum_d x*l - softplus(l) from the logits [B, D], and its backward dl = g (x - sigmoid(l)),
+// The Bernoulli head of MADE and FVSBN on the CPU (docs/DESIGN.md section 7): log p(x) [B] =
+// sum_d x*l - softplus(l) from the logits [B, D], and its backward dl = g x - g sigmoid(l),
 // each one vectorised pass over [B, D] (the reference's composition is five tensor ops and as
 // many autograd nodes). armodel_fast/ops/made/bernoulli_head.py wraps them in one node.
 // The vector math (exp, log1p, 1/(1+s)) is the NADE kernels' (nade/nade_simd.inc), compiled
@@ -9,25 +9,8 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
 
-#ifdef AF_HAVE_ISA_VARIANTS
-AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
-#include "nade/nade_simd.inc"
-#include "made/bernoulli_head.inc"
-AF_NADE_ISA_END
-AF_NADE_ISA_BEGIN(avx2, AF_TARGET_AVX2, kAvx2)
-#include "nade/nade_simd.inc"
-#include "made/bernoulli_head.inc"
-AF_NADE_ISA_END
-#endif
-namespace af {
-namespace nade_cpu {
-namespace base {
-constexpr Isa kIsa = Isa::kBase;
-#include "nade/nade_simd.inc"
-#include "made/bernoulli_head.inc"
-}  // namespace base
-}  // namespace nade_cpu
-}  // namespace af
+#define AF_NADE_LOOPS "made/bernoulli_head.inc"
+#include "nade/nade_isa_copies.inc"
 
 namespace af {
 namespace {

@@ -44,7 +44,7 @@ using ::af::isa;
 using ::af::isa_name;
 
 // A kernel .cpp compiles its loops (nade_simd.inc + its own .inc) once per ISA,
-// inside namespaces avx512 / avx2 / base:
+// inside namespaces avx512 / avx2 / base, through nade/nade_isa_copies.inc:
 //
 //   AF_NADE_ISA_BEGIN(avx512, "avx512f,...", kAvx512) #include ... AF_NADE_ISA_END
 //

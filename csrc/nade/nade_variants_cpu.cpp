@@ -15,25 +15,8 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vector arguments in the baseline copy (all inlined)
 
-#ifdef AF_HAVE_ISA_VARIANTS
-AF_NADE_ISA_BEGIN(avx512, AF_TARGET_AVX512, kAvx512)
-#include "nade/nade_simd.inc"
-#include "nade/nade_variants.inc"
-AF_NADE_ISA_END
-AF_NADE_ISA_BEGIN(avx2, AF_TARGET_AVX2, kAvx2)
-#include "nade/nade_simd.inc"
-#include "nade/nade_variants.inc"
-AF_NADE_ISA_END
-#endif
-namespace af {
-namespace nade_cpu {
-namespace base {
-constexpr Isa kIsa = Isa::kBase;
-#include "nade/nade_simd.inc"
-#include "nade/nade_variants.inc"
-}  // namespace base
-}  // namespace nade_cpu
-}  // namespace af
+#define AF_NADE_LOOPS "nade/nade_variants.inc"
+#include "nade/nade_isa_copies.inc"
 
 namespace af {
 namespace {

@@ -3,14 +3,16 @@
 The reference (``reference.heads.bernoulli_log_prob`` then ``.sum(-1)``) is five tensor ops,
 each a node in the backward graph; at MNIST's size (B=100, D=784) their forward and backward
 take about as long as a [500]-unit MADE's smallest masked product. Here the same arithmetic
-runs in one pass each way (docs/DESIGN.md section 1):
+runs in one pass each way (docs/DESIGN.md section 7):
 
 * CPU float32 / float64 tensors: the extension's kernels (``csrc/made/bernoulli_head_cpu.cpp``);
 * anything else (another device or dtype, no extension, ``torch.compile``, torch.func
   transforms): the reference's ops.
 
 A backward that records a graph (``create_graph=True``) or runs batched
-(``is_grads_batched=True``) uses tensor ops with the same gradient, ``g (x - sigmoid(l))``.
+(``is_grads_batched=True``) uses tensor ops with the same gradient, ``g x - g sigmoid(l)``
+(two terms, as the reference's autograd adds them: an infinite g gives its NaNs), with
+softplus' derivative 1 above 20, where ``F.softplus`` is the identity (as in the kernels).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad[:, None]
         if need_logits:
             if torch.is_grad_enabled() or batched_backward(grad):  # recorded, or under vmap: tensor ops
-                grad_logits = g * (x - torch.sigmoid(logits))
+                grad_logits = g * x - g * torch.where(logits > 20, 1.0, torch.sigmoid(logits))
             else:
                 grad_logits = ctx.ext.bernoulli_log_prob_backward(grad, logits, x)
         return (grad_logits if need_logits else None), (g * logits if need_x else None), None

@@ -19,7 +19,6 @@ from ...reference import made as _ref
 from ...reference.made import ACTIVATIONS as _REF_ACT
 from ..masked_linear import fresh_weights, masked_linear, masked_linear_call
 from ..masked_linear.cache import degree_mask_for
-from ..masked_linear.chain import masked_chain
 from .launchers import FAST_BACKENDS
 
 
@@ -90,8 +89,9 @@ def _cpp_forward(x, hidden_layers, output_layer, activation, direct_layer, conte
     """The cpp backend: a plain MADE's training forward as one autograd node where it applies
     (``masked_linear/chain.py``), else the chained layers."""
     if program is None and direct_layer is None and context is None:
+        one_node = dispatch.optional_launcher("masked_linear", "train_chain", backend)
         layers = [(*layer, False, activation) for layer in hidden_layers] + [(*output_layer, True, "none")]
-        raw = masked_chain(x, layers)
+        raw = one_node(x, layers) if one_node is not None else None
         if raw is not None:
             return raw
     return _chained_forward(x, hidden_layers, output_layer, activation, direct_layer, context, context_weights,

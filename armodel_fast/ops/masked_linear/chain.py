@@ -3,8 +3,7 @@ sections 4 and 9): one layer (:func:`~.functional.masked_linear`) or a MADE's la
 (``ops/made/forward.py``).
 
 Through ``masked_linear_call`` each layer is its own autograd node: a custom
-``autograd.Function`` with its launcher lookups, checks, saved degree clones and a
-backward of the same weight. At MNIST's size that Python costs about as much as a
+``autograd.Function`` with its launcher lookups and checks in each direction. At MNIST's size that Python costs about as much as a
 [500]-unit MADE's smallest masked product. Here the whole chain is one node: its forward
 calls ``masked_linear_train_forward`` layer by layer (NaN/inf checks and the AVX-512
 products in one extension call each), its backward ``masked_linear_train_backward`` in
@@ -83,6 +82,8 @@ class _MaskedChain(torch.autograd.Function):
                     grad, inputs[i], outputs[i], w.detach(), None if b is None else b.detach(), layer.reach,
                     ACTIVATIONS[layer.act], *need, not ctx.finite[i])
                 got = (dx, dw, db) if ok else None
+                if ok:
+                    mark_training(w)  # as the per-layer backward: an (unseen, fused) optimizer step may follow
             if got is None:  # the per-layer node's backward: recorded, batched, or NaN/inf found
                 from . import functional as _ml  # (functional imports this module)
                 run = (_ml._masked_linear_backward_op if recorded
@@ -92,6 +93,8 @@ class _MaskedChain(torch.autograd.Function):
                                       needs_input_grad=need)
                 got = _ml._grads(one, grad, run)[:3]
             grad, grads[2 * i], grads[2 * i + 1] = (g if want else None for g, want in zip(got, need))
+            if not upstream[i]:  # nothing before this layer needs a gradient (x and earlier layers frozen)
+                break
         return (grad, None, *grads)
 
 
