@@ -132,7 +132,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bernoulli_log_prob_forward", &af::bernoulli_log_prob_forward, py::arg("logits"), py::arg("x"),
         "The Bernoulli head: log p(x) [B] = sum_d x*l - softplus(l) of the logits [B, D].");
   m.def("bernoulli_log_prob_backward", &af::bernoulli_log_prob_backward, py::arg("grad"), py::arg("logits"),
-        py::arg("x"), "Backward of bernoulli_log_prob_forward: grad logits = grad[:, None] * (x - sigmoid(l)).");
+        py::arg("x"), "Backward of bernoulli_log_prob_forward: grad logits = grad[:, None] * x - grad[:, None] * softplus'(l).");
   m.def("made_sample", &af::made_sample, py::arg("weights"), py::arg("biases"), py::arg("degrees"),
         py::arg("direct"), py::arg("order"), py::arg("ctx_hidden"), py::arg("ctx_out"), py::arg("noise"),
         py::arg("head"), py::arg("K"), py::arg("activation"),

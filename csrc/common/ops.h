@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> affine_density_backward(const std::optional<a
 
 // ---- the Bernoulli head of MADE / FVSBN (made/bernoulli_head_cpu.cpp) ----
 // log p(x) [B] = sum_d x*l - softplus(l) of the logits [B, D]; the backward gives
-// dl = grad[:, None] (x - sigmoid(l)). float32 / float64, CPU.
+// dl = grad[:, None] x - grad[:, None] softplus'(l) (as F.softplus: 1 above 20). float32 / float64, CPU.
 at::Tensor bernoulli_log_prob_forward(const at::Tensor& logits, const at::Tensor& x);
 at::Tensor bernoulli_log_prob_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& x);
 

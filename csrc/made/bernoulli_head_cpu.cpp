@@ -1,8 +1,8 @@
 // The Bernoulli head of MADE and FVSBN on the CPU (docs/DESIGN.md section 7): log p(x) [B] =
-// sum_d x*l - softplus(l) from the logits [B, D], and its backward dl = g x - g sigmoid(l),
+// sum_d x*l - softplus(l) from the logits [B, D], and its backward dl = g x - g softplus'(l),
 // each one vectorised pass over [B, D] (the reference's composition is five tensor ops and as
 // many autograd nodes). armodel_fast/ops/made/bernoulli_head.py wraps them in one node.
-// The vector math (exp, log1p, 1/(1+s)) is the NADE kernels' (nade/nade_simd.inc), compiled
+// The vector math (exp, log1p, sigmoid) is the NADE kernels' (nade/nade_simd.inc), compiled
 // per ISA in the same way.
 #include "common/ops.h"
 #include "nade/nade_cpu_common.h"
