@@ -1,6 +1,6 @@
 """MADE test models shared by test_made_fast.py and test_made_inverse.py: named configurations, a
 (reference, fast) pair with equal parameters, data, the fast backends that run here, and the
-autograd nodes behind a result (graph_nodes)."""
+autograd nodes behind a result (graph_nodes), an extension that counts its calls (CountingExt)."""
 import pytest
 import torch
 
@@ -64,3 +64,20 @@ def graph_nodes(t, depth=30):
         names |= {type(n).__name__ for n in frontier}
         frontier = [m for n in frontier for m, _ in n.next_functions]
     return names
+
+
+class CountingExt:
+    """The C++ extension ``ext``, counting the calls of the entries named in ``names``."""
+
+    def __init__(self, ext, names):
+        self.ext, self.calls = ext, {name: 0 for name in names}
+
+    def __getattr__(self, name):
+        fn = getattr(self.ext, name)
+        if name not in self.calls:
+            return fn
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted

@@ -19,6 +19,7 @@ import armodel_fast as af
 from armodel_fast import _ext
 from armodel_fast.ops.masked_linear import launchers, masked_linear
 from armodel_fast.reference.masked_linear import degree_mask
+from made_cases import CountingExt
 
 EXT = _ext.get_ext()
 pytestmark = pytest.mark.skipif(EXT is None or not hasattr(EXT, "masked_linear_train_kernels"),
@@ -253,27 +254,10 @@ needs_one_call = pytest.mark.skipif(EXT is None or not launchers._avx512_runs(to
                                     reason="the one-call training path runs with the AVX-512 kernels only")
 
 
-class CountingExt:
-    """The extension, counting the calls of its one-call training entries."""
-
-    def __init__(self):
-        self.calls = {"masked_linear_train_forward": 0, "masked_linear_train_backward": 0}
-
-    def __getattr__(self, name):
-        fn = getattr(EXT, name)
-        if name not in self.calls:
-            return fn
-
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return fn(*args, **kwargs)
-        return counted
-
-
 @needs_one_call
 @pytest.mark.parametrize("act", sorted(ACT))
 def test_a_sorted_training_call_is_one_extension_call_each_way(monkeypatch, act):
-    counting = CountingExt()
+    counting = CountingExt(EXT, ("masked_linear_train_forward", "masked_linear_train_backward"))
     monkeypatch.setattr(launchers, "_cpp", lambda: counting)
     check(45, 70, 50, 20, False, act, act != "tanh", seed=11)
     assert counting.calls == {"masked_linear_train_forward": 1, "masked_linear_train_backward": 1}
@@ -281,7 +265,7 @@ def test_a_sorted_training_call_is_one_extension_call_each_way(monkeypatch, act)
 
 @needs_one_call
 def test_made_training_steps_take_the_one_call_path(monkeypatch):
-    counting = CountingExt()
+    counting = CountingExt(EXT, ("masked_linear_train_forward", "masked_linear_train_backward"))
     monkeypatch.setattr(launchers, "_cpp", lambda: counting)
     model = af.MADE(12, [20, 20], order=torch.arange(12), backend="cpp")
     x = torch.bernoulli(torch.full((9, 12), 0.5))

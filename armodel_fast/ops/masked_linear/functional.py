@@ -9,9 +9,10 @@ torch custom ops ``armodel_fast::masked_linear`` / ``masked_linear_backward``
 ``[out, in]`` mask is ever read. The CPU kernel sorts inputs and outputs by
 degree (a permutation invisible to the caller), which turns the mask into a
 staircase, and runs one BLAS matmul per block of rows over only the inputs
-the block reaches (docs/DESIGN.md section 4); training with degrees already in
-order runs, in fp32 on a CPU with AVX-512, register tiles over the staircase
-instead (``csrc/masked_linear/masked_linear_avx512_cpu.cpp``). The Triton backend
+the block reaches (docs/DESIGN.md section 4); with degrees already in order, in
+fp32 on a CPU with AVX-512, training and evaluation calls of at least
+``launchers.EVAL_MIN_ROWS`` rows run register tiles over the staircase instead, on
+the weights as stored (``csrc/masked_linear/masked_linear_avx512_cpu.cpp``). The Triton backend
 (``kernels/masked_linear_triton.py``) gets the same stable degree sort from
 :func:`prepare_triton` (sorted weights, sorted degrees and their staircase) and
 computes the mask inside each tile, skipping all-zero tiles; so does the CUDA
@@ -42,7 +43,7 @@ over each) and, if one holds NaN/inf, computes the gradients as the reference's 
 does (``torch.func.vjp`` of the dense ``act(x @ (W * M).T + bias)``) and says so
 (:func:`armodel_fast.dispatch.note_reference_backward`: a ``RuntimeWarning`` and a
 count). The check runs inside the op, so compiled graphs (``torch.compile``) get it too.
-On the cpp backend's AVX-512 training path (fp32, degrees in order) the checks and the
+On the cpp backend's AVX-512 path (fp32, degrees in order) the checks and the
 products are one extension call each way (the optional stages ``train_forward`` /
 ``train_backward``, ``launchers.cpp_train_forward`` / ``_backward``);
 where a check finds NaN/inf nothing is computed and the path above runs.
@@ -89,9 +90,9 @@ def _masked_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degr
 
 def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, backend, x_sorted, y_sorted, fresh):
     """(y, whether x and the weight hold no NaN/inf: the backward need not check them again)."""
-    one_call = dispatch.optional_launcher("masked_linear", "train_forward", backend) if fresh else None
-    if one_call is not None:  # a training call: checks and products in one extension call, where it applies
-        y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation)
+    one_call = dispatch.optional_launcher("masked_linear", "train_forward", backend)
+    if one_call is not None:  # checks and products in one extension call, where it applies (evaluation too)
+        y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation, training=fresh)
         if y is not None:
             return y, True
     use = "train" if fresh else "eval"

@@ -240,17 +240,26 @@ def _train_reach(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Ten
 # call in one extension call each way, checks included, where it applies; else None, and the
 # caller runs the required stages.
 
+# An evaluation call (no graph) takes the same kernels from this many rows of x: they read W as
+# stored, with no prepared copy, and check it for NaN/inf at every call, which below this many
+# rows costs more than the cached evaluation path (2000->2000 at B=8: about even on the AMD EPYC).
+EVAL_MIN_ROWS = 16
+
+
 @register("masked_linear", "train_forward", "cpp", requires="masked_linear_train_forward", optional=True)
-def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation):
+def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, training=True):
     """A training forward of the cpp backend in one call, checks included: y, or None where
     that path does not apply or x or the weight holds NaN/inf (nothing computed: the general
-    path then gives the reference's NaNs, docs/DESIGN.md section 9)."""
+    path then gives the reference's NaNs, docs/DESIGN.md section 9). ``training=False``: an
+    evaluation call of at least :data:`EVAL_MIN_ROWS` rows (else None), which leaves the cache alone."""
+    if not training and (x.dim() != 2 or x.shape[0] < EVAL_MIN_ROWS):
+        return None
     reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
     if reach is None:
         return None
     y, ok = _cpp().masked_linear_train_forward(x, weight.detach(), None if bias is None else bias.detach(), reach,
                                                ACTIVATIONS[activation])
-    if ok:
+    if ok and training:
         mark_training(weight)  # as the general path: an (unseen, fused) optimizer step follows
     return y if ok else None
 
