@@ -96,6 +96,12 @@ def transform_active() -> bool:
     return torch._C._functorch.maybe_current_level() is not None
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``; torch.func.jvp
+    is a transform instead): the kernels have no forward derivatives, so tangents would be lost."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 def batched_backward(t) -> bool:
     """Whether ``t`` (a gradient reaching a backward) is batched: ``autograd.grad(...,
     is_grads_batched=True)`` runs the backward under vmap (torch's own, not torch.func's: no

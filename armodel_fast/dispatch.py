@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from . import _ext
-from ._validate import transform_active
+from ._validate import forward_ad_active, transform_active
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}  # auto's order per device,
@@ -35,6 +35,8 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
 _UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch rules"
+_UNDER_FORWARD_AD = ("a forward-mode AD level (torch.autograd.forward_ad.dual_level) is open: the kernels have no "
+                     "forward derivatives (tangents)")
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
@@ -264,6 +266,8 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
         return None
     if transform_active():
         return _UNDER_TRANSFORM + " (use backend='auto' or 'reference' there)"
+    if forward_ad_active():
+        return _UNDER_FORWARD_AD + " (use backend='auto' or 'reference' there)"
     ok, why = _platform_status(name)
     if not ok:
         return why
@@ -284,9 +288,12 @@ def auto_order(op: str, device_type: str) -> tuple:  # the backends ``auto`` tri
 
 
 def auto_rule_says(op: str, device: torch.device) -> Optional[str]:
-    """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule (a transform; the GPU measurement)."""
+    """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule (a transform, forward-mode AD;
+    the GPU measurement)."""
     if transform_active():
         return _UNDER_TRANSFORM
+    if forward_ad_active():
+        return _UNDER_FORWARD_AD
     kernels = [b for b in AUTO_ORDER.get(device.type, ()) if b != "reference"]
     ruled = AUTO_ORDER_BY_OP.get((device.type, op)) == ("reference",)
     return _SLOWER_ON_GPU if ruled and any(_why_not(b, op, device) is None for b in kernels) else None

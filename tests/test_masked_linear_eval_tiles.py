@@ -74,14 +74,14 @@ def test_fewer_rows_keep_the_cached_path_which_the_tiles_leave_valid(counting):
                                atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["unsorted", "float64", "one-dimensional batch of 1"])
+@pytest.mark.parametrize("case", ["unsorted", "float64", "one row"])
 def test_what_the_tiles_do_not_take_runs_the_cached_path(counting, case):
     w, b, din, dout = layer(40, 30, 12, seed=3, sort=case != "unsorted")
     x = torch.randn(MIN + 4, 40)
     if case == "float64":
         w, b, x = w.double(), b.double(), x.double()
-    if case == "one-dimensional batch of 1":
-        x = x[0]
+    if case == "one row":
+        x = x[:1]
     with torch.no_grad():
         y = masked_linear(x, w, b, din, dout, False, "tanh", backend="cpp")
     torch.testing.assert_close(y.double(), reference(x, w, b, din, dout, False, "tanh"), rtol=1e-4, atol=1e-4)
@@ -129,3 +129,20 @@ def test_made_evaluation_runs_each_layer_on_the_tiles(counting):
         got, want = fast.log_prob(x), ref.log_prob(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert counting == {"masked_linear_train_forward": 3, "masked_linear_prepare": 0}
+
+
+@pytest.mark.parametrize("act", sorted(ACT))
+def test_a_graph_for_the_bias_alone_runs_the_tiles_and_gives_the_references_gradient(counting, act):
+    """Only the bias trains: nothing is prepared anew (fresh_weights is False), so the forward is the
+    evaluation one; its backward is the reference's."""
+    w, b, din, dout = layer(60, 45, 25, seed=13)
+    x, gy = torch.randn(MIN + 5, 60), torch.randn(MIN + 5, 45)
+    b.requires_grad_()
+    y = masked_linear(x, w, b, din, dout, True, act, backend="cpp")
+    y.backward(gy)
+    assert counting == {"masked_linear_train_forward": 1, "masked_linear_prepare": 0}
+    b64 = b.detach().double().requires_grad_()
+    y64 = reference(x, w, b64, din, dout, True, act)
+    y64.backward(gy.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-4, atol=1e-4)

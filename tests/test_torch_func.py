@@ -1,6 +1,7 @@
 """torch.func transforms (vmap, grad, jacrev) over the models: ``auto`` and ``reference`` run
 the reference math there (the kernels have no functorch rules) and give what plain autograd
-and a Python loop give; an explicit kernel backend is refused with the reason and the fix."""
+and a Python loop give; an explicit kernel backend is refused with the reason and the fix. The same inside a
+forward-mode AD level (torch.autograd.forward_ad.dual_level), where the kernels would drop the tangents."""
 import warnings
 
 import pytest
@@ -192,3 +193,56 @@ def test_batched_gradients_through_the_fast_inverse_are_refused_with_the_fix():
     x, _ = m.inverse(torch.randn(3, D))
     with pytest.raises(NotImplementedError, match="is_grads_batched.*backend='reference'"):
         torch.autograd.grad(x.sum(1), list(m.parameters()), torch.eye(3), is_grads_batched=True, allow_unused=True)
+
+
+# ---- forward-mode AD (torch.autograd.forward_ad): the kernels have no forward derivatives ----------------
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_mode_tangents_under_auto_are_the_references(name):
+    """Inside a ``dual_level`` ``auto`` runs the reference (the kernels would drop the tangents):
+    the directional derivative of log p along a parameter direction is the reference's."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(2)
+    auto, ref = MODELS[name]("auto"), MODELS[name]("reference")
+    ref.load_state_dict(auto.state_dict())
+    x = _data(name)
+    directions = {k: torch.randn_like(v) for k, v in auto.named_parameters()}
+    tangents = {}
+    for label, model in (("auto", auto), ("reference", ref)):
+        with fwAD.dual_level():
+            dual = {k: fwAD.make_dual(v.detach(), directions[k]) for k, v in model.named_parameters()}
+            out = fwAD.unpack_dual(_log_prob_with(model, dual, x))
+        assert out.tangent is not None, label
+        tangents[label] = out.tangent
+    assert auto.last_backend == "reference"
+    assert dispatch.last_auto_pick()[2] == dispatch._UNDER_FORWARD_AD
+    torch.testing.assert_close(tangents["auto"], tangents["reference"])
+    auto.log_prob(x)  # outside the level auto is auto again
+    assert dispatch.last_auto_pick()[2] != dispatch._UNDER_FORWARD_AD
+
+
+def test_forward_mode_through_a_flow_and_a_masked_layer_and_an_explicit_kernel_backend_refused():
+    import torch.autograd.forward_ad as fwAD
+    from armodel_fast.ops.masked_linear import masked_linear
+    m = _flow("auto")
+    x, v = torch.randn(3, D), torch.randn(3, D)
+    with fwAD.dual_level():
+        z, logdet = m.transform(fwAD.make_dual(x, v))
+        z_tangent = fwAD.unpack_dual(z).tangent
+    jac = torch.autograd.functional.jacobian(lambda t: m.transform(t)[0], x)  # [3, D, 3, D]
+    torch.testing.assert_close(z_tangent, torch.einsum("bdce,ce->bd", jac, v))
+    din, dout = torch.arange(D), torch.arange(4) % D
+    w = torch.randn(4, D)
+    cpp_here = dispatch._why_not("cpp", "masked_linear", torch.device("cpu")) is None
+    with fwAD.dual_level():
+        y = masked_linear(fwAD.make_dual(x, v), w, None, din, dout, False, backend="auto")
+        torch.testing.assert_close(fwAD.unpack_dual(y).tangent, v @ (w * (dout[:, None] >= din[None])).t())
+        if cpp_here:  # (without the extension cpp is refused for that reason instead)
+            with pytest.raises(af.BackendUnavailableError, match="forward-mode AD.*backend='auto' or 'reference'"):
+                masked_linear(x, w, None, din, dout, False, backend="cpp")
+            with pytest.raises(af.BackendUnavailableError, match="forward-mode AD"):
+                _flow("cpp").transform(x)
+    if cpp_here:  # outside the level the kernels run again
+        m = _flow("cpp")
+        m.transform(x)
+        assert m.last_backend == "cpp"

@@ -81,7 +81,7 @@ def masked_linear_rows(cfg: BenchConfig, s: dict) -> list:
     for what, grad in (("fwd", False), ("fwd+bwd", True)):
         op = f"masked_linear {what}"
         info = ("weight version bumped before each call, as after an optimizer step: prepared weights rebuilt"
-                if grad else "weights unchanged between calls: prepared-weight cache warm")
+                if grad else "weights unchanged between calls: prepared-weight cache warm where used (unsorted degrees, under 16 rows, no AVX-512)")
         rows += [Row(op, "unmasked F.linear", _provider(s, "unmasked", grad), kind="baseline"),
                  Row(op, "dense W*M", _provider(s, "dense", grad)),
                  Row(op, "torch.compile dense W*M", _provider(s, "compiled", grad), skip=compile_skip(cfg),

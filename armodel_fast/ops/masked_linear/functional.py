@@ -21,7 +21,8 @@ weights are cached per weight tensor and backend, keyed on the tensor itself
 (weak reference), its version counter, data pointer and layout and on the
 degree values. A forward that records a graph (training) always prepares anew
 and its backward reuses that; calls without a graph (evaluation, sampling)
-reuse what an earlier such call built while the weights are unchanged. Any
+reuse what an earlier such call built while the weights are unchanged, except
+where the register tiles run on the weights as stored (above: no cache). Any
 in-place update that PyTorch tracks (``load_state_dict``, ``copy_`` under
 ``no_grad``) or a degree change (MADE's ``next_mask``) invalidates the entry,
 and so does a training step, even with a fused optimizer, whose updates the

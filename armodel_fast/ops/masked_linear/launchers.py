@@ -250,8 +250,9 @@ EVAL_MIN_ROWS = 16
 def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, training=True):
     """A training forward of the cpp backend in one call, checks included: y, or None where
     that path does not apply or x or the weight holds NaN/inf (nothing computed: the general
-    path then gives the reference's NaNs, docs/DESIGN.md section 9). ``training=False``: an
-    evaluation call of at least :data:`EVAL_MIN_ROWS` rows (else None), which leaves the cache alone."""
+    path then gives the reference's NaNs, docs/DESIGN.md section 9). ``training=False``: a call that
+    prepares nothing anew (``fresh_weights`` False: evaluation, or a graph for the bias alone), taken
+    from :data:`EVAL_MIN_ROWS` rows (else None), which leaves the cache alone."""
     if not training and (x.dim() != 2 or x.shape[0] < EVAL_MIN_ROWS):
         return None
     reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
