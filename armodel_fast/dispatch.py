@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from . import _ext
+from ._reference_backward import note_reference_backward, reference_backwards  # noqa: F401 (part of this API)
 from ._validate import forward_ad_active, transform_active
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
@@ -35,8 +34,7 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
 _UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch rules"
-_UNDER_FORWARD_AD = ("a forward-mode AD level (torch.autograd.forward_ad.dual_level) is open: the kernels have no "
-                     "forward derivatives (tangents)")
+_UNDER_FORWARD_AD = "a forward-mode AD level (forward_ad.dual_level) is open: the kernels have no tangents"
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
@@ -264,10 +262,8 @@ def _why_not(name: str, op: str, device: torch.device, dtype=None) -> Optional[s
     else the reason it cannot."""
     if name == "reference":
         return None
-    if transform_active():
-        return _UNDER_TRANSFORM + " (use backend='auto' or 'reference' there)"
-    if forward_ad_active():
-        return _UNDER_FORWARD_AD + " (use backend='auto' or 'reference' there)"
+    if (blocked := _no_kernels_here()) is not None:
+        return blocked + " (use backend='auto' or 'reference' there)"
     ok, why = _platform_status(name)
     if not ok:
         return why
@@ -290,13 +286,15 @@ def auto_order(op: str, device_type: str) -> tuple:  # the backends ``auto`` tri
 def auto_rule_says(op: str, device: torch.device) -> Optional[str]:
     """Why ``auto`` takes the reference for ``op`` on ``device`` by a rule (a transform, forward-mode AD;
     the GPU measurement)."""
-    if transform_active():
-        return _UNDER_TRANSFORM
-    if forward_ad_active():
-        return _UNDER_FORWARD_AD
+    if blocked := _no_kernels_here():
+        return blocked
     kernels = [b for b in AUTO_ORDER.get(device.type, ()) if b != "reference"]
     ruled = AUTO_ORDER_BY_OP.get((device.type, op)) == ("reference",)
     return _SLOWER_ON_GPU if ruled and any(_why_not(b, op, device) is None for b in kernels) else None
+
+
+def _no_kernels_here() -> Optional[str]:  # why no kernel may run in this context (their autograd lacks the rules)
+    return _UNDER_TRANSFORM if transform_active() else _UNDER_FORWARD_AD if forward_ad_active() else None
 
 
 def _pick_auto(op: str, device: torch.device, dtype) -> str:
@@ -380,27 +378,3 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     else:
         lines.append(f"auto: {picked}")
     return "\n".join(lines)
-
-
-# ---- gradients through the reference (NaN/inf, DESIGN.md section 9; batched backwards) -----
-
-_REFERENCE_BACKWARDS, _REFERENCE_BACKWARDS_LOCK = {}, threading.Lock()  # {(op, backend, why): count}
-_WHY_REFERENCE = {  # why a fast backward computed its gradients through the reference
-    "nonfinite": "NaN/inf among the parameters, inputs or upstream gradients of a {b!r} backward (the kernels skip "
-                 "terms such as NaN * 0 that the reference's dense products keep; docs/DESIGN.md section 9)",
-    "transform": "a {b!r} backward ran under vmap (autograd.grad(..., is_grads_batched=True), or torch.func over "
-                 "a backward), for which the kernels have no batching rules"}
-
-
-def note_reference_backward(op: str, backend: str, why: str = "nonfinite") -> None:
-    """Count and warn (``RuntimeWarning``, once per op, backend and ``why``) of a reference backward."""
-    with _REFERENCE_BACKWARDS_LOCK:
-        _REFERENCE_BACKWARDS[(op, backend, why)] = _REFERENCE_BACKWARDS.get((op, backend, why), 0) + 1
-    warnings.warn(f"{op}: " + _WHY_REFERENCE[why].format(b=backend) + "; its gradients were computed by the "
-                  "reference (autograd of the plain PyTorch math)", RuntimeWarning, stacklevel=2)
-
-
-def reference_backwards(why: str = "nonfinite") -> Dict[Tuple[str, str], int]:
-    """``{(op, backend): count}`` of the backwards run by the reference for ``why`` (nonfinite, transform)."""
-    with _REFERENCE_BACKWARDS_LOCK:
-        return {(op, b): n for (op, b, w), n in _REFERENCE_BACKWARDS.items() if w == why}
