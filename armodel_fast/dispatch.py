@@ -34,7 +34,8 @@ AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference
 AUTO_ORDER_BY_OP = {**{("cuda", op): ("triton", "cuda", "reference") for op in ("nade", "categorical_nade", "rnade")},
                     **{("cuda", op): ("reference",) for op in ("masked_linear", "made", "fvsbn")}}
 _UNDER_TRANSFORM = "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernels have no functorch rules"
-_UNDER_FORWARD_AD = "a forward-mode AD level (forward_ad.dual_level) is open: the kernels have no tangents"
+_UNDER_FORWARD_AD = ("a forward-mode AD level (torch.autograd.forward_ad.dual_level, in any thread) is open: "
+                     "the kernels have no forward derivatives (tangents)")
 _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than the dense reference "
                   "(0.05-0.47x on an H100; README 'GPU results'); backend='cuda' or 'triton' still runs them")
 
@@ -327,10 +328,15 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
     the CPU size rule (:func:`size_rule_says`); an explicit name that cannot run raises with the
     reason (a dtype it does not take is left to the op, whose ``TypeError`` names the argument).
     Under ``torch.compile`` the registry stays out of the graph: ``auto`` is a trace-time
-    constant (the size rule included: a guard on the shapes), explicit names pass as given.
+    constant (the size rule included: a guard on the shapes), explicit names pass as given, and
+    a forward-mode AD level is read while tracing (a guard: opening one recompiles).
     """
     auto = backend == "auto"
     if torch.compiler.is_compiling():
+        if forward_ad_active():
+            if auto:
+                return "reference"
+            raise BackendUnavailableError(f"cannot run {op} with backend={backend!r}: {_UNDER_FORWARD_AD}")
         picked = _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
         return "reference" if auto and picked == "cpp" and size_rule_says(op, work) else picked
     check_backend_name(backend)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ... import _ext
-from ..._validate import transform_active
+from ..._validate import forward_ad_active, transform_active
 from ...reference import made as ref
 from ...reference.made import LOG_SCALE_BOUND
 
@@ -100,7 +100,7 @@ def affine_density(x: Tensor, raw: Tensor, clip: bool) -> Tuple[Tensor, Tensor]:
     ``reference.made.affine_transform(x, raw, clip)``.
     float32 / float64 (the complex views need them); other dtypes take the reference ops."""
     if (x.dtype not in (torch.float32, torch.float64) or raw.dtype != x.dtype or torch.compiler.is_compiling()
-            or transform_active()):  # torch.func: the reference ops have functorch rules, this node not
+            or transform_active() or forward_ad_active()):  # the reference ops have functorch rules and jvps
         return ref.affine_transform(x, raw, clip)
     if raw.device != x.device:
         raise ValueError(f"raw is on {raw.device} but x is on {x.device}")

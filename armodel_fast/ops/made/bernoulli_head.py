@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ... import _ext
-from ..._validate import batched_backward, transform_active
+from ..._validate import batched_backward, forward_ad_active, transform_active
 from ...reference import heads
 
 
@@ -55,6 +55,7 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     ext = _kernels()
     if (ext is None or logits.dim() != 2 or logits.device.type != "cpu" or x.device.type != "cpu"
             or logits.dtype not in (torch.float32, torch.float64) or x.dtype != logits.dtype
-            or x.shape != logits.shape or torch.compiler.is_compiling() or transform_active()):
+            or x.shape != logits.shape or torch.compiler.is_compiling() or transform_active()
+            or forward_ad_active()):  # (this node has no jvp)
         return heads.bernoulli_log_prob(logits, x).sum(-1)
     return _BernoulliLogProb.apply(logits, x, ext)
