@@ -4,11 +4,13 @@ With degrees already in order, in fp32 on a CPU where the AVX-512 kernels run, a
 call of at least ``launchers.EVAL_MIN_ROWS`` rows runs the training path's one-call forward
 (``masked_linear_train_forward``) on the weights as stored, instead of the prepared
 (degree-sorted, cached) weights; fewer rows, unsorted degrees and other dtypes keep the
-cached path. Both give the reference's values and NaNs (docs/DESIGN.md sections 4 and 9).
+cached path. Both give the reference's values and NaNs (docs/DESIGN.md sections 4 and 9);
+hypothesis draws layers and natural-order MADEs of every shape at 16+ rows.
 """
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import armodel_fast as af
 from armodel_fast import _ext
@@ -146,3 +148,28 @@ def test_a_graph_for_the_bias_alone_runs_the_tiles_and_gives_the_references_grad
     y64.backward(gy.double())
     torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_in=st.integers(1, 90), n_out=st.integers(1, 90), D=st.integers(1, 40), B=st.integers(MIN, 70),
+       strict=st.booleans(), act=st.sampled_from(sorted(ACT)), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fuzzed_sorted_layers_in_evaluation_match_the_reference(n_in, n_out, D, B, strict, act, bias, seed):
+    w, b, din, dout = layer(n_in, n_out, D, seed)
+    x = torch.randn(B, n_in, generator=torch.Generator().manual_seed(seed + 1))
+    b = b if bias else None
+    with torch.no_grad():
+        y = masked_linear(x, w, b, din, dout, strict, act, backend="cpp")
+    torch.testing.assert_close(y.double(), reference(x, w, b, din, dout, strict, act), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(hidden=st.lists(st.integers(1, 40), min_size=1, max_size=3), D=st.integers(2, 30), B=st.integers(MIN, 50),
+       act=st.sampled_from(["relu", "tanh", "elu"]), seed=st.integers(0, 2**16))
+def test_fuzzed_natural_order_made_in_evaluation_matches_the_reference(hidden, D, B, act, seed):
+    torch.manual_seed(seed)
+    fast = af.MADE(D, hidden, order=torch.arange(D), activation=act, backend="cpp")
+    ref = af.MADE(D, hidden, order=torch.arange(D), activation=act, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.bernoulli(torch.full((B, D), 0.5))
+    with torch.no_grad():
+        torch.testing.assert_close(fast.log_prob(x), ref.log_prob(x), rtol=1e-4, atol=1e-4)
