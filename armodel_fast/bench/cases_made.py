@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import BenchConfig, Family, Row, compile_skip, forward_backward, kernel_skip_reasons, no_grad_call, seeded
+from .core import EVAL_INFO, BenchConfig, Family, Row, compile_skip, forward_backward, kernel_skip_reasons, no_grad_call, seeded
 
 _size = lambda B, D, H: {"B": B, "D": D, "hidden": (H, H)}  # noqa: E731
 _samples = lambda n, D, H: {"n": n, "D": D, "hidden": (H, H)}  # noqa: E731
@@ -127,7 +127,7 @@ def made_rows(cfg: BenchConfig, s: dict) -> list:
     rows = []
     for what, grad in (("fwd", False), ("fwd+bwd", True)):
         op = f"made {what}"
-        info = TRAIN_INFO if grad else "weights unchanged between calls: prepared-weight cache warm where used (unsorted degrees, under 16 rows, no AVX-512)"
+        info = TRAIN_INFO if grad else EVAL_INFO
         rows += [Row(op, "reference (af.MADE)", _forward(s, "reference", grad)),
                  Row(op, "stored masks W*M", _forward(s, "stored", grad)),
                  Row(op, "torch.compile reference", _forward(s, "compiled", grad), skip=compile_skip(cfg),

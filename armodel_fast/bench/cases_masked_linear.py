@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import (BenchConfig, Family, Row, compile_skip, forward_backward, kernel_skip_reasons, no_grad_call,
+from .core import (EVAL_INFO, BenchConfig, Family, Row, compile_skip, forward_backward, kernel_skip_reasons, no_grad_call,
                    seeded, zero_grads)
 
 def _size(B, D, H, layer="input", order="random"):
@@ -81,7 +81,7 @@ def masked_linear_rows(cfg: BenchConfig, s: dict) -> list:
     for what, grad in (("fwd", False), ("fwd+bwd", True)):
         op = f"masked_linear {what}"
         info = ("weight version bumped before each call, as after an optimizer step: prepared weights rebuilt"
-                if grad else "weights unchanged between calls: prepared-weight cache warm where used (unsorted degrees, under 16 rows, no AVX-512)")
+                if grad else EVAL_INFO)
         rows += [Row(op, "unmasked F.linear", _provider(s, "unmasked", grad), kind="baseline"),
                  Row(op, "dense W*M", _provider(s, "dense", grad)),
                  Row(op, "torch.compile dense W*M", _provider(s, "compiled", grad), skip=compile_skip(cfg),

@@ -12,9 +12,14 @@ from typing import Callable, Optional
 
 import torch
 
+from ..ops.masked_linear.launchers import EVAL_MIN_ROWS
+
 COMPILE_AUTO_MAX_D = 32  # torch.compile unrolls a D-step loop: minutes beyond small D
 KINDS = ("reference", "baseline", "compiled", "kernel")
 SIZE_SETS = ("headline", "sweep", "quick", "quick_sweep")
+# the note of the kernel rows without a graph (the masked layers' evaluation: ops/masked_linear/launchers.py)
+EVAL_INFO = ("weights unchanged between calls: prepared-weight cache warm where used (unsorted degrees, "
+             f"under {EVAL_MIN_ROWS} rows, no AVX-512)")
 
 
 @dataclass
