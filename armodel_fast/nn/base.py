@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..dispatch import check_backend, resolve_backend
-from .._validate import check_positive_int, check_uniforms, forward_ad_active
+from .._validate import check_positive_int, check_uniforms
 from .masked_linear import MaskedLinear
 
 
@@ -56,10 +56,10 @@ class AutoregressiveModel(nn.Module):
     @property
     def _fused_heads(self) -> bool:
         """Whether the output heads run as one autograd node each (``ops.made.bernoulli_log_prob``,
-        ``ops.made.affine_density``): with every backend but "reference", which stays plain PyTorch,
-        except in forward-mode AD (the nodes have no forward derivatives; the backend is then the
-        reference too, see ``dispatch``)."""
-        return self.backend != "reference" and not forward_ad_active()
+        ``ops.made.affine_density``): with every backend but "reference", which stays plain PyTorch
+        (the ops themselves take the reference math where their nodes do not apply: torch.compile,
+        torch.func, forward-mode AD)."""
+        return self.backend != "reference"
 
     def uniforms_shape(self, n: int) -> tuple:
         """Shape of the uniforms ``sample(n, u=...)`` takes: ``[n, D, *uniform_trailing]``."""
