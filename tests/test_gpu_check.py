@@ -170,14 +170,17 @@ def test_the_smoke_check_passes_on_this_build():
 
 def test_a_spent_time_limit_skips_the_remaining_steps_and_fails(tmp_path):
     out = tmp_path / "o"
-    slow = _stand_in_python(tmp_path, "sleep 2")  # 2 s a call: the preflight (several calls) spends the limit
-    r = run("--rehearse", "--skip-build", "--skip-bench", "--time-limit", "6", "--python", str(slow),
+    # 3 s a call: the preflight's three calls (9 s or more) spend the 12 s limit, leaving <= 5 s, so the
+    # steps after it are skipped; the preflight itself starts with >= 6 s left even if the script is
+    # slow to start (SECONDS counts whole seconds: a limit of 6 was skipped from the start on a busy CI)
+    slow = _stand_in_python(tmp_path, "sleep 3")
+    r = run("--rehearse", "--skip-build", "--skip-bench", "--time-limit", "12", "--python", str(slow),
             "--out", str(out))
     assert r.returncode == 1, r.stdout + r.stderr
     rows = _steps(out)
     assert rows[0] == ("preflight", "0")  # run before the limit was spent
     assert [rc for _, rc in rows[1:]] == ["skipped"] * (len(rows) - 1) and len(rows) >= 3
-    assert "the --time-limit of 6s is spent" in r.stdout and "FAILED: smoke(no-time)" in r.stderr
+    assert "the --time-limit of 12s is spent" in r.stdout and "FAILED: smoke(no-time)" in r.stderr
 
 
 def test_a_step_past_the_time_limit_is_cut_off(tmp_path):
