@@ -43,11 +43,19 @@ def test_the_kernels_in_use_follow_the_cpu_and_the_isa_setting():
     assert not launchers._avx512_runs(torch.zeros(1, dtype=torch.float64))  # fp32 only
 
 
-def check(B, n_in, n_out, D, strict, act, bias, seed, x_view=False, w_view=False):
-    """The cpp training path on sorted degrees against the reference in float64."""
+ORDERS = ("sorted", "in", "out", "both")  # which degree vectors are out of order (a random order's layers)
+
+
+def check(B, n_in, n_out, D, strict, act, bias, seed, x_view=False, w_view=False, order="sorted"):
+    """The cpp training path against the reference in float64, on sorted degrees or, ``order``,
+    with the input degrees, the output degrees or both shuffled (the kernels read through the sorts)."""
     g = torch.Generator().manual_seed(seed)
     din = torch.randint(0, D + 2, (n_in,), generator=g).sort().values  # rows may reach nothing or all
     dout = torch.randint(0, D + 2, (n_out,), generator=g).sort().values
+    if order in ("in", "both"):
+        din = din[torch.randperm(n_in, generator=g)]
+    if order in ("out", "both"):
+        dout = dout[torch.randperm(n_out, generator=g)]
     w_full = torch.randn(n_out, n_in + (5 if w_view else 0), generator=g)
     w = w_full[:, :n_in].detach().requires_grad_() if w_view else w_full.requires_grad_()
     x_full = torch.randn(n_in, B, generator=g)
@@ -76,24 +84,27 @@ def check(B, n_in, n_out, D, strict, act, bias, seed, x_view=False, w_view=False
                                             (128, 64, 40), (7, 200, 3)])
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("act", ["none", "relu", "elu", "tanh"])
-def test_tile_edges_match_reference(B, n_in, n_out, strict, act):
-    check(B, n_in, n_out, D=min(n_in, 20), strict=strict, act=act, bias=act != "none", seed=B * 1000 + n_in)
+@pytest.mark.parametrize("order", ORDERS)
+def test_tile_edges_match_reference(B, n_in, n_out, strict, act, order):
+    check(B, n_in, n_out, D=min(n_in, 20), strict=strict, act=act, bias=act != "none", seed=B * 1000 + n_in,
+          order=order)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(B=st.integers(1, 70), n_in=st.integers(1, 90), n_out=st.integers(1, 60), D=st.integers(1, 40),
        strict=st.booleans(), act=st.sampled_from(sorted(ACT)), bias=st.booleans(), seed=st.integers(0, 2**16),
-       x_view=st.booleans(), w_view=st.booleans())
-def test_random_layers_match_reference(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view):
-    check(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view)
+       x_view=st.booleans(), w_view=st.booleans(), order=st.sampled_from(ORDERS))
+def test_random_layers_match_reference(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view, order):
+    check(B, n_in, n_out, D, strict, act, bias, seed, x_view, w_view, order)
 
 
-def test_large_batch_and_threads_match_reference():
+@pytest.mark.parametrize("order", ORDERS)
+def test_large_batch_and_threads_match_reference(order):
     threads = torch.get_num_threads()
     try:
         for nt in (1, 3):
             torch.set_num_threads(nt)
-            check(1100, 40, 30, 20, False, "relu", True, seed=nt)
+            check(1100, 40, 30, 20, False, "relu", True, seed=nt, order=order)
     finally:
         torch.set_num_threads(threads)
 
@@ -134,10 +145,11 @@ def test_large_batches_keep_the_blocked_sums_accurate():
         check(5000, 40, 30, 20, False, "none", True, seed=seed)
 
 
-def test_grad_weight_by_unit_tiles_matches_reference():
+@pytest.mark.parametrize("order", ORDERS)
+def test_grad_weight_by_unit_tiles_matches_reference(order):
     """Where g does not fit L2 (B * units * 4 > 512 KiB) grad W goes by tiles of units."""
-    check(300, 60, 500, 40, False, "relu", True, seed=1)
-    check(290, 33, 470, 25, True, "tanh", False, seed=2, x_view=True, w_view=True)
+    check(300, 60, 500, 40, False, "relu", True, seed=1, order=order)
+    check(290, 33, 470, 25, True, "tanh", False, seed=2, x_view=True, w_view=True, order=order)
 
 
 def test_strided_bias_and_upstream_gradient_match_reference():

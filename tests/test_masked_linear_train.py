@@ -121,20 +121,21 @@ def test_kernels_split_over_threads_match_reference(threads, sorted_in):
 def test_bias_only_training_reuses_the_prepared_weights():
     """Only the bias trains (x and W frozen): the forward prepares the evaluation layout (anew
     after each backward: a fused optimizer step could have changed W unseen) and the backward
-    finds that same entry instead of building a second layout: one build per step."""
+    finds that same entry instead of building a second layout: one build per step. In fp64: fp32
+    layers on a CPU with AVX-512 take the one-call kernels, which read W as stored (no layout)."""
     from armodel_fast.ops.masked_linear import clear_cache
 
     g = torch.Generator().manual_seed(4)
     din, dout = degrees(60, 90, 40, False, False, g)
-    w, x = torch.randn(90, 60, generator=g), torch.randn(8, 60, generator=g)
-    b = torch.randn(90, generator=g, requires_grad=True)
+    w, x = torch.randn(90, 60, generator=g, dtype=torch.float64), torch.randn(8, 60, generator=g, dtype=torch.float64)
+    b = torch.randn(90, generator=g, requires_grad=True, dtype=torch.float64)
     clear_cache()
     builds = []
     for _ in range(3):
         masked_linear(x, w, b, din, dout, False, "relu", backend="cpp").sum().backward()
         builds.append(cache_info()["builds"])
     assert builds[2] - builds[1] == builds[1] - builds[0] == 1, builds
-    mask = degree_mask(din, dout, False, torch.float32)
+    mask = degree_mask(din, dout, False, torch.float64)
     b_ref = b.detach().clone().requires_grad_()
     F.relu(F.linear(x, w * mask, b_ref)).sum().backward()
     torch.testing.assert_close(b.grad, 3 * b_ref.grad)
@@ -357,20 +358,20 @@ def test_evaluation_between_backward_and_a_fused_step_is_not_stale(backend, sort
 
 @pytest.mark.skipif(not CPP or launchers._train_kernels() != "avx512", reason="the one-node training path runs the "
                     "AVX-512 training kernels, which do not run here")
-@pytest.mark.parametrize("sorted_in, sorted_out", [(True, True), (False, True)])
-def test_a_training_call_with_sorted_degrees_is_one_node(sorted_in, sorted_out):
-    """``masked_linear`` in training on sorted degrees: one autograd node (ops/masked_linear/chain.py)
-    with the reference's values and gradients, leading batch dimensions included; unsorted
-    degrees: the per-layer node."""
+@pytest.mark.parametrize("sorted_in, sorted_out", [(True, True), (False, True), (True, False), (False, False)])
+def test_a_training_call_is_one_node(sorted_in, sorted_out):
+    """``masked_linear`` in training: one autograd node (ops/masked_linear/chain.py) with the
+    reference's values and gradients, leading batch dimensions included, in any degree order
+    (the kernels read through the degree sorts)."""
     g = torch.Generator().manual_seed(3)
     din, dout = degrees(40, 60, 30, sorted_in, sorted_out, g)
     w = torch.randn(60, 40, generator=g, requires_grad=True)
     b = torch.randn(60, generator=g, requires_grad=True)
     x = torch.randn(2, 5, 40, generator=g, requires_grad=True)
     y = masked_linear(x, w, b, din, dout, False, "elu", backend="cpp")
-    fused = degrees_sorted(din) and degrees_sorted(dout)
+    assert degrees_sorted(din) == sorted_in and degrees_sorted(dout) == sorted_out
     names = {type(y.grad_fn).__name__} | {type(n).__name__ for n, _ in y.grad_fn.next_functions if n is not None}
-    assert ("_MaskedChainBackward" in names) == fused, names
+    assert "_MaskedChainBackward" in names, names
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     y_ref = F.elu(F.linear(leaves[0], leaves[1] * degree_mask(din, dout, False, torch.float32), leaves[2]))
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)

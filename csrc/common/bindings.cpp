@@ -106,12 +106,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_train_kernels", &af::masked_linear_train_kernels,
         "The in_place (degree-sorted) path's fp32 kernels here: 'avx512' (register tiles, slabs unused) or 'blas'.");
   m.def("masked_linear_train_forward", &af::masked_linear_train_forward, py::arg("x"), py::arg("weight"),
-        py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
-        "Training forward on a degree-sorted fp32 layer (AVX-512 kernels): (y, ok); ok False (y None, nothing "
+        py::arg("bias"), py::arg("row_reach"), py::arg("activation"), py::arg("perm_in") = py::none(),
+        py::arg("perm_out") = py::none(),
+        "Training forward on an fp32 layer (AVX-512 kernels; perm_in / perm_out: the stable degree sorts where "
+        "the degrees are not in order, row_reach the sorted rows'): (y, ok); ok False (y None, nothing "
         "computed) when x or W holds NaN/inf.");
   m.def("masked_linear_train_backward", &af::masked_linear_train_backward, py::arg("grad_y"), py::arg("x"),
         py::arg("y"), py::arg("weight"), py::arg("bias"), py::arg("row_reach"), py::arg("activation"),
         py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"), py::arg("check_inputs"),
+        py::arg("perm_in") = py::none(), py::arg("perm_out") = py::none(),
         "Its backward: (dx, dW (masked), db, ok); ok False (nothing computed) when grad_y or the bias (with "
         "check_inputs also x or any weight) holds NaN/inf.");
   m.def("masked_linear_any_nonfinite", &af::masked_linear_any_nonfinite, py::arg("t"),

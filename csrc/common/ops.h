@@ -83,16 +83,20 @@ at::Tensor masked_linear_slabs(const at::Tensor& weight, const at::Tensor& row_r
 const char* masked_linear_train_kernels();
 // Drops the grad W blocks the AVX-512 path keeps for reuse; the bytes freed (blocks nothing else held).
 int64_t masked_linear_release_buffers();
-// That path in one call per direction (masked_linear_train_cpu.cpp; fp32, AVX-512 kernels):
+// That path in one call per direction (masked_linear_train_cpu.cpp; fp32, AVX-512 kernels; perm_in /
+// perm_out: the degree sorts where the degrees are not in order, row_reach then the sorted rows'):
 // the NaN/inf checks first (forward: x and W; backward: grad_y and the bias, with check_inputs
 // also x and W), ok = false with nothing computed where one finds NaN/inf.
 std::tuple<at::Tensor, bool> masked_linear_train_forward(const at::Tensor& x, const at::Tensor& weight,
                                                          const std::optional<at::Tensor>& bias,
-                                                         const at::Tensor& row_reach, int64_t activation);
+                                                         const at::Tensor& row_reach, int64_t activation,
+                                                         const std::optional<at::Tensor>& perm_in,
+                                                         const std::optional<at::Tensor>& perm_out);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> masked_linear_train_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& row_reach, int64_t activation, bool need_dx,
-    bool need_dw, bool need_db, bool check_inputs);
+    bool need_dw, bool need_db, bool check_inputs, const std::optional<at::Tensor>& perm_in,
+    const std::optional<at::Tensor>& perm_out);
 // Exact one-pass value checks (common/value_checks_cpu.cpp): whether t holds NaN/inf, or a
 // value other than 0 and 1.
 bool masked_linear_any_nonfinite(const at::Tensor& t);

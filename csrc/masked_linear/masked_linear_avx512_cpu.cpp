@@ -69,92 +69,7 @@ bool runs(bool in_place, const at::Tensor& x, const at::Tensor& row_reach, int64
   return true;
 }
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& row_reach, bool serial) {
-  TORCH_CHECK(usable(), "masked_linear: the AVX-512 kernels do not run here");
-  const int64_t B = x.size(0), O = w.size(0), I = w.size(1);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor bc;
-  if (bias.has_value() && bias->defined()) {
-    check_same_dtype(*bias, "bias", w, "weight");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == O, "bias must have shape [", O, "]");
-    bc = bias->contiguous();
-  }
-  at::Tensor y = at::empty({B, O}, x.options());
-  forward(xc.const_data_ptr<float>(), I, B, w.const_data_ptr<float>(), w.stride(0), O, I,
-          row_reach.const_data_ptr<int64_t>(), bc.defined() ? bc.const_data_ptr<float>() : nullptr,
-          y.mutable_data_ptr<float>(), serial);
-  return y;
-}
-
-namespace {
-
-// grad W's [O, I] buffer. A block that an earlier call returned and that nothing references any
-// more (its gradient was dropped, e.g. by zero_grad(set_to_none=True), or added into .grad) is
-// written again, under a new tensor, instead of a fresh one: a fresh multi-MB block comes back
-// from the system as page faults at every training step (hundreds per step). Blocks of 1 MiB and
-// more, the last kKeptBlocks, are kept.
-struct KeptBlocks {
-  std::mutex lock;
-  std::vector<at::Tensor> blocks;  // at most kKeptBlocks, oldest first
-};
-
-KeptBlocks& kept() {
-  static auto* k = new KeptBlocks();  // never destroyed: no tensor freed at exit
-  return *k;
-}
-
-at::Tensor grad_weight_buffer(int64_t O, int64_t I, const at::TensorOptions& options) {
-  constexpr size_t kKeptBlocks = 8;
-  KeptBlocks& k = kept();
-  const std::lock_guard<std::mutex> guard(k.lock);
-  for (const at::Tensor& t : k.blocks) {
-    if (t.size(0) == O && t.size(1) == I && t.dtype() == options.dtype() && t.storage().use_count() == 1) {
-      return at::empty({0}, options).set_(t.storage(), 0, {O, I}, {I, 1});
-    }
-  }
-  at::Tensor fresh = at::empty({O, I}, options);
-  if (O * I * static_cast<int64_t>(fresh.element_size()) >= (int64_t(1) << 20)) {
-    if (k.blocks.size() >= kKeptBlocks) k.blocks.erase(k.blocks.begin());
-    k.blocks.push_back(at::empty({0}, options).set_(fresh.storage(), 0, {O, I}, {I, 1}));
-  }
-  return fresh;
-}
-
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gs, const at::Tensor& x, const at::Tensor& w,
-                                            const at::Tensor& row_reach, bool need_dx, bool need_dw, bool serial) {
-  TORCH_CHECK(usable(), "masked_linear: the AVX-512 kernels do not run here");
-  const int64_t B = x.size(0), O = w.size(0), I = w.size(1);
-  const int64_t* reach = row_reach.const_data_ptr<int64_t>();
-  at::Tensor dx, dw;
-  if (need_dx) {
-    dx = at::empty({B, I}, x.options());
-    grad_input(gs.const_data_ptr<float>(), B, w.const_data_ptr<float>(), w.stride(0), O, I, reach,
-               dx.mutable_data_ptr<float>(), serial);
-  }
-  if (need_dw) {
-    const at::Tensor xc = x.contiguous();
-    dw = grad_weight_buffer(O, I, x.options());
-    grad_weight(gs.const_data_ptr<float>(), xc.const_data_ptr<float>(), I, B, O, I, reach,
-                dw.mutable_data_ptr<float>(), serial);
-  }
-  return {dx, dw};
-}
-
 }  // namespace ml_avx512
-
-int64_t masked_linear_release_buffers() {
-  ml_avx512::KeptBlocks& k = ml_avx512::kept();
-  const std::lock_guard<std::mutex> guard(k.lock);
-  int64_t freed = 0;
-  for (const at::Tensor& t : k.blocks) {
-    if (t.storage().use_count() == 1) freed += static_cast<int64_t>(t.storage().nbytes());
-  }
-  k.blocks.clear();  // blocks still held as gradients stay theirs
-  return freed;
-}
 
 const char* masked_linear_train_kernels() { return ml_avx512::usable() ? "avx512" : "blas"; }
 
@@ -164,9 +79,10 @@ const char* masked_linear_train_kernels() { return ml_avx512::usable() ? "avx512
 namespace af {
 namespace ml_avx512 {
 void forward(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*, const float*,
-             float*, bool) {}
-void grad_input(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*, float*, bool) {}
-void grad_weight(const float*, const float*, int64_t, int64_t, int64_t, int64_t, const int64_t*, float*, bool) {}
+             float*, bool, Order) {}
+void grad_input(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*, float*, bool, Order) {}
+void grad_weight(const float*, const float*, int64_t, int64_t, int64_t, int64_t, const int64_t*, float*, bool,
+                 Order) {}
 }  // namespace ml_avx512
 }  // namespace af
 #else
@@ -187,10 +103,17 @@ int64_t first_reaching(const int64_t* reach, int64_t O) {
   return std::upper_bound(reach, reach + O, int64_t(0)) - reach;
 }
 
+// dst[b, order[k]] = src[b, k] for b < B, k < n (rows of n floats): sorted columns back to the caller's.
+void scatter_columns(const float* src, int64_t B, int64_t n, const int32_t* order, float* dst, bool serial) {
+  ml_threads::parallel_runs(std::vector<double>(B, 1.0), serial, [&](int64_t b) {
+    for (int64_t k = 0; k < n; ++k) dst[b * n + order[k]] = src[b * n + k];
+  });
+}
+
 }  // namespace
 
 void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw, int64_t O, int64_t I,
-             const int64_t* reach, const float* bias, float* y, bool serial) {
+             const int64_t* reach, const float* bias, float* y, bool serial, Order order) {
   const int64_t z = first_reaching(reach, O);
   const int64_t cmax = O > 0 ? reach[O - 1] : 0;
   const int64_t Bp = (B + 15) / 16 * 16;
@@ -204,10 +127,23 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
     const int64_t p = item / kblocks, k0 = (item % kblocks) * 16, b0 = p * kNR, wd = panel_width(p);
     for (int64_t c0 = 0; c0 < wd; c0 += 16) {
       const int rows = static_cast<int>(std::clamp<int64_t>(B - b0 - c0, 0, 16));
-      transpose_block(x + (b0 + c0) * ldx + k0, ldx, rows, static_cast<int>(std::min<int64_t>(16, cmax - k0)),
-                      xt.get() + b0 * cmax + k0 * wd + c0, wd);
+      transpose_block(x + (b0 + c0) * ldx + (order.in ? 0 : k0), ldx, rows,
+                      static_cast<int>(std::min<int64_t>(16, cmax - k0)), xt.get() + b0 * cmax + k0 * wd + c0, wd,
+                      order.in ? order.in + k0 : nullptr);
     }
   });
+  // Units out of order: y and the bias in sorted order here, y's columns put back at the end.
+  float* const y_out = y;
+  std::unique_ptr<float[]> y_sorted, bias_sorted;
+  if (order.out) {
+    y_sorted = scratch(B * O);
+    y = y_sorted.get();
+    if (bias) {
+      bias_sorted = scratch(O);
+      for (int64_t j = 0; j < O; ++j) bias_sorted[j] = bias[order.out[j]];
+      bias = bias_sorted.get();
+    }
+  }
   for (int64_t j = 0; j < z; ++j) {  // units that reach no input: the bias
     for (int64_t b = 0; b < B; ++b) y[b * O + j] = bias ? bias[j] : 0.0f;
   }
@@ -220,30 +156,52 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
     const int64_t j0 = z + t * kMR;
     const int rows = static_cast<int>(std::min<int64_t>(kMR, O - j0));
     const float* bj = bias ? bias + j0 : nullptr;
+    // The tile's rows of W * M in sorted order: W itself, or (degrees out of order) gathered once
+    // here into [rows, reach] and read over every batch panel.
+    const float* wt = W + j0 * ldw;
+    int64_t ldwt = ldw;
+    std::unique_ptr<float[]> gathered;
+    if (order.in || order.out) {
+      ldwt = std::max<int64_t>(16, (reach[j0 + rows - 1] + 15) / 16 * 16);
+      gathered = scratch(rows * ldwt);
+      for (int m = 0; m < rows; ++m) {
+        gather_row(W + order.unit(j0 + m) * ldw, order.in, reach[j0 + m], gathered.get() + m * ldwt);
+      }
+      wt = gathered.get();
+    }
     for (int64_t p = 0; p < npanels; ++p) {
       const int64_t b0 = p * kNR, wd = panel_width(p);
       const float* xp = xt.get() + b0 * cmax;
       with_rows(rows, [&](auto r) {
         if (wd == kNR) {
-          forward_tile<decltype(r)::value, 2>(W + j0 * ldw, ldw, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
+          forward_tile<decltype(r)::value, 2>(wt, ldwt, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
         } else {
-          forward_tile<decltype(r)::value, 1>(W + j0 * ldw, ldw, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
+          forward_tile<decltype(r)::value, 1>(wt, ldwt, reach + j0, xp, wd, bj, y + b0 * O + j0, O, B - b0);
         }
       });
     }
   });
+  if (order.out) scatter_columns(y, B, O, order.out, y_out, serial);
 }
 
 void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t O, int64_t I, const int64_t* reach,
-                float* dx, bool serial) {
+                float* dx, bool serial, Order order) {
   const int64_t npanels = (I + kNR - 1) / kNR;
+  // Inputs out of order: dx in sorted order here, its columns put back at the end.
+  float* const dx_out = dx;
+  std::unique_ptr<float[]> dx_sorted;
+  if (order.in) {
+    dx_sorted = scratch(B * I);
+    dx = dx_sorted.get();
+  }
   // g by batch tiles: tile t (rows [12 t, 12 t + rows)) is [O, rows] from offset 12 t * O
   const std::unique_ptr<float[]> gt = scratch(B * O);
   ml_threads::parallel_runs(std::vector<double>((B + kMR - 1) / kMR, 1.0), serial, [&](int64_t t) {
     const int64_t b0 = t * kMR, rows = std::min<int64_t>(kMR, B - b0);
     float* dst = gt.get() + b0 * O;
     for (int64_t j = 0; j < O; ++j) {
-      for (int64_t m = 0; m < rows; ++m) dst[j * rows + m] = g[(b0 + m) * O + j];
+      const int64_t unit = order.unit(j);
+      for (int64_t m = 0; m < rows; ++m) dst[j * rows + m] = g[(b0 + m) * O + unit];
     }
   });
   std::vector<double> cost;
@@ -259,8 +217,14 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
     for (int64_t j = jb; j < O; ++j) {
       const int64_t lim = std::min(reach[j] - k0, width);
       float* dst = wp.get() + (j - jb) * kNR;
-      _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(first_lanes(lim), W + j * ldw + k0));
-      _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(first_lanes(lim - 16), W + j * ldw + k0 + 16));
+      const float* row = W + order.unit(j) * ldw;
+      if (order.in) {
+        _mm512_storeu_ps(dst, load_lanes(row, order.in + k0, lim));
+        _mm512_storeu_ps(dst + 16, load_lanes(row, order.in + k0 + 16, lim - 16));
+      } else {
+        _mm512_storeu_ps(dst, load_lanes(row + k0, nullptr, lim));
+        _mm512_storeu_ps(dst + 16, load_lanes(row + k0 + 16, nullptr, lim - 16));
+      }
     }
     // the units in chunks of kKC: a chunk's panel and the tile's g stay in L1 over the batch tiles
     for (int64_t c0 = jb; c0 < O || c0 == jb; c0 += kKC) {
@@ -274,10 +238,11 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
       }
     }
   });
+  if (order.in) scatter_columns(dx, B, I, order.in, dx_out, serial);
 }
 
 void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t O, int64_t I, const int64_t* reach,
-                 float* dw, bool serial) {
+                 float* dw, bool serial, Order order) {
   const int64_t z = first_reaching(reach, O);
   const int64_t cmax = O > 0 ? reach[O - 1] : 0;
   const int64_t npanels = (cmax + kNR - 1) / kNR;
@@ -287,17 +252,24 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const int64_t k0 = p * kNR, wd = std::min<int64_t>(kNR, I - k0);
     float* dst = xp.get() + p * kNR * B;
     for (int64_t b = 0; b < B; ++b) {
-      std::copy(x + b * ldx + k0, x + b * ldx + k0 + wd, dst + b * kNR);
-      std::fill(dst + b * kNR + wd, dst + (b + 1) * kNR, 0.0f);
+      const float* row = x + b * ldx;
+      if (order.in) {
+        _mm512_storeu_ps(dst + b * kNR, load_lanes(row, order.in + k0, wd));
+        _mm512_storeu_ps(dst + b * kNR + 16, load_lanes(row, order.in + k0 + 16, wd - 16));
+      } else {
+        _mm512_storeu_ps(dst + b * kNR, load_lanes(row + k0, nullptr, wd));
+        _mm512_storeu_ps(dst + b * kNR + 16, load_lanes(row + k0 + 16, nullptr, wd - 16));
+      }
     }
   });
-  for (int64_t j = 0; j < z; ++j) std::fill(dw + j * I, dw + (j + 1) * I, 0.0f);
+  auto dw_row = [&](int64_t j) { return dw + order.unit(j) * I; };  // sorted row j of dW
+  for (int64_t j = 0; j < z; ++j) std::fill(dw_row(j), dw_row(j) + I, 0.0f);
   const int64_t ntiles = (O - z + kMR - 1) / kMR;
   auto tile = [&](const float* gp, int64_t t, int64_t k0) {
     const int64_t j0 = z + t * kMR;
     with_rows(static_cast<int>(std::min<int64_t>(kMR, O - j0)), [&](auto r) {
       grad_weight_tile<decltype(r)::value, 2>(gp, xp.get() + k0 * B, B, reach + j0, k0, std::min<int64_t>(kNR, I - k0),
-                                              dw + j0 * I, I);
+                                              dw, I, j0, order);
     });
   };
   auto pack_g = [&](int64_t t, float* dst) {  // g's columns of tile t, [B, rows]
@@ -305,7 +277,8 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const __mmask16 units = first_lanes(std::min<int64_t>(kMR, O - j0));
     const int64_t rows = std::min<int64_t>(kMR, O - j0);
     for (int64_t b = 0; b < B; ++b) {
-      _mm512_mask_storeu_ps(dst + b * rows, units, _mm512_maskz_loadu_ps(units, g + b * O + j0));
+      const __m512 v = order.out ? load_lanes(g + b * O, order.out + j0, rows) : load_lanes(g + b * O + j0, nullptr, rows);
+      _mm512_mask_storeu_ps(dst + b * rows, units, v);
     }
   };
   if (B * (O - z) * 4 <= kPanelFirstBytes) {
@@ -328,7 +301,7 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     ml_threads::parallel_runs(cost, serial, [&](int64_t p) {
       const int64_t k0 = p * kNR, width = std::min<int64_t>(kNR, I - k0);
       const int64_t t0 = p < npanels ? first_tile(k0) : ntiles;
-      for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) std::fill(dw + j * I + k0, dw + j * I + k0 + width, 0.0f);
+      for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) zero_lanes(dw_row(j), order.in, k0, k0 + width);
       for (int64_t t = t0; t < ntiles; ++t) tile(gp.get() + t * kMR * B, t, k0);
     });
     return;
@@ -346,7 +319,7 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     pack_g(t, gp.get());
     const int64_t end = std::min(I, (reach[j0 + rows - 1] + kNR - 1) / kNR * kNR);  // panels computed: [0, end)
     for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.get(), t, k0);
-    for (int64_t j = j0; j < j0 + rows; ++j) std::fill(dw + j * I + end, dw + (j + 1) * I, 0.0f);
+    for (int64_t j = j0; j < j0 + rows; ++j) zero_lanes(dw_row(j), order.in, end, I);
   });
 }
 

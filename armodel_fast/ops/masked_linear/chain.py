@@ -11,7 +11,7 @@ reverse. The values are those of ``masked_linear_call`` bit for bit (the same ke
 the same order).
 
 It applies where every layer takes the in-place training kernels: grad recording, fp32
-CPU tensors, the AVX-512 kernels, degrees already in order (``launchers._train_reach``),
+CPU tensors, the AVX-512 kernels (in any degree order: ``launchers._train_plan``),
 outside torch.compile and torch.func transforms. Otherwise :func:`masked_chain` returns
 None and the caller runs each layer through ``masked_linear_call``. Within it, a layer
 whose kernel call finds NaN/inf (forward: x or W; backward: the gradient or the bias)
@@ -37,7 +37,8 @@ from .launchers import ACTIVATIONS
 
 class _Layer(SimpleNamespace):
     """One masked layer of the chain: degrees (cloned: a mask switch before the backward must
-    not reach it), strict, activation name and the staircase the kernels read."""
+    not reach it), strict, activation name, and the staircase and degree sorts the kernels read
+    (``launchers.Plan``: memoised on the degree values, so a mask switch does not change them)."""
 
 
 class _MaskedChain(torch.autograd.Function):
@@ -48,7 +49,7 @@ class _MaskedChain(torch.autograd.Function):
         for layer, w, b in zip(layers, params[0::2], params[1::2]):
             inputs.append(h)
             y, ok = ext.masked_linear_train_forward(h, w.detach(), None if b is None else b.detach(), layer.reach,
-                                                    ACTIVATIONS[layer.act])
+                                                    ACTIVATIONS[layer.act], layer.order_in, layer.order_out)
             if ok:
                 mark_training(w)  # as the chained path: an (unseen, fused) optimizer step follows
             else:  # NaN/inf in h or W: this layer's general path gives the reference's NaNs
@@ -80,7 +81,7 @@ class _MaskedChain(torch.autograd.Function):
             if not recorded:
                 dx, dw, db, ok = _launchers._cpp().masked_linear_train_backward(
                     grad, inputs[i], outputs[i], w.detach(), None if b is None else b.detach(), layer.reach,
-                    ACTIVATIONS[layer.act], *need, not ctx.finite[i])
+                    ACTIVATIONS[layer.act], *need, not ctx.finite[i], layer.order_in, layer.order_out)
                 got = (dx, dw, db) if ok else None
                 if ok:
                     mark_training(w)  # as the per-layer backward: an (unseen, fused) optimizer step may follow
@@ -111,8 +112,9 @@ def masked_chain(x: Tensor, layers) -> Optional[Tensor]:
     for w, b, din, dout, strict, act in layers:
         if act not in ACTIVATIONS or (b is not None and (b.dtype != w.dtype or b.device != w.device)):
             return None
-        reach = _launchers._train_reach(x, w, din, dout, strict)  # (every layer's input has x's dtype and device)
-        if reach is None:
+        p = _launchers._train_plan(x, w, din, dout, strict)  # (every layer's input has x's dtype and device)
+        if p is None:
             return None
-        chain.append(_Layer(din=din.clone(), dout=dout.clone(), strict=strict, act=act, reach=reach))
+        chain.append(_Layer(din=din.clone(), dout=dout.clone(), strict=strict, act=act, reach=p.row_reach,
+                            order_in=p.order_in, order_out=p.order_out))
     return _MaskedChain.apply(x, chain, *params)

@@ -93,7 +93,8 @@ def _forward_impl(x, weight, bias, in_degrees, out_degrees, strict, activation, 
     """(y, whether x and the weight hold no NaN/inf: the backward need not check them again)."""
     one_call = dispatch.optional_launcher("masked_linear", "train_forward", backend)
     if one_call is not None:  # checks and products in one extension call, where it applies (evaluation too)
-        y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation, training=fresh)
+        y = one_call(x, weight, bias, in_degrees, out_degrees, strict, activation, training=fresh, x_sorted=x_sorted,
+                     y_sorted=y_sorted)
         if y is not None:
             return y, True
     use = "train" if fresh else "eval"
@@ -175,7 +176,7 @@ def _backward_impl(grad_y, x, weight, y, in_degrees, out_degrees, strict, activa
     one_call = dispatch.optional_launcher("masked_linear", "train_backward", backend)
     if one_call is not None:  # checks and products in one extension call, where it applies
         grads = one_call(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
-                         need_db, not known_finite)
+                         need_db, not known_finite, x_sorted=x_sorted, y_sorted=y_sorted)
         if grads is not None:
             return tuple(g if need else x.new_empty(0) for g, need in zip(grads, (need_dx, need_dw, need_db)))
     if not (all_finite(bias, grad_y) if known_finite else all_finite(weight, bias, x, grad_y)):

@@ -13,7 +13,7 @@ unmasked sorted weights they mask per tile (:func:`prepare_triton`,
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -75,12 +75,20 @@ class Plan(NamedTuple):
     """The weight-free part of the C++ kernels' layout: the stable degree sorts, each sorted
     row's reach, ``blocks [nb, 4] = (row_begin, row_end, c0, c1)`` (every row of a block
     reaches ``[0, c0)``, the last reaches ``[0, c1)``) and whether both sorts are the
-    identity (degrees already in order: MADE's hidden layers, a natural-order input layer)."""
+    identity (degrees already in order: MADE's hidden layers, a natural-order input layer).
+    ``order_in`` / ``order_out``: each sort, or None where it is the identity (what the
+    training kernels take)."""
     perm_in: Tensor
     perm_out: Tensor
     row_reach: Tensor
     blocks: Tensor
     identity: bool
+    order_in: Optional[Tensor] = None
+    order_out: Optional[Tensor] = None
+
+
+def _unless_identity(perm: Tensor) -> Optional[Tensor]:
+    return None if torch.equal(perm, torch.arange(perm.numel(), dtype=perm.dtype)) else perm
 
 
 _PLANS: dict = {}  # (degree bytes, strict, max_blocks) -> Plan; a few entries (one per layer and mask set)
@@ -95,7 +103,9 @@ def plan(in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int 
     key = (din.numpy().tobytes(), dout.numpy().tobytes(), bool(strict), int(max_blocks))
     got = _PLANS.get(key)
     if got is None:
-        got = Plan(*_cpp().masked_linear_plan(din.contiguous(), dout.contiguous(), bool(strict), int(max_blocks)))
+        perm_in, perm_out, *rest = _cpp().masked_linear_plan(din.contiguous(), dout.contiguous(), bool(strict),
+                                                             int(max_blocks))
+        got = Plan(perm_in, perm_out, *rest, _unless_identity(perm_in), _unless_identity(perm_out))
         if len(_PLANS) >= _PLANS_MAX:
             try:  # the oldest entry (another thread may be evicting too)
                 _PLANS.pop(next(iter(_PLANS)), None)
@@ -225,15 +235,21 @@ def _train_kernels() -> str:
     return kernels() if kernels is not None else "blas"
 
 
-def _train_reach(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
-    """The staircase (``row_reach``) of a training call that the cpp backend runs in one extension
-    call per direction (``masked_linear_train_forward`` / ``_backward``): fp32 CPU tensors outside
-    torch.func transforms, the AVX-512 kernels, degrees already in order; else None."""
+def _train_plan(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
+                x_sorted: bool = False, y_sorted: bool = False):
+    """The :class:`Plan` of a training call that the cpp backend runs in one extension call per
+    direction (``masked_linear_train_forward`` / ``_backward``: its ``row_reach``, and
+    ``order_in`` / ``order_out`` where the degrees are not in order, which the kernels read
+    through, docs/DESIGN.md section 4): fp32 CPU tensors outside torch.func transforms, the
+    AVX-512 kernels, weights with unit column stride; else None. Also None where x or y is
+    already in a sorted order (``x_sorted`` / ``y_sorted``) that is not the caller's: the
+    kernels read x and write y in the caller's order."""
     if (x.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu" or not _avx512_runs(weight)
-            or transform_active()):
+            or transform_active() or weight.dim() != 2 or weight.stride(1) != 1
+            or weight.stride(0) < weight.shape[1]):
         return None
-    ip = _in_place_plan(weight, in_degrees, out_degrees, strict)
-    return None if ip is None else ip.row_reach
+    p = plan(in_degrees, out_degrees, strict)
+    return None if (x_sorted and p.order_in is not None) or (y_sorted and p.order_out is not None) else p
 
 
 # The optional stages ``train_forward`` / ``train_backward`` (dispatch.optional_launcher): a training
@@ -247,19 +263,22 @@ EVAL_MIN_ROWS = 16
 
 
 @register("masked_linear", "train_forward", "cpp", requires="masked_linear_train_forward", optional=True)
-def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, training=True):
+def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activation, training=True, x_sorted=False,
+                      y_sorted=False):
     """A training forward of the cpp backend in one call, checks included: y, or None where
     that path does not apply or x or the weight holds NaN/inf (nothing computed: the general
     path then gives the reference's NaNs, docs/DESIGN.md section 9). ``training=False``: a call that
     prepares nothing anew (``fresh_weights`` False: evaluation, or a graph for the bias alone), taken
-    from :data:`EVAL_MIN_ROWS` rows (else None), which leaves the cache alone."""
+    from :data:`EVAL_MIN_ROWS` rows (else None), which leaves the cache alone. ``x_sorted`` /
+    ``y_sorted`` (x's columns / y's units already in the degree sort's order): only where that sort
+    is the identity (else None)."""
     if not training and (x.dim() != 2 or x.shape[0] < EVAL_MIN_ROWS):
         return None
-    reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
-    if reach is None:
+    p = _train_plan(x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted)
+    if p is None or not (training or p.identity):  # (evaluation on unsorted degrees: the cached sorted copy)
         return None
-    y, ok = _cpp().masked_linear_train_forward(x, weight.detach(), None if bias is None else bias.detach(), reach,
-                                               ACTIVATIONS[activation])
+    y, ok = _cpp().masked_linear_train_forward(x, weight.detach(), None if bias is None else bias.detach(),
+                                               p.row_reach, ACTIVATIONS[activation], p.order_in, p.order_out)
     if ok and training:
         mark_training(weight)  # as the general path: an (unseen, fused) optimizer step follows
     return y if ok else None
@@ -267,15 +286,15 @@ def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activati
 
 @register("masked_linear", "train_backward", "cpp", requires="masked_linear_train_backward", optional=True)
 def cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, strict, activation, need_dx, need_dw,
-                       need_db, check_inputs):
+                       need_db, check_inputs, x_sorted=False, y_sorted=False):
     """Its backward: (dx, dw, db), or None where that path does not apply or grad_y or the bias
     (with ``check_inputs``, when the forward did not check them, also x or any weight) holds NaN/inf."""
-    reach = _train_reach(x, weight, in_degrees, out_degrees, strict)
-    if reach is None or grad_y.dtype != torch.float32 or grad_y.device.type != "cpu":
+    p = _train_plan(x, weight, in_degrees, out_degrees, strict, x_sorted, y_sorted)
+    if p is None or grad_y.dtype != torch.float32 or grad_y.device.type != "cpu":
         return None
     dx, dw, db, ok = _cpp().masked_linear_train_backward(
-        grad_y, x, y, weight.detach(), None if bias is None else bias.detach(), reach, ACTIVATIONS[activation],
-        need_dx, need_dw, need_db, check_inputs)
+        grad_y, x, y, weight.detach(), None if bias is None else bias.detach(), p.row_reach, ACTIVATIONS[activation],
+        need_dx, need_dw, need_db, check_inputs, p.order_in, p.order_out)
     if not ok:
         return None
     mark_training(weight)
