@@ -43,7 +43,8 @@ _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than
 # unsorted degrees, the weights' gather) makes the dense reference faster. Thresholds that hold on both
 # 2-core CPUs of the sweeps (an AMD EPYC, an Intel Xeon with AVX-512): README "Choosing a backend".
 AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of a dense layer, B * in * out
-                 "train_unsorted": 1 << 28}
+                 "train_unsorted": 1 << 28,  # unsorted degrees where the weights are gathered every step
+                 "train_unsorted_tiles": 1 << 27}  # ... read through the degree sorts by the AVX-512 tiles (fp32)
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "made_sample", "arrnn")  # arrnn: reference
 
@@ -57,17 +58,27 @@ class Work:
     sorted: bool
 
 
-def size_rule_says(op: str, work) -> Optional[str]:
+def _tiles_train_unsorted(dtype) -> bool:  # fp32 on AVX-512: the tiles read W through the degree sorts, no gather
+    kernels = getattr(_ext.get_ext(), "masked_linear_train_kernels", lambda: "blas")
+    return dtype in (None, torch.float32) and kernels() == "avx512"
+
+
+def size_rule_says(op: str, work, dtype=None) -> Optional[str]:
     """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (a :class:`Work`, or a
-    callable returning one, called only for the ops the rule covers; None: it need not)."""
+    callable returning one, called only for the ops the rule covers; None: it need not), for
+    parameters of ``dtype`` (None: fp32)."""
     if op not in SIZE_RULE_OPS or work is None:
         return None
     work = work() if callable(work) else work
     kind = ("train" if work.sorted else "train_unsorted") if work.training else "eval"
+    if kind == "train_unsorted" and _tiles_train_unsorted(dtype) and "train_unsorted_tiles" in AUTO_MIN_WORK:
+        kind = "train_unsorted_tiles"
     if work.macs < (need := AUTO_MIN_WORK[kind]):
         what = {"train": "training", "eval": "evaluation",
                 "train_unsorted": "training with unsorted degrees (a random order's input or output layer: the "
-                                  "kernels gather the weights every step)"}[kind]
+                                  "kernels gather the weights every step)",
+                "train_unsorted_tiles": "training with unsorted degrees (a random order's input or output layer: "
+                                        "the AVX-512 kernels read the weights through the degree sorts)"}[kind]
         return (f"too small: B*in*out per layer = {work.macs} < {need} ({what}; the kernels' fixed cost per "
                 "call makes the dense reference faster below this)")
     return None
@@ -338,7 +349,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
                 return "reference"
             raise BackendUnavailableError(f"cannot run {op} with backend={backend!r}: {_UNDER_FORWARD_AD}")
         picked = _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
-        return "reference" if auto and picked == "cpp" and size_rule_says(op, work) else picked
+        return "reference" if auto and picked == "cpp" and size_rule_says(op, work, dtype) else picked
     check_backend_name(backend)
     device = torch.device(device)
     if auto:
@@ -346,7 +357,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
         if picked == "reference" and (why := auto_rule_says(op, device)):
             _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
-        if picked == "cpp" and (why := size_rule_says(op, work)) is not None:
+        if picked == "cpp" and (why := size_rule_says(op, work, dtype)) is not None:
             _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
         _LAST_AUTO[0] = (op, picked, None)
@@ -372,15 +383,17 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     if picked == "reference" and (why := auto_rule_says(op, device)):
         lines.append(f"auto: reference - {why}")
     elif op in SIZE_RULE_OPS and picked == "cpp":
-        why = size_rule_says(op, work)
+        why = size_rule_says(op, work, dtype)
         if why is not None:
             lines.append(f"auto: reference - {why}")
         elif work is not None:
             lines.append("auto: cpp - large enough for the kernels (size rule: README, 'Choosing a backend')")
         else:
             lines.append("auto: cpp, or reference where the size rule says so (B*in*out per layer below "
-                         f"{AUTO_MIN_WORK['train']} in training, {AUTO_MIN_WORK['train_unsorted']} in training on "
-                         f"unsorted degrees, {AUTO_MIN_WORK['eval']} in evaluation); pass work=Work(...) for one case")
+                         f"{AUTO_MIN_WORK['train']} in training, "
+                         f"{AUTO_MIN_WORK['train_unsorted_tiles' if _tiles_train_unsorted(dtype) else 'train_unsorted']}"
+                         f" in training on unsorted degrees, {AUTO_MIN_WORK['eval']} in evaluation); pass "
+                         "work=Work(...) for one case")
     else:
         lines.append(f"auto: {picked}")
     return "\n".join(lines)

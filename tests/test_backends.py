@@ -55,7 +55,7 @@ def test_auto_skips_backends_without_kernels_for_the_dtype(dtype, monkeypatch):
         x = model.sample(2)
         assert model.last_backend == "reference"
         assert model.log_prob(x).dtype == dtype and model.last_backend == "reference"
-    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0})  # no size rule for this tiny MADE
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0, "train_unsorted_tiles": 0})  # no size rule for this tiny MADE
     made = af.MADE(4, [8], backend="auto", dtype=dtype)
     made.log_prob(torch.ones(2, 4, dtype=dtype))  # the masked layers take half precision
     assert made.last_backend == "cpp"

@@ -59,7 +59,7 @@ def test_train_backend_line_applies_the_size_rule(tmp_path, capsys, monkeypatch)
     text = capsys.readouterr().out
     assert "backend: auto -> reference (plain PyTorch; auto's size rule" in text and "too small" in text
     assert text.rstrip().splitlines()[-2].endswith("backend reference")
-    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0})
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0, "train_unsorted_tiles": 0})
     assert main(args + ["--out", str(tmp_path / "large")]) == 0
     text = capsys.readouterr().out
     assert "backend: auto -> cpp (compiled kernel)" in text and "backend cpp" in text

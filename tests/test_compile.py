@@ -100,7 +100,7 @@ def test_auto_under_compile_applies_the_size_rule(monkeypatch):
         layer = af.MaskedLinear(8, 16, torch.arange(8), torch.arange(16) % 8, backend="auto")
         yield layer, torch.randn(3, 8)
 
-    for thresholds, want in (({}, "reference"), ({"train": 0, "eval": 0, "train_unsorted": 0}, "cpp")):
+    for thresholds, want in (({}, "reference"), ({"train": 0, "eval": 0, "train_unsorted": 0, "train_unsorted_tiles": 0}, "cpp")):
         if thresholds:
             monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", thresholds)
         for model, x in models():

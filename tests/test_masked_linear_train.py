@@ -281,7 +281,13 @@ def test_auto_size_rule():
     assert resolve(small) == "reference"
     assert resolve(mid_sorted) == "cpp"
     assert resolve(mid_unsorted) == "reference"
-    assert resolve(dispatch.Work(128 * 784 * 2000, True, False)) == "reference"  # unsorted: from 2^28
+    # unsorted: from 2^27 where the AVX-512 tiles read W through the sorts (fp32), else from 2^28
+    tiles = dispatch._tiles_train_unsorted(torch.float32)
+    assert tiles == (launchers._train_kernels() == "avx512") and not dispatch._tiles_train_unsorted(torch.float64)
+    unsorted_200m = dispatch.Work(128 * 784 * 2000, True, False)
+    assert resolve(unsorted_200m) == ("cpp" if tiles else "reference")
+    assert dispatch.resolve_backend("auto", "masked_linear", "cpu", torch.float64, work=unsorted_200m) == "reference"
+    assert resolve(dispatch.Work(2 ** 27 - 1, True, False)) == "reference"
     assert resolve(big_unsorted) == "cpp"
     assert resolve(mid_eval, "made") == "reference"  # evaluation: the kernels win from a larger size
     assert resolve(big_eval, "made") == "cpp"
@@ -305,7 +311,7 @@ def test_auto_size_rule():
 def test_auto_size_rule_lets_large_models_take_the_kernels(monkeypatch):
     """With the threshold at 0 (every size counts as large) auto takes cpp for the modules
     whose degrees are sorted: the rule, not something else, chose the reference above."""
-    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0})
+    monkeypatch.setattr(dispatch, "AUTO_MIN_WORK", {"train": 0, "eval": 0, "train_unsorted": 0, "train_unsorted_tiles": 0})
     for model in (af.FVSBN(8, backend="auto"), af.MADE(8, [16], backend="auto")):
         model.log_prob(torch.ones(2, 8))
         assert model.last_backend == "cpp", type(model).__name__

@@ -33,6 +33,7 @@ bool runs(bool in_place, const at::Tensor& x, const at::Tensor& row_reach, int64
 struct Order {
   const int32_t* in = nullptr;
   const int32_t* out = nullptr;
+  const int32_t* in_inverse = nullptr;  // with in: the caller's input c is sorted column in_inverse[c]
   int64_t unit(int64_t i) const { return out != nullptr ? out[i] : i; }
   int64_t input(int64_t k) const { return in != nullptr ? in[k] : k; }
 };

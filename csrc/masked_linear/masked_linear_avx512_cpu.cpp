@@ -110,6 +110,41 @@ void scatter_columns(const float* src, int64_t B, int64_t n, const int32_t* orde
   });
 }
 
+// grad_input's products where the inputs are out of order: dx [B, I] (sorted inputs) = g @ (W * M)
+// by chunks of kKC units. Each chunk's rows of W are gathered whole into sorted order (a row read
+// once, not once per 32-input panel through gathers that each touch 16 lines), then every panel the
+// chunk reaches adds its product; gt: g packed by batch tiles as in grad_input.
+void unsorted_grad_input(const float* gt, int64_t B, const float* W, int64_t ldw, int64_t O, int64_t I,
+                         const int64_t* reach, float* dx, bool serial, Order order) {
+  std::fill(dx, dx + B * I, 0.0f);
+  for (int64_t c0 = first_reaching(reach, O); c0 < O; c0 += kKC) {
+    const int64_t kc = std::min<int64_t>(kKC, O - c0), cend = reach[c0 + kc - 1];
+    const int64_t ld = (cend + kNR - 1) / kNR * kNR;  // the chunk's rows, zero-padded to whole panels
+    const std::unique_ptr<float[]> block = scratch(kc * ld);
+    ml_threads::parallel_runs(std::vector<double>(kc, 1.0), serial, [&](int64_t m) {
+      float* dst = block.get() + m * ld;
+      gather_row(W + order.unit(c0 + m) * ldw, order.in, reach[c0 + m], dst);
+      std::fill(dst + (reach[c0 + m] + 15) / 16 * 16, dst + ld, 0.0f);
+    });
+    const int64_t npanels = ld / kNR;
+    std::vector<double> cost;
+    for (int64_t p = 0; p < npanels; ++p) {  // the chunk's units reaching the panel
+      cost.push_back(static_cast<double>(c0 + kc - (std::upper_bound(reach + c0, reach + c0 + kc, p * kNR) - reach)) + 1);
+    }
+    ml_threads::parallel_runs(cost, serial, [&](int64_t p) {
+      const int64_t k0 = p * kNR, jb = std::upper_bound(reach + c0, reach + c0 + kc, k0) - reach;
+      for (int64_t b0 = 0; b0 < B; b0 += kMR) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMR, B - b0));
+        with_rows(rows, [&](auto r) {
+          grad_input_tile<decltype(r)::value, 2>(gt + b0 * O + jb * rows, block.get() + (jb - c0) * ld + k0, ld,
+                                                 c0 + kc - jb, std::min<int64_t>(kNR, I - k0), dx + b0 * I + k0, I,
+                                                 true);
+        });
+      }
+    });
+  }
+}
+
 }  // namespace
 
 void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw, int64_t O, int64_t I,
@@ -204,6 +239,11 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
       for (int64_t m = 0; m < rows; ++m) dst[j * rows + m] = g[(b0 + m) * O + unit];
     }
   });
+  if (order.in) {  // inputs out of order: by chunks of units instead (unsorted_grad_input), then dx unsorted
+    unsorted_grad_input(gt.get(), B, W, ldw, O, I, reach, dx, serial, order);
+    scatter_columns(dx, B, I, order.in, dx_out, serial);
+    return;
+  }
   std::vector<double> cost;
   for (int64_t p = 0; p < npanels; ++p) {
     const int64_t jb = std::upper_bound(reach, reach + O, p * kNR) - reach;
@@ -217,14 +257,9 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
     for (int64_t j = jb; j < O; ++j) {
       const int64_t lim = std::min(reach[j] - k0, width);
       float* dst = wp.get() + (j - jb) * kNR;
-      const float* row = W + order.unit(j) * ldw;
-      if (order.in) {
-        _mm512_storeu_ps(dst, load_lanes(row, order.in + k0, lim));
-        _mm512_storeu_ps(dst + 16, load_lanes(row, order.in + k0 + 16, lim - 16));
-      } else {
-        _mm512_storeu_ps(dst, load_lanes(row + k0, nullptr, lim));
-        _mm512_storeu_ps(dst + 16, load_lanes(row + k0 + 16, nullptr, lim - 16));
-      }
+      const float* row = W + order.unit(j) * ldw + k0;
+      _mm512_storeu_ps(dst, load_lanes(row, nullptr, lim));
+      _mm512_storeu_ps(dst + 16, load_lanes(row + 16, nullptr, lim - 16));
     }
     // the units in chunks of kKC: a chunk's panel and the tile's g stay in L1 over the batch tiles
     for (int64_t c0 = jb; c0 < O || c0 == jb; c0 += kKC) {
@@ -232,7 +267,7 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
       for (int64_t b0 = 0; b0 < B; b0 += kMR) {
         const int rows = static_cast<int>(std::min<int64_t>(kMR, B - b0));
         with_rows(rows, [&](auto r) {
-          grad_input_tile<decltype(r)::value, 2>(gt.get() + b0 * O + c0 * rows, wp.get() + (c0 - jb) * kNR, kc,
+          grad_input_tile<decltype(r)::value, 2>(gt.get() + b0 * O + c0 * rows, wp.get() + (c0 - jb) * kNR, kNR, kc,
                                                  width, dx + b0 * I + k0, I, c0 > jb);
         });
       }
@@ -265,11 +300,13 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
   auto dw_row = [&](int64_t j) { return dw + order.unit(j) * I; };  // sorted row j of dW
   for (int64_t j = 0; j < z; ++j) std::fill(dw_row(j), dw_row(j) + I, 0.0f);
   const int64_t ntiles = (O - z + kMR - 1) / kMR;
-  auto tile = [&](const float* gp, int64_t t, int64_t k0) {
+  // tile t's product with x's panel at k0 into dw's rows (dst: dw, its rows through order.out; or, inputs
+  // out of order, the tile's [rows, ld] block in sorted order)
+  auto tile = [&](const float* gp, int64_t t, int64_t k0, float* dst, int64_t ld, bool block) {
     const int64_t j0 = z + t * kMR;
     with_rows(static_cast<int>(std::min<int64_t>(kMR, O - j0)), [&](auto r) {
       grad_weight_tile<decltype(r)::value, 2>(gp, xp.get() + k0 * B, B, reach + j0, k0, std::min<int64_t>(kNR, I - k0),
-                                              dw, I, j0, order);
+                                              dst, ld, block ? 0 : j0, block ? nullptr : order.out);
     });
   };
   auto pack_g = [&](int64_t t, float* dst) {  // g's columns of tile t, [B, rows]
@@ -281,7 +318,7 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
       _mm512_mask_storeu_ps(dst + b * rows, units, v);
     }
   };
-  if (B * (O - z) * 4 <= kPanelFirstBytes) {
+  if (order.in == nullptr && B * (O - z) * 4 <= kPanelFirstBytes) {
     // g packed by tiles fits L2: each panel of 32 inputs over the tiles that reach it (the panel
     // stays in L1); rows before the first such tile are zero there, the rest masked at each reach.
     const std::unique_ptr<float[]> gp = scratch(B * (O - z));
@@ -301,13 +338,15 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     ml_threads::parallel_runs(cost, serial, [&](int64_t p) {
       const int64_t k0 = p * kNR, width = std::min<int64_t>(kNR, I - k0);
       const int64_t t0 = p < npanels ? first_tile(k0) : ntiles;
-      for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) zero_lanes(dw_row(j), order.in, k0, k0 + width);
-      for (int64_t t = t0; t < ntiles; ++t) tile(gp.get() + t * kMR * B, t, k0);
+      for (int64_t j = z; j < std::min(O, z + t0 * kMR); ++j) std::fill(dw_row(j) + k0, dw_row(j) + k0 + width, 0.0f);
+      for (int64_t t = t0; t < ntiles; ++t) tile(gp.get() + t * kMR * B, t, k0, dw, I, false);
     });
     return;
   }
-  // Else each tile of units over the panels it reaches (its columns of g stay in L1, x's panels
-  // come from L2), then zeros to the end of its rows.
+  // Else (and wherever the inputs are out of order) each tile of units over the panels it reaches
+  // (its columns of g stay in L1, x's panels come from L2), then zeros to the end of its rows; inputs
+  // out of order: the tile's rows in sorted order into a block, then each row written whole in the
+  // caller's order (scattered stores to dW's lines would each fetch a line, out of the prefetchers' reach).
   std::vector<double> cost;
   for (int64_t t = 0; t < ntiles; ++t) {  // its products, plus (about 0.15 of a product) zeroing the rest
     const double panels = std::ceil(static_cast<double>(reach[std::min(O, z + (t + 1) * kMR) - 1]) / kNR);
@@ -318,8 +357,14 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const std::unique_ptr<float[]> gp = scratch(B * rows);
     pack_g(t, gp.get());
     const int64_t end = std::min(I, (reach[j0 + rows - 1] + kNR - 1) / kNR * kNR);  // panels computed: [0, end)
-    for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.get(), t, k0);
-    for (int64_t j = j0; j < j0 + rows; ++j) zero_lanes(dw_row(j), order.in, end, I);
+    if (order.in) {
+      const std::unique_ptr<float[]> block = scratch(rows * end);
+      for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.get(), t, k0, block.get(), end, true);
+      for (int64_t m = 0; m < rows; ++m) unsort_row(block.get() + m * end, order.in_inverse, reach[j0 + m], I, dw_row(j0 + m));
+      return;
+    }
+    for (int64_t k0 = 0; k0 < end; k0 += kNR) tile(gp.get(), t, k0, dw, I, false);
+    for (int64_t j = j0; j < j0 + rows; ++j) std::fill(dw_row(j) + end, dw_row(j) + I, 0.0f);
   });
 }
 

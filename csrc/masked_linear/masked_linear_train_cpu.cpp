@@ -132,16 +132,20 @@ std::vector<int32_t> order_indices(const std::optional<at::Tensor>& perm, int64_
   return out;
 }
 
-struct LayerOrder {  // the int32 permutations and the Order that points into them
-  std::vector<int32_t> in, out;
+struct LayerOrder {  // the int32 permutations (and perm_in's inverse) and the Order that points into them
+  std::vector<int32_t> in, out, in_inverse;
   ml_avx512::Order order() const {
-    return {in.empty() ? nullptr : in.data(), out.empty() ? nullptr : out.data()};
+    return {in.empty() ? nullptr : in.data(), out.empty() ? nullptr : out.data(),
+            in.empty() ? nullptr : in_inverse.data()};
   }
 };
 
 LayerOrder layer_order(const std::optional<at::Tensor>& perm_in, const std::optional<at::Tensor>& perm_out,
                        const at::Tensor& w) {
-  return {order_indices(perm_in, w.size(1), "perm_in"), order_indices(perm_out, w.size(0), "perm_out")};
+  LayerOrder order{order_indices(perm_in, w.size(1), "perm_in"), order_indices(perm_out, w.size(0), "perm_out"), {}};
+  order.in_inverse.resize(order.in.size());
+  for (size_t k = 0; k < order.in.size(); ++k) order.in_inverse[order.in[k]] = static_cast<int32_t>(k);
+  return order;
 }
 
 void check_layer(const at::Tensor& x, const at::Tensor& w, const at::Tensor& row_reach) {

@@ -367,7 +367,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     check_bool("strict", strict)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    backend = dispatch.resolve_backend(backend, "masked_linear", x.device,
+    backend = dispatch.resolve_backend(backend, "masked_linear", x.device, weight.dtype,
                                        work=lambda: auto_work(x, weight, bias, in_degrees, out_degrees))
     if backend == "reference":
         mask = degree_mask_for(in_degrees, out_degrees, strict, weight.dtype, weight.device)
