@@ -169,11 +169,15 @@ def test_strided_bias_and_upstream_gradient_match_reference():
 
 
 @pytest.mark.parametrize("act", ["relu", "elu", "tanh"])
-def test_nonfinite_values_on_sorted_layers_match_reference(act):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_nonfinite_values_match_reference(act, shuffled):
     """NaN/inf in x, in a masked-out or a connected weight, in the bias or upstream gradient: the
-    reference's NaN pattern, and the backward says it ran the reference's (DESIGN.md section 9)."""
+    reference's NaN pattern, and the backward says it ran the reference's (DESIGN.md section 9);
+    on sorted degrees and on shuffled ones."""
     g = torch.Generator().manual_seed(8)
     din, dout = torch.arange(1, 33), torch.randint(0, 34, (24,), generator=g).sort().values
+    if shuffled:
+        din, dout = din[torch.randperm(32, generator=g)], dout[torch.randperm(24, generator=g)]
     mask = degree_mask(din, dout, False, torch.float32)
     for where in ("x", "w_masked", "w_connected", "bias", "grad"):
         x = torch.randn(13, 32, generator=g)
