@@ -52,10 +52,12 @@ OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "m
 @dataclass(frozen=True)
 class Work:
     """What ``auto``'s size rule looks at: ``macs`` (B * in * out of a masked layer; a MADE's mean over its
-    layers), ``training`` (a graph is recorded) and ``sorted`` (every layer's degrees sorted: no gather)."""
+    layers), ``training`` (a graph is recorded), ``sorted`` (every layer's degrees sorted: no gather) and
+    ``dtype`` (the parameters'; None: fp32)."""
     macs: int
     training: bool
     sorted: bool
+    dtype: Optional[torch.dtype] = None
 
 
 def _tiles_train_unsorted(dtype) -> bool:  # fp32 on AVX-512: the tiles read W through the degree sorts, no gather
@@ -63,15 +65,14 @@ def _tiles_train_unsorted(dtype) -> bool:  # fp32 on AVX-512: the tiles read W t
     return dtype in (None, torch.float32) and kernels() == "avx512"
 
 
-def size_rule_says(op: str, work, dtype=None) -> Optional[str]:
+def size_rule_says(op: str, work) -> Optional[str]:
     """Why ``auto`` takes the reference instead of the C++ kernels for ``work`` (a :class:`Work`, or a
-    callable returning one, called only for the ops the rule covers; None: it need not), for
-    parameters of ``dtype`` (None: fp32)."""
+    callable returning one, called only for the ops the rule covers; None: it need not)."""
     if op not in SIZE_RULE_OPS or work is None:
         return None
     work = work() if callable(work) else work
     kind = ("train" if work.sorted else "train_unsorted") if work.training else "eval"
-    if kind == "train_unsorted" and _tiles_train_unsorted(dtype) and "train_unsorted_tiles" in AUTO_MIN_WORK:
+    if kind == "train_unsorted" and _tiles_train_unsorted(work.dtype) and "train_unsorted_tiles" in AUTO_MIN_WORK:
         kind = "train_unsorted_tiles"
     if work.macs < (need := AUTO_MIN_WORK[kind]):
         what = {"train": "training", "eval": "evaluation",
@@ -349,7 +350,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
                 return "reference"
             raise BackendUnavailableError(f"cannot run {op} with backend={backend!r}: {_UNDER_FORWARD_AD}")
         picked = _auto_when_compiling(op, torch.device(device).type, dtype) if auto else backend
-        return "reference" if auto and picked == "cpp" and size_rule_says(op, work, dtype) else picked
+        return "reference" if auto and picked == "cpp" and size_rule_says(op, work) else picked
     check_backend_name(backend)
     device = torch.device(device)
     if auto:
@@ -357,7 +358,7 @@ def resolve_backend(backend: str, op: str, device: torch.device, dtype=None, wor
         if picked == "reference" and (why := auto_rule_says(op, device)):
             _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
-        if picked == "cpp" and (why := size_rule_says(op, work, dtype)) is not None:
+        if picked == "cpp" and (why := size_rule_says(op, work)) is not None:
             _LAST_AUTO[0] = (op, "reference", why)
             return "reference"
         _LAST_AUTO[0] = (op, picked, None)
@@ -383,7 +384,7 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     if picked == "reference" and (why := auto_rule_says(op, device)):
         lines.append(f"auto: reference - {why}")
     elif op in SIZE_RULE_OPS and picked == "cpp":
-        why = size_rule_says(op, work, dtype)
+        why = size_rule_says(op, work)
         if why is not None:
             lines.append(f"auto: reference - {why}")
         elif work is not None:

@@ -133,7 +133,8 @@ def test_sizes_headline_sweep_and_overrides():
         (500, "input", "random"), (2000, "input", "random"), (2000, "hidden", "random"), (500, "input", "natural"),
         (2000, "input", "natural")]
     assert bench.sizes("made train", cfg) == [{"B": 100, "D": 784, "hidden": (500,)},
-                                              {"B": 100, "D": 784, "hidden": (2000, 2000)}]
+                                              {"B": 100, "D": 784, "hidden": (2000, 2000)},
+                                              {"B": 100, "D": 784, "hidden": (500,), "order": "random"}]
     assert bench.sizes("made", cfg) == [{"B": 128, "D": 784, "hidden": (2000, 2000)}]
     assert bench.sizes("made sample", cfg) == [{"n": 16, "D": 784, "hidden": (2000, 2000)}]
     sweep = bench.sizes("nade", bench.BenchConfig(device="cpu", sweep=True))

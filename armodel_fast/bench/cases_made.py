@@ -11,7 +11,8 @@ module on every kernel backend. ``made fwd`` returns the logits without grad
 step, log p(x) and its gradient, each parameter's version bumped before the
 call as after an optimizer step. ``made train``: one whole training step through the
 public API (``-log_prob(x).mean()``, backward, ``torch.optim.Adam(fused=True)`` step) of
-``af.MADE(784, hidden)`` at hidden [500] and [2000, 2000], batch 100, on each
+``af.MADE(784, hidden)`` at hidden [500] and [2000, 2000], batch 100, with the natural order
+and (``order="random"``: the input and output layers' degrees unsorted) a random one, on each
 backend (the reference backend is the ratio's baseline). Sampling: the reference D-pass sampler
 (seconds: one timed call), the same passes compiled, and each kernel backend.
 """
@@ -24,14 +25,17 @@ from .core import EVAL_INFO, BenchConfig, Family, Row, compile_skip, forward_bac
 
 _size = lambda B, D, H: {"B": B, "D": D, "hidden": (H, H)}  # noqa: E731
 _samples = lambda n, D, H: {"n": n, "D": D, "hidden": (H, H)}  # noqa: E731
-_train = lambda B, D, *hidden: {"B": B, "D": D, "hidden": tuple(hidden)}  # noqa: E731
+_train = lambda B, D, *hidden, order=None: {"B": B, "D": D, "hidden": tuple(hidden),  # noqa: E731
+                                            **({"order": order} if order else {})}  # order: natural unless given
 
 SIZES = {
     "made": {"headline": [_size(128, 784, 2000)],
              "sweep": [_size(128, 196, 500), _size(128, 784, 500), _size(128, 784, 2000)],
              "quick": [_size(4, 8, 16)], "quick_sweep": [_size(4, 8, 16), _size(4, 12, 16)]},
-    "made train": {"headline": [_train(100, 784, 500), _train(100, 784, 2000, 2000)],
-                   "sweep": [_train(100, 196, 500), _train(100, 784, 500), _train(100, 784, 2000, 2000)],
+    "made train": {"headline": [_train(100, 784, 500), _train(100, 784, 2000, 2000),
+                                _train(100, 784, 500, order="random")],
+                   "sweep": [_train(100, 196, 500), _train(100, 784, 500), _train(100, 784, 2000, 2000),
+                             _train(100, 784, 500, order="random"), _train(100, 784, 2000, 2000, order="random")],
                    "quick": [_train(4, 8, 16)], "quick_sweep": [_train(4, 8, 16), _train(4, 12, 16, 16)]},
     "made sample": {"headline": [_samples(16, 784, 2000)],
                     "sweep": [_samples(16, 196, 500), _samples(16, 784, 500), _samples(16, 784, 2000)],
@@ -41,12 +45,13 @@ TRAIN_INFO = "parameter versions bumped before each call, as after an optimizer 
 
 
 def setup(cfg: BenchConfig, s: dict, backend: str = "reference"):
-    """``af.MADE(D, hidden)`` (weights from ``cfg.seed``), x [B, D] in {0, 1} or u [n, D]."""
+    """``af.MADE(D, hidden, order=s.get("order"))`` (weights and a random order from ``cfg.seed``),
+    x [B, D] in {0, 1} or u [n, D]."""
     from ..nn import MADE
 
     n = s.get("B", s.get("n"))
     with seeded(cfg.seed):
-        model = MADE(s["D"], list(s["hidden"]), seed=cfg.seed).to(cfg.device)
+        model = MADE(s["D"], list(s["hidden"]), order=s.get("order"), seed=cfg.seed).to(cfg.device)
         x = torch.bernoulli(torch.full((n, s["D"]), 0.5)).to(cfg.device)
         u = torch.rand(n, s["D"]).to(cfg.device)
     if backend != "reference":

@@ -241,12 +241,12 @@ class MADE(AutoregressiveModel):
         training = torch.is_grad_enabled() and any(p.requires_grad for m in layers for p in m.parameters(False))
         macs = batch * sum(m.in_features * m.out_features for m in layers) // len(layers)  # each layer pays a call
         if torch.compiler.is_compiling():  # the degrees' values unread (a graph break): sized as sorted
-            return Work(macs, training, True)
+            return Work(macs, training, True, self._param().dtype)
         degrees = [d for m in layers for d in (m._buffers["in_degrees"], m._buffers["out_degrees"])]
         stamp = tuple((id(d), d._version) for d in degrees)  # the degrees change by set_mask / load_state_dict
         if getattr(self, "_sorted_memo", (None,))[0] != stamp:
             self._sorted_memo = (stamp, all(degrees_sorted(d) for d in degrees))
-        return Work(macs, training, self._sorted_memo[1])
+        return Work(macs, training, self._sorted_memo[1], self._param().dtype)
 
     def _param(self) -> torch.Tensor:  # device and dtype: read on every call, without walking the modules
         return layer_param(self._modules["output"])

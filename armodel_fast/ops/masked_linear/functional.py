@@ -314,7 +314,8 @@ def auto_work(x: Tensor, weight: Tensor, bias, in_degrees: Tensor, out_degrees: 
     under torch.compile the degrees' values are not read (a graph break): sized as sorted."""
     n_out, n_in = weight.shape
     return dispatch.Work(x.numel() // max(n_in, 1) * n_in * n_out, _records_graph(x, weight, bias),
-                         torch.compiler.is_compiling() or (degrees_sorted(in_degrees) and degrees_sorted(out_degrees)))
+                         torch.compiler.is_compiling() or (degrees_sorted(in_degrees) and degrees_sorted(out_degrees)),
+                         weight.dtype)
 
 
 def _check_degrees(name: str, d, n: int) -> Tensor:
@@ -367,7 +368,7 @@ def masked_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], in_degrees:
     check_bool("strict", strict)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    backend = dispatch.resolve_backend(backend, "masked_linear", x.device, weight.dtype,
+    backend = dispatch.resolve_backend(backend, "masked_linear", x.device,
                                        work=lambda: auto_work(x, weight, bias, in_degrees, out_degrees))
     if backend == "reference":
         mask = degree_mask_for(in_degrees, out_degrees, strict, weight.dtype, weight.device)
