@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -42,9 +42,8 @@ _SLOWER_ON_GPU = ("on CUDA tensors the masked-layer kernels measured slower than
 # ``auto``'s size rule on the CPU: below a size the kernels' fixed cost per call (and, in training on
 # unsorted degrees, the weights' gather) makes the dense reference faster. Thresholds that hold on both
 # 2-core CPUs of the sweeps (an AMD EPYC, an Intel Xeon with AVX-512): README "Choosing a backend".
-AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26,  # multiply-adds of a dense layer, B * in * out
-                 "train_unsorted": 1 << 28,  # unsorted degrees where the weights are gathered every step
-                 "train_unsorted_tiles": 1 << 27}  # ... read through the degree sorts by the AVX-512 tiles (fp32)
+AUTO_MIN_WORK = {"train": 1 << 25, "eval": 1 << 26, "train_unsorted": 1 << 28,  # B * in * out (a dense layer's
+                 "train_unsorted_tiles": 1 << 27}  # multiply-adds); unsorted degrees: W gathered / read by the tiles
 SIZE_RULE_OPS = ("masked_linear", "made", "fvsbn")
 OPS = ("nade", "categorical_nade", "rnade", "masked_linear", "fvsbn", "made", "made_sample", "arrnn")  # arrnn: reference
 
@@ -61,8 +60,8 @@ class Work:
 
 
 def _tiles_train_unsorted(dtype) -> bool:  # fp32 on AVX-512: the tiles read W through the degree sorts, no gather
-    kernels = getattr(_ext.get_ext(), "masked_linear_train_kernels", lambda: "blas")
-    return dtype in (None, torch.float32) and kernels() == "avx512"
+    from .ops.masked_linear.launchers import tiles_take_unsorted  # (it imports this module: not at the top)
+    return dtype in (None, torch.float32) and tiles_take_unsorted()
 
 
 def size_rule_says(op: str, work) -> Optional[str]:
@@ -373,6 +372,7 @@ def explain(op: str, device="cpu", dtype=None, work: Optional[Work] = None) -> s
     """One line per backend saying whether it would run ``op`` on ``device`` (for ``dtype``
     parameters, when given) and why not, then what ``auto`` picks and, where a rule chose the reference
     (the GPU rule; the CPU size rule for ``masked_linear`` / ``fvsbn`` / ``made`` given ``work``), why."""
+    work = work if work is None or dtype is None or work.dtype is not None else replace(work, dtype=dtype)
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     device = torch.device(device)

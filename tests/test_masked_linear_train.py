@@ -288,6 +288,8 @@ def test_auto_size_rule():
     assert resolve(unsorted_200m) == ("cpp" if tiles else "reference")
     assert resolve(dispatch.Work(128 * 784 * 2000, True, False, torch.float64)) == "reference"  # fp64: gathered
     assert resolve(dispatch.Work(2 ** 27 - 1, True, False)) == "reference"
+    # explain's dtype fills in a Work that has none
+    assert "auto: reference" in af.explain("masked_linear", "cpu", torch.float64, work=unsorted_200m)
     assert resolve(big_unsorted) == "cpp"
     assert resolve(mid_eval, "made") == "reference"  # evaluation: the kernels win from a larger size
     assert resolve(big_eval, "made") == "cpp"

@@ -61,7 +61,7 @@ def test_the_entries_check_the_permutations_before_any_product():
            "a negative index": p.order_in.clone().index_fill_(0, torch.tensor([0]), -1),
            "the wrong length": p.order_in[:-1].contiguous(),
            "int32": p.order_in.int(),
-           "a strided view": torch.arange(80)[::2]}
+           "a strided view": torch.stack([p.order_in, p.order_in], 1)[:, 0]}  # (a permutation, not contiguous)
     for what, perm in bad.items():
         with pytest.raises(ValueError, match="perm_in"):
             EXT.masked_linear_train_forward(x, w, b, p.row_reach, 0, perm, p.order_out)
@@ -132,3 +132,42 @@ def test_random_order_made_training_steps_match_the_reference(monkeypatch, hidde
     layers = len(hidden) + 1
     assert counting.calls == {"masked_linear_train_forward": 5 * layers, "masked_linear_train_backward": 5 * layers,
                               "masked_linear_prepare": 0}
+
+
+def _old_forward(*args):
+    """An older build's entry, without the degree sorts."""
+    assert len(args) == 5, len(args)
+    return EXT.masked_linear_train_forward(*args)
+
+
+def _old_backward(*args):
+    """An older build's entry, without the degree sorts."""
+    assert len(args) == 11, len(args)
+    return EXT.masked_linear_train_backward(*args)
+
+
+class _OlderBuild:
+    """The extension as built before the entries took the degree sorts."""
+    masked_linear_train_forward = staticmethod(_old_forward)
+    masked_linear_train_backward = staticmethod(_old_backward)
+
+    def __getattr__(self, name):
+        return getattr(EXT, name)
+
+
+def test_an_older_build_keeps_unsorted_layers_on_the_general_path(monkeypatch):
+    """An in-place build from before this change has the one-call entries without perm_in /
+    perm_out: sorted layers still take them (no extra arguments), unsorted ones the general
+    path, and auto's rule for unsorted degrees stays at the gathered path's threshold."""
+    old = _OlderBuild()
+    monkeypatch.setattr(_ext, "get_ext", lambda: old)
+    monkeypatch.setattr(launchers, "_cpp", lambda: old)
+    launchers.tiles_take_unsorted.cache_clear()
+    try:
+        assert not launchers.tiles_take_unsorted() and not af.dispatch._tiles_train_unsorted(torch.float32)
+        for order in ORDERS:
+            check(30, 40, 20, 10, False, "relu", True, seed=1, order=order)
+    finally:
+        monkeypatch.undo()
+        launchers.tiles_take_unsorted.cache_clear()  # (not to keep the older build's answer)
+    assert launchers.tiles_take_unsorted()

@@ -273,7 +273,6 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
       }
     }
   });
-  if (order.in) scatter_columns(dx, B, I, order.in, dx_out, serial);
 }
 
 void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t O, int64_t I, const int64_t* reach,

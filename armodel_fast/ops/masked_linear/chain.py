@@ -49,7 +49,7 @@ class _MaskedChain(torch.autograd.Function):
         for layer, w, b in zip(layers, params[0::2], params[1::2]):
             inputs.append(h)
             y, ok = ext.masked_linear_train_forward(h, w.detach(), None if b is None else b.detach(), layer.reach,
-                                                    ACTIVATIONS[layer.act], layer.order_in, layer.order_out)
+                                                    ACTIVATIONS[layer.act], *layer.orders)
             if ok:
                 mark_training(w)  # as the chained path: an (unseen, fused) optimizer step follows
             else:  # NaN/inf in h or W: this layer's general path gives the reference's NaNs
@@ -81,7 +81,7 @@ class _MaskedChain(torch.autograd.Function):
             if not recorded:
                 dx, dw, db, ok = _launchers._cpp().masked_linear_train_backward(
                     grad, inputs[i], outputs[i], w.detach(), None if b is None else b.detach(), layer.reach,
-                    ACTIVATIONS[layer.act], *need, not ctx.finite[i], layer.order_in, layer.order_out)
+                    ACTIVATIONS[layer.act], *need, not ctx.finite[i], *layer.orders)
                 got = (dx, dw, db) if ok else None
                 if ok:
                     mark_training(w)  # as the per-layer backward: an (unseen, fused) optimizer step may follow
@@ -116,5 +116,5 @@ def masked_chain(x: Tensor, layers) -> Optional[Tensor]:
         if p is None:
             return None
         chain.append(_Layer(din=din.clone(), dout=dout.clone(), strict=strict, act=act, reach=p.row_reach,
-                            order_in=p.order_in, order_out=p.order_out))
+                            orders=_launchers.train_orders(p)))
     return _MaskedChain.apply(x, chain, *params)

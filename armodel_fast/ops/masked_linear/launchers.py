@@ -235,6 +235,20 @@ def _train_kernels() -> str:
     return kernels() if kernels is not None else "blas"
 
 
+@functools.lru_cache(maxsize=None)
+def tiles_take_unsorted() -> bool:
+    """Whether the one-call training entries here read unsorted degrees through the degree sorts: the
+    AVX-512 kernels, in a build whose entries take ``perm_in`` / ``perm_out`` (an older one: sorted only)."""
+    entry = getattr(_ext.get_ext(), "masked_linear_train_forward", None)
+    return entry is not None and _train_kernels() == "avx512" and "perm_in" in (entry.__doc__ or "")
+
+
+def train_orders(p: Plan) -> tuple:
+    """The one-call entries' trailing ``(perm_in, perm_out)`` arguments for plan ``p``: none where both
+    sorts are the identity (so that an older build, which lacks them, still runs sorted layers)."""
+    return () if p.identity else (p.order_in, p.order_out)
+
+
 def _train_plan(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool,
                 x_sorted: bool = False, y_sorted: bool = False):
     """The :class:`Plan` of a training call that the cpp backend runs in one extension call per
@@ -249,7 +263,10 @@ def _train_plan(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tens
             or weight.stride(0) < weight.shape[1]):
         return None
     p = plan(in_degrees, out_degrees, strict)
-    return None if (x_sorted and p.order_in is not None) or (y_sorted and p.order_out is not None) else p
+    if not p.identity and (not tiles_take_unsorted() or (x_sorted and p.order_in is not None)
+                           or (y_sorted and p.order_out is not None)):
+        return None
+    return p
 
 
 # The optional stages ``train_forward`` / ``train_backward`` (dispatch.optional_launcher): a training
@@ -278,7 +295,7 @@ def cpp_train_forward(x, weight, bias, in_degrees, out_degrees, strict, activati
     if p is None or not (training or p.identity):  # (evaluation on unsorted degrees: the cached sorted copy)
         return None
     y, ok = _cpp().masked_linear_train_forward(x, weight.detach(), None if bias is None else bias.detach(),
-                                               p.row_reach, ACTIVATIONS[activation], p.order_in, p.order_out)
+                                               p.row_reach, ACTIVATIONS[activation], *train_orders(p))
     if ok and training:
         mark_training(weight)  # as the general path: an (unseen, fused) optimizer step follows
     return y if ok else None
@@ -294,7 +311,7 @@ def cpp_train_backward(grad_y, x, weight, y, bias, in_degrees, out_degrees, stri
         return None
     dx, dw, db, ok = _cpp().masked_linear_train_backward(
         grad_y, x, y, weight.detach(), None if bias is None else bias.detach(), p.row_reach, ACTIVATIONS[activation],
-        need_dx, need_dw, need_db, check_inputs, p.order_in, p.order_out)
+        need_dx, need_dw, need_db, check_inputs, *train_orders(p))
     if not ok:
         return None
     mark_training(weight)
