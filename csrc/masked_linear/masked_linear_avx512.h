@@ -35,7 +35,6 @@ struct Order {
   const int32_t* out = nullptr;
   const int32_t* in_inverse = nullptr;  // with in: the caller's input c is sorted column in_inverse[c]
   int64_t unit(int64_t i) const { return out != nullptr ? out[i] : i; }
-  int64_t input(int64_t k) const { return in != nullptr ? in[k] : k; }
 };
 
 // Tensor-level entry points (masked_linear_train_cpu.cpp): y [B, O] = x @ (W * M).T + bias (no

@@ -162,9 +162,8 @@ void forward(const float* x, int64_t ldx, int64_t B, const float* W, int64_t ldw
     const int64_t p = item / kblocks, k0 = (item % kblocks) * 16, b0 = p * kNR, wd = panel_width(p);
     for (int64_t c0 = 0; c0 < wd; c0 += 16) {
       const int rows = static_cast<int>(std::clamp<int64_t>(B - b0 - c0, 0, 16));
-      transpose_block(x + (b0 + c0) * ldx + (order.in ? 0 : k0), ldx, rows,
-                      static_cast<int>(std::min<int64_t>(16, cmax - k0)), xt.get() + b0 * cmax + k0 * wd + c0, wd,
-                      order.in ? order.in + k0 : nullptr);
+      transpose_block(x + (b0 + c0) * ldx, ldx, k0, rows, static_cast<int>(std::min<int64_t>(16, cmax - k0)),
+                      xt.get() + b0 * cmax + k0 * wd + c0, wd, order.in);
     }
   });
   // Units out of order: y and the bias in sorted order here, y's columns put back at the end.
@@ -257,9 +256,9 @@ void grad_input(const float* g, int64_t B, const float* W, int64_t ldw, int64_t 
     for (int64_t j = jb; j < O; ++j) {
       const int64_t lim = std::min(reach[j] - k0, width);
       float* dst = wp.get() + (j - jb) * kNR;
-      const float* row = W + order.unit(j) * ldw + k0;
-      _mm512_storeu_ps(dst, load_lanes(row, nullptr, lim));
-      _mm512_storeu_ps(dst + 16, load_lanes(row + 16, nullptr, lim - 16));
+      const float* row = W + order.unit(j) * ldw;
+      _mm512_storeu_ps(dst, load_lanes(row, nullptr, k0, lim));
+      _mm512_storeu_ps(dst + 16, load_lanes(row, nullptr, k0 + 16, lim - 16));
     }
     // the units in chunks of kKC: a chunk's panel and the tile's g stay in L1 over the batch tiles
     for (int64_t c0 = jb; c0 < O || c0 == jb; c0 += kKC) {
@@ -286,14 +285,8 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
     const int64_t k0 = p * kNR, wd = std::min<int64_t>(kNR, I - k0);
     float* dst = xp.get() + p * kNR * B;
     for (int64_t b = 0; b < B; ++b) {
-      const float* row = x + b * ldx;
-      if (order.in) {
-        _mm512_storeu_ps(dst + b * kNR, load_lanes(row, order.in + k0, wd));
-        _mm512_storeu_ps(dst + b * kNR + 16, load_lanes(row, order.in + k0 + 16, wd - 16));
-      } else {
-        _mm512_storeu_ps(dst + b * kNR, load_lanes(row + k0, nullptr, wd));
-        _mm512_storeu_ps(dst + b * kNR + 16, load_lanes(row + k0 + 16, nullptr, wd - 16));
-      }
+      _mm512_storeu_ps(dst + b * kNR, load_lanes(x + b * ldx, order.in, k0, wd));
+      _mm512_storeu_ps(dst + b * kNR + 16, load_lanes(x + b * ldx, order.in, k0 + 16, wd - 16));
     }
   });
   auto dw_row = [&](int64_t j) { return dw + order.unit(j) * I; };  // sorted row j of dW
@@ -310,11 +303,9 @@ void grad_weight(const float* g, const float* x, int64_t ldx, int64_t B, int64_t
   };
   auto pack_g = [&](int64_t t, float* dst) {  // g's columns of tile t, [B, rows]
     const int64_t j0 = z + t * kMR;
-    const __mmask16 units = first_lanes(std::min<int64_t>(kMR, O - j0));
     const int64_t rows = std::min<int64_t>(kMR, O - j0);
     for (int64_t b = 0; b < B; ++b) {
-      const __m512 v = order.out ? load_lanes(g + b * O, order.out + j0, rows) : load_lanes(g + b * O + j0, nullptr, rows);
-      _mm512_mask_storeu_ps(dst + b * rows, units, v);
+      _mm512_mask_storeu_ps(dst + b * rows, first_lanes(rows), load_lanes(g + b * O, order.out, j0, rows));
     }
   };
   if (order.in == nullptr && B * (O - z) * 4 <= kPanelFirstBytes) {

@@ -115,10 +115,15 @@ def plan(in_degrees: Tensor, out_degrees: Tensor, strict: bool, max_blocks: int 
     return got
 
 
+def _rows_in_place(weight: Tensor) -> bool:
+    """Whether the kernels can read the caller's weight as stored: 2-D, unit column stride."""
+    return weight.dim() == 2 and weight.stride(1) == 1 and weight.stride(0) >= weight.shape[1]
+
+
 def _in_place_plan(weight: Tensor, in_degrees: Tensor, out_degrees: Tensor, strict: bool):
     """The plan of the training path on the caller's weights, or None where it does not
     apply (degrees not already sorted, or weights without unit column stride)."""
-    if weight.dim() != 2 or weight.stride(1) != 1 or weight.stride(0) < weight.shape[1]:
+    if not _rows_in_place(weight):
         return None
     p = plan(in_degrees, out_degrees, strict)
     return p if p.identity else None
@@ -259,8 +264,7 @@ def _train_plan(x: Tensor, weight: Tensor, in_degrees: Tensor, out_degrees: Tens
     already in a sorted order (``x_sorted`` / ``y_sorted``) that is not the caller's: the
     kernels read x and write y in the caller's order."""
     if (x.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu" or not _avx512_runs(weight)
-            or transform_active() or weight.dim() != 2 or weight.stride(1) != 1
-            or weight.stride(0) < weight.shape[1]):
+            or transform_active() or not _rows_in_place(weight)):
         return None
     p = plan(in_degrees, out_degrees, strict)
     if not p.identity and (not tiles_take_unsorted() or (x_sorted and p.order_in is not None)
